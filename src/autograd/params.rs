@@ -1,0 +1,131 @@
+use std::collections::HashMap;
+
+use crate::backend::cpu::elementwise;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub(crate) usize);
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub value: Tensor,
+    pub grad: Option<Tensor>,
+}
+
+/// Named trainable tensors and their accumulated gradients, in insertion order.
+#[derive(Default, Clone, Debug)]
+pub struct ParamStore {
+    params: Vec<Param>,
+    by_name: HashMap<String, ParamId>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, name: impl Into<String>, value: Tensor) -> Result<ParamId> {
+        let name = name.into();
+        if self.by_name.contains_key(&name) {
+            return Err(Error::invalid(
+                "ParamStore::add",
+                format!("parameter `{name}` already exists"),
+            ));
+        }
+        let id = ParamId(self.params.len());
+        self.by_name.insert(name.clone(), id);
+        self.params.push(Param {
+            name,
+            value,
+            grad: None,
+        });
+        Ok(id)
+    }
+
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn get(&self, id: ParamId) -> &Param {
+        &self.params[id.0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Param)> {
+        self.params.iter().enumerate().map(|(i, p)| (ParamId(i), p))
+    }
+
+    pub fn num_elements(&self) -> usize {
+        self.params.iter().map(|p| p.value.numel()).sum()
+    }
+
+    /// Replaces a value; the new one must have the same shape and dtype.
+    pub fn set_value(&mut self, id: ParamId, value: Tensor) -> Result<()> {
+        let p = &mut self.params[id.0];
+        if p.value.shape() != value.shape() {
+            return Err(Error::shape_mismatch(
+                "ParamStore::set_value",
+                p.value.shape(),
+                value.shape(),
+                format!("parameter `{}` keeps its shape", p.name),
+            ));
+        }
+        if p.value.dtype() != value.dtype() {
+            return Err(Error::DTypeMismatch {
+                op: "ParamStore::set_value",
+                lhs: p.value.dtype(),
+                rhs: value.dtype(),
+            });
+        }
+        p.value = value;
+        Ok(())
+    }
+
+    /// Adds `g` to the parameter's gradient (micro-batch accumulation).
+    pub fn accumulate_grad(&mut self, id: ParamId, g: Tensor) -> Result<()> {
+        let p = &mut self.params[id.0];
+        if g.shape() != p.value.shape() {
+            return Err(Error::shape_mismatch(
+                "ParamStore::accumulate_grad",
+                p.value.shape(),
+                g.shape(),
+                format!("gradient of `{}`", p.name),
+            ));
+        }
+        p.grad = Some(match p.grad.take() {
+            None => g,
+            Some(old) => add_same(&old, &g)?,
+        });
+        Ok(())
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.params.iter_mut().for_each(|p| p.grad = None);
+    }
+}
+
+/// Elementwise sum of two tensors of one shape and dtype, off the tape.
+pub(crate) fn add_same(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape_mismatch(
+            "add",
+            a.shape(),
+            b.shape(),
+            "gradients must agree",
+        ));
+    }
+    with_dtype!(a.dtype(), T => {
+        let s = elementwise::add(a.cpu_slice::<T>()?, b.cpu_slice::<T>()?);
+        Tensor::from_vec(s, a.shape())
+    })
+}

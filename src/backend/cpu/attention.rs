@@ -1,0 +1,168 @@
+//! Multi-head scaled dot-product attention over sequences of rows of a fused
+//! QKV matrix (`rows × 3E`, columns `[q | k | v]`, head `h` at columns
+//! `h·dh .. (h+1)·dh` of each part: PyTorch's `in_proj` layout). The output is
+//! `rows × E`, heads concatenated, ready for the output projection.
+//!
+//! Each sequence is read in place through strided matrix views; its `L × L`
+//! scores live only in a per-task buffer. Backward recomputes the
+//! probabilities (and the dropout mask, from the same Philox stream) instead
+//! of storing them.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, MatRef};
+use super::softmax::{softmax_row, softmax_row_backward};
+use super::CpuFloat;
+use crate::rng::RngStream;
+use crate::tensor::SeqLayout;
+
+/// Dropout on the attention probabilities: drop with probability `p`,
+/// scale survivors by `1/(1 − p)`. The draw for `(seq, head, i, j)` is value
+/// `((seq·heads + head)·L + i)·L + j` of `rng`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDropout {
+    pub p: f64,
+    pub rng: RngStream,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub layout: SeqLayout,
+    pub heads: usize,
+    /// `E`, the model width of q, k and v.
+    pub width: usize,
+}
+
+impl AttnShape {
+    fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+}
+
+/// Scores → probabilities (after dropout) for one (sequence, head), into `p`
+/// (`L × L`); returns the dropout multipliers when dropout is on.
+fn probabilities<T: CpuFloat>(
+    qkv: &[T],
+    sh: &AttnShape,
+    s: usize,
+    h: usize,
+    dropout: Option<&AttnDropout>,
+    p: &mut [T],
+    keep: &mut [T],
+) {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
+    let base = sh.layout.base(s) * 3 * e;
+    let rs = sh.layout.step * 3 * e;
+    let q = MatRef::strided(qkv, base + h * dh, l, dh, rs);
+    let k = MatRef::strided(qkv, base + e + h * dh, l, dh, rs);
+    let scale = T::from_f64(1.0 / (dh as f64).sqrt());
+    gemm(scale, q, k.t(), T::zero(), p, l, 1);
+    p.chunks_mut(l).for_each(softmax_row);
+    if let Some(d) = dropout {
+        let start = ((s * sh.heads + h) * l * l) as u64;
+        let mut u = vec![0.0f32; l * l];
+        d.rng.fill_uniform(start, &mut u);
+        let kept = T::from_f64(1.0 / (1.0 - d.p));
+        for (k, &u) in keep.iter_mut().zip(&u) {
+            *k = if (u as f64) >= d.p { kept } else { T::zero() };
+        }
+    }
+}
+
+pub fn forward<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
+    let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
+        .into_par_iter()
+        .map(|s| {
+            let mut out = vec![T::zero(); l * e];
+            let mut p = vec![T::zero(); l * l];
+            let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
+            let base = sh.layout.base(s) * 3 * e;
+            let rs = sh.layout.step * 3 * e;
+            for h in 0..sh.heads {
+                probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
+                if dropout.is_some() {
+                    p.iter_mut().zip(&keep).for_each(|(p, &k)| *p *= k);
+                }
+                let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
+                gemm(T::one(), MatRef::rm(&p, l, l), v, T::zero(), &mut out[h * dh..], e, 1);
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![T::zero(); sh.layout.num_rows() * e];
+    for (s, blk) in blocks.iter().enumerate() {
+        for (i, row) in blk.chunks(e).enumerate() {
+            let r = sh.layout.row(s, i);
+            y[r * e..(r + 1) * e].copy_from_slice(row);
+        }
+    }
+    y
+}
+
+/// Gradient with respect to the fused QKV input, `rows × 3E`.
+pub fn backward<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
+    let scale = T::from_f64(1.0 / (dh as f64).sqrt());
+    let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
+        .into_par_iter()
+        .map(|s| {
+            let mut d = vec![T::zero(); l * 3 * e];
+            let mut p = vec![T::zero(); l * l];
+            let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
+            let mut dp = vec![T::zero(); l * l];
+            let base = sh.layout.base(s) * 3 * e;
+            let rs = sh.layout.step * 3 * e;
+            let go = sh.layout.base(s) * e;
+            for h in 0..sh.heads {
+                probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
+                let q = MatRef::strided(qkv, base + h * dh, l, dh, rs);
+                let k = MatRef::strided(qkv, base + e + h * dh, l, dh, rs);
+                let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
+                let dout = MatRef::strided(g, go + h * dh, l, dh, sh.layout.step * e);
+                // dV = P̃ᵀ·dO with P̃ the probabilities after dropout.
+                let p_used: Vec<T> = if dropout.is_some() {
+                    p.iter().zip(&keep).map(|(&p, &k)| p * k).collect()
+                } else {
+                    p.clone()
+                };
+                gemm(
+                    T::one(),
+                    MatRef::rm(&p_used, l, l).t(),
+                    dout,
+                    T::zero(),
+                    &mut d[2 * e + h * dh..],
+                    3 * e,
+                    1,
+                );
+                // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
+                gemm(T::one(), dout, v.t(), T::zero(), &mut dp, l, 1);
+                if dropout.is_some() {
+                    dp.iter_mut().zip(&keep).for_each(|(d, &k)| *d *= k);
+                }
+                dp.chunks_mut(l)
+                    .zip(p.chunks(l))
+                    .for_each(|(d, p)| softmax_row_backward(d, p));
+                gemm(scale, MatRef::rm(&dp, l, l), k, T::zero(), &mut d[h * dh..], 3 * e, 1);
+                gemm(
+                    scale,
+                    MatRef::rm(&dp, l, l).t(),
+                    q,
+                    T::zero(),
+                    &mut d[e + h * dh..],
+                    3 * e,
+                    1,
+                );
+            }
+            d
+        })
+        .collect();
+    let mut dqkv = vec![T::zero(); sh.layout.num_rows() * 3 * e];
+    for (s, blk) in blocks.iter().enumerate() {
+        for (i, row) in blk.chunks(3 * e).enumerate() {
+            let r = sh.layout.row(s, i);
+            dqkv[r * 3 * e..(r + 1) * 3 * e].copy_from_slice(row);
+        }
+    }
+    dqkv
+}

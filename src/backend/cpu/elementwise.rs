@@ -1,0 +1,138 @@
+//! Pointwise kernels. Binary ops broadcast the second operand over leading
+//! dimensions: `b` repeats every `b.len()` elements of `a` (a bias over rows,
+//! a positional table over a batch, a 0-d scalar over everything).
+
+use rayon::prelude::*;
+
+use super::CpuFloat;
+
+const CHUNK: usize = 1 << 14;
+
+fn map<T: CpuFloat>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+fn zip_map<T: CpuFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::zero(); a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b)));
+    y
+}
+
+/// `out[i] = f(a[i], b[i mod |b|])`.
+fn broadcast_map<T: CpuFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let nb = b.len();
+    if nb == a.len() || a.is_empty() {
+        return zip_map(a, b, f);
+    }
+    let mut y = vec![T::zero(); a.len()];
+    y.par_chunks_mut(nb)
+        .zip(a.par_chunks(nb))
+        .for_each(|(y, a)| y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b)));
+    y
+}
+
+/// Sums `g` (length a multiple of `nb`) down to `nb` values: the gradient of
+/// a broadcast operand. Partial sums per block keep the reduction parallel.
+pub fn reduce_broadcast<T: CpuFloat>(g: &[T], nb: usize) -> Vec<T> {
+    if nb == g.len() || nb == 0 {
+        return g[..nb].to_vec();
+    }
+    let per_task = (CHUNK / nb).max(1);
+    g.par_chunks(per_task * nb)
+        .map(|blk| {
+            let mut acc = vec![T::zero(); nb];
+            for rep in blk.chunks(nb) {
+                acc.iter_mut().zip(rep).for_each(|(a, &v)| *a += v);
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::zero(); nb],
+            |mut x, y| {
+                x.iter_mut().zip(&y).for_each(|(x, &y)| *x += y);
+                x
+            },
+        )
+}
+
+pub fn add<T: CpuFloat>(a: &[T], b: &[T]) -> Vec<T> {
+    broadcast_map(a, b, |a, b| a + b)
+}
+
+pub fn mul<T: CpuFloat>(a: &[T], b: &[T]) -> Vec<T> {
+    broadcast_map(a, b, |a, b| a * b)
+}
+
+pub fn scale<T: CpuFloat>(x: &[T], c: T) -> Vec<T> {
+    map(x, |x| x * c)
+}
+
+/// `Σ a[i]·b[i mod |b|]` folded to `|b|` values: the gradient of the
+/// broadcast factor of `mul`.
+pub fn mul_reduce<T: CpuFloat>(g: &[T], a: &[T], nb: usize) -> Vec<T> {
+    reduce_broadcast(&zip_map(g, a, |g, a| g * a), nb)
+}
+
+pub fn sigmoid<T: CpuFloat>(x: &[T]) -> Vec<T> {
+    map(x, |x| T::one() / (T::one() + (-x).exp()))
+}
+
+/// `g·y·(1 − y)` from the saved output `y`.
+pub fn sigmoid_backward<T: CpuFloat>(g: &[T], y: &[T]) -> Vec<T> {
+    zip_map(g, y, |g, y| g * y * (T::one() - y))
+}
+
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// 1/√(2π): the standard normal density at 0.
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// Exact GELU, `x·Φ(x) = ½·x·(1 + erf(x/√2))`, as PyTorch's default.
+pub fn gelu<T: CpuFloat>(x: &[T]) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    let r = T::from_f64(FRAC_1_SQRT_2);
+    map(x, |x| half * x * (T::one() + (x * r).erf()))
+}
+
+/// `g·(Φ(x) + x·φ(x))`.
+pub fn gelu_backward<T: CpuFloat>(g: &[T], x: &[T]) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    let r = T::from_f64(FRAC_1_SQRT_2);
+    let c = T::from_f64(INV_SQRT_2PI);
+    zip_map(g, x, |g, x| {
+        let cdf = half * (T::one() + (x * r).erf());
+        let pdf = c * (-half * x * x).exp();
+        g * (cdf + x * pdf)
+    })
+}
+
+/// `(1 − a)·x + a·y`.
+pub fn gate_mix<T: CpuFloat>(x: &[T], y: &[T], a: T) -> Vec<T> {
+    let one_minus = T::one() - a;
+    zip_map(x, y, |x, y| one_minus * x + a * y)
+}
+
+/// `∂/∂a = Σ g·(y − x)`, accumulated in f64 over the whole tensor.
+pub fn gate_mix_grad_a<T: CpuFloat>(g: &[T], x: &[T], y: &[T]) -> T {
+    let s: f64 = g
+        .par_chunks(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        .map(|(g, (x, y))| {
+            g.iter()
+                .zip(x.iter().zip(y))
+                .map(|(&g, (&x, &y))| (g * (y - x)).to_f64())
+                .sum::<f64>()
+        })
+        .sum();
+    T::from_f64(s)
+}
+
+/// Multiplies by a precomputed keep-mask already divided by `1 − p`.
+pub fn apply_mask<T: CpuFloat>(x: &[T], mask: &[T]) -> Vec<T> {
+    zip_map(x, mask, |x, m| x * m)
+}

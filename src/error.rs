@@ -1,0 +1,56 @@
+//! The one error type of the engine. Every fallible path returns it; nothing
+//! that a user can influence (shapes, files, flags) panics.
+
+use crate::tensor::{DType, Shape};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two operands whose shapes do not fit together.
+    #[error("{op}: shape mismatch: {lhs} and {rhs}: {why}")]
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Shape,
+        rhs: Shape,
+        why: String,
+    },
+    /// One operand whose shape is wrong on its own.
+    #[error("{op}: bad shape {shape}: {why}")]
+    BadShape {
+        op: &'static str,
+        shape: Shape,
+        why: String,
+    },
+    #[error("{op}: dtype mismatch: {lhs:?} and {rhs:?}")]
+    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+    #[error("{op}: {why}")]
+    InvalidArgument { op: &'static str, why: String },
+    #[error("{what} is not implemented yet: {tracking}")]
+    NotYet { what: &'static str, tracking: &'static str },
+    #[error("autograd: {0}")]
+    Autograd(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn shape_mismatch(op: &'static str, lhs: &Shape, rhs: &Shape, why: impl Into<String>) -> Self {
+        Error::ShapeMismatch {
+            op,
+            lhs: lhs.clone(),
+            rhs: rhs.clone(),
+            why: why.into(),
+        }
+    }
+
+    pub fn bad_shape(op: &'static str, shape: &Shape, why: impl Into<String>) -> Self {
+        Error::BadShape {
+            op,
+            shape: shape.clone(),
+            why: why.into(),
+        }
+    }
+
+    pub fn invalid(op: &'static str, why: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, why: why.into() }
+    }
+}

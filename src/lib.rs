@@ -1,0 +1,18 @@
+//! `nemesis`: NEMESIS masked-autoencoder pretraining for 3D CT.
+//!
+//! The engine: tensors with backend-owned storage ([`tensor`]), a tape for
+//! reverse-mode autodiff ([`autograd`]), coarse ops written once
+//! ([`ops`]) over the CPU reference backend ([`backend::cpu`]), and the
+//! Philox4x32-10 generator every random draw uses ([`rng`]).
+
+pub mod autograd;
+pub mod backend;
+pub mod cli;
+pub mod error;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{ParamStore, Tape, Var};
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Shape, Tensor};

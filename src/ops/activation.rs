@@ -1,0 +1,65 @@
+use super::backward_fn;
+use crate::autograd::{Tape, Var};
+use crate::backend::cpu::{elementwise, softmax};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+impl Tape {
+    /// Exact (erf) GELU.
+    pub fn gelu(&self, x: &Var) -> Result<Var> {
+        let dtype = x.value().dtype();
+        let y = with_dtype!(dtype, T => Tensor::from_vec(elementwise::gelu(x.value().cpu_slice::<T>()?), x.shape())?);
+        let xv = x.value().clone();
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn("gelu", move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    elementwise::gelu_backward(g.cpu_slice::<T>()?, xv.cpu_slice::<T>()?),
+                    xv.shape(),
+                )?)]))
+            }),
+        ))
+    }
+
+    pub fn sigmoid(&self, x: &Var) -> Result<Var> {
+        let dtype = x.value().dtype();
+        let y =
+            with_dtype!(dtype, T => Tensor::from_vec(elementwise::sigmoid(x.value().cpu_slice::<T>()?), x.shape())?);
+        let yv = y.clone();
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn("sigmoid", move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    elementwise::sigmoid_backward(g.cpu_slice::<T>()?, yv.cpu_slice::<T>()?),
+                    yv.shape(),
+                )?)]))
+            }),
+        ))
+    }
+
+    /// Softmax over the last dimension.
+    pub fn softmax(&self, x: &Var) -> Result<Var> {
+        const OP: &str = "softmax";
+        let cols = x.shape().last();
+        if x.shape().rank() == 0 || cols == 0 {
+            return Err(Error::bad_shape(OP, x.shape(), "needs a non-empty last dimension"));
+        }
+        let dtype = x.value().dtype();
+        let y =
+            with_dtype!(dtype, T => Tensor::from_vec(softmax::forward(x.value().cpu_slice::<T>()?, cols), x.shape())?);
+        let yv = y.clone();
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    softmax::backward(g.cpu_slice::<T>()?, yv.cpu_slice::<T>()?, cols),
+                    yv.shape(),
+                )?)]))
+            }),
+        ))
+    }
+}

@@ -1,0 +1,114 @@
+use super::{backward_fn, same_dtype};
+use crate::autograd::{Tape, Var};
+use crate::backend::cpu::elementwise::{self, mul_reduce, reduce_broadcast};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_dtype;
+
+/// `b` must match a trailing run of `a`'s dimensions (a 0-d `b` always does).
+fn check_broadcast(op: &'static str, a: &Var, b: &Var) -> Result<()> {
+    if a.shape().ends_with(b.shape()) {
+        Ok(())
+    } else {
+        Err(Error::shape_mismatch(
+            op,
+            a.shape(),
+            b.shape(),
+            "the second operand must equal the first or a trailing part of its shape",
+        ))
+    }
+}
+
+impl Tape {
+    /// `a + b`, with `b` broadcast over the leading dimensions of `a`.
+    pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
+        const OP: &str = "add";
+        check_broadcast(OP, a, b)?;
+        let dtype = same_dtype(OP, &[a, b])?;
+        let y = with_dtype!(dtype, T => Tensor::from_vec(
+            elementwise::add(a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?),
+            a.shape(),
+        )?);
+        let (sa, sb) = (a.shape().clone(), b.shape().clone());
+        Ok(self.record(
+            y,
+            &[a, b],
+            backward_fn(OP, move |g, needs| {
+                with_dtype!(dtype, T => {
+                    let gs = g.cpu_slice::<T>()?;
+                    let da = if needs[0] { Some(g.reshape(&sa)?) } else { None };
+                    let db = if needs[1] {
+                        Some(Tensor::from_vec(reduce_broadcast(gs, sb.numel()), &sb)?)
+                    } else {
+                        None
+                    };
+                    Ok(vec![da, db])
+                })
+            }),
+        ))
+    }
+
+    /// `a ⊙ b`, with `b` broadcast over the leading dimensions of `a` (a 0-d
+    /// `b` is a learned scale such as `pe_scale`).
+    pub fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
+        const OP: &str = "mul";
+        check_broadcast(OP, a, b)?;
+        let dtype = same_dtype(OP, &[a, b])?;
+        let y = with_dtype!(dtype, T => Tensor::from_vec(
+            elementwise::mul(a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?),
+            a.shape(),
+        )?);
+        let (av, bv) = (a.value().clone(), b.value().clone());
+        Ok(self.record(
+            y,
+            &[a, b],
+            backward_fn(OP, move |g, needs| {
+                with_dtype!(dtype, T => {
+                    let gs = g.cpu_slice::<T>()?;
+                    let da = if needs[0] {
+                        Some(Tensor::from_vec(elementwise::mul(gs, bv.cpu_slice::<T>()?), av.shape())?)
+                    } else {
+                        None
+                    };
+                    let db = if needs[1] {
+                        Some(Tensor::from_vec(mul_reduce(gs, av.cpu_slice::<T>()?, bv.numel()), bv.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok(vec![da, db])
+                })
+            }),
+        ))
+    }
+
+    /// `c·x` for a constant `c`.
+    pub fn scale(&self, x: &Var, c: f64) -> Result<Var> {
+        const OP: &str = "scale";
+        let dtype = x.value().dtype();
+        let y = with_dtype!(dtype, T => Tensor::from_vec(
+            elementwise::scale(x.value().cpu_slice::<T>()?, T::from_f64(c)),
+            x.shape(),
+        )?);
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    elementwise::scale(g.cpu_slice::<T>()?, T::from_f64(c)),
+                    g.shape(),
+                )?)]))
+            }),
+        ))
+    }
+
+    /// The same values under another shape with as many elements.
+    pub fn reshape(&self, x: &Var, shape: impl Into<crate::tensor::Shape>) -> Result<Var> {
+        let y = x.value().reshape(shape)?;
+        let sx = x.shape().clone();
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn("reshape", move |g, _| Ok(vec![Some(g.reshape(&sx)?)])),
+        ))
+    }
+}

@@ -1,0 +1,83 @@
+use super::backward_fn;
+use crate::autograd::{Tape, Var};
+use crate::backend::cpu::attention::{self, AttnShape};
+use crate::error::{Error, Result};
+use crate::tensor::{SeqLayout, Tensor};
+use crate::with_dtype;
+
+pub use crate::backend::cpu::attention::AttnDropout;
+
+/// How an attention op groups rows and splits heads.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions {
+    pub layout: SeqLayout,
+    pub heads: usize,
+    /// Dropout on the probabilities (training only).
+    pub dropout: Option<AttnDropout>,
+}
+
+impl Tape {
+    /// Multi-head attention core over the output of a fused QKV projection
+    /// (`[.., 3E]`, rows grouped into sequences by `opts.layout`); returns
+    /// `[.., E]` with heads concatenated, in the input's row order. The MHA of
+    /// SPEC 5.2 is `linear(in_proj)` → this → `linear(out_proj)`.
+    pub fn attention(&self, qkv: &Var, opts: &AttentionOptions) -> Result<Var> {
+        const OP: &str = "attention";
+        let s = qkv.shape();
+        let three_e = s.last();
+        if s.rank() == 0 || three_e == 0 || three_e % 3 != 0 {
+            return Err(Error::bad_shape(
+                OP,
+                s,
+                "the last dimension must be 3·E (q, k, v), E > 0",
+            ));
+        }
+        let e = three_e / 3;
+        if opts.heads == 0 || e % opts.heads != 0 {
+            return Err(Error::bad_shape(
+                OP,
+                s,
+                format!("E = {e} must be divisible by the number of heads ({})", opts.heads),
+            ));
+        }
+        if opts.layout.len == 0 && opts.layout.num_seqs() > 0 {
+            return Err(Error::invalid(OP, "sequence length 0"));
+        }
+        let rows = s.rows();
+        opts.layout.validate(rows)?;
+        if let Some(d) = &opts.dropout {
+            if !(0.0..1.0).contains(&d.p) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("dropout probability must be in [0, 1), got {}", d.p),
+                ));
+            }
+        }
+        let dropout = opts.dropout.filter(|d| d.p > 0.0);
+        let sh = AttnShape {
+            layout: opts.layout,
+            heads: opts.heads,
+            width: e,
+        };
+        let mut ys = s.dims().to_vec();
+        if let Some(last) = ys.last_mut() {
+            *last = e;
+        }
+        let dtype = qkv.value().dtype();
+        let y = with_dtype!(dtype, T => Tensor::from_vec(
+            attention::forward(qkv.value().cpu_slice::<T>()?, &sh, dropout.as_ref()),
+            ys,
+        )?);
+        let qv = qkv.value().clone();
+        Ok(self.record(
+            y,
+            &[qkv],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    attention::backward(g.cpu_slice::<T>()?, qv.cpu_slice::<T>()?, &sh, dropout.as_ref()),
+                    qv.shape(),
+                )?)]))
+            }),
+        ))
+    }
+}

@@ -1,0 +1,83 @@
+use super::{backward_fn, same_dtype};
+use crate::autograd::{Tape, Var};
+use crate::backend::cpu::{elementwise, loss};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_dtype;
+
+fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
+    if pred.shape() != target.shape() {
+        return Err(Error::shape_mismatch(
+            op,
+            pred.shape(),
+            target.shape(),
+            "prediction and target differ",
+        ));
+    }
+    if pred.dtype() != target.dtype() {
+        return Err(Error::DTypeMismatch {
+            op,
+            lhs: pred.dtype(),
+            rhs: target.dtype(),
+        });
+    }
+    Ok(())
+}
+
+impl Tape {
+    /// SPEC 7: per-token MSE over the last dimension of `pred` (`B × N × P`)
+    /// against `target`, averaged over the tokens where `mask` (`B × N`, 1 =
+    /// masked) is set, or over all tokens when none is. A 0-d result.
+    pub fn masked_mse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<Var> {
+        const OP: &str = "masked_mse";
+        check_pair(OP, pred.value(), target.value())?;
+        let ps = pred.shape();
+        if ps.rank() < 2 || ps.last() == 0 || mask.dims() != &ps.dims()[..ps.rank() - 1] {
+            return Err(Error::shape_mismatch(
+                OP,
+                ps,
+                mask.shape(),
+                "the mask must have the prediction's shape without its last (patch) dimension",
+            ));
+        }
+        let dtype = same_dtype(OP, &[pred, target])?;
+        let mask = mask.to_dtype(dtype);
+        let p = ps.last();
+        let l = with_dtype!(dtype, T => loss::masked_mse(
+            pred.value().cpu_slice::<T>()?,
+            target.value().cpu_slice::<T>()?,
+            mask.cpu_slice::<T>()?,
+            p,
+        ));
+        let y = Tensor::scalar(l, dtype);
+        let (pv, tv) = (pred.value().clone(), target.value().clone());
+        Ok(self.record(
+            y,
+            &[pred, target],
+            backward_fn(OP, move |g, needs| {
+                let g0 = g.scalar_value()?;
+                with_dtype!(dtype, T => {
+                    let d = loss::masked_mse_backward(
+                        pv.cpu_slice::<T>()?,
+                        tv.cpu_slice::<T>()?,
+                        mask.cpu_slice::<T>()?,
+                        p,
+                        g0,
+                    );
+                    let dt = if needs[1] {
+                        Some(Tensor::from_vec(elementwise::scale(&d, T::from_f64(-1.0)), tv.shape())?)
+                    } else {
+                        None
+                    };
+                    Ok(vec![Some(Tensor::from_vec(d, pv.shape())?), dt])
+                })
+            }),
+        ))
+    }
+}
+
+/// SPEC 7's PSNR over every value of the batch, `−10·log10(MSE + 1e−8)`.
+pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
+    check_pair("psnr", pred, target)?;
+    Ok(with_dtype!(pred.dtype(), T => loss::psnr(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?)))
+}

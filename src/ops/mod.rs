@@ -1,0 +1,57 @@
+//! Every op once: shape rules, forward through the backend, and the backward
+//! it records on the tape. Ops are methods of `Tape`, e.g. `tape.linear(..)`.
+//! A shape that does not fit is an `Error` naming the op and both shapes.
+
+mod activation;
+mod arith;
+mod attention;
+mod dropout;
+mod gate;
+mod index;
+mod layer_norm;
+mod linear;
+mod loss;
+mod reduce;
+
+pub use attention::{AttentionOptions, AttnDropout};
+pub use loss::psnr;
+
+use crate::autograd::{Backward, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+type Grads = Result<Vec<Option<Tensor>>>;
+
+/// A backward pass given as a closure over what the forward saved.
+struct FnBackward<F> {
+    name: &'static str,
+    f: F,
+}
+
+impl<F: Fn(&Tensor, &[bool]) -> Grads> Backward for FnBackward<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn backward(&self, grad_out: &Tensor, needs: &[bool]) -> Grads {
+        (self.f)(grad_out, needs)
+    }
+}
+
+fn backward_fn<F: Fn(&Tensor, &[bool]) -> Grads>(name: &'static str, f: F) -> FnBackward<F> {
+    FnBackward { name, f }
+}
+
+/// The common dtype of an op's operands.
+fn same_dtype(op: &'static str, vars: &[&Var]) -> Result<DType> {
+    let d = vars[0].value().dtype();
+    for v in &vars[1..] {
+        if v.value().dtype() != d {
+            return Err(Error::DTypeMismatch {
+                op,
+                lhs: d,
+                rhs: v.value().dtype(),
+            });
+        }
+    }
+    Ok(d)
+}

@@ -1,0 +1,41 @@
+use super::backward_fn;
+use crate::autograd::{Tape, Var};
+use crate::backend::cpu::reduce;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::with_dtype;
+
+impl Tape {
+    /// Mean over `axis`, which is removed from the shape (the token mean pool).
+    pub fn mean(&self, x: &Var, axis: usize) -> Result<Var> {
+        const OP: &str = "mean";
+        let d = x.shape().dims().to_vec();
+        if axis >= d.len() {
+            return Err(Error::bad_shape(OP, x.shape(), format!("axis {axis} does not exist")));
+        }
+        if d[axis] == 0 {
+            return Err(Error::bad_shape(OP, x.shape(), format!("axis {axis} is empty")));
+        }
+        let outer: usize = d[..axis].iter().product();
+        let n = d[axis];
+        let inner: usize = d[axis + 1..].iter().product();
+        let mut ys = d.clone();
+        ys.remove(axis);
+        let dtype = x.value().dtype();
+        let y = with_dtype!(dtype, T => Tensor::from_vec(
+            reduce::mean_axis(x.value().cpu_slice::<T>()?, outer, n, inner),
+            ys,
+        )?);
+        let xs = x.shape().clone();
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
+                    reduce::mean_axis_backward(g.cpu_slice::<T>()?, outer, n, inner),
+                    &xs,
+                )?)]))
+            }),
+        ))
+    }
+}

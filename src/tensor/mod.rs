@@ -1,0 +1,174 @@
+//! Tensors: a shape, a dtype and storage owned by a backend. Tensors are
+//! immutable and cheap to clone (the storage is shared); every op makes a new
+//! one. All tensors are contiguous and row-major; strided access (the depth
+//! stream of a MATB) is expressed by the op that needs it, not by views.
+
+mod dtype;
+mod layout;
+mod shape;
+mod storage;
+
+use std::sync::Arc;
+
+pub use dtype::{DType, Element};
+pub use layout::SeqLayout;
+pub use shape::Shape;
+pub use storage::{CpuStorage, Device, Storage};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Shape,
+    storage: Arc<Storage>,
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of `$dtype`.
+#[macro_export]
+macro_rules! with_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+impl Tensor {
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::bad_shape(
+                "Tensor::from_vec",
+                &shape,
+                format!("{} elements given for {} places", data.len(), shape.numel()),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            storage: Arc::new(Storage::Cpu(T::into_cpu_storage(data))),
+        })
+    }
+
+    pub fn from_f64_slice(data: &[f64], shape: impl Into<Shape>, dtype: DType) -> Result<Tensor> {
+        with_dtype!(dtype, T => Tensor::from_vec(data.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>(), shape))
+    }
+
+    pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType) -> Tensor {
+        let shape = shape.into();
+        let n = shape.numel();
+        let storage = with_dtype!(dtype, T => T::into_cpu_storage(vec![T::from_f64(value); n]));
+        Tensor {
+            shape,
+            storage: Arc::new(Storage::Cpu(storage)),
+        }
+    }
+
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Tensor {
+        Tensor::full(0.0, shape, dtype)
+    }
+
+    pub fn scalar(value: f64, dtype: DType) -> Tensor {
+        Tensor::full(value, Shape::scalar(), dtype)
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    pub fn dtype(&self) -> DType {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(_)) => DType::F32,
+            Storage::Cpu(CpuStorage::F64(_)) => DType::F64,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.storage.device()
+    }
+
+    /// The elements as a host slice; an error if the dtype differs or the
+    /// tensor lives on another device.
+    pub fn cpu_slice<T: Element>(&self) -> Result<&[T]> {
+        let Storage::Cpu(cpu) = &*self.storage;
+        T::cpu_slice(cpu).ok_or(Error::DTypeMismatch {
+            op: "Tensor::cpu_slice",
+            lhs: self.dtype(),
+            rhs: T::DTYPE,
+        })
+    }
+
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        Ok(self.cpu_slice::<T>()?.to_vec())
+    }
+
+    /// Every element widened to f64, whatever the dtype.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        let Storage::Cpu(cpu) = &*self.storage;
+        match cpu {
+            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v.clone(),
+        }
+    }
+
+    /// The value of a one-element tensor.
+    pub fn scalar_value(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::bad_shape(
+                "Tensor::scalar_value",
+                &self.shape,
+                "needs exactly one element",
+            ));
+        }
+        Ok(self.to_f64_vec()[0])
+    }
+
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let v = self.to_f64_vec();
+        let storage = with_dtype!(dtype, T => T::into_cpu_storage(v.iter().map(|&x| T::from_f64(x)).collect()));
+        Tensor {
+            shape: self.shape.clone(),
+            storage: Arc::new(Storage::Cpu(storage)),
+        }
+    }
+
+    /// The same elements under another shape of equal size (no copy).
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(Error::shape_mismatch(
+                "reshape",
+                &self.shape,
+                &shape,
+                "element counts differ",
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            storage: self.storage.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {}, {:?})", self.dtype(), self.shape, self.device())
+    }
+}

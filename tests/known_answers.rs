@@ -1,0 +1,318 @@
+//! Forward values against numbers computed independently (by hand or with
+//! the closed forms below), and the attention op against a naive per-head loop.
+
+mod common;
+
+use approx::assert_relative_eq;
+use common::{rand_tensor, rel_err};
+use nemesis::autograd::Tape;
+use nemesis::ops::{psnr, AttentionOptions, AttnDropout};
+use nemesis::rng::RngStream;
+use nemesis::tensor::SeqLayout;
+use nemesis::{DType, Tensor};
+
+fn input(tape: &Tape, v: &[f64], shape: &[usize], dtype: DType) -> nemesis::Var {
+    tape.constant(Tensor::from_f64_slice(v, shape.to_vec(), dtype).unwrap())
+}
+
+#[test]
+fn gelu_known_values() {
+    // x·Φ(x), Φ the standard normal CDF; values from Python's math.erf.
+    let x = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
+    let want = [
+        -0.004049694094890,
+        -0.158655253931457,
+        -0.154268769362993,
+        0.0,
+        0.345731230637007,
+        0.841344746068543,
+        1.954499736103642,
+    ];
+    for dtype in [DType::F64, DType::F32] {
+        let tape = Tape::inference();
+        let y = tape.gelu(&input(&tape, &x, &[7], dtype)).unwrap().value().to_f64_vec();
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
+        for (a, b) in y.iter().zip(want) {
+            assert_relative_eq!(*a, b, epsilon = tol, max_relative = tol);
+        }
+    }
+}
+
+#[test]
+fn softmax_known_values() {
+    let tape = Tape::inference();
+    let x = input(&tape, &[1.0, 2.0, 3.0, 1000.0, 1000.0, 1000.0], &[2, 3], DType::F64);
+    let y = tape.softmax(&x).unwrap().value().to_f64_vec();
+    let want = [
+        0.090030573170380,
+        0.244728471054798,
+        0.665240955774822,
+        1.0 / 3.0,
+        1.0 / 3.0,
+        1.0 / 3.0,
+    ];
+    for (a, b) in y.iter().zip(want) {
+        assert_relative_eq!(*a, b, max_relative = 1e-12);
+    }
+}
+
+#[test]
+fn layer_norm_known_values() {
+    // Row [1, 2, 3, 4]: mean 2.5, biased variance 1.25.
+    let tape = Tape::inference();
+    let x = input(&tape, &[1.0, 2.0, 3.0, 4.0], &[1, 4], DType::F64);
+    let w = input(&tape, &[1.0, 2.0, 0.5, -1.0], &[4], DType::F64);
+    let b = input(&tape, &[0.0, 0.1, 0.2, 0.3], &[4], DType::F64);
+    let y = tape.layer_norm(&x, &w, &b, 1e-5).unwrap().value().to_f64_vec();
+    let rstd = 1.0 / (1.25f64 + 1e-5).sqrt();
+    let want = [
+        -1.5 * rstd,
+        2.0 * -0.5 * rstd + 0.1,
+        0.5 * 0.5 * rstd + 0.2,
+        -1.5 * rstd + 0.3,
+    ];
+    for (a, b) in y.iter().zip(want) {
+        assert_relative_eq!(*a, b, max_relative = 1e-12);
+    }
+    // Without the affine part the row has mean 0 and variance 1 (up to eps).
+    let ones = input(&tape, &[1.0; 4], &[4], DType::F32);
+    let zeros = input(&tape, &[0.0; 4], &[4], DType::F32);
+    let x32 = input(&tape, &[10.0, 10.5, 9.0, 12.25], &[1, 4], DType::F32);
+    let y = tape.layer_norm(&x32, &ones, &zeros, 0.0).unwrap().value().to_f64_vec();
+    let mean: f64 = y.iter().sum::<f64>() / 4.0;
+    let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+    assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "mean {mean} var {var}");
+}
+
+#[test]
+fn sigmoid_gate_mean_values() {
+    let tape = Tape::inference();
+    let a = tape.sigmoid(&input(&tape, &[0.5], &[], DType::F64)).unwrap();
+    assert_relative_eq!(
+        a.value().scalar_value().unwrap(),
+        0.622459331201855,
+        max_relative = 1e-12
+    );
+    let x = input(&tape, &[1.0, 2.0], &[2], DType::F64);
+    let y = input(&tape, &[3.0, -2.0], &[2], DType::F64);
+    let m = tape.gate_mix(&x, &y, &a).unwrap().value().to_f64_vec();
+    let av = 0.622459331201855;
+    assert_relative_eq!(m[0], (1.0 - av) + 3.0 * av, max_relative = 1e-12);
+    assert_relative_eq!(m[1], 2.0 * (1.0 - av) - 2.0 * av, max_relative = 1e-12);
+    let g = input(&tape, &[1., 2., 3., 4., 5., 6.], &[2, 3], DType::F32);
+    assert_eq!(tape.mean(&g, 0).unwrap().value().to_f64_vec(), vec![2.5, 3.5, 4.5]);
+    assert_eq!(tape.mean(&g, 1).unwrap().value().to_f64_vec(), vec![2.0, 5.0]);
+}
+
+#[test]
+fn gather_scatter_values() {
+    let tape = Tape::inference();
+    // One item, 4 rows of width 2.
+    let x = input(&tape, &[0., 1., 10., 11., 20., 21., 30., 31.], &[1, 4, 2], DType::F32);
+    let g = tape.gather_rows(&x, &[3, 1]).unwrap();
+    assert_eq!(g.shape().dims(), [1, 2, 2]);
+    assert_eq!(g.value().to_f64_vec(), vec![30., 31., 10., 11.]);
+    let fill = input(&tape, &[-1., -2.], &[2], DType::F32);
+    let s = tape.scatter_rows(&g, &[0, 2], 4, &fill).unwrap();
+    assert_eq!(s.value().to_f64_vec(), vec![30., 31., -1., -2., 10., 11., -1., -2.]);
+}
+
+#[test]
+fn masked_mse_and_psnr_values() {
+    let tape = Tape::inference();
+    // Two tokens of two values; token errors 1 and 4 (means of squares).
+    let pred = input(&tape, &[1.0, 1.0, 2.0, 2.0], &[1, 2, 2], DType::F64);
+    let target = input(&tape, &[0.0, 0.0, 0.0, 0.0], &[1, 2, 2], DType::F64);
+    let only_second = Tensor::from_f64_slice(&[0.0, 1.0], [1, 2], DType::F64).unwrap();
+    let l = tape.masked_mse(&pred, &target, &only_second).unwrap();
+    assert_eq!(l.shape().rank(), 0);
+    assert_relative_eq!(l.value().scalar_value().unwrap(), 4.0);
+    let none = Tensor::zeros([1, 2], DType::F64);
+    let l = tape.masked_mse(&pred, &target, &none).unwrap();
+    assert_relative_eq!(l.value().scalar_value().unwrap(), 2.5);
+    // PSNR of a uniform error of 0.1: −10·log10(0.01 + 1e−8).
+    let a = Tensor::full(0.6, [2, 3], DType::F32);
+    let b = Tensor::full(0.5, [2, 3], DType::F32);
+    assert_relative_eq!(
+        psnr(&a, &b).unwrap(),
+        -10.0 * (0.01f64 + 1e-8).log10(),
+        max_relative = 1e-5
+    );
+}
+
+#[test]
+fn dropout_keeps_the_expected_fraction_and_scales() {
+    let tape = Tape::inference();
+    let n = 100_000;
+    let x = tape.constant(Tensor::full(1.0, [n], DType::F32));
+    let y = tape
+        .dropout(&x, 0.1, RngStream::new(42, 3))
+        .unwrap()
+        .value()
+        .to_f64_vec();
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.9).abs() < 5e-3, "kept {kept}");
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+    let again = tape
+        .dropout(&x, 0.1, RngStream::new(42, 3))
+        .unwrap()
+        .value()
+        .to_f64_vec();
+    assert_eq!(y, again, "same stream, same mask");
+}
+
+/// Multi-head attention written the slow, obvious way, one (sequence, head)
+/// at a time with explicit loops over scalars.
+fn naive_attention(qkv: &[f64], layout: &SeqLayout, heads: usize, e: usize, dropout: Option<&AttnDropout>) -> Vec<f64> {
+    let dh = e / heads;
+    let l = layout.len;
+    let mut out = vec![0.0; layout.num_rows() * e];
+    for s in 0..layout.num_seqs() {
+        for h in 0..heads {
+            let q = |i: usize, c: usize| qkv[layout.row(s, i) * 3 * e + h * dh + c];
+            let k = |i: usize, c: usize| qkv[layout.row(s, i) * 3 * e + e + h * dh + c];
+            let v = |i: usize, c: usize| qkv[layout.row(s, i) * 3 * e + 2 * e + h * dh + c];
+            for i in 0..l {
+                let scores: Vec<f64> = (0..l)
+                    .map(|j| (0..dh).map(|c| q(i, c) * k(j, c)).sum::<f64>() / (dh as f64).sqrt())
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                for (j, &score) in scores.iter().enumerate() {
+                    let mut p = (score - m).exp() / z;
+                    if let Some(d) = dropout {
+                        let u = d.rng.uniform((((s * heads + h) * l + i) * l + j) as u64) as f64;
+                        p = if u >= d.p { p / (1.0 - d.p) } else { 0.0 };
+                    }
+                    for c in 0..dh {
+                        out[layout.row(s, i) * e + h * dh + c] += p * v(j, c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_naive_loop() {
+    let cases = [
+        (SeqLayout::spatial(2, 3, 5), 2, 12),
+        (SeqLayout::depth(2, 3, 5), 2, 12),
+        (SeqLayout::depth(1, 4, 2), 1, 96),
+        (SeqLayout::spatial(1, 2, 7), 3, 4),
+        (SeqLayout::contiguous(2, 16), 4, 3),
+    ];
+    for (k, (layout, heads, dh)) in cases.into_iter().enumerate() {
+        let e = heads * dh;
+        for dropout in [None, Some(0.2)] {
+            let d = dropout.map(|p| AttnDropout {
+                p,
+                rng: RngStream::new(k as u64, 5),
+            });
+            let opts = AttentionOptions {
+                layout,
+                heads,
+                dropout: d,
+            };
+            let qkv = rand_tensor([layout.num_rows(), 3 * e], 40 + k as u64, DType::F64);
+            let want = naive_attention(&qkv.to_f64_vec(), &layout, heads, e, d.as_ref());
+            for dtype in [DType::F64, DType::F32] {
+                let tape = Tape::inference();
+                let got = tape
+                    .attention(&tape.constant(qkv.to_dtype(dtype)), &opts)
+                    .unwrap()
+                    .value()
+                    .to_f64_vec();
+                let err = rel_err(&got, &want);
+                let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+                assert!(err < tol, "case {k} {dtype:?} dropout {dropout:?}: error {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn depth_stream_equals_spatial_attention_on_the_transposed_grid() {
+    // The strided layout must give exactly what a physical (T, L) transpose
+    // followed by contiguous attention gives.
+    let (b, tt, l, heads, dh) = (2, 4, 3, 2, 6);
+    let e = heads * dh;
+    let qkv = rand_tensor([b * tt * l, 3 * e], 77, DType::F64).to_f64_vec();
+    let mut transposed = vec![0.0; qkv.len()];
+    for bi in 0..b {
+        for t in 0..tt {
+            for li in 0..l {
+                let src = (bi * tt * l + t * l + li) * 3 * e;
+                let dst = (bi * tt * l + li * tt + t) * 3 * e;
+                transposed[dst..dst + 3 * e].copy_from_slice(&qkv[src..src + 3 * e]);
+            }
+        }
+    }
+    let tape = Tape::inference();
+    let run = |data: &[f64], layout: SeqLayout| {
+        let x = tape.constant(Tensor::from_f64_slice(data, [b * tt * l, 3 * e], DType::F64).unwrap());
+        let opts = AttentionOptions {
+            layout,
+            heads,
+            dropout: None,
+        };
+        tape.attention(&x, &opts).unwrap().value().to_f64_vec()
+    };
+    let strided = run(&qkv, SeqLayout::depth(b, tt, l));
+    let contiguous = run(&transposed, SeqLayout::contiguous(b * l, tt));
+    for bi in 0..b {
+        for t in 0..tt {
+            for li in 0..l {
+                let a = (bi * tt * l + t * l + li) * e;
+                let c = (bi * tt * l + li * tt + t) * e;
+                assert_eq!(strided[a..a + e], contiguous[c..c + e]);
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_and_matmul_values() {
+    let tape = Tape::inference();
+    let x = input(&tape, &[1., 2., 3., 4., 5., 6.], &[2, 3], DType::F32);
+    let w = input(&tape, &[1., 0., -1., 0.5, 0.5, 0.5], &[2, 3], DType::F32);
+    let b = input(&tape, &[10., 20.], &[2], DType::F32);
+    let y = tape.linear(&x, &w, Some(&b)).unwrap().value().to_f64_vec();
+    assert_eq!(y, vec![1. - 3. + 10., 3. + 20., 4. - 6. + 10., 7.5 + 20.]);
+    let a = input(&tape, &[1., 2., 3., 4.], &[1, 2, 2], DType::F64);
+    let c = input(&tape, &[0., 1., 1., 0.], &[1, 2, 2], DType::F64);
+    assert_eq!(tape.matmul(&a, &c).unwrap().value().to_f64_vec(), vec![2., 1., 4., 3.]);
+}
+
+#[test]
+fn large_linear_uses_blocks_and_agrees_with_f64() {
+    // Big enough for the row-block parallel path; f32 against an f64 product.
+    let (rows, inf, outf) = (300, 96, 130);
+    let x = rand_tensor([rows, inf], 1, DType::F64);
+    let w = rand_tensor([outf, inf], 2, DType::F64);
+    let tape = Tape::inference();
+    let want = tape
+        .linear(&tape.constant(x.clone()), &tape.constant(w.clone()), None)
+        .unwrap()
+        .value()
+        .to_f64_vec();
+    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+    let mut naive = vec![0.0; rows * outf];
+    for r in 0..rows {
+        for o in 0..outf {
+            naive[r * outf + o] = (0..inf).map(|i| xv[r * inf + i] * wv[o * inf + i]).sum();
+        }
+    }
+    assert!(rel_err(&want, &naive) < 1e-13);
+    let got = tape
+        .linear(
+            &tape.constant(x.to_dtype(DType::F32)),
+            &tape.constant(w.to_dtype(DType::F32)),
+            None,
+        )
+        .unwrap()
+        .value()
+        .to_f64_vec();
+    assert!(rel_err(&got, &naive) < 1e-5);
+}

@@ -1,0 +1,156 @@
+//! The tape's contract: parameter gradients land in the store and add up
+//! across micro-batches, inputs get gradients only when they ask, an
+//! inference scope records nothing.
+
+mod common;
+
+use common::{rand_tensor, rel_err};
+use nemesis::autograd::{ParamStore, Tape};
+use nemesis::{DType, Error, Tensor};
+
+fn store_with_linear() -> (ParamStore, nemesis::autograd::ParamId, nemesis::autograd::ParamId) {
+    let mut store = ParamStore::new();
+    let w = store.add("lin.weight", rand_tensor([3, 4], 1, DType::F64)).unwrap();
+    let b = store.add("lin.bias", rand_tensor([3], 2, DType::F64)).unwrap();
+    (store, w, b)
+}
+
+fn loss_of(
+    tape: &Tape,
+    store: &ParamStore,
+    w: nemesis::autograd::ParamId,
+    b: nemesis::autograd::ParamId,
+    x: &Tensor,
+) -> nemesis::Var {
+    let x = tape.constant(x.clone());
+    let y = tape
+        .linear(&x, &tape.param(store, w), Some(&tape.param(store, b)))
+        .unwrap();
+    let y2 = tape.mul(&y, &y).unwrap();
+    let m = tape.mean(&y2, 1).unwrap();
+    tape.mean(&m, 0).unwrap()
+}
+
+#[test]
+fn parameter_gradients_fill_and_accumulate() {
+    let (mut store, w, b) = store_with_linear();
+    let x1 = rand_tensor([5, 4], 3, DType::F64);
+    let x2 = rand_tensor([5, 4], 4, DType::F64);
+
+    let grad_of = |store: &mut ParamStore, x: &Tensor| {
+        store.zero_grad();
+        let tape = Tape::new();
+        let l = loss_of(&tape, store, w, b, x);
+        tape.backward(&l, store).unwrap();
+        (
+            store.get(w).grad.clone().unwrap().to_f64_vec(),
+            store.get(b).grad.clone().unwrap().to_f64_vec(),
+        )
+    };
+    let (gw1, gb1) = grad_of(&mut store, &x1);
+    let (gw2, gb2) = grad_of(&mut store, &x2);
+    assert!(gw1.iter().any(|&v| v != 0.0) && gb1.iter().any(|&v| v != 0.0));
+
+    // Two micro-batches without clearing: the sum of the two.
+    store.zero_grad();
+    for x in [&x1, &x2] {
+        let tape = Tape::new();
+        let l = loss_of(&tape, &store, w, b, x);
+        tape.backward(&l, &mut store).unwrap();
+    }
+    let sum_w: Vec<f64> = gw1.iter().zip(&gw2).map(|(a, b)| a + b).collect();
+    let sum_b: Vec<f64> = gb1.iter().zip(&gb2).map(|(a, b)| a + b).collect();
+    assert!(rel_err(&store.get(w).grad.clone().unwrap().to_f64_vec(), &sum_w) < 1e-14);
+    assert!(rel_err(&store.get(b).grad.clone().unwrap().to_f64_vec(), &sum_b) < 1e-14);
+
+    store.zero_grad();
+    assert!(store.get(w).grad.is_none() && store.get(b).grad.is_none());
+}
+
+#[test]
+fn a_parameter_used_twice_gets_both_contributions() {
+    let mut store = ParamStore::new();
+    let s = store.add("s", Tensor::scalar(3.0, DType::F64)).unwrap();
+    let tape = Tape::new();
+    // loss = s·s through two separate parameter leaves: d/ds = 2s = 6.
+    let a = tape.param(&store, s);
+    let b = tape.param(&store, s);
+    let l = tape.mul(&a, &b).unwrap();
+    tape.backward(&l, &mut store).unwrap();
+    assert_eq!(store.get(s).grad.clone().unwrap().to_f64_vec(), vec![6.0]);
+}
+
+#[test]
+fn inputs_get_gradients_only_when_asked() {
+    let (mut store, w, b) = store_with_linear();
+    let tape = Tape::new();
+    let asks = tape.input(rand_tensor([2, 4], 5, DType::F64), true);
+    let silent = tape.input(rand_tensor([2, 4], 6, DType::F64), false);
+    let s = tape.add(&asks, &silent).unwrap();
+    let y = tape
+        .linear(&s, &tape.param(&store, w), Some(&tape.param(&store, b)))
+        .unwrap();
+    let l = tape.mean(&tape.mean(&y, 1).unwrap(), 0).unwrap();
+    let grads = tape.backward(&l, &mut store).unwrap();
+    let g = grads.get(&asks).expect("asked for a gradient");
+    assert_eq!(g.shape().dims(), [2, 4]);
+    assert!(grads.get(&silent).is_none());
+    // d mean(x·Wᵀ + b)/dx = column means of W / rows.
+    let wv = store.get(w).value.to_f64_vec();
+    for (i, &gi) in g.to_f64_vec().iter().enumerate() {
+        let c = i % 4;
+        let want = (0..3).map(|o| wv[o * 4 + c]).sum::<f64>() / 3.0 / 2.0;
+        assert!((gi - want).abs() < 1e-14);
+    }
+}
+
+#[test]
+fn inference_records_nothing() {
+    let (store, w, b) = store_with_linear();
+    let x = rand_tensor([5, 4], 3, DType::F64);
+    let tape = Tape::inference();
+    let l = loss_of(&tape, &store, w, b, &x);
+    assert_eq!(tape.num_nodes(), 0);
+    assert!(!l.tracked());
+
+    let tape = Tape::new();
+    let inside = tape.no_grad(|t| loss_of(t, &store, w, b, &x));
+    assert_eq!(tape.num_nodes(), 0);
+    assert!(!inside.tracked());
+    let outside = loss_of(&tape, &store, w, b, &x);
+    assert!(tape.num_nodes() > 0 && outside.tracked());
+    assert_eq!(inside.value().to_f64_vec(), outside.value().to_f64_vec());
+}
+
+#[test]
+fn backward_errors_are_errors() {
+    let (mut store, w, b) = store_with_linear();
+    let x = rand_tensor([5, 4], 3, DType::F64);
+    let tape = Tape::inference();
+    let l = loss_of(&tape, &store, w, b, &x);
+    assert!(matches!(tape.backward(&l, &mut store), Err(Error::Autograd(_))));
+
+    let tape = Tape::new();
+    let y = tape
+        .linear(&tape.constant(x), &tape.param(&store, w), Some(&tape.param(&store, b)))
+        .unwrap();
+    let err = tape.backward(&y, &mut store).unwrap_err().to_string();
+    assert!(err.contains("one element"), "{err}");
+}
+
+#[test]
+fn duplicate_parameter_names_and_bad_values_are_rejected() {
+    let (mut store, w, _) = store_with_linear();
+    assert!(store.add("lin.weight", Tensor::zeros([1], DType::F64)).is_err());
+    let err = store
+        .set_value(w, Tensor::zeros([4, 3], DType::F64))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[3, 4]") && err.contains("[4, 3]"), "{err}");
+    assert!(store.set_value(w, Tensor::zeros([3, 4], DType::F32)).is_err());
+    assert_eq!(store.num_elements(), 15);
+    assert_eq!(
+        store.id("lin.bias").map(|id| store.get(id).name.clone()),
+        Some("lin.bias".into())
+    );
+}
