@@ -4,7 +4,7 @@
 mod common;
 
 use common::{gradcheck, rand_size, rand_tensor};
-use nemesis::ops::{AttentionOptions, AttnDropout};
+use nemesis::ops::{AttentionOptions, AttnDropout, MhaParams};
 use nemesis::rng::RngStream;
 use nemesis::tensor::SeqLayout;
 use nemesis::{DType, Tensor};
@@ -227,4 +227,36 @@ fn composed_graph_reuses_values() {
             tp.mul(&g, &r)
         },
     );
+}
+
+#[test]
+fn full_mha_in_pytorch_layout() {
+    // B = 1, T = 3, L = 4, E = 24 with 2 heads of 12; both MATB streams.
+    let (tt, l, e) = (3, 4, 24);
+    for layout in [SeqLayout::spatial(1, tt, l), SeqLayout::depth(1, tt, l)] {
+        gradcheck(
+            "mha",
+            &[
+                t(&[tt * l, e], 1),
+                t(&[3 * e, e], 2),
+                t(&[3 * e], 3),
+                t(&[e, e], 4),
+                t(&[e], 5),
+            ],
+            |tp, v| {
+                let p = MhaParams {
+                    in_proj_weight: &v[1],
+                    in_proj_bias: &v[2],
+                    out_proj_weight: &v[3],
+                    out_proj_bias: &v[4],
+                };
+                let opts = AttentionOptions {
+                    layout,
+                    heads: 2,
+                    dropout: None,
+                };
+                tp.mha(&v[0], &p, &opts)
+            },
+        );
+    }
 }

@@ -81,3 +81,23 @@ impl Tape {
         ))
     }
 }
+
+/// The four tensors of a PyTorch `nn.MultiheadAttention` (SPEC 5.2).
+#[derive(Clone, Copy, Debug)]
+pub struct MhaParams<'a> {
+    /// `3E × E`, rows `[Wq; Wk; Wv]`.
+    pub in_proj_weight: &'a Var,
+    pub in_proj_bias: &'a Var,
+    pub out_proj_weight: &'a Var,
+    pub out_proj_bias: &'a Var,
+}
+
+impl Tape {
+    /// Full multi-head self-attention: fused QKV projection, attention over
+    /// the sequences of `opts.layout`, output projection.
+    pub fn mha(&self, x: &Var, p: &MhaParams, opts: &AttentionOptions) -> Result<Var> {
+        let qkv = self.linear(x, p.in_proj_weight, Some(p.in_proj_bias))?;
+        let a = self.attention(&qkv, opts)?;
+        self.linear(&a, p.out_proj_weight, Some(p.out_proj_bias))
+    }
+}

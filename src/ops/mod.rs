@@ -13,7 +13,7 @@ mod linear;
 mod loss;
 mod reduce;
 
-pub use attention::{AttentionOptions, AttnDropout};
+pub use attention::{AttentionOptions, AttnDropout, MhaParams};
 pub use loss::psnr;
 
 use crate::autograd::{Backward, Var};
