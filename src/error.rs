@@ -28,6 +28,19 @@ pub enum Error {
     NotYet { what: &'static str, tracking: &'static str },
     #[error("autograd: {0}")]
     Autograd(String),
+    /// A file that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file whose contents are not what they must be (format, names, shapes, dtypes).
+    #[error("{path}: {why}")]
+    Format { path: String, why: String },
+    /// A model configuration that cannot work.
+    #[error("config: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -46,6 +59,20 @@ impl Error {
         Error::BadShape {
             op,
             shape: shape.clone(),
+            why: why.into(),
+        }
+    }
+
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub fn format(path: &std::path::Path, why: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.display().to_string(),
             why: why.into(),
         }
     }

@@ -9,6 +9,8 @@ pub mod autograd;
 pub mod backend;
 pub mod cli;
 pub mod error;
+pub mod io;
+pub mod model;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

@@ -32,6 +32,23 @@ pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     ctr
 }
 
+/// What a random stream is for; part of its stream id, so draws for different
+/// purposes never share counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Purpose {
+    Init = 1,
+    Noise = 2,
+    Mask = 3,
+    Dropout = 4,
+}
+
+/// The stream id of `(purpose, step, site)`: purpose in the top 8 bits, the
+/// training step in the next 40, a site (layer, call) in the low 16.
+pub fn stream_id(purpose: Purpose, step: u64, site: u64) -> u64 {
+    ((purpose as u64) << 56) | ((step & ((1 << 40) - 1)) << 16) | (site & 0xFFFF)
+}
+
 /// 2⁻²⁴: the spacing of the uniform grid, exact in f32.
 const UNIT: f32 = 1.0 / 16_777_216.0;
 

@@ -143,6 +143,28 @@ impl Tape {
         v
     }
 
+    /// A parameter leaf that takes its forward value from `value` while its
+    /// gradient still goes to `id`. Only for the decoder's `pe_scale`, which
+    /// the public release overwrites with the encoder's before each pass
+    /// (SPEC 6); the shape must match the parameter's.
+    pub fn param_as(&self, store: &ParamStore, id: ParamId, value: Tensor) -> Result<Var> {
+        let p = store.get(id);
+        if p.value.shape() != value.shape() || p.value.dtype() != value.dtype() {
+            return Err(Error::shape_mismatch(
+                "param_as",
+                p.value.shape(),
+                value.shape(),
+                format!("value for `{}` must have its shape and dtype", p.name),
+            ));
+        }
+        let tracked = self.is_recording();
+        let v = self.fresh(value, tracked);
+        if tracked {
+            self.params.borrow_mut().insert(v.id, id);
+        }
+        Ok(v)
+    }
+
     /// Wraps an op's output; records `op` when recording and some input is tracked.
     pub fn record(&self, value: Tensor, inputs: &[&Var], op: impl Backward + 'static) -> Var {
         let tracked = self.is_recording() && inputs.iter().any(|v| v.tracked);

@@ -1,0 +1,23 @@
+//! The NEMESIS model (SPEC 1, 4–10, 13): configuration, parameters and their
+//! initialisation, positional table, dual masking, noise, the masked
+//! autoencoder on the tape, checkpoints and FLOP accounting.
+
+mod checkpoint;
+mod config;
+mod flops;
+mod mask;
+mod nemesis;
+mod noise;
+mod params;
+mod patch;
+mod pos_embed;
+
+pub use checkpoint::{load_checkpoint, load_checkpoint_for, param_value, save_checkpoint};
+pub use config::{ModelConfig, PRESETS};
+pub use flops::{encoder_flops, training_flops, FlopCount, FlopEntry};
+pub use mask::DualMask;
+pub use nemesis::{Dropout, MaeOutput, Nemesis};
+pub use noise::add_noise;
+pub use params::{init_params, param_count, param_specs, Init, ParamSpec};
+pub use patch::{patchify, unpatchify};
+pub use pos_embed::positional_table;

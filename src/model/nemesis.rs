@@ -1,0 +1,389 @@
+//! The NEMESIS masked autoencoder (SPEC 5–7), written once against the tape.
+
+use std::cell::Cell;
+
+use super::config::ModelConfig;
+use super::mask::DualMask;
+use super::patch::patchify;
+use super::pos_embed::positional_table;
+use crate::autograd::{ParamStore, Tape, Var};
+use crate::error::{Error, Result};
+use crate::ops::{AttentionOptions, AttnDropout, MhaParams};
+use crate::rng::{stream_id, Purpose, RngStream};
+use crate::tensor::{DType, SeqLayout, Tensor};
+
+const LN_EPS: f64 = 1e-5;
+
+/// Dropout for one training step: each dropout site (attention
+/// probabilities, FFN outputs) takes the next stream id, in the fixed order
+/// of the forward pass.
+pub struct Dropout {
+    p: f64,
+    seed: u64,
+    step: u64,
+    site: Cell<u64>,
+}
+
+impl Dropout {
+    pub fn new(p: f64, seed: u64, step: u64) -> Self {
+        Dropout {
+            p,
+            seed,
+            step,
+            site: Cell::new(0),
+        }
+    }
+
+    fn next(&self) -> RngStream {
+        let s = self.site.get();
+        self.site.set(s + 1);
+        RngStream::new(self.seed, stream_id(Purpose::Dropout, self.step, s))
+    }
+
+    fn attention(&self) -> Option<AttnDropout> {
+        (self.p > 0.0).then(|| AttnDropout {
+            p: self.p,
+            rng: self.next(),
+        })
+    }
+}
+
+/// What a training forward pass returns.
+pub struct MaeOutput {
+    /// Reconstructed patches, `B × N × P`.
+    pub pred: Var,
+    /// The masked loss of SPEC 7 (0-d).
+    pub loss: Var,
+    /// Encoder output after `encoder.norm`, `B × Nv × E`.
+    pub latent: Var,
+    /// SPEC 7's PSNR of the whole reconstruction against the clean target.
+    pub psnr: f64,
+}
+
+/// The model: a configuration and its fixed positional table. Parameters
+/// live in a `ParamStore` under their official names.
+pub struct Nemesis {
+    config: ModelConfig,
+    pe: Vec<f64>,
+}
+
+impl Nemesis {
+    pub fn new(config: ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let pe = positional_table(&config);
+        Ok(Nemesis { config, pe })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn p(&self, tape: &Tape, store: &ParamStore, name: &str) -> Result<Var> {
+        let id = store
+            .id(name)
+            .ok_or_else(|| Error::invalid("model", format!("parameter `{name}` is missing")))?;
+        Ok(tape.param(store, id))
+    }
+
+    fn dtype(&self, store: &ParamStore) -> Result<DType> {
+        store
+            .iter()
+            .next()
+            .map(|(_, p)| p.value.dtype())
+            .ok_or_else(|| Error::invalid("model", "the parameter store is empty"))
+    }
+
+    /// The positional rows of `ids` per item, `B × n × E`, as a constant.
+    fn pe_rows(&self, ids: &[usize], batch: usize, dtype: DType) -> Result<Tensor> {
+        let e = self.config.embed_dim;
+        let n = ids.len() / batch.max(1);
+        let mut v = Vec::with_capacity(ids.len() * e);
+        for &i in ids {
+            v.extend_from_slice(&self.pe[i * e..(i + 1) * e]);
+        }
+        Tensor::from_f64_slice(&v, [batch, n, e], dtype)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mha(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        prefix: &str,
+        x: &Var,
+        layout: SeqLayout,
+        heads: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let w = self.p(tape, store, &format!("{prefix}.in_proj_weight"))?;
+        let b = self.p(tape, store, &format!("{prefix}.in_proj_bias"))?;
+        let ow = self.p(tape, store, &format!("{prefix}.out_proj.weight"))?;
+        let ob = self.p(tape, store, &format!("{prefix}.out_proj.bias"))?;
+        let params = MhaParams {
+            in_proj_weight: &w,
+            in_proj_bias: &b,
+            out_proj_weight: &ow,
+            out_proj_bias: &ob,
+        };
+        let opts = AttentionOptions {
+            layout,
+            heads,
+            dropout: dropout.and_then(|d| d.attention()),
+        };
+        tape.mha(x, &params, &opts)
+    }
+
+    fn linear(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var) -> Result<Var> {
+        let w = self.p(tape, store, &format!("{prefix}.weight"))?;
+        let b = self.p(tape, store, &format!("{prefix}.bias"))?;
+        tape.linear(x, &w, Some(&b))
+    }
+
+    fn layer_norm(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var) -> Result<Var> {
+        let w = self.p(tape, store, &format!("{prefix}.weight"))?;
+        let b = self.p(tape, store, &format!("{prefix}.bias"))?;
+        tape.layer_norm(x, &w, &b, LN_EPS)
+    }
+
+    fn dropout(&self, tape: &Tape, x: &Var, d: Option<&Dropout>) -> Result<Var> {
+        match d {
+            Some(d) if d.p > 0.0 => tape.dropout(x, d.p, d.next()),
+            _ => Ok(x.clone()),
+        }
+    }
+
+    /// SPEC 5.4 on `x` (`B·T·L × E` rows of a `B × T × L` grid).
+    #[allow(clippy::too_many_arguments)]
+    fn matb(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        prefix: &str,
+        x: &Var,
+        grid: (usize, usize, usize),
+        heads: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let (b, t, l) = grid;
+        let h = self.layer_norm(tape, store, &format!("{prefix}.norm1"), x)?;
+        let os = self.mha(
+            tape,
+            store,
+            &format!("{prefix}.spatial_attn"),
+            &h,
+            SeqLayout::spatial(b, t, l),
+            heads,
+            dropout,
+        )?;
+        let od = self.mha(
+            tape,
+            store,
+            &format!("{prefix}.depth_attn"),
+            &h,
+            SeqLayout::depth(b, t, l),
+            heads,
+            dropout,
+        )?;
+        let both = tape.add(&os, &od)?;
+        let x = tape.add(x, &tape.scale(&both, 0.5)?)?;
+        let x = self.layer_norm(tape, store, &format!("{prefix}.norm2"), &x)?;
+        let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
+        let f = self.dropout(tape, &tape.gelu(&f)?, dropout)?;
+        let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;
+        let f = self.dropout(tape, &f, dropout)?;
+        tape.add(&x, &f)
+    }
+
+    /// SPEC 5.1: visible patch vectors `B × Nv × P` → `H0`, `B × Nv × E`.
+    fn patch_embed(&self, tape: &Tape, store: &ParamStore, x: &Var, dropout: Option<&Dropout>) -> Result<Var> {
+        let c = &self.config;
+        if !c.use_nemesis_tokens {
+            return self.linear(tape, store, "encoder.patch_embed", x);
+        }
+        let a = "encoder.adaptive_agg";
+        let (b, nv) = (x.shape().dims()[0], x.shape().dims()[1]);
+        let g = b * nv;
+        let (pd, k, e, te) = (c.patch_size[0], c.num_nemesis_tokens, c.embed_dim, c.token_dim());
+        let dtype = x.value().dtype();
+        let lin = self.linear(tape, store, &format!("{a}.linear"), x)?;
+
+        // Token path: the pd axial rows of each patch, embedded, plus pos_embed.
+        let rows = tape.reshape(x, [g * pd, c.patch_row()])?;
+        let u = self.linear(tape, store, &format!("{a}.embed"), &rows)?;
+        let u = tape.reshape(&u, [g, pd, te])?;
+        let pos = tape.reshape(&self.p(tape, store, &format!("{a}.pos_embed"))?, [pd, te])?;
+        let u = tape.add(&u, &pos)?;
+        // Z = [u_0 … u_{pd−1}, t_0 … t_{K−1}]: the rows of u in places 0..pd,
+        // the learned tokens in places pd..pd+K (the same for every patch).
+        let zero_row = tape.constant(Tensor::zeros([te], dtype));
+        let first: Vec<usize> = (0..g).flat_map(|_| 0..pd).collect();
+        let z = tape.scatter_rows(&u, &first, pd + k, &zero_row)?;
+        let mt = self.p(tape, store, &format!("{a}.mt"))?;
+        let last: Vec<usize> = (pd..pd + k).collect();
+        let mt_rows = tape.reshape(&tape.scatter_rows(&mt, &last, pd + k, &zero_row)?, [pd + k, te])?;
+        let z = tape.add(&z, &mt_rows)?;
+        let z = self.layer_norm(
+            tape,
+            store,
+            &format!("{a}.norm_qkv"),
+            &tape.reshape(&z, [g * (pd + k), te])?,
+        )?;
+        let att = self.mha(
+            tape,
+            store,
+            &format!("{a}.attn"),
+            &z,
+            SeqLayout::contiguous(g, pd + k),
+            c.num_heads,
+            dropout,
+        )?;
+        let att = self.linear(tape, store, &format!("{a}.proj"), &att)?;
+        let tail: Vec<usize> = (0..g).flat_map(|_| pd..pd + k).collect();
+        let tok = tape.gather_rows(&tape.reshape(&att, [g, pd + k, te])?, &tail)?;
+        let tok = tape.reshape(&tok, [b, nv, e])?;
+        let gate = tape.sigmoid(&self.p(tape, store, &format!("{a}.alpha"))?)?;
+        tape.gate_mix(&lin, &tok, &gate)
+    }
+
+    /// The encoder on visible patch vectors `B × Nv × P` laid out by `mask`:
+    /// returns the latent, `B × Nv × E`.
+    fn encoder(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        patches: &Var,
+        mask: &DualMask,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let c = &self.config;
+        let (b, nv, e) = (mask.batch(), mask.visible(), c.embed_dim);
+        let dtype = patches.value().dtype();
+        let h0 = self.patch_embed(tape, store, patches, dropout)?;
+        let pe = tape.constant(self.pe_rows(mask.ids_keep(), b, dtype)?);
+        let s = self.p(tape, store, "encoder.pe_scale")?;
+        let mut x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
+        let grid = (b, mask.slices(), mask.per_slice());
+        for i in 0..c.depth {
+            x = self.matb(
+                tape,
+                store,
+                &format!("encoder.blocks.{i}"),
+                &x,
+                grid,
+                c.num_heads,
+                dropout,
+            )?;
+        }
+        let x = self.layer_norm(tape, store, "encoder.norm", &x)?;
+        tape.reshape(&x, [b, nv, e])
+    }
+
+    /// SPEC 6: latent `B × Nv × E` → predicted patches `B × N × P`.
+    fn decoder(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        latent: &Var,
+        mask: &DualMask,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let c = &self.config;
+        let (b, n, e, p) = (mask.batch(), c.num_tokens(), c.embed_dim, c.patch_dim());
+        let dtype = latent.value().dtype();
+        let fill = tape.reshape(&self.p(tape, store, "decoder.mask_token")?, [e])?;
+        let y = tape.scatter_rows(latent, mask.ids_keep(), n, &fill)?;
+        // The decoder's scale takes the encoder's value (kept quirk, SPEC 6).
+        let enc_scale = store
+            .id("encoder.pe_scale")
+            .map(|id| store.get(id).value.clone())
+            .ok_or_else(|| Error::invalid("model", "parameter `encoder.pe_scale` is missing"))?;
+        let dec_id = store
+            .id("decoder.pe_scale")
+            .ok_or_else(|| Error::invalid("model", "parameter `decoder.pe_scale` is missing"))?;
+        let s = tape.param_as(store, dec_id, enc_scale)?;
+        let pe = tape.constant(Tensor::from_f64_slice(&self.pe, [n, e], dtype)?);
+        let mut x = tape.reshape(&tape.add(&y, &tape.mul(&pe, &s)?)?, [b * n, e])?;
+        let grid = (b, c.grid()[0], c.plane_tokens());
+        for i in 0..c.decoder_depth {
+            x = self.matb(
+                tape,
+                store,
+                &format!("decoder.blocks.{i}"),
+                &x,
+                grid,
+                c.decoder_num_heads,
+                dropout,
+            )?;
+        }
+        let x = self.layer_norm(tape, store, "decoder.norm", &x)?;
+        let x = self.linear(tape, store, "decoder.head", &x)?;
+        tape.reshape(&x, [b, n, p])
+    }
+
+    fn check_input(&self, store: &ParamStore, x: &Tensor, what: &'static str) -> Result<DType> {
+        let dtype = self.dtype(store)?;
+        if x.dtype() != dtype {
+            return Err(Error::DTypeMismatch {
+                op: what,
+                lhs: x.dtype(),
+                rhs: dtype,
+            });
+        }
+        Ok(dtype)
+    }
+
+    /// The training forward pass (SPEC 4–7): the encoder sees the visible
+    /// tokens of `noisy`, the decoder reconstructs every token, the loss is
+    /// taken against `clean` on the masked tokens. `dropout` is `None` at
+    /// inference and in the fixtures.
+    pub fn forward_train(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        noisy: &Tensor,
+        clean: &Tensor,
+        mask: &DualMask,
+        dropout: Option<&Dropout>,
+    ) -> Result<MaeOutput> {
+        let dtype = self.check_input(store, noisy, "forward")?;
+        self.check_input(store, clean, "forward")?;
+        if noisy.shape() != clean.shape() {
+            return Err(Error::shape_mismatch(
+                "forward",
+                noisy.shape(),
+                clean.shape(),
+                "noisy input and clean target",
+            ));
+        }
+        let input = tape.constant(patchify(&self.config, noisy)?);
+        let target = patchify(&self.config, clean)?;
+        let b = input.shape().dims()[0];
+        if mask.batch() != b || mask.slices() != self.config.grid()[0] {
+            return Err(Error::invalid(
+                "forward",
+                format!("the mask is for a batch of {}, the input has {b}", mask.batch()),
+            ));
+        }
+        let visible = tape.gather_rows(&input, mask.ids_keep())?;
+        let latent = self.encoder(tape, store, &visible, mask, dropout)?;
+        let pred = self.decoder(tape, store, &latent, mask, dropout)?;
+        let target = tape.constant(target);
+        let loss = tape.masked_mse(&pred, &target, &mask.mask_tensor(dtype))?;
+        let psnr = crate::ops::psnr(pred.value(), target.value())?;
+        Ok(MaeOutput {
+            pred,
+            loss,
+            latent,
+            psnr,
+        })
+    }
+
+    /// The encoder at inference (no masking, no dropout): `B × N × E`.
+    pub fn encode(&self, tape: &Tape, store: &ParamStore, x: &Tensor) -> Result<Var> {
+        self.check_input(store, x, "encode")?;
+        let patches = tape.constant(patchify(&self.config, x)?);
+        let b = patches.shape().dims()[0];
+        let mask = DualMask::full(&self.config, b);
+        self.encoder(tape, store, &patches, &mask, None)
+    }
+}
