@@ -156,14 +156,17 @@ impl ModelConfig {
                 ));
             }
         }
+        // A mask ratio of 1 is allowed: SPEC 4's clamps still keep one token.
         for (name, r) in [
             ("plane_mask_ratio", self.plane_mask_ratio),
             ("axis_mask_ratio", self.axis_mask_ratio),
-            ("dropout", self.dropout),
         ] {
-            if !(0.0..1.0).contains(&r) {
-                return bad(format!("{name} must be in [0, 1), got {r}"));
+            if !(0.0..=1.0).contains(&r) {
+                return bad(format!("{name} must be in [0, 1], got {r}"));
             }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         Ok(())
     }
@@ -255,7 +258,8 @@ mod tests {
                 r#"{"embed_dim": 64, "num_heads": 16, "decoder_num_heads": 4}"#,
                 "token width",
             ),
-            (r#"{"plane_mask_ratio": 1.0}"#, "plane_mask_ratio"),
+            (r#"{"plane_mask_ratio": 1.5}"#, "plane_mask_ratio"),
+            (r#"{"dropout": 1.0}"#, "dropout"),
             (r#"{"patch_size": [0, 8, 8]}"#, "positive"),
         ];
         for (json, want) in cases {
