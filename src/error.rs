@@ -81,3 +81,15 @@ impl Error {
         Error::InvalidArgument { op, why: why.into() }
     }
 }
+
+impl From<crate::picture::PictureError> for Error {
+    fn from(e: crate::picture::PictureError) -> Self {
+        match e {
+            crate::picture::PictureError::Io { path, source } => Error::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            crate::picture::PictureError::Invalid(why) => Error::invalid("picture", why),
+        }
+    }
+}

@@ -8,10 +8,12 @@
 pub mod autograd;
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod picture;
 pub mod rng;
 pub mod tensor;
 

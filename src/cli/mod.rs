@@ -1,5 +1,13 @@
-//! The `nemesis` command line. Each subcommand gets its own module as it
-//! lands; until then it says which issue brings it and exits with status 2.
+//! The `nemesis` command line. Each subcommand has its own module; one that
+//! has not landed yet says which issue brings it and exits with status 2.
+
+mod device;
+mod encode;
+mod flops;
+mod init;
+mod model_source;
+mod picture;
+mod reconstruct;
 
 use clap::{Parser, Subcommand};
 
@@ -34,12 +42,14 @@ pub struct Pending {
 pub enum Command {
     /// Pretrain a NEMESIS model (built-in default: synthetic CT phantoms, `small` preset, CPU).
     Pretrain(Pending),
-    /// Encode superpatches or a NIfTI volume into encoder features.
-    Encode(Pending),
-    /// Reconstruct masked superpatches with a checkpoint and save pictures.
-    Reconstruct(Pending),
-    /// Count the FLOPs of a configuration (SPEC 13).
-    Flops(Pending),
+    /// Write a freshly initialised checkpoint (PyTorch-default init, seeded).
+    Init(init::InitArgs),
+    /// Encode superpatches into encoder features (inference: nothing masked).
+    Encode(encode::EncodeArgs),
+    /// Reconstruct masked superpatches with a checkpoint; optionally a picture.
+    Reconstruct(reconstruct::ReconstructArgs),
+    /// Count the FLOPs of a configuration, module by module (SPEC 13).
+    Flops(flops::FlopsArgs),
     /// Convert a NIfTI dataset into a memory-mapped training cache.
     Prepare(Pending),
     /// Print a NIfTI volume's shape, spacing, orientation and HU range.
@@ -54,24 +64,22 @@ pub enum Command {
     Bench(Pending),
 }
 
-impl Command {
-    fn pending(&self) -> (&'static str, &'static str) {
-        match self {
-            Command::Pretrain(_) => ("`nemesis pretrain`", "issue 5 (the pretraining job)"),
-            Command::Encode(_) => ("`nemesis encode`", "issue 3 (the model)"),
-            Command::Reconstruct(_) => ("`nemesis reconstruct`", "issue 3 (the model)"),
-            Command::Flops(_) => ("`nemesis flops`", "issue 3 (the model)"),
-            Command::Prepare(_) => ("`nemesis prepare`", "issue 4 (the CT data pipeline)"),
-            Command::Inspect(_) => ("`nemesis inspect`", "issue 4 (the CT data pipeline)"),
-            Command::Synth(_) => ("`nemesis synth`", "issue 4 (the CT data pipeline)"),
-            Command::Probe(_) => ("`nemesis probe`", "issue 9 (the linear probe)"),
-            Command::Check(_) => ("`nemesis check`", "issue 6 (the CUDA backend)"),
-            Command::Bench(_) => ("`nemesis bench`", "issues 7 and 8 (kernels and speed)"),
-        }
-    }
+fn pending(what: &'static str, tracking: &'static str) -> Result<()> {
+    Err(Error::NotYet { what, tracking })
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let (what, tracking) = cli.command.pending();
-    Err(Error::NotYet { what, tracking })
+    match &cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Encode(a) => encode::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Flops(a) => flops::run(a),
+        Command::Pretrain(_) => pending("`nemesis pretrain`", "issue 5 (the pretraining job)"),
+        Command::Prepare(_) => pending("`nemesis prepare`", "issue 4 (the CT data pipeline)"),
+        Command::Inspect(_) => pending("`nemesis inspect`", "issue 4 (the CT data pipeline)"),
+        Command::Synth(_) => pending("`nemesis synth`", "issue 4 (the CT data pipeline)"),
+        Command::Probe(_) => pending("`nemesis probe`", "issue 9 (the linear probe)"),
+        Command::Check(_) => pending("`nemesis check`", "issue 6 (the CUDA backend)"),
+        Command::Bench(_) => pending("`nemesis bench`", "issues 7 and 8 (kernels and speed)"),
+    }
 }

@@ -12,7 +12,8 @@ use crate::io::{Array, ArrayData, TensorFile};
 use crate::tensor::{DType, Tensor};
 
 /// Writes every parameter of `store` as f32 under its name, with `config`,
-/// atomically. The store must hold exactly the parameters of `config`.
+/// atomically. The store must hold exactly the parameters of `config`. The
+/// metadata holds the one key, so equal weights give byte-identical files.
 pub fn save_checkpoint(path: &Path, config: &ModelConfig, store: &ParamStore) -> Result<()> {
     check_store(config, store)?;
     let arrays: BTreeMap<String, Array> = store
@@ -21,7 +22,6 @@ pub fn save_checkpoint(path: &Path, config: &ModelConfig, store: &ParamStore) ->
         .collect();
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());
-    meta.insert("format".to_string(), "nemesis-weights".to_string());
     TensorFile::write(path, &meta, &arrays)
 }
 

@@ -83,11 +83,21 @@ impl DualMask {
                 format!("values must be 0 (visible) or 1 (masked), found {v}"),
             ));
         }
-        let ids: Vec<usize> = mask
+        let per_item: Vec<Vec<usize>> = mask
             .chunks(n)
-            .flat_map(|m| m.iter().enumerate().filter(|(_, &v)| v == 0).map(|(i, _)| i))
+            .map(|m| m.iter().enumerate().filter(|(_, &v)| v == 0).map(|(i, _)| i).collect())
             .collect();
-        Self::from_ids_keep(c, batch, ids)
+        if let Some((b, item)) = per_item.iter().enumerate().find(|(_, v)| v.len() != per_item[0].len()) {
+            return Err(Error::invalid(
+                "mask",
+                format!(
+                    "item {b} keeps {} tokens, item 0 keeps {}; every item must keep the same number",
+                    item.len(),
+                    per_item[0].len()
+                ),
+            ));
+        }
+        Self::from_ids_keep(c, batch, per_item.concat())
     }
 
     /// From `ids_keep` (`B·Nv` token indices, ascending per item), checking the

@@ -1,0 +1,85 @@
+//! `nemesis encode`: encoder features at inference.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::device::{select, DeviceArg};
+use crate::autograd::Tape;
+use crate::data::read_superpatches;
+use crate::error::{Error, Result};
+use crate::io::{Array, TensorFile};
+use crate::model::{load_checkpoint, Nemesis};
+use crate::tensor::{DType, Tensor};
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    /// Weights (safetensors with the config in its metadata).
+    #[arg(long, value_name = "W.safetensors")]
+    pub checkpoint: PathBuf,
+    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in [0, 1]).
+    #[arg(long, value_name = "X")]
+    pub input: PathBuf,
+    /// Output safetensors: `features` (B×N×E) and `pooled` (B×E, token mean).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Superpatches encoded at once (bounds memory).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+}
+
+pub fn run(a: &EncodeArgs) -> Result<()> {
+    select(a.device)?;
+    if a.batch == 0 {
+        return Err(Error::invalid("--batch", "must be at least 1"));
+    }
+    let (config, store) = load_checkpoint(&a.checkpoint, DType::F32)?;
+    let model = Nemesis::new(config.clone())?;
+    let x = read_superpatches(&a.input, &config)?;
+    let b = x.dims()[0];
+    let per_item = x.numel() / b;
+    let values = x.cpu_slice::<f32>()?;
+    let (n, e) = (config.num_tokens(), config.embed_dim);
+    let mut features = Vec::with_capacity(b * n * e);
+    let mut pooled = Vec::with_capacity(b * e);
+    let start = std::time::Instant::now();
+    for first in (0..b).step_by(a.batch) {
+        let count = a.batch.min(b - first);
+        let mut dims = x.dims().to_vec();
+        dims[0] = count;
+        let chunk = Tensor::from_vec(values[first * per_item..(first + count) * per_item].to_vec(), dims)?;
+        let tape = Tape::inference();
+        let f = model.encode(&tape, &store, &chunk)?;
+        let p = tape.mean(&f, 1)?;
+        features.extend_from_slice(f.value().cpu_slice::<f32>()?);
+        pooled.extend_from_slice(p.value().cpu_slice::<f32>()?);
+        if b > a.batch {
+            eprintln!(
+                "encoded {}/{b} superpatches ({:.1} s)",
+                first + count,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let mut arrays = BTreeMap::new();
+    arrays.insert(
+        "features".to_string(),
+        Array::from_tensor(&Tensor::from_vec(features, [b, n, e])?),
+    );
+    arrays.insert(
+        "pooled".to_string(),
+        Array::from_tensor(&Tensor::from_vec(pooled, [b, e])?),
+    );
+    let mut meta = HashMap::new();
+    meta.insert("config".to_string(), config.to_json());
+    TensorFile::write(&a.output, &meta, &arrays)?;
+    println!(
+        "wrote {}: features {b}×{n}×{e}, pooled {b}×{e} ({:.2} s)",
+        a.output.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

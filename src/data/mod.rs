@@ -1,0 +1,5 @@
+//! Getting CT data into the model.
+
+mod superpatch_file;
+
+pub use superpatch_file::{is_nifti_path, read_superpatches};
