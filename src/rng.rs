@@ -41,6 +41,8 @@ pub enum Purpose {
     Noise = 2,
     Mask = 3,
     Dropout = 4,
+    Crop = 5,
+    Shuffle = 6,
 }
 
 /// The stream id of `(purpose, step, site)`: purpose in the top 8 bits, the

@@ -5,8 +5,11 @@ mod device;
 mod encode;
 mod flops;
 mod init;
+mod inspect;
 mod model_source;
 mod picture;
+mod prepare;
+mod progress;
 mod reconstruct;
 
 use clap::{Parser, Subcommand};
@@ -51,9 +54,9 @@ pub enum Command {
     /// Count the FLOPs of a configuration, module by module (SPEC 13).
     Flops(flops::FlopsArgs),
     /// Convert a NIfTI dataset into a memory-mapped training cache.
-    Prepare(Pending),
-    /// Print a NIfTI volume's shape, spacing, orientation and HU range.
-    Inspect(Pending),
+    Prepare(prepare::PrepareArgs),
+    /// Print a NIfTI volume's shape, spacing, datatype, scaling, orientation and HU range.
+    Inspect(inspect::InspectArgs),
     /// Generate synthetic CT phantoms with organ label maps.
     Synth(Pending),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
@@ -75,8 +78,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Flops(a) => flops::run(a),
         Command::Pretrain(_) => pending("`nemesis pretrain`", "issue 5 (the pretraining job)"),
-        Command::Prepare(_) => pending("`nemesis prepare`", "issue 4 (the CT data pipeline)"),
-        Command::Inspect(_) => pending("`nemesis inspect`", "issue 4 (the CT data pipeline)"),
+        Command::Prepare(a) => prepare::run(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Synth(_) => pending("`nemesis synth`", "issue 4 (the CT data pipeline)"),
         Command::Probe(_) => pending("`nemesis probe`", "issue 9 (the linear probe)"),
         Command::Check(_) => pending("`nemesis check`", "issue 6 (the CUDA backend)"),

@@ -1,5 +1,20 @@
-//! Getting CT data into the model.
+//! Getting CT data into the model: NIfTI volumes, the superpatch file format
+//! of the CLI, synthetic phantoms.
 
+mod cache;
+mod index;
+mod loader;
+mod manifest;
+mod nifti;
+mod nifti_write;
+mod sampler;
 mod superpatch_file;
 
+pub use cache::{write_cache, CacheHeader, CachedVolume};
+pub use index::{DatasetIndex, Entry};
+pub use loader::{Batch, BatchData, EpochPlan, Loader, Position};
+pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};
+pub use nifti::{read_volume, AffineSource, Volume, VolumeInfo};
+pub use nifti_write::{write_volume, VoxelData};
+pub use sampler::{hu_window, sample_crop, Crop, CropSpec, HU_HIGH, HU_LOW};
 pub use superpatch_file::{is_nifti_path, read_superpatches};

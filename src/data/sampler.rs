@@ -1,0 +1,123 @@
+//! Random superpatch crops (SPEC 11): HU window to [0, 1], zero padding at
+//! the far ends of a small volume, and the air rule.
+
+use super::cache::CachedVolume;
+use crate::rng::RngStream;
+
+pub const HU_LOW: f32 = -175.0;
+pub const HU_HIGH: f32 = 250.0;
+
+/// SPEC 2: `(clip(v, −175, 250) + 175) / 425`.
+pub fn hu_window(hu: f32) -> f32 {
+    (hu.clamp(HU_LOW, HU_HIGH) - HU_LOW) / (HU_HIGH - HU_LOW)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CropSpec {
+    /// Superpatch size (D, H, W).
+    pub size: [usize; 3],
+    /// A crop whose mean (after the window) is below this is mostly air.
+    pub air_threshold: f32,
+    /// Draws before the best of them is kept.
+    pub max_tries: usize,
+}
+
+impl CropSpec {
+    pub fn new(size: [usize; 3]) -> Self {
+        CropSpec {
+            size,
+            air_threshold: 0.05,
+            max_tries: 10,
+        }
+    }
+
+    pub fn voxels(&self) -> usize {
+        self.size.iter().product()
+    }
+
+    /// Random values one crop may use: three per try.
+    pub const DRAWS_PER_CROP: u64 = 32;
+}
+
+/// Where a crop was taken and what it looked like.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub origin: [usize; 3],
+    pub mean: f32,
+    pub tries: usize,
+}
+
+/// An offset in `0..=span` from 32 random bits (multiply-shift, no modulo bias worth naming).
+fn offset(bits: u32, span: usize) -> usize {
+    ((bits as u64 * (span as u64 + 1)) >> 32) as usize
+}
+
+/// Copies the windowed crop at `origin` into `out` (zero where it leaves the
+/// volume) and returns its mean.
+fn fill(vol: &CachedVolume, size: [usize; 3], origin: [usize; 3], out: &mut [f32]) -> f32 {
+    let [vd, vh, vw] = vol.shape();
+    let [d, h, w] = size;
+    let hu = vol.hu();
+    let mut sum = 0.0f64;
+    for z in 0..d {
+        for y in 0..h {
+            let row = &mut out[(z * h + y) * w..(z * h + y + 1) * w];
+            let (sz, sy) = (origin[0] + z, origin[1] + y);
+            if sz >= vd || sy >= vh {
+                row.iter_mut().for_each(|v| *v = 0.0);
+                continue;
+            }
+            let base = (sz * vh + sy) * vw + origin[2];
+            let inside = w.min(vw.saturating_sub(origin[2]));
+            for (o, &v) in row[..inside].iter_mut().zip(&hu[base..base + inside]) {
+                *o = hu_window(v as f32);
+                sum += *o as f64;
+            }
+            row[inside..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    (sum / (d * h * w).max(1) as f64) as f32
+}
+
+/// Draws a crop of `spec.size` from `vol` into `out`: each axis's origin is
+/// uniform over the places the crop fits (0 where the volume is smaller, which
+/// is then zero-padded at the far end). A mostly-air crop is redrawn up to
+/// `max_tries` times in the same volume and the best try is kept; there is no
+/// all-zero fallback. Try `t` uses values `first + 3t …` of `rng`.
+pub fn sample_crop(vol: &CachedVolume, spec: &CropSpec, rng: RngStream, first: u64, out: &mut [f32]) -> Crop {
+    let shape = vol.shape();
+    let mut best = Crop {
+        origin: [0; 3],
+        mean: f32::NEG_INFINITY,
+        tries: 0,
+    };
+    let tries = spec.max_tries.max(1);
+    for t in 0..tries {
+        let origin: [usize; 3] = std::array::from_fn(|a| {
+            offset(
+                rng.bits(first + 3 * t as u64 + a as u64),
+                shape[a].saturating_sub(spec.size[a]),
+            )
+        });
+        let mean = fill(vol, spec.size, origin, out);
+        if mean >= spec.air_threshold {
+            return Crop {
+                origin,
+                mean,
+                tries: t + 1,
+            };
+        }
+        if mean > best.mean {
+            best = Crop {
+                origin,
+                mean,
+                tries: t + 1,
+            };
+        }
+    }
+    // None passed: `out` holds the last try; refill with the best unless it was the last.
+    if best.tries != tries {
+        fill(vol, spec.size, best.origin, out);
+    }
+    Crop { tries, ..best }
+}
