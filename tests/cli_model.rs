@@ -278,3 +278,48 @@ fn reconstruct_with_sampled_and_given_masks() {
     assert!(e.contains("cannot be used with"), "{e}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn encode_a_nifti_volume_tile_by_tile() {
+    use nemesis::data::{hu_window, write_volume, VoxelData};
+    let d = tmp("encode-nifti");
+    let (w, v, o) = (d.join("w.safetensors"), d.join("ct.nii.gz"), d.join("f.safetensors"));
+    ok(&nemesis(&["init", "--preset", "tiny", "--seed", "1", "--out", s(&w)]));
+    // 40 × 33 × 32 voxels: 2 × 2 × 1 tiles of 32³, the far ones zero-padded.
+    let shape = [40, 33, 32];
+    let hu: Vec<i16> = (0..40 * 33 * 32).map(|i| ((i * 37) % 1400) as i16 - 1000).collect();
+    write_volume(&v, shape, [2.5, 0.8, 0.8], VoxelData::I16(&hu)).unwrap();
+    let stderr = String::from_utf8_lossy(
+        &nemesis(&["encode", "--checkpoint", s(&w), "--input", s(&v), "--output", s(&o)]).stderr,
+    )
+    .to_string();
+    assert!(stderr.contains("4 tiles") && stderr.contains("[2, 2, 1]"), "{stderr}");
+    let f = TensorFile::read(&o).unwrap();
+    assert_eq!(f.tensor("features").unwrap().dims(), [4, 64, 64]);
+    assert_eq!(f.metadata["tile_grid"], "[2, 2, 1]");
+    // Tile 0 is the windowed corner of the volume: encoding it alone gives the same features.
+    let mut tile0 = vec![0.0f32; 32 * 32 * 32];
+    for z in 0..32 {
+        for y in 0..32 {
+            for x in 0..32 {
+                tile0[(z * 32 + y) * 32 + x] = hu_window(hu[(z * 33 + y) * 32 + x] as f32);
+            }
+        }
+    }
+    let (config, store) = load_checkpoint(&w, DType::F32).unwrap();
+    let tape = Tape::inference();
+    let one = Nemesis::new(config)
+        .unwrap()
+        .encode(&tape, &store, &Tensor::from_vec(tile0, [1, 1, 32, 32, 32]).unwrap())
+        .unwrap();
+    let all = f.tensor("features").unwrap().to_f64_vec();
+    let diff = one
+        .value()
+        .to_f64_vec()
+        .iter()
+        .zip(&all)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "tile 0 differs by {diff}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -18,7 +18,9 @@ pub struct EncodeArgs {
     /// Weights (safetensors with the config in its metadata).
     #[arg(long, value_name = "W.safetensors")]
     pub checkpoint: PathBuf,
-    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in [0, 1]).
+    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in
+    /// [0, 1]), or a NIfTI volume in HU (windowed, cut into superpatch tiles
+    /// in z, y, x order, zero-padded at the far ends).
     #[arg(long, value_name = "X")]
     pub input: PathBuf,
     /// Output safetensors: `features` (B×N×E) and `pooled` (B×E, token mean).
@@ -38,7 +40,8 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
     }
     let (config, store) = load_checkpoint(&a.checkpoint, DType::F32)?;
     let model = Nemesis::new(config.clone())?;
-    let x = read_superpatches(&a.input, &config)?;
+    let input = read_superpatches(&a.input, &config)?;
+    let x = input.image;
     let b = x.dims()[0];
     let per_item = x.numel() / b;
     let values = x.cpu_slice::<f32>()?;
@@ -75,6 +78,14 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
     );
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());
+    if let Some((shape, grid)) = input.tiling {
+        meta.insert("volume_shape".to_string(), format!("{shape:?}"));
+        meta.insert("tile_grid".to_string(), format!("{grid:?}"));
+        eprintln!(
+            "{}: volume {shape:?} (D, H, W) → {b} tiles, grid {grid:?} (z, y, x)",
+            a.input.display()
+        );
+    }
     TensorFile::write(&a.output, &meta, &arrays)?;
     println!(
         "wrote {}: features {b}×{n}×{e}, pooled {b}×{e} ({:.2} s)",

@@ -20,7 +20,8 @@ pub struct ReconstructArgs {
     /// Weights (safetensors with the config in its metadata).
     #[arg(long, value_name = "W.safetensors")]
     pub checkpoint: PathBuf,
-    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in [0, 1]).
+    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in
+    /// [0, 1]), or a NIfTI volume in HU (cut into superpatch tiles).
     #[arg(long, value_name = "X")]
     pub input: PathBuf,
     /// Output safetensors: `reconstruction`, `mask`, `loss`, `psnr`.
@@ -73,7 +74,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     }
     let (config, store) = load_checkpoint(&a.checkpoint, DType::F32)?;
     let model = Nemesis::new(config.clone())?;
-    let clean = read_superpatches(&a.input, &config)?;
+    let clean = read_superpatches(&a.input, &config)?.image;
     let b = clean.dims()[0];
     let seed = a.seed.unwrap_or(0);
     let mask = match &a.mask {

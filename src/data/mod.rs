@@ -9,6 +9,7 @@ mod nifti;
 mod nifti_write;
 mod sampler;
 mod superpatch_file;
+mod tiles;
 
 pub use cache::{write_cache, CacheHeader, CachedVolume};
 pub use index::{DatasetIndex, Entry};
@@ -17,4 +18,5 @@ pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};
 pub use nifti::{read_volume, AffineSource, Volume, VolumeInfo};
 pub use nifti_write::{write_volume, VoxelData};
 pub use sampler::{hu_window, sample_crop, Crop, CropSpec, HU_HIGH, HU_LOW};
-pub use superpatch_file::{is_nifti_path, read_superpatches};
+pub use superpatch_file::{is_nifti_path, read_superpatches, Superpatches};
+pub use tiles::{tile, tile_grid};

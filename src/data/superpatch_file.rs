@@ -1,8 +1,12 @@
-//! Superpatches given as a safetensors file: tensor `image`, f32,
-//! `B × C × D × H × W`, values already in [0, 1].
+//! Superpatches for `encode` and `reconstruct`: a safetensors file with
+//! tensor `image` (f32, `B × C × D × H × W`, values already in [0, 1]), or a
+//! NIfTI volume in HU, windowed (SPEC 2) and cut into tiles (SPEC 12).
 
 use std::path::Path;
 
+use super::nifti::read_volume;
+use super::sampler::hu_window;
+use super::tiles::{tile, tile_grid};
 use crate::error::{Error, Result};
 use crate::io::{ArrayData, TensorFile};
 use crate::model::ModelConfig;
@@ -13,15 +17,41 @@ pub fn is_nifti_path(path: &Path) -> bool {
     name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".hdr") || name.ends_with(".img")
 }
 
-/// Reads tensor `image` and checks it against the model's superpatch size.
-pub fn read_superpatches(path: &Path, config: &ModelConfig) -> Result<Tensor> {
+/// Model input read from a file, and where it came from.
+pub struct Superpatches {
+    /// `B × C × D × H × W`, in [0, 1].
+    pub image: Tensor,
+    /// For a NIfTI volume: its oriented shape and the tile grid (z, y, x).
+    pub tiling: Option<([usize; 3], [usize; 3])>,
+}
+
+/// Reads superpatches for `config` from a safetensors `image` or a NIfTI volume.
+pub fn read_superpatches(path: &Path, config: &ModelConfig) -> Result<Superpatches> {
     if is_nifti_path(path) {
-        return Err(Error::NotYet {
-            what: "NIfTI input (HU volumes tiled into superpatches)",
-            tracking: "it arrives with the CT data pipeline (issue 4); for now pass a safetensors file \
-                       with tensor `image` (f32, B×1×D×H×W in [0, 1])",
+        if config.in_channels != 1 {
+            return Err(Error::format(
+                path,
+                "a CT volume has one channel; this model wants more",
+            ));
+        }
+        let v = read_volume(path)?;
+        let size = config.superpatch_size;
+        let grid = tile_grid(v.shape, size);
+        let tiles = tile(&v.hu, v.shape, size, 0.0f32, hu_window);
+        let b = grid.iter().product::<usize>();
+        return Ok(Superpatches {
+            image: Tensor::from_vec(tiles, [b, 1, size[0], size[1], size[2]])?,
+            tiling: Some((v.shape, grid)),
         });
     }
+    Ok(Superpatches {
+        image: read_image(path, config)?,
+        tiling: None,
+    })
+}
+
+/// Reads tensor `image` and checks it against the model's superpatch size.
+fn read_image(path: &Path, config: &ModelConfig) -> Result<Tensor> {
     let file = TensorFile::read(path)?;
     let a = file.get("image")?;
     let ArrayData::F32(values) = &a.data else {
