@@ -16,6 +16,7 @@ pub mod ops;
 pub mod picture;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{ParamStore, Tape, Var};
 pub use error::{Error, Result};

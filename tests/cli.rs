@@ -39,10 +39,10 @@ fn version_names_the_commit() {
 
 #[test]
 fn a_subcommand_that_has_not_landed_says_so_and_exits_2() {
-    let out = nemesis(&["pretrain", "--steps", "3"]);
+    let out = nemesis(&["probe", "--epochs", "3"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not yet") && err.contains("issue 5"), "{err}");
+    assert!(err.contains("not yet") && err.contains("issue 9"), "{err}");
 }
 
 #[test]

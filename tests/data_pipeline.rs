@@ -166,7 +166,14 @@ fn crops_stay_in_bounds_pad_and_follow_the_air_rule() {
     let mut out = vec![0.0f32; 512];
     let rng = RngStream::new(3, 3);
     for s in 0..50u64 {
-        let c = sample_crop(&vol, &spec, rng, s * CropSpec::DRAWS_PER_CROP, &mut out);
+        let c = sample_crop(
+            vol.hu(),
+            vol.shape(),
+            &spec,
+            rng,
+            s * CropSpec::DRAWS_PER_CROP,
+            &mut out,
+        );
         assert!(c.origin[0] <= 12 && c.origin[1] <= 16 && c.origin[2] <= 16, "{c:?}");
         assert!(c.mean >= spec.air_threshold || c.tries == spec.max_tries, "{c:?}");
         // The crop holds the windowed voxels at its origin.
@@ -175,14 +182,21 @@ fn crops_stay_in_bounds_pad_and_follow_the_air_rule() {
         assert_eq!(out[(8 + 2) * 8 + 3], hu_window(hu[(z * 24 + y) * 24 + x] as f32));
         let mut again = vec![0.0f32; 512];
         assert_eq!(
-            sample_crop(&vol, &spec, rng, s * CropSpec::DRAWS_PER_CROP, &mut again),
+            sample_crop(
+                vol.hu(),
+                vol.shape(),
+                &spec,
+                rng,
+                s * CropSpec::DRAWS_PER_CROP,
+                &mut again
+            ),
             c
         );
         assert_eq!(again, out, "same stream and index, same crop");
     }
     // A volume smaller than the crop is zero-padded at the far ends.
     let small = CachedVolume::open(&cache_of(&d, "s", [4, 6, 5], 6)).unwrap();
-    let c = sample_crop(&small, &spec, rng, 0, &mut out);
+    let c = sample_crop(small.hu(), small.shape(), &spec, rng, 0, &mut out);
     assert_eq!(c.origin, [0, 0, 0]);
     assert!(
         out[(4 * 8) * 8..].iter().all(|&v| v == 0.0),
@@ -194,7 +208,7 @@ fn crops_stay_in_bounds_pad_and_follow_the_air_rule() {
     write_volume(&air_path, [10, 10, 10], [1.0; 3], VoxelData::I16(&vec![-1000; 1000])).unwrap();
     write_cache(&d.join("air.nmc"), &read_volume(&air_path).unwrap(), None).unwrap();
     let air = CachedVolume::open(&d.join("air.nmc")).unwrap();
-    let c = sample_crop(&air, &spec, rng, 0, &mut out);
+    let c = sample_crop(air.hu(), air.shape(), &spec, rng, 0, &mut out);
     assert_eq!(c.tries, 10);
     // Mostly air with a bright corner: the best try is the one kept.
     let mut corner = vec![-1000i16; 1000];
@@ -211,7 +225,7 @@ fn crops_stay_in_bounds_pad_and_follow_the_air_rule() {
     let cv = CachedVolume::open(&d.join("corner.nmc")).unwrap();
     let mut best_possible = 0.0f32;
     for s in 0..20u64 {
-        let c = sample_crop(&cv, &spec, rng, s * CropSpec::DRAWS_PER_CROP, &mut out);
+        let c = sample_crop(cv.hu(), cv.shape(), &spec, rng, s * CropSpec::DRAWS_PER_CROP, &mut out);
         let mean = out.iter().sum::<f32>() / 512.0;
         assert!((mean - c.mean).abs() < 1e-5, "the returned crop is the one described");
         best_possible = best_possible.max(c.mean);

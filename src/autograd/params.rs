@@ -109,6 +109,11 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Drops one parameter's gradient.
+    pub fn zero_grad_one(&mut self, id: ParamId) {
+        self.params[id.0].grad = None;
+    }
+
     pub fn zero_grad(&mut self) {
         self.params.iter_mut().for_each(|p| p.grad = None);
     }

@@ -1,16 +1,18 @@
 //! The `nemesis` command line. Each subcommand has its own module; one that
 //! has not landed yet says which issue brings it and exits with status 2.
 
+mod bench;
 mod device;
 mod encode;
 mod flops;
 mod init;
 mod inspect;
 mod model_source;
-mod picture;
 mod prepare;
+mod pretrain;
 mod progress;
 mod reconstruct;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -44,7 +46,7 @@ pub struct Pending {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pretrain a NEMESIS model (built-in default: synthetic CT phantoms, `small` preset, CPU).
-    Pretrain(Pending),
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Write a freshly initialised checkpoint (PyTorch-default init, seeded).
     Init(init::InitArgs),
     /// Encode superpatches into encoder features (inference: nothing masked).
@@ -57,14 +59,14 @@ pub enum Command {
     Prepare(prepare::PrepareArgs),
     /// Print a NIfTI volume's shape, spacing, datatype, scaling, orientation and HU range.
     Inspect(inspect::InspectArgs),
-    /// Generate synthetic CT phantoms with organ label maps.
-    Synth(Pending),
+    /// Generate synthetic CT phantoms with organ label maps and a dataset.json.
+    Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
     Probe(Pending),
     /// Compare every GPU kernel and a training step with the CPU reference.
     Check(Pending),
-    /// Microbenchmarks: kernels and whole training steps.
-    Bench(Pending),
+    /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
+    Bench(bench::BenchArgs),
 }
 
 fn pending(what: &'static str, tracking: &'static str) -> Result<()> {
@@ -77,12 +79,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Encode(a) => encode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Flops(a) => flops::run(a),
-        Command::Pretrain(_) => pending("`nemesis pretrain`", "issue 5 (the pretraining job)"),
+        Command::Pretrain(a) => pretrain::run_cli(a),
         Command::Prepare(a) => prepare::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Synth(_) => pending("`nemesis synth`", "issue 4 (the CT data pipeline)"),
+        Command::Synth(a) => synth::run(a),
         Command::Probe(_) => pending("`nemesis probe`", "issue 9 (the linear probe)"),
         Command::Check(_) => pending("`nemesis check`", "issue 6 (the CUDA backend)"),
-        Command::Bench(_) => pending("`nemesis bench`", "issues 7 and 8 (kernels and speed)"),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -80,6 +80,13 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
     Ok(Outcome::Prepared(manifest_entry(h.shape, h.spacing)))
 }
 
+/// What `prepare_dataset` did.
+pub struct PrepareSummary {
+    pub manifest: CacheManifest,
+    pub prepared: usize,
+    pub kept: usize,
+}
+
 pub fn run(a: &PrepareArgs) -> Result<()> {
     let index = match (&a.index, &a.dir) {
         (Some(i), _) => DatasetIndex::from_json(i)?,
@@ -87,7 +94,30 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
         (None, None) => return Err(Error::invalid("prepare", "give --index or --dir")),
     };
     let jobs = a.jobs.unwrap_or_else(rayon::current_num_threads).max(1);
-    std::fs::create_dir_all(a.out.join("volumes")).map_err(|e| Error::io(&a.out, e))?;
+    let s = prepare_dataset(&index, &a.out, jobs, a.verify)?;
+    let manifest = &s.manifest;
+    let train = manifest.entries.iter().filter(|e| e.split == Split::Training).count();
+    println!(
+        "{}: {} prepared, {} already cached, {} failed ({train} training, {} validation volumes ready)",
+        a.out.display(),
+        s.prepared,
+        s.kept,
+        manifest.failures.len(),
+        manifest.entries.len() - train
+    );
+    for f in &manifest.failures {
+        println!("  failed: {}", f.error);
+    }
+    if manifest.entries.is_empty() {
+        return Err(Error::invalid("prepare", "no volume could be prepared"));
+    }
+    Ok(())
+}
+
+/// Converts every entry of `index` into `out`, `jobs` at a time, keeping
+/// entries already cached; a volume that fails is listed, not fatal.
+pub fn prepare_dataset(index: &DatasetIndex, out: &Path, jobs: usize, verify: bool) -> Result<PrepareSummary> {
+    std::fs::create_dir_all(out.join("volumes")).map_err(|e| Error::io(out, e))?;
     let work: Vec<(Entry, Split)> = index
         .training
         .iter()
@@ -96,13 +126,13 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
         .collect();
     let progress = Mutex::new(Progress::new("prepare", work.len() as u64));
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
+        .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::invalid("--jobs", e.to_string()))?;
     let results: Vec<std::result::Result<Outcome, Failure>> = pool.install(|| {
         work.par_iter()
             .map(|(entry, split)| {
-                let r = prepare_one(entry, *split, &a.out, a.verify).map_err(|e| Failure {
+                let r = prepare_one(entry, *split, out, verify).map_err(|e| Failure {
                     image: entry.image.display().to_string(),
                     error: e.to_string(),
                 });
@@ -139,19 +169,10 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
             Err(f) => manifest.failures.push(f),
         }
     }
-    manifest.save(&a.out)?;
-    let train = manifest.entries.iter().filter(|e| e.split == Split::Training).count();
-    println!(
-        "{}: {prepared} prepared, {kept} already cached, {} failed ({train} training, {} validation volumes ready)",
-        a.out.display(),
-        manifest.failures.len(),
-        manifest.entries.len() - train
-    );
-    for f in &manifest.failures {
-        println!("  failed: {}", f.error);
-    }
-    if manifest.entries.is_empty() {
-        return Err(Error::invalid("prepare", "no volume could be prepared"));
-    }
-    Ok(())
+    manifest.save(out)?;
+    Ok(PrepareSummary {
+        manifest,
+        prepared,
+        kept,
+    })
 }

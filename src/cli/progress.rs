@@ -54,6 +54,23 @@ impl Progress {
         }
     }
 
+    /// Jumps to `done` items (a resumed run starts part-way).
+    pub fn set(&mut self, done: u64, msg: &str) {
+        self.done = done;
+        match &self.bar {
+            Some(b) => {
+                b.set_message(msg.to_string());
+                b.set_position(done);
+            }
+            None => {
+                if self.last_line.elapsed() >= self.every || self.done == self.total {
+                    eprintln!("{}: {}/{} {msg}", self.label, self.done, self.total);
+                    self.last_line = Instant::now();
+                }
+            }
+        }
+    }
+
     /// A line that must not be overwritten by the bar.
     pub fn println(&self, line: &str) {
         match &self.bar {

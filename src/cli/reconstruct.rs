@@ -119,7 +119,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         out.psnr
     );
     if let Some(png) = &a.png {
-        super::picture::reconstruction_png(png, &config, &clean, &noisy, &rec, &mask)?;
+        crate::train::reconstruction_png(png, &config, &clean, &noisy, &rec, &mask)?;
         println!("wrote {}", png.display());
     }
     Ok(())

@@ -140,7 +140,14 @@ impl EpochPlan {
                 open = Some((v, CachedVolume::open(&self.files[v])?));
             }
             if let Some((_, vol)) = &open {
-                let crop = sample_crop(vol, &self.crop, rng, s as u64 * CropSpec::DRAWS_PER_CROP, out);
+                let crop = sample_crop(
+                    vol.hu(),
+                    vol.shape(),
+                    &self.crop,
+                    rng,
+                    s as u64 * CropSpec::DRAWS_PER_CROP,
+                    out,
+                );
                 sources.push((v, crop));
             }
         }

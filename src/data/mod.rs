@@ -9,6 +9,7 @@ mod nifti;
 mod nifti_write;
 mod sampler;
 mod superpatch_file;
+pub mod synth;
 mod tiles;
 
 pub use cache::{write_cache, CacheHeader, CachedVolume};
@@ -17,6 +18,6 @@ pub use loader::{Batch, BatchData, EpochPlan, Loader, Position};
 pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};
 pub use nifti::{read_volume, AffineSource, Volume, VolumeInfo};
 pub use nifti_write::{write_volume, VoxelData};
-pub use sampler::{hu_window, sample_crop, Crop, CropSpec, HU_HIGH, HU_LOW};
+pub use sampler::{hu_window, sample_crop, Crop, CropSpec, Voxel, HU_HIGH, HU_LOW};
 pub use superpatch_file::{is_nifti_path, read_superpatches, Superpatches};
 pub use tiles::{tile, tile_grid};

@@ -1,8 +1,24 @@
 //! Random superpatch crops (SPEC 11): HU window to [0, 1], zero padding at
 //! the far ends of a small volume, and the air rule.
 
-use super::cache::CachedVolume;
 use crate::rng::RngStream;
+
+/// A stored voxel: HU as i16 in the cache, f32 straight from a NIfTI file.
+pub trait Voxel: Copy {
+    fn hu(self) -> f32;
+}
+
+impl Voxel for i16 {
+    fn hu(self) -> f32 {
+        self as f32
+    }
+}
+
+impl Voxel for f32 {
+    fn hu(self) -> f32 {
+        self
+    }
+}
 
 pub const HU_LOW: f32 = -175.0;
 pub const HU_HIGH: f32 = 250.0;
@@ -54,10 +70,9 @@ fn offset(bits: u32, span: usize) -> usize {
 
 /// Copies the windowed crop at `origin` into `out` (zero where it leaves the
 /// volume) and returns its mean.
-fn fill(vol: &CachedVolume, size: [usize; 3], origin: [usize; 3], out: &mut [f32]) -> f32 {
-    let [vd, vh, vw] = vol.shape();
+fn fill<V: Voxel>(hu: &[V], shape: [usize; 3], size: [usize; 3], origin: [usize; 3], out: &mut [f32]) -> f32 {
+    let [vd, vh, vw] = shape;
     let [d, h, w] = size;
-    let hu = vol.hu();
     let mut sum = 0.0f64;
     for z in 0..d {
         for y in 0..h {
@@ -70,7 +85,7 @@ fn fill(vol: &CachedVolume, size: [usize; 3], origin: [usize; 3], out: &mut [f32
             let base = (sz * vh + sy) * vw + origin[2];
             let inside = w.min(vw.saturating_sub(origin[2]));
             for (o, &v) in row[..inside].iter_mut().zip(&hu[base..base + inside]) {
-                *o = hu_window(v as f32);
+                *o = hu_window(v.hu());
                 sum += *o as f64;
             }
             row[inside..].iter_mut().for_each(|v| *v = 0.0);
@@ -79,13 +94,19 @@ fn fill(vol: &CachedVolume, size: [usize; 3], origin: [usize; 3], out: &mut [f32
     (sum / (d * h * w).max(1) as f64) as f32
 }
 
-/// Draws a crop of `spec.size` from `vol` into `out`: each axis's origin is
+/// Draws a crop of `spec.size` from the `D × H × W` volume `hu` into `out`: each axis's origin is
 /// uniform over the places the crop fits (0 where the volume is smaller, which
 /// is then zero-padded at the far end). A mostly-air crop is redrawn up to
 /// `max_tries` times in the same volume and the best try is kept; there is no
 /// all-zero fallback. Try `t` uses values `first + 3t …` of `rng`.
-pub fn sample_crop(vol: &CachedVolume, spec: &CropSpec, rng: RngStream, first: u64, out: &mut [f32]) -> Crop {
-    let shape = vol.shape();
+pub fn sample_crop<V: Voxel>(
+    hu: &[V],
+    shape: [usize; 3],
+    spec: &CropSpec,
+    rng: RngStream,
+    first: u64,
+    out: &mut [f32],
+) -> Crop {
     let mut best = Crop {
         origin: [0; 3],
         mean: f32::NEG_INFINITY,
@@ -99,7 +120,7 @@ pub fn sample_crop(vol: &CachedVolume, spec: &CropSpec, rng: RngStream, first: u
                 shape[a].saturating_sub(spec.size[a]),
             )
         });
-        let mean = fill(vol, spec.size, origin, out);
+        let mean = fill(hu, shape, spec.size, origin, out);
         if mean >= spec.air_threshold {
             return Crop {
                 origin,
@@ -117,7 +138,7 @@ pub fn sample_crop(vol: &CachedVolume, spec: &CropSpec, rng: RngStream, first: u
     }
     // None passed: `out` holds the last try; refill with the best unless it was the last.
     if best.tries != tries {
-        fill(vol, spec.size, best.origin, out);
+        fill(hu, shape, spec.size, best.origin, out);
     }
     Crop { tries, ..best }
 }

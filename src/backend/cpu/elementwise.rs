@@ -44,7 +44,11 @@ pub fn reduce_broadcast<T: CpuFloat>(g: &[T], nb: usize) -> Vec<T> {
         return g[..nb].to_vec();
     }
     let per_task = (CHUNK / nb).max(1);
-    g.par_chunks(per_task * nb)
+    // Partial sums per fixed block, collected in order and then added in
+    // order: the result does not depend on how rayon splits the work, so a
+    // run and its resumption agree bit for bit.
+    let partials: Vec<Vec<T>> = g
+        .par_chunks(per_task * nb)
         .map(|blk| {
             let mut acc = vec![T::zero(); nb];
             for rep in blk.chunks(nb) {
@@ -52,13 +56,12 @@ pub fn reduce_broadcast<T: CpuFloat>(g: &[T], nb: usize) -> Vec<T> {
             }
             acc
         })
-        .reduce(
-            || vec![T::zero(); nb],
-            |mut x, y| {
-                x.iter_mut().zip(&y).for_each(|(x, &y)| *x += y);
-                x
-            },
-        )
+        .collect();
+    let mut out = vec![T::zero(); nb];
+    for p in &partials {
+        out.iter_mut().zip(p).for_each(|(o, &v)| *o += v);
+    }
+    out
 }
 
 pub fn add<T: CpuFloat>(a: &[T], b: &[T]) -> Vec<T> {
@@ -119,7 +122,7 @@ pub fn gate_mix<T: CpuFloat>(x: &[T], y: &[T], a: T) -> Vec<T> {
 
 /// `∂/∂a = Σ g·(y − x)`, accumulated in f64 over the whole tensor.
 pub fn gate_mix_grad_a<T: CpuFloat>(g: &[T], x: &[T], y: &[T]) -> T {
-    let s: f64 = g
+    let partials: Vec<f64> = g
         .par_chunks(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
         .map(|(g, (x, y))| {
@@ -128,7 +131,8 @@ pub fn gate_mix_grad_a<T: CpuFloat>(g: &[T], x: &[T], y: &[T]) -> T {
                 .map(|(&g, (&x, &y))| (g * (y - x)).to_f64())
                 .sum::<f64>()
         })
-        .sum();
+        .collect();
+    let s: f64 = partials.iter().sum();
     T::from_f64(s)
 }
 

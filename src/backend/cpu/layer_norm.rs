@@ -48,7 +48,7 @@ pub fn backward<T: CpuFloat>(
     let n = T::from_f64(cols as f64);
     let mut dx = vec![T::zero(); x.len()];
     let blk = rows_per_task(rows, cols);
-    let (dw, db) = dx
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
         .par_chunks_mut(blk * cols)
         .zip(g.par_chunks(blk * cols).zip(x.par_chunks(blk * cols)))
         .enumerate()
@@ -76,13 +76,13 @@ pub fn backward<T: CpuFloat>(
             }
             (dw, db)
         })
-        .reduce(
-            || (vec![T::zero(); cols], vec![T::zero(); cols]),
-            |(mut dw, mut db), (dw2, db2)| {
-                dw.iter_mut().zip(&dw2).for_each(|(a, &b)| *a += b);
-                db.iter_mut().zip(&db2).for_each(|(a, &b)| *a += b);
-                (dw, db)
-            },
-        );
+        .collect();
+    // Block partials added in block order: independent of rayon's splitting.
+    let mut dw = vec![T::zero(); cols];
+    let mut db = vec![T::zero(); cols];
+    for (pw, pb) in &partials {
+        dw.iter_mut().zip(pw).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, &b)| *a += b);
+    }
     (dx, dw, db)
 }

@@ -53,10 +53,16 @@ pub fn masked_mse_backward<T: CpuFloat>(pred: &[T], target: &[T], mask: &[T], p:
 /// `−10·log10(mean (pred − target)² + 1e−8)` over every value.
 pub fn psnr<T: CpuFloat>(pred: &[T], target: &[T]) -> f64 {
     let n = pred.len().max(1) as f64;
-    let sse: f64 = pred
-        .par_iter()
-        .zip(target.par_iter())
-        .map(|(&a, &b)| (a.to_f64() - b.to_f64()).powi(2))
-        .sum();
+    let partials: Vec<f64> = pred
+        .par_chunks(1 << 14)
+        .zip(target.par_chunks(1 << 14))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| (a.to_f64() - b.to_f64()).powi(2))
+                .sum::<f64>()
+        })
+        .collect();
+    let sse: f64 = partials.iter().sum();
     -10.0 * (sse / n + 1e-8).log10()
 }

@@ -1,0 +1,160 @@
+//! AdamW (decoupled weight decay, bias-corrected moments) as PyTorch's
+//! `torch.optim.AdamW`, and the global gradient-norm clip.
+
+use crate::autograd::ParamStore;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// Moments per parameter, in the store's order, and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub step: u64,
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig, store: &ParamStore) -> Self {
+        let zeros: Vec<Vec<f32>> = store.iter().map(|(_, p)| vec![0.0; p.value.numel()]).collect();
+        AdamW {
+            config,
+            step: 0,
+            m: zeros.clone(),
+            v: zeros,
+        }
+    }
+
+    /// One update with learning rate `lr` from the gradients in `store`
+    /// (parameters without a gradient are left alone, moments included).
+    pub fn update(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        if self.m.len() != store.len() {
+            return Err(Error::invalid("AdamW", "the optimizer state belongs to another model"));
+        }
+        self.step += 1;
+        let (b1, b2) = self.config.betas;
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        let decay = (1.0 - lr * self.config.weight_decay) as f32;
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let (b1f, b2f, eps) = (b1 as f32, b2 as f32, self.config.eps as f32);
+        let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
+        for (k, id) in ids.into_iter().enumerate() {
+            let p = store.get(id);
+            let Some(g) = &p.grad else { continue };
+            let g = g.to_vec::<f32>()?;
+            let mut w = p.value.to_vec::<f32>()?;
+            let (m, v) = (&mut self.m[k], &mut self.v[k]);
+            for i in 0..w.len() {
+                // PyTorch's order: decay the weight, then the Adam step.
+                w[i] *= decay;
+                m[i] = b1f * m[i] + (1.0 - b1f) * g[i];
+                v[i] = b2f * v[i] + (1.0 - b2f) * g[i] * g[i];
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                w[i] -= step_size * m[i] / denom;
+            }
+            let shape = p.value.shape().clone();
+            store.set_value(id, Tensor::from_vec(w, shape)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients (in f64).
+pub fn grad_norm(store: &ParamStore) -> f64 {
+    store
+        .iter()
+        .filter_map(|(_, p)| p.grad.as_ref())
+        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1
+/// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(store);
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 && norm.is_finite() {
+        let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let p = store.get(id);
+            if let Some(g) = &p.grad {
+                let scaled: Vec<f32> = g.to_vec::<f32>()?.iter().map(|&v| (v as f64 * coef) as f32).collect();
+                let t = Tensor::from_vec(scaled, g.shape().clone())?;
+                store.zero_grad_one(id);
+                store.accumulate_grad(id, t)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    fn store(values: &[f64], grad: &[f64]) -> ParamStore {
+        let mut s = ParamStore::new();
+        let id = s
+            .add("w", Tensor::from_f64_slice(values, [values.len()], DType::F32).unwrap())
+            .unwrap();
+        s.accumulate_grad(id, Tensor::from_f64_slice(grad, [grad.len()], DType::F32).unwrap())
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn two_steps_by_hand() {
+        let cfg = AdamWConfig {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.05,
+        };
+        let mut s = store(&[1.0, -2.0], &[0.5, -0.25]);
+        let mut opt = AdamW::new(cfg, &s);
+        let lr = 0.1;
+        opt.update(&mut s, lr).unwrap();
+        // Step 1: the bias-corrected moments are g and g², so the step is lr·sign(g).
+        let w1: Vec<f64> = s.iter().next().unwrap().1.value.to_f64_vec();
+        let want1 = [1.0 * (1.0 - lr * 0.05) - lr, -2.0 * (1.0 - lr * 0.05) + lr];
+        for (a, b) in w1.iter().zip(want1) {
+            assert!((a - b).abs() < 1e-6, "{w1:?} vs {want1:?}");
+        }
+        // Step 2 with gradient 1.0 for both.
+        let id = s.id("w").unwrap();
+        s.zero_grad();
+        s.accumulate_grad(id, Tensor::from_f64_slice(&[1.0, 1.0], [2], DType::F32).unwrap())
+            .unwrap();
+        opt.update(&mut s, lr).unwrap();
+        let w2 = s.get(id).value.to_f64_vec();
+        for (k, g1) in [0.5f64, -0.25].iter().enumerate() {
+            let m = 0.9 * 0.1 * g1 + 0.1 * 1.0;
+            let v = 0.95 * 0.05 * g1 * g1 + 0.05 * 1.0;
+            let mhat = m / (1.0 - 0.81);
+            let vhat = v / (1.0 - 0.95f64.powi(2));
+            let want = want1[k] * (1.0 - lr * 0.05) - lr * mhat / (vhat.sqrt() + 1e-8);
+            assert!((w2[k] - want).abs() < 1e-5, "{k}: {} vs {want}", w2[k]);
+        }
+    }
+
+    #[test]
+    fn clipping_scales_to_the_maximum_norm() {
+        let mut s = store(&[0.0, 0.0], &[3.0, 4.0]);
+        let n = clip_grad_norm(&mut s, 1.0).unwrap();
+        assert!((n - 5.0).abs() < 1e-6);
+        assert!((grad_norm(&s) - 1.0).abs() < 1e-5);
+        let mut small = store(&[0.0], &[0.5]);
+        clip_grad_norm(&mut small, 1.0).unwrap();
+        assert!((grad_norm(&small) - 0.5).abs() < 1e-7, "below the maximum: untouched");
+    }
+}

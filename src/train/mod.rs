@@ -1,0 +1,16 @@
+//! Pretraining (SPEC 11): AdamW, the learning-rate schedule, the run
+//! configuration, checkpoints with training state, pictures, the loop.
+
+mod adamw;
+mod config;
+mod pictures;
+mod schedule;
+mod state;
+mod trainer;
+
+pub use adamw::{clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use config::TrainConfig;
+pub use pictures::{curves_png, reconstruction_png, Curve};
+pub use schedule::{LrSchedule, Schedule};
+pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};
+pub use trainer::{run, run_cache, Observer, RunOptions, RunReport, Start, StepMetrics};

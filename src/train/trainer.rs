@@ -1,0 +1,507 @@
+//! The pretraining loop (SPEC 11) over a prepared cache.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use super::config::TrainConfig;
+use super::pictures::{curves_png, reconstruction_png, Curve};
+use super::schedule::Schedule;
+use super::state::{load_state, prune, save, Latest, StateMeta};
+use crate::autograd::{ParamStore, Tape};
+use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
+use crate::error::{Error, Result};
+use crate::model::{
+    add_noise, init_params, load_checkpoint, load_checkpoint_for, unpatchify, Dropout, DualMask, Nemesis,
+};
+use crate::rng::{stream_id, Purpose, RngStream};
+use crate::tensor::{DType, Tensor};
+
+/// Step numbers the validation set's random streams are keyed by, far from
+/// any training step.
+const VAL_KEY: u64 = (1 << 40) - 1;
+
+/// Where a run starts from.
+pub enum Start {
+    Fresh,
+    /// Weights to start from (e.g. a converted official checkpoint).
+    Init(PathBuf),
+    /// A run folder or one of its weights checkpoints.
+    Resume(PathBuf),
+}
+
+/// Called after every optimizer step with its metrics, and with lines to show.
+pub trait Observer {
+    fn step(&mut self, step: u64, total: u64, m: &StepMetrics);
+    fn message(&mut self, line: &str);
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepMetrics {
+    pub loss: f64,
+    pub psnr: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub sigma: f64,
+    pub superpatches_per_s: f64,
+}
+
+pub struct RunOptions {
+    pub config: TrainConfig,
+    pub cache: PathBuf,
+    pub out: PathBuf,
+    pub start: Start,
+    /// Stop (with a checkpoint) once this many steps are done.
+    pub stop_at: Option<u64>,
+    pub interrupt: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub struct RunReport {
+    pub out: PathBuf,
+    pub step: u64,
+    pub total_steps: u64,
+    pub finished: bool,
+    pub checkpoint: Option<PathBuf>,
+    pub best_val: Option<f64>,
+    pub skipped_volumes: Vec<String>,
+}
+
+struct ValSet {
+    images: Vec<Vec<f32>>,
+    ids_keep: Vec<usize>,
+    per_item: usize,
+}
+
+/// The fixed validation superpatches: crop `j` of validation volume
+/// `j mod n`, and one fixed dual mask per superpatch.
+fn validation_set(c: &TrainConfig, files: &[PathBuf]) -> Result<ValSet> {
+    let spec = CropSpec::new(c.model.superpatch_size);
+    let rng = RngStream::new(c.seed, stream_id(Purpose::Crop, VAL_KEY, 0));
+    let mut images = Vec::with_capacity(c.val_superpatches);
+    for j in 0..c.val_superpatches {
+        let vol = CachedVolume::open(&files[j % files.len()])?;
+        let mut out = vec![0.0f32; spec.voxels()];
+        sample_crop(
+            vol.hu(),
+            vol.shape(),
+            &spec,
+            rng,
+            j as u64 * CropSpec::DRAWS_PER_CROP,
+            &mut out,
+        );
+        images.push(out);
+    }
+    let masks = DualMask::sample(
+        &c.model,
+        c.val_superpatches,
+        RngStream::new(c.seed, stream_id(Purpose::Mask, VAL_KEY, 0)),
+    );
+    Ok(ValSet {
+        images,
+        ids_keep: masks.ids_keep().to_vec(),
+        per_item: masks.visible(),
+    })
+}
+
+struct ValResult {
+    loss: f64,
+    loss_all: f64,
+    psnr: f64,
+}
+
+fn validate(
+    model: &Nemesis,
+    store: &ParamStore,
+    c: &TrainConfig,
+    val: &ValSet,
+    picture: Option<&Path>,
+) -> Result<ValResult> {
+    let [d, h, w] = c.model.superpatch_size;
+    let per = d * h * w;
+    let (mut loss_sum, mut sse, mut count) = (0.0f64, 0.0f64, 0usize);
+    for (k, chunk) in val.images.chunks(c.batch).enumerate() {
+        let b = chunk.len();
+        let first = k * c.batch;
+        let x = Tensor::from_vec(chunk.concat(), [b, 1, d, h, w])?;
+        let ids = val.ids_keep[first * val.per_item..(first + b) * val.per_item].to_vec();
+        let mask = DualMask::from_ids_keep(&c.model, b, ids)?;
+        let tape = Tape::inference();
+        let out = model.forward_train(&tape, store, &x, &x, &mask, None)?;
+        loss_sum += out.loss.value().scalar_value()? * b as f64;
+        let rec = unpatchify(&c.model, out.pred.value())?;
+        let (r, t) = (rec.cpu_slice::<f32>()?, x.cpu_slice::<f32>()?);
+        sse += r
+            .iter()
+            .zip(t)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>();
+        count += b;
+        if k == 0 {
+            if let Some(p) = picture {
+                reconstruction_png(p, &c.model, &x, &x, &rec, &mask)?;
+            }
+        }
+    }
+    let mse = sse / (count * per) as f64;
+    Ok(ValResult {
+        loss: loss_sum / count as f64,
+        loss_all: mse,
+        psnr: -10.0 * (mse + 1e-8).log10(),
+    })
+}
+
+fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
+/// Keeps the metrics of steps `≤ step` (a resumed run rewrites what follows).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let kept: Vec<String> = BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::io::write_atomic(path, text.as_bytes())
+}
+
+fn redraw_curves(dir: &Path) -> Result<()> {
+    let path = dir.join("metrics.jsonl");
+    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let (mut tl, mut vl, mut tp, mut vp): (Curve, Curve, Curve, Curve) = Default::default();
+    for line in BufReader::new(f).lines().map_while(|l| l.ok()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        let get = |k: &str| v[k].as_f64();
+        match v["kind"].as_str() {
+            Some("train") => {
+                tl.extend(get("loss").map(|y| (step, y)));
+                tp.extend(get("psnr").map(|y| (step, y)));
+            }
+            Some("val") => {
+                vl.extend(get("val_loss").map(|y| (step, y)));
+                vp.extend(get("val_psnr").map(|y| (step, y)));
+            }
+            _ => {}
+        }
+    }
+    curves_png(&dir.join("curves.png"), tl, vl, tp, vp)
+}
+
+/// Finds the state file for `--resume RUN_DIR|CHECKPOINT`; returns (run dir, weights, state).
+fn resolve_resume(p: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    if p.is_dir() {
+        let latest_path = p.join("latest.json");
+        let text = std::fs::read_to_string(&latest_path).map_err(|e| {
+            Error::io(
+                &latest_path,
+                std::io::Error::new(e.kind(), format!("{e}: no checkpoint to resume from in this folder")),
+            )
+        })?;
+        let l: Latest = serde_json::from_str(&text).map_err(|e| Error::format(&latest_path, e.to_string()))?;
+        return Ok((p.to_path_buf(), p.join(l.weights), p.join(l.state)));
+    }
+    let name = p.to_string_lossy().to_string();
+    let Some(stem) = name.strip_suffix(".safetensors") else {
+        return Err(Error::format(p, "expected a run folder or a checkpoint .safetensors"));
+    };
+    let state = PathBuf::from(format!("{stem}.state.safetensors"));
+    let run = p
+        .parent()
+        .and_then(|c| c.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((run, p.to_path_buf(), state))
+}
+
+/// The cache a run was trained on (its `data.json`), for a resume without `--data`.
+pub fn run_cache(run_dir: &Path) -> Option<PathBuf> {
+    let dir = if run_dir.is_dir() {
+        run_dir.to_path_buf()
+    } else {
+        run_dir.parent()?.parent()?.to_path_buf()
+    };
+    let text = std::fs::read_to_string(dir.join("data.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["cache"].as_str().map(PathBuf::from)
+}
+
+pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
+    // --- start: configuration, weights, optimizer state ---
+    let mut last_ckpt: Option<PathBuf> = None;
+    let (mut store, mut opt, mut meta, out) = match &opts.start {
+        Start::Resume(p) => {
+            let (dir, weights, state) = resolve_resume(p)?;
+            last_ckpt = Some(weights.clone());
+            let (config, store) = load_checkpoint(&weights, DType::F32)?;
+            let (opt, mut meta) = load_state(&state, &store)?;
+            if config != meta.config.model {
+                return Err(Error::format(
+                    &state,
+                    "belongs to weights of another model configuration",
+                ));
+            }
+            // A resumed run keeps its recipe; only the length may change.
+            let steps = opts.config.steps;
+            meta.config = TrainConfig {
+                steps: steps.or(meta.config.steps),
+                ..meta.config.clone()
+            };
+            obs.message(&format!("resuming {} at step {}", dir.display(), meta.step));
+            (store, opt, meta, dir)
+        }
+        other => {
+            let c = opts.config.clone();
+            c.validate()?;
+            let store = match other {
+                Start::Init(w) => load_checkpoint_for(w, &c.model, DType::F32)?,
+                _ => init_params(&c.model, c.seed, DType::F32)?,
+            };
+            let opt = AdamW::new(
+                AdamWConfig {
+                    betas: (c.betas[0], c.betas[1]),
+                    eps: c.eps,
+                    weight_decay: c.weight_decay,
+                },
+                &store,
+            );
+            let meta = StateMeta {
+                step: 0,
+                position: Position::default(),
+                best_val: None,
+                config: c,
+                elapsed: 0.0,
+            };
+            (store, opt, meta, opts.out.clone())
+        }
+    };
+    opts.config = meta.config.clone();
+    let c = &opts.config;
+    for sub in ["checkpoints", "recon"] {
+        let d = out.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    crate::io::write_atomic(&out.join("config.json"), c.to_json_pretty().as_bytes())?;
+    let data_note = json!({"cache": opts.cache.display().to_string()});
+    crate::io::write_atomic(&out.join("data.json"), data_note.to_string().as_bytes())?;
+    let metrics = out.join("metrics.jsonl");
+    truncate_metrics(&metrics, meta.step)?;
+
+    // --- data ---
+    let manifest = CacheManifest::load(&opts.cache)?;
+    let mut train = manifest.files(&opts.cache, Split::Training);
+    let mut val = manifest.files(&opts.cache, Split::Validation);
+    if val.is_empty() && train.len() >= 2 {
+        let n = (train.len() / 10).max(1);
+        val = train.split_off(train.len() - n);
+        obs.message(&format!(
+            "no validation volumes in the cache: holding out the last {n} training volume(s)"
+        ));
+    }
+    if val.is_empty() {
+        return Err(Error::invalid(
+            "pretrain",
+            "the cache needs at least two volumes (one for validation)",
+        ));
+    }
+    let (plan, bad) = EpochPlan::new(
+        train,
+        CropSpec::new(c.model.superpatch_size),
+        c.batch,
+        c.crops_per_volume,
+        c.seed,
+    )?;
+    let skipped: Vec<String> = bad.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
+    for s in &skipped {
+        obs.message(&format!("skipped {s}"));
+    }
+    let val_set = validation_set(c, &val)?;
+    let bpe = plan.batches_per_epoch();
+    let total = c.steps.unwrap_or((c.epochs * bpe / c.accum as u64).max(1));
+    let warmup = ((c.warmup_epochs * bpe as f64 / c.accum as f64).round() as u64).min(total.saturating_sub(1));
+    let schedule = Schedule {
+        kind: c.lr_schedule,
+        base: c.lr,
+        min: c.min_lr,
+        warmup_steps: warmup,
+        total_steps: total,
+    };
+    let model = Nemesis::new(c.model.clone())?;
+    let mut loader = Loader::start(
+        plan.clone(),
+        meta.position,
+        c.loader_threads.max(1),
+        2 * c.loader_threads.max(1),
+    );
+    let started = Instant::now();
+    let elapsed0 = meta.elapsed;
+
+    let checkpoint =
+        |store: &ParamStore, opt: &AdamW, meta: &mut StateMeta, last: &mut Option<PathBuf>| -> Result<PathBuf> {
+            meta.elapsed = elapsed0 + started.elapsed().as_secs_f64();
+            let p = save(&out, store, opt, meta)?;
+            prune(&out, c.keep_last);
+            *last = Some(p.clone());
+            Ok(p)
+        };
+
+    // --- the loop ---
+    while meta.step < total {
+        let step = meta.step;
+        let t0 = Instant::now();
+        let (mut loss_sum, mut psnr_sum, mut sigma, mut epoch) = (0.0, 0.0, 0.0, 0);
+        for micro in 0..c.accum {
+            let batch = loader.next_batch()?;
+            epoch = batch.position.epoch;
+            let crate::data::BatchData::F32(values) = batch.data else {
+                return Err(Error::invalid("pretrain", "the loader made bf16 batches for the CPU"));
+            };
+            let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
+            let levels = &c.noise_levels;
+            let noise_rng = RngStream::new(c.seed, stream_id(Purpose::Noise, step, 0));
+            sigma = levels[noise_rng.bits(micro as u64) as usize % levels.len()];
+            let noisy = add_noise(
+                &clean,
+                sigma,
+                RngStream::new(c.seed, stream_id(Purpose::Noise, step, 1 + micro as u64)),
+            )?;
+            let mask = DualMask::sample(
+                &c.model,
+                c.batch,
+                RngStream::new(c.seed, stream_id(Purpose::Mask, step, micro as u64)),
+            );
+            let dropout = Dropout::new(c.model.dropout, c.seed, step * c.accum as u64 + micro as u64);
+            let tape = Tape::new();
+            let out_f = model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?;
+            let l = out_f.loss.value().scalar_value()?;
+            if !l.is_finite() {
+                return Err(nan_error(step + 1, "loss", l, &last_ckpt));
+            }
+            loss_sum += l;
+            psnr_sum += out_f.psnr;
+            let scaled = if c.accum > 1 {
+                tape.scale(&out_f.loss, 1.0 / c.accum as f64)?
+            } else {
+                out_f.loss
+            };
+            tape.backward(&scaled, &mut store)?;
+            meta.position = plan.advance(batch.position, 1);
+        }
+        let norm = clip_grad_norm(&mut store, c.clip)?;
+        if !norm.is_finite() {
+            return Err(nan_error(step + 1, "gradient norm", norm, &last_ckpt));
+        }
+        let lr = schedule.lr(step);
+        opt.update(&mut store, lr)?;
+        store.zero_grad();
+        meta.step += 1;
+        let dt = t0.elapsed().as_secs_f64();
+        let m = StepMetrics {
+            loss: loss_sum / c.accum as f64,
+            psnr: psnr_sum / c.accum as f64,
+            lr,
+            grad_norm: norm,
+            sigma,
+            superpatches_per_s: (c.batch * c.accum) as f64 / dt,
+        };
+        append_jsonl(
+            &metrics,
+            &json!({
+                "kind": "train", "step": meta.step, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
+                "lr": lr, "grad_norm": norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
+                "time": elapsed0 + started.elapsed().as_secs_f64(),
+            }),
+        )?;
+        obs.step(meta.step, total, &m);
+
+        let stopping = opts.interrupt.load(Ordering::SeqCst) || opts.stop_at.is_some_and(|s| meta.step >= s);
+        if meta.step % c.val_every == 0 || meta.step == total {
+            let pic = out.join(format!("recon/step-{:07}.png", meta.step));
+            let v = validate(&model, &store, c, &val_set, Some(&pic))?;
+            append_jsonl(
+                &metrics,
+                &json!({"kind": "val", "step": meta.step, "val_loss": v.loss, "val_loss_all": v.loss_all, "val_psnr": v.psnr}),
+            )?;
+            obs.message(&format!(
+                "step {}: validation loss {:.5} (all tokens {:.5}), PSNR {:.2} dB",
+                meta.step, v.loss, v.loss_all, v.psnr
+            ));
+            let better = meta.best_val.is_none_or(|b| v.loss < b);
+            if better {
+                meta.best_val = Some(v.loss);
+            }
+            let p = checkpoint(&store, &opt, &mut meta, &mut last_ckpt)?;
+            if better {
+                let best = out.join("best.safetensors");
+                std::fs::copy(&p, out.join(".best.tmp")).map_err(|e| Error::io(&best, e))?;
+                std::fs::rename(out.join(".best.tmp"), &best).map_err(|e| Error::io(&best, e))?;
+                let info = json!({"step": meta.step, "val_loss": v.loss, "val_psnr": v.psnr});
+                crate::io::write_atomic(&out.join("best.json"), info.to_string().as_bytes())?;
+            }
+            redraw_curves(&out)?;
+        } else if stopping {
+            checkpoint(&store, &opt, &mut meta, &mut last_ckpt)?;
+            redraw_curves(&out)?;
+        }
+        if stopping && meta.step < total {
+            drop(loader);
+            return Ok(RunReport {
+                out,
+                step: meta.step,
+                total_steps: total,
+                finished: false,
+                checkpoint: last_ckpt,
+                best_val: meta.best_val,
+                skipped_volumes: skipped,
+            });
+        }
+    }
+    drop(loader);
+    Ok(RunReport {
+        out,
+        step: meta.step,
+        total_steps: total,
+        finished: true,
+        checkpoint: last_ckpt,
+        best_val: meta.best_val,
+        skipped_volumes: skipped,
+    })
+}
+
+fn nan_error(step: u64, what: &str, value: f64, last: &Option<PathBuf>) -> Error {
+    Error::invalid(
+        "pretrain",
+        format!(
+            "step {step}: the {what} is {value}; stopping. Last good checkpoint: {} (lower --lr, check the data, \
+             then --resume it)",
+            last.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none yet".into())
+        ),
+    )
+}

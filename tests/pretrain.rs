@@ -1,0 +1,311 @@
+//! `nemesis pretrain` end to end on the tiny preset and small synthetic
+//! phantoms: the loss falls, a resumed run equals an uninterrupted one bit for
+//! bit, a killed run leaves loadable checkpoints, Ctrl-C stops cleanly, and a
+//! diverging run stops with a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nemesis::model::load_checkpoint;
+use nemesis::tensor::DType;
+use nemesis::train::{load_state, Latest};
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nemesis")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nemesis-pretrain-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Eight small phantoms, prepared once for all tests of this file.
+fn cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let d = tmp("data");
+        let raw = d.join("nifti");
+        let run = |args: &[&str]| {
+            let o = Command::new(bin()).args(args).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        run(&[
+            "synth",
+            "--out",
+            raw.to_str().unwrap(),
+            "--count",
+            "8",
+            "--seed",
+            "3",
+            "--size",
+            "40,64,64",
+        ]);
+        let c = d.join("cache");
+        run(&[
+            "prepare",
+            "--index",
+            raw.join("dataset.json").to_str().unwrap(),
+            "--out",
+            c.to_str().unwrap(),
+        ]);
+        c
+    })
+}
+
+fn pretrain(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        cache().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--val-superpatches",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(bin()).args(&args).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// `(step, loss as written)` of the training lines, and the validation lines.
+fn metrics(run: &Path) -> (Vec<(u64, String)>, Vec<Value>) {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut train = vec![];
+    let mut val = vec![];
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str() {
+            Some("train") => train.push((v["step"].as_u64().unwrap(), v["loss"].to_string())),
+            _ => val.push(v),
+        }
+    }
+    (train, val)
+}
+
+#[test]
+fn the_loss_falls_over_30_steps() {
+    let out = tmp("falls");
+    let run = out.join("run");
+    ok(&pretrain(&run, &["--steps", "30", "--val-every", "15", "--lr", "1e-3"]));
+    let (train, val) = metrics(&run);
+    assert_eq!(train.len(), 30);
+    let loss = |r: std::ops::Range<usize>| {
+        train[r.clone()]
+            .iter()
+            .map(|(_, l)| l.parse::<f64>().unwrap())
+            .sum::<f64>()
+            / r.len() as f64
+    };
+    let (first, last) = (loss(0..5), loss(25..30));
+    assert!(last < 0.8 * first, "loss {first} → {last}");
+    assert_eq!(val.len(), 2);
+    assert!(val[1]["val_loss"].as_f64().unwrap() < val[0]["val_loss"].as_f64().unwrap() * 1.05);
+    for f in [
+        "config.json",
+        "curves.png",
+        "best.safetensors",
+        "best.json",
+        "latest.json",
+        "recon/step-0000030.png",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_one_bit_for_bit() {
+    let out = tmp("resume");
+    let (a, b) = (out.join("a"), out.join("b"));
+    let common = ["--steps", "16", "--val-every", "4", "--accum", "2"];
+    ok(&pretrain(&a, &common));
+    let mut first = common.to_vec();
+    first.extend(["--stop-at", "6"]);
+    let text = ok(&pretrain(&b, &first));
+    assert!(text.contains("stopped after step 6"), "{text}");
+    let resumed = Command::new(bin())
+        .args(["pretrain", "--resume", b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&resumed);
+    let (ta, va) = metrics(&a);
+    let (tb, vb) = metrics(&b);
+    assert_eq!(ta.len(), 16);
+    assert_eq!(ta, tb, "every training loss, as written, is equal");
+    assert_eq!(va, vb, "every validation figure is equal");
+    let wa = std::fs::read(a.join("checkpoints/step-0000016.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("checkpoints/step-0000016.safetensors")).unwrap();
+    assert!(wa == wb, "the final weights are byte-identical");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+fn spawn(run: &Path, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        cache().to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--val-superpatches",
+        "2",
+        "--steps",
+        "100000",
+    ];
+    args.extend_from_slice(extra);
+    Command::new(bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(path: &Path, secs: u64) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn latest_loads(run: &Path) -> u64 {
+    let l: Latest = serde_json::from_str(&std::fs::read_to_string(run.join("latest.json")).unwrap()).unwrap();
+    let (_, store) = load_checkpoint(&run.join(&l.weights), DType::F32).unwrap();
+    let (_, meta) = load_state(&run.join(&l.state), &store).unwrap();
+    assert_eq!(meta.step, l.step);
+    l.step
+}
+
+#[test]
+fn a_killed_run_leaves_its_checkpoints_loadable() {
+    let out = tmp("killed");
+    let run = out.join("run");
+    // A checkpoint every step, so the kill lands during or between writes.
+    let mut child = spawn(&run, &["--val-every", "1"]);
+    wait_for(&run.join("latest.json"), 60);
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let step = latest_loads(&run);
+    assert!(step >= 1);
+    // Every file under a checkpoint name is whole; only temporary names may be partial.
+    for e in std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".state.safetensors") || name.starts_with('.') {
+            continue;
+        }
+        load_checkpoint(&e.path(), DType::F32).unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+    // And the run resumes from it.
+    let o = Command::new(bin())
+        .args([
+            "pretrain",
+            "--resume",
+            run.to_str().unwrap(),
+            "--data",
+            cache().to_str().unwrap(),
+            "--steps",
+        ])
+        .arg((step + 2).to_string())
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains(&format!("finished {} steps", step + 2)));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_0() {
+    let out = tmp("ctrlc");
+    let run = out.join("run");
+    let child = spawn(&run, &["--val-every", "1000"]);
+    wait_for(&run.join("metrics.jsonl"), 60);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    let text = ok(&o);
+    assert!(
+        text.contains("stopped after step") && text.contains("checkpoint"),
+        "{text}"
+    );
+    let step = latest_loads(&run);
+    let (train, _) = metrics(&run);
+    assert_eq!(train.last().unwrap().0, step, "the checkpoint is of the last step done");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint() {
+    let out = tmp("nan");
+    let run = out.join("run");
+    let o = pretrain(
+        &run,
+        &[
+            "--steps",
+            "20",
+            "--val-every",
+            "1",
+            "--lr",
+            "1e30",
+            "--warmup-epochs",
+            "0",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step ") && err.contains("Last good checkpoint"), "{err}");
+    assert!(err.contains("NaN") || err.contains("inf"), "{err}");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn bad_run_settings_are_clear_errors() {
+    let out = tmp("bad");
+    let o = pretrain(&out.join("r"), &["--lr=-1"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lr"));
+    let o = Command::new(bin())
+        .args(["pretrain", "--resume", out.join("nothing").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let cfg = out.join("run.toml");
+    std::fs::write(&cfg, "preset = \"tiny\"\nlearning_rate = 3\n").unwrap();
+    let o = Command::new(bin())
+        .args(["pretrain", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("run.toml") && err.contains("learning_rate"), "{err}");
+    std::fs::remove_dir_all(&out).ok();
+}
