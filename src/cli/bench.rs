@@ -22,8 +22,21 @@ pub enum BenchWhat {
     Data(DataArgs),
     /// Kernel microbenchmarks (CUDA; issues 7 and 8).
     Kernels(super::Pending),
-    /// Whole training steps (issue 8).
-    Step(super::Pending),
+    /// Whole training steps: forward, backward and AdamW at a preset's shapes.
+    Step(StepArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub model: super::model_source::ModelSource,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Timed steps (after one untimed warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t = super::device::DeviceArg::Auto)]
+    pub device: super::device::DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -51,7 +64,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     match &a.what {
         BenchWhat::Data(d) => data(d),
         BenchWhat::Kernels(_) => super::pending("`nemesis bench kernels`", "issues 7 and 8 (CUDA kernels and speed)"),
-        BenchWhat::Step(_) => super::pending("`nemesis bench step`", "issue 8 (speed)"),
+        BenchWhat::Step(s) => step(s),
     }
 }
 
@@ -118,5 +131,72 @@ fn data(a: &DataArgs) -> Result<()> {
     println!("{:<44} {:>14.1}", "cache (mmap) + loader", cache_rate);
     println!("{:<44} {:>14.2}", "decompress .nii.gz per superpatch", nifti_rate);
     println!("ratio cache / .nii.gz: {:.0}×", cache_rate / nifti_rate);
+    Ok(())
+}
+
+/// The median wall time of full training steps on random superpatches.
+fn step(a: &StepArgs) -> Result<()> {
+    use crate::autograd::Tape;
+    use crate::model::{add_noise, init_params, training_flops, Dropout, DualMask, Nemesis};
+    use crate::rng::{stream_id, Purpose};
+    use crate::tensor::{DType, Tensor};
+    use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+
+    super::device::select(a.device)?;
+    if a.batch == 0 || a.steps == 0 {
+        return Err(Error::invalid("bench step", "--batch and --steps must be at least 1"));
+    }
+    let c = a.model.load()?;
+    let model = Nemesis::new(c.clone())?;
+    let mut store = init_params(&c, 0, DType::F32)?;
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.05,
+        },
+        &store,
+    );
+    let [d, h, w] = c.superpatch_size;
+    let mut x = vec![0.0f32; a.batch * d * h * w];
+    RngStream::new(1, 1).fill_uniform(0, &mut x);
+    let clean = Tensor::from_vec(x, [a.batch, 1, d, h, w])?;
+    let mut times = Vec::with_capacity(a.steps);
+    for s in 0..=a.steps as u64 {
+        let t0 = Instant::now();
+        let noisy = add_noise(&clean, 0.03, RngStream::new(0, stream_id(Purpose::Noise, s, 1)))?;
+        let mask = DualMask::sample(&c, a.batch, RngStream::new(0, stream_id(Purpose::Mask, s, 0)));
+        let dropout = Dropout::new(c.dropout, 0, s);
+        let tape = Tape::new();
+        let out = model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?;
+        tape.backward(&out.loss, &mut store)?;
+        clip_grad_norm(&mut store, 1.0)?;
+        opt.update(&mut store, 1e-4)?;
+        store.zero_grad();
+        if s > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "step {s}: {:.3} s{}",
+            t0.elapsed().as_secs_f64(),
+            if s == 0 { " (warm-up)" } else { "" }
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = training_flops(&c).forward_backward() as f64 * a.batch as f64;
+    println!(
+        "{}×{}×{} superpatches, batch {}, {} threads: median step {:.3} s (min {:.3}, max {:.3}), {:.2} superpatches/s, {:.1} GFLOP/s (SPEC 13 count)",
+        d,
+        h,
+        w,
+        a.batch,
+        rayon::current_num_threads(),
+        median,
+        times[0],
+        times[times.len() - 1],
+        a.batch as f64 / median,
+        flops / median / 1e9
+    );
     Ok(())
 }

@@ -66,6 +66,7 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
         file: file.clone(),
         shape,
         spacing,
+        warnings: Vec::new(),
     };
     if let Ok(c) = CachedVolume::open(&path) {
         let h = c.header();
@@ -77,7 +78,9 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
     let volume = read_volume(&entry.image)?;
     let label = entry.label.as_ref().map(|l| read_volume(l)).transpose()?;
     let h = write_cache(&path, &volume, label.as_ref())?;
-    Ok(Outcome::Prepared(manifest_entry(h.shape, h.spacing)))
+    let mut e = manifest_entry(h.shape, h.spacing);
+    e.warnings = volume.info.warnings.iter().map(|w| format!("{source}: {w}")).collect();
+    Ok(Outcome::Prepared(e))
 }
 
 /// What `prepare_dataset` did.
@@ -105,6 +108,9 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
         manifest.failures.len(),
         manifest.entries.len() - train
     );
+    for w in manifest.entries.iter().flat_map(|e| &e.warnings) {
+        println!("  warning: {w}");
+    }
     for f in &manifest.failures {
         println!("  failed: {}", f.error);
     }

@@ -26,6 +26,9 @@ pub struct ManifestEntry {
     pub file: String,
     pub shape: [usize; 3],
     pub spacing: [f32; 3],
+    /// What was odd but not fatal (a 4-D file read as its first volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
