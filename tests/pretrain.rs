@@ -309,3 +309,31 @@ fn bad_run_settings_are_clear_errors() {
     assert!(err.contains("run.toml") && err.contains("learning_rate"), "{err}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn init_starts_from_given_weights_of_the_same_model_only() {
+    let out = tmp("init");
+    let w = out.join("w.safetensors");
+    let o = Command::new(bin())
+        .args(["init", "--preset", "tiny", "--seed", "9", "--out", w.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&o);
+    let run = out.join("run");
+    ok(&pretrain(
+        &run,
+        &["--steps", "2", "--val-every", "2", "--init", w.to_str().unwrap()],
+    ));
+    let small = out.join("small.safetensors");
+    ok(&Command::new(bin())
+        .args(["init", "--preset", "small", "--out", small.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let o = pretrain(&out.join("run2"), &["--steps", "2", "--init", small.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another configuration") && err.contains("embed_dim"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

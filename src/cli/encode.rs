@@ -13,8 +13,9 @@ use crate::io::{Array, TensorFile};
 use crate::model::{load_checkpoint, Nemesis};
 use crate::tensor::{DType, Tensor};
 
+/// What `encode` and `reconstruct` both take.
 #[derive(Args, Debug)]
-pub struct EncodeArgs {
+pub struct ModelIo {
     /// Weights (safetensors with the config in its metadata).
     #[arg(long, value_name = "W.safetensors")]
     pub checkpoint: PathBuf,
@@ -23,24 +24,32 @@ pub struct EncodeArgs {
     /// in z, y, x order, zero-padded at the far ends).
     #[arg(long, value_name = "X")]
     pub input: PathBuf,
-    /// Output safetensors: `features` (B×N×E) and `pooled` (B×E, token mean).
+    /// Output safetensors (encode: `features` B×N×E and `pooled` B×E;
+    /// reconstruct: `reconstruction`, `mask`, `loss`, `psnr`).
     #[arg(long, value_name = "OUT.safetensors")]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+}
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub io: ModelIo,
     /// Superpatches encoded at once (bounds memory).
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
 }
 
 pub fn run(a: &EncodeArgs) -> Result<()> {
-    select(a.device)?;
+    let io = &a.io;
+    select(io.device)?;
     if a.batch == 0 {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
-    let (config, store) = load_checkpoint(&a.checkpoint, DType::F32)?;
+    let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
     let model = Nemesis::new(config.clone())?;
-    let input = read_superpatches(&a.input, &config)?;
+    let input = read_superpatches(&io.input, &config)?;
     let x = input.image;
     let b = x.dims()[0];
     let per_item = x.numel() / b;
@@ -83,13 +92,13 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
         meta.insert("tile_grid".to_string(), format!("{grid:?}"));
         eprintln!(
             "{}: volume {shape:?} (D, H, W) → {b} tiles, grid {grid:?} (z, y, x)",
-            a.input.display()
+            io.input.display()
         );
     }
-    TensorFile::write(&a.output, &meta, &arrays)?;
+    TensorFile::write(&io.output, &meta, &arrays)?;
     println!(
         "wrote {}: features {b}×{n}×{e}, pooled {b}×{e} ({:.2} s)",
-        a.output.display(),
+        io.output.display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! `nemesis pretrain`: the recipe of SPEC 11 from the command line.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,6 +75,9 @@ pub struct PretrainArgs {
     pub val_superpatches: Option<usize>,
     #[arg(long)]
     pub keep_last: Option<usize>,
+    /// Without a terminal, a progress line every this many steps.
+    #[arg(long)]
+    pub log_every: Option<u64>,
     /// Stop with a checkpoint once this many steps are done (split a long run).
     #[arg(long, value_name = "STEP")]
     pub stop_at: Option<u64>,
@@ -109,7 +113,7 @@ impl PretrainArgs {
             noise_levels,
             seed
         );
-        set!(val_every, val_superpatches, keep_last);
+        set!(val_every, val_superpatches, keep_last, log_every);
         if self.steps.is_some() {
             c.steps = self.steps;
         }
@@ -159,20 +163,26 @@ fn next_run_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("runs/pretrain"))
 }
 
+/// An indicatif bar on a terminal; otherwise a plain line every `log_every` steps.
 struct Bar {
     progress: Option<Progress>,
+    terminal: bool,
+    log_every: u64,
 }
 
 impl Observer for Bar {
     fn step(&mut self, step: u64, total: u64, m: &StepMetrics) {
-        let p = self.progress.get_or_insert_with(|| Progress::new("pretrain", total));
-        p.set(
-            step,
-            &format!(
-                "loss {:.5} PSNR {:.2} dB lr {:.2e} |g| {:.3} σ {} {:.1} superpatches/s",
-                m.loss, m.psnr, m.lr, m.grad_norm, m.sigma, m.superpatches_per_s
-            ),
+        let line = format!(
+            "loss {:.5} PSNR {:.2} dB lr {:.2e} |g| {:.3} σ {} {:.1} superpatches/s",
+            m.loss, m.psnr, m.lr, m.grad_norm, m.sigma, m.superpatches_per_s
         );
+        if self.terminal {
+            self.progress
+                .get_or_insert_with(|| Progress::new("pretrain", total))
+                .set(step, &line);
+        } else if step % self.log_every.max(1) == 0 || step == total {
+            eprintln!("step {step}/{total}: {line}");
+        }
     }
 
     fn message(&mut self, line: &str) {
@@ -193,6 +203,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
     let config = if a.resume.is_some() {
         TrainConfig {
             steps: a.steps,
+            log_every: a.log_every.unwrap_or(TrainConfig::default().log_every),
             ..TrainConfig::default()
         }
     } else {
@@ -230,7 +241,11 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
         }
         eprintln!("\nCtrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to quit at once)");
     });
-    let mut bar = Bar { progress: None };
+    let mut bar = Bar {
+        progress: None,
+        terminal: std::io::stderr().is_terminal(),
+        log_every: config.log_every,
+    };
     let report = run(
         RunOptions {
             config,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::device::{select, DeviceArg};
+use super::device::select;
 use crate::autograd::Tape;
 use crate::data::read_superpatches;
 use crate::error::{Error, Result};
@@ -17,16 +17,8 @@ use crate::tensor::{DType, Tensor};
 
 #[derive(Args, Debug)]
 pub struct ReconstructArgs {
-    /// Weights (safetensors with the config in its metadata).
-    #[arg(long, value_name = "W.safetensors")]
-    pub checkpoint: PathBuf,
-    /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in
-    /// [0, 1]), or a NIfTI volume in HU (cut into superpatch tiles).
-    #[arg(long, value_name = "X")]
-    pub input: PathBuf,
-    /// Output safetensors: `reconstruction`, `mask`, `loss`, `psnr`.
-    #[arg(long, value_name = "OUT.safetensors")]
-    pub output: PathBuf,
+    #[command(flatten)]
+    pub io: super::encode::ModelIo,
     /// A mask to use: safetensors with tensor `mask` (u8, B×N, 1 = masked),
     /// with the dual structure (every depth slice keeps as many tokens).
     #[arg(long, value_name = "M.safetensors", conflicts_with = "seed")]
@@ -41,8 +33,6 @@ pub struct ReconstructArgs {
     /// masked input, reconstruction, error.
     #[arg(long, value_name = "FILE.png")]
     pub png: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
 }
 
 fn read_mask(path: &std::path::Path, config: &ModelConfig, batch: usize) -> Result<DualMask> {
@@ -65,16 +55,17 @@ fn read_mask(path: &std::path::Path, config: &ModelConfig, batch: usize) -> Resu
 }
 
 pub fn run(a: &ReconstructArgs) -> Result<()> {
-    select(a.device)?;
+    let io = &a.io;
+    select(io.device)?;
     if !a.noise_std.is_finite() || a.noise_std < 0.0 {
         return Err(Error::invalid(
             "--noise-std",
             format!("must be ≥ 0, got {}", a.noise_std),
         ));
     }
-    let (config, store) = load_checkpoint(&a.checkpoint, DType::F32)?;
+    let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
     let model = Nemesis::new(config.clone())?;
-    let clean = read_superpatches(&a.input, &config)?.image;
+    let clean = read_superpatches(&io.input, &config)?.image;
     let b = clean.dims()[0];
     let seed = a.seed.unwrap_or(0);
     let mask = match &a.mask {
@@ -110,10 +101,10 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     );
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());
-    TensorFile::write(&a.output, &meta, &arrays)?;
+    TensorFile::write(&io.output, &meta, &arrays)?;
     println!(
         "wrote {}: {b} superpatch(es), {} of {} tokens masked per item, loss {loss:.6}, PSNR {:.2} dB",
-        a.output.display(),
+        io.output.display(),
         config.num_tokens() - mask.visible(),
         config.num_tokens(),
         out.psnr

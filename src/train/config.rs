@@ -146,3 +146,43 @@ impl TrainConfig {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_with_preset_and_model_overrides() {
+        let dir = std::env::temp_dir().join(format!("nemesis-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml_path = dir.join("run.toml");
+        std::fs::write(
+            &toml_path,
+            "preset = \"tiny\"\nlr = 3e-4\nsteps = 50\nnoise_levels = [0.0, 0.02]\n[model]\ndropout = 0.0\n",
+        )
+        .unwrap();
+        let c = TrainConfig::from_file(&toml_path).unwrap();
+        assert_eq!(
+            c.model,
+            ModelConfig {
+                dropout: 0.0,
+                ..ModelConfig::tiny()
+            }
+        );
+        assert_eq!(
+            (c.lr, c.steps, c.noise_levels.clone()),
+            (3e-4, Some(50), vec![0.0, 0.02])
+        );
+        let json_path = dir.join("run.json");
+        std::fs::write(&json_path, c.to_json_pretty()).unwrap();
+        assert_eq!(
+            TrainConfig::from_file(&json_path).unwrap(),
+            c,
+            "the saved effective config reads back"
+        );
+        std::fs::write(&json_path, r#"{"model": {"embed_dim": 770}}"#).unwrap();
+        let e = TrainConfig::from_file(&json_path).unwrap_err().to_string();
+        assert!(e.contains("run.json") && e.contains("num_heads"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
