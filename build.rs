@@ -1,9 +1,63 @@
-//! Build-time facts for `nemesis --version`: the git commit the binary was
-//! built from, so a benchmark or checkpoint can name the exact engine.
-//! (The CUDA kernels under kernels/ are embedded here once the CUDA backend
-//! lands; they are compiled at run time by NVRTC, not at build time.)
+//! Build-time work:
+//! - the git commit for `nemesis --version`;
+//! - the CUDA kernels under kernels/: their sources are embedded for NVRTC
+//!   (compiled at run time for the device), and compiled a second time with
+//!   the host C++ compiler against kernels/emu/ for the emulator, with a
+//!   launch shim per kernel and the matching Rust declarations.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::Command;
+
+struct Kernel {
+    file: String,
+    name: String,
+    params: Vec<(String, String)>,
+}
+
+/// `extern "C" __global__ void NAME(TYPE NAME, ...)` declarations of a source.
+fn kernels_of(file: &str, src: &str) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    let marker = "extern \"C\" __global__ void ";
+    let mut rest = src;
+    while let Some(i) = rest.find(marker) {
+        rest = &rest[i + marker.len()..];
+        let open = rest.find('(').expect("kernel parameter list");
+        let close = rest.find(')').expect("kernel parameter list end");
+        let name = rest[..open].trim().to_string();
+        let params = rest[open + 1..close]
+            .split(',')
+            .map(|p| {
+                let p = p.split_whitespace().collect::<Vec<_>>().join(" ");
+                let cut = p.rfind([' ', '*']).expect("typed parameter");
+                (p[..=cut].trim().to_string(), p[cut + 1..].trim().to_string())
+            })
+            .collect();
+        out.push(Kernel {
+            file: file.to_string(),
+            name,
+            params,
+        });
+    }
+    out
+}
+
+fn rust_type(c: &str) -> &'static str {
+    match c {
+        "const float*" => "*const f32",
+        "float*" => "*mut f32",
+        "const int*" => "*const i32",
+        "int*" => "*mut i32",
+        "const int16_t*" => "*const i16",
+        "int" => "i32",
+        "float" => "f32",
+        "double" => "f64",
+        "uint64_t" => "u64",
+        "uint32_t" => "u32",
+        "RngStream" => "crate::backend::kernels::RngStreamC",
+        other => panic!("kernel parameter type `{other}` has no Rust mapping in build.rs"),
+    }
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
@@ -19,4 +73,89 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=NEMESIS_GIT_COMMIT={commit}");
+
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let kdir = root.join("kernels");
+    let mut files: Vec<String> = std::fs::read_dir(&kdir)
+        .expect("kernels/")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".cu"))
+        .collect();
+    files.sort();
+    let mut kernels = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(kdir.join(f)).expect("kernel source");
+        kernels.extend(kernels_of(f, &src));
+    }
+
+    // Sources for NVRTC.
+    let mut rs = String::new();
+    let _ = writeln!(rs, "/// Every kernel source: (file name, text).");
+    let _ = writeln!(rs, "pub const SOURCES: &[(&str, &str)] = &[");
+    for f in &files {
+        let _ = writeln!(
+            rs,
+            "    ({f:?}, include_str!({:?})),",
+            kdir.join(f).display().to_string()
+        );
+    }
+    let _ = writeln!(rs, "];");
+    let _ = writeln!(
+        rs,
+        "/// The common header the sources include.\npub const COMMON_HEADER: &str = include_str!({:?});",
+        kdir.join("common.cuh").display().to_string()
+    );
+    let _ = writeln!(
+        rs,
+        "/// Every kernel: (file, name).\npub const KERNELS: &[(&str, &str)] = &["
+    );
+    for k in &kernels {
+        let _ = writeln!(rs, "    ({:?}, {:?}),", k.file, k.name);
+    }
+    let _ = writeln!(rs, "];");
+    std::fs::write(out.join("kernel_sources.rs"), rs).expect("write kernel_sources.rs");
+
+    // The emulator: one translation unit with every kernel and its shim.
+    let mut cpp = String::from("#define NEMESIS_EMU 1\n");
+    for f in &files {
+        let _ = writeln!(cpp, "#include \"{}\"", kdir.join(f).display());
+    }
+    let mut ffi = String::from("extern \"C\" {\n");
+    for k in &kernels {
+        let decl: Vec<String> = k.params.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        let names: Vec<&str> = k.params.iter().map(|(_, n)| n.as_str()).collect();
+        let _ = writeln!(
+            cpp,
+            "extern \"C\" void emu_launch_{}(const EmuLaunch* cfg, {}) {{ emu_run(cfg, [&] {{ {}({}); }}); }}",
+            k.name,
+            decl.join(", "),
+            k.name,
+            names.join(", ")
+        );
+        let rparams: Vec<String> = k.params.iter().map(|(t, n)| format!("{n}: {}", rust_type(t))).collect();
+        let _ = writeln!(
+            ffi,
+            "    /// Runs `{}` of kernels/{} on the CPU.\n    pub fn emu_launch_{}(cfg: *const EmuLaunch, {});",
+            k.name,
+            k.file,
+            k.name,
+            rparams.join(", ")
+        );
+    }
+    ffi.push_str("}\n");
+    let shim = out.join("emu_kernels.cpp");
+    std::fs::write(&shim, cpp).expect("write emu_kernels.cpp");
+    std::fs::write(out.join("emu_ffi.rs"), ffi).expect("write emu_ffi.rs");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++20")
+        .include(&kdir)
+        .file(&shim)
+        .file(kdir.join("emu").join("emu.cpp"))
+        .flag_if_supported("-pthread")
+        .warnings(true)
+        .opt_level(2)
+        .compile("nemesis_emu");
 }

@@ -101,7 +101,7 @@ impl RngStream {
 
     /// Standard normal by Box–Muller. Values `4b … 4b+3` come from block `b`:
     /// words (0, 1) give values 0 and 1 (cosine and sine branch), words (2, 3)
-    /// give values 2 and 3. Computed in f32 with libm's portable routines.
+    /// give values 2 and 3.
     pub fn normal(&self, index: u64) -> f32 {
         let w = self.block(index / 4);
         let lane = (index % 4) as usize;
@@ -137,17 +137,17 @@ impl RngStream {
     }
 }
 
+/// Box–Muller in f64, rounded to f32 once at the end. The CUDA kernels
+/// (kernels/common.cuh) do the same with the device's double-precision
+/// functions; both are accurate far below f32's resolution, so the rounded
+/// values agree (the emulator, on the host's libm, agrees exactly).
 fn box_muller(a: u32, b: u32, sine: bool) -> f32 {
     // u1 on (0, 1], so the logarithm is finite.
-    let u1 = ((a >> 8) + 1) as f32 * UNIT;
-    let u2 = (b >> 8) as f32 * UNIT;
-    let r = libm::sqrtf(-2.0 * libm::logf(u1));
-    let theta = 2.0 * std::f32::consts::PI * u2;
-    if sine {
-        r * libm::sinf(theta)
-    } else {
-        r * libm::cosf(theta)
-    }
+    let u1 = ((a >> 8) + 1) as f64 * (1.0 / 16_777_216.0);
+    let u2 = (b >> 8) as f64 * (1.0 / 16_777_216.0);
+    let r = (-2.0 * u1.ln()).sqrt();
+    let theta = std::f64::consts::TAU * u2;
+    (if sine { r * theta.sin() } else { r * theta.cos() }) as f32
 }
 
 #[cfg(test)]

@@ -1,4 +1,8 @@
 //! Backends: where the arithmetic of each op happens. `cpu` is the plain,
-//! readable reference every other backend is checked against.
+//! readable reference every other backend is checked against; `emu` runs the
+//! CUDA kernels (kernels/*.cu) on the CPU; `kernels` holds their sources.
 
 pub mod cpu;
+pub mod emu;
+pub mod kernels;
+pub mod nvrtc;

@@ -1,0 +1,36 @@
+// Pointwise kernels: exact GELU, dropout, the gate mix. One thread per value,
+// grid-stride loops so any launch size covers any length.
+#include "common.cuh"
+
+extern "C" __global__ void gelu_forward(const float* x, float* y, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+}
+
+extern "C" __global__ void gelu_backward(const float* g, const float* x, float* dx, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dx[i] = g[i] * (cdf + v * pdf);
+    }
+}
+
+// Inverted dropout with the mask of src/ops/dropout.rs: value i is kept when
+// uniform i of the stream is >= p, and scaled by 1/(1 - p).
+extern "C" __global__ void dropout_forward(const float* x, float* y, uint64_t n, double p, RngStream s) {
+    float keep = (float)(1.0 / (1.0 - p));
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        y[i] = ((double)rng_uniform(s, i) >= p) ? x[i] * keep : 0.0f;
+    }
+}
+
+// (1 - a)·x + a·y with a read from device memory (sigmoid(alpha)).
+extern "C" __global__ void gate_mix_forward(const float* x, const float* y, const float* a, float* out, uint64_t n) {
+    float av = a[0];
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        out[i] = (1.0f - av) * x[i] + av * y[i];
+    }
+}

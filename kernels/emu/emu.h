@@ -1,0 +1,62 @@
+// The CUDA built-ins the nemesis kernels use, for running them on the CPU.
+// Blocks run one after another; the threads of a block run as real threads
+// that meet at __syncthreads, so shared-memory code behaves as on a GPU.
+// Only what the kernels use is here; a kernel that needs more must add it
+// here first (with a test), so the emulator stays honest.
+#pragma once
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <math.h>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+// One block runs at a time, so a function-level static is exactly one
+// block's shared memory.
+#define __shared__ static
+
+struct dim3 {
+    unsigned int x, y, z;
+};
+
+struct EmuThread {
+    dim3 thread_idx, block_idx, block_dim, grid_dim;
+    std::barrier<>* barrier;
+    unsigned char* dynamic_shared;
+};
+
+extern thread_local EmuThread emu_thread;
+
+#define threadIdx (emu_thread.thread_idx)
+#define blockIdx (emu_thread.block_idx)
+#define blockDim (emu_thread.block_dim)
+#define gridDim (emu_thread.grid_dim)
+
+inline void __syncthreads() { emu_thread.barrier->arrive_and_wait(); }
+inline unsigned char* emu_dynamic_shared() { return emu_thread.dynamic_shared; }
+
+inline float atomicAdd(float* addr, float v) {
+    std::atomic_ref<float> a(*addr);
+    float old = a.load();
+    while (!a.compare_exchange_weak(old, old + v)) {
+    }
+    return old;
+}
+
+// Launch geometry from Rust, and the runner every launch shim uses.
+struct EmuLaunch {
+    unsigned int grid[3];
+    unsigned int block[3];
+    unsigned int shared_bytes;
+};
+
+void emu_run(const EmuLaunch* cfg, const std::function<void()>& kernel);

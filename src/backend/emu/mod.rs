@@ -1,0 +1,200 @@
+//! The emulator: the .cu kernels compiled for the host (see build.rs and
+//! kernels/emu/), launched with a CUDA-like geometry. Blocks run one after
+//! another, the threads of a block as real threads meeting at barriers.
+//!
+//! The launch functions are `unsafe`: like a CUDA launch, they trust the
+//! pointers and sizes they are given. The safe wrappers below check lengths
+//! first.
+
+use crate::backend::kernels::RngStreamC;
+use crate::error::{Error, Result};
+use crate::rng::RngStream;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EmuLaunch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl EmuLaunch {
+    pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
+        EmuLaunch {
+            grid: [blocks.max(1), 1, 1],
+            block: [threads.max(1), 1, 1],
+            shared_bytes,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+mod ffi {
+    use super::EmuLaunch;
+    include!(concat!(env!("OUT_DIR"), "/emu_ffi.rs"));
+}
+
+/// A small grid for pointwise kernels: enough blocks to run every
+/// grid-stride loop path, few enough to keep tests quick.
+fn pointwise(n: usize) -> EmuLaunch {
+    EmuLaunch::linear(((n as u32).div_ceil(64)).min(4), 64, 0)
+}
+
+fn same_len(op: &'static str, a: usize, b: usize) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, format!("lengths {a} and {b} differ")))
+    }
+}
+
+pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![f32::NAN; x.len()];
+    // SAFETY: both buffers hold x.len() values.
+    unsafe { ffi::emu_launch_gelu_forward(&pointwise(x.len()), x.as_ptr(), y.as_mut_ptr(), x.len() as u64) };
+    y
+}
+
+pub fn gelu_backward(g: &[f32], x: &[f32]) -> Result<Vec<f32>> {
+    same_len("gelu_backward", g.len(), x.len())?;
+    let mut dx = vec![f32::NAN; x.len()];
+    // SAFETY: all three buffers hold x.len() values.
+    unsafe {
+        ffi::emu_launch_gelu_backward(
+            &pointwise(x.len()),
+            g.as_ptr(),
+            x.as_ptr(),
+            dx.as_mut_ptr(),
+            x.len() as u64,
+        )
+    };
+    Ok(dx)
+}
+
+pub fn dropout_forward(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
+    let mut y = vec![f32::NAN; x.len()];
+    // SAFETY: both buffers hold x.len() values.
+    unsafe {
+        ffi::emu_launch_dropout_forward(
+            &pointwise(x.len()),
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            x.len() as u64,
+            p,
+            RngStreamC::from(rng),
+        )
+    };
+    y
+}
+
+pub fn gate_mix_forward(x: &[f32], y: &[f32], a: f32) -> Result<Vec<f32>> {
+    same_len("gate_mix_forward", x.len(), y.len())?;
+    let mut out = vec![f32::NAN; x.len()];
+    let av = [a];
+    // SAFETY: x, y and out hold x.len() values; a holds one.
+    unsafe {
+        ffi::emu_launch_gate_mix_forward(
+            &pointwise(x.len()),
+            x.as_ptr(),
+            y.as_ptr(),
+            av.as_ptr(),
+            out.as_mut_ptr(),
+            x.len() as u64,
+        )
+    };
+    Ok(out)
+}
+
+/// Returns `(y, mean, rstd)`.
+pub fn layer_norm_forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    cols: usize,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    same_len("layer_norm_forward", w.len(), cols)?;
+    same_len("layer_norm_forward", b.len(), cols)?;
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(Error::invalid(
+            "layer_norm_forward",
+            format!("{} values are not rows of {cols}", x.len()),
+        ));
+    }
+    let rows = x.len() / cols;
+    let (mut y, mut mean, mut rstd) = (vec![f32::NAN; x.len()], vec![f32::NAN; rows], vec![f32::NAN; rows]);
+    let threads = 32u32;
+    let cfg = EmuLaunch::linear(rows as u32, threads, threads * 4);
+    // SAFETY: x and y hold rows·cols values, w and b cols, mean and rstd rows;
+    // the block's shared buffer holds one float per thread.
+    unsafe {
+        ffi::emu_launch_layer_norm_forward(
+            &cfg,
+            x.as_ptr(),
+            w.as_ptr(),
+            b.as_ptr(),
+            y.as_mut_ptr(),
+            mean.as_mut_ptr(),
+            rstd.as_mut_ptr(),
+            rows as i32,
+            cols as i32,
+            eps,
+        )
+    };
+    Ok((y, mean, rstd))
+}
+
+/// The fused superpatch input (kernels/input.cu): `hu` is `B × D × H × W`,
+/// `ids_keep` holds `nv` tokens per item; returns `B × nv × P` rows.
+#[allow(clippy::too_many_arguments)]
+pub fn superpatch_input(
+    hu: &[i16],
+    batch: usize,
+    size: [usize; 3],
+    patch: [usize; 3],
+    ids_keep: &[usize],
+    sigma: f64,
+    noise: RngStream,
+) -> Result<Vec<f32>> {
+    let [d, h, w] = size;
+    let [pd, ph, pw] = patch;
+    same_len("superpatch_input", hu.len(), batch * d * h * w)?;
+    if batch == 0 || ids_keep.len() % batch != 0 || size.iter().zip(&patch).any(|(s, p)| *p == 0 || s % p != 0) {
+        return Err(Error::invalid(
+            "superpatch_input",
+            "inconsistent batch, sizes or ids_keep",
+        ));
+    }
+    let n = (d / pd) * (h / ph) * (w / pw);
+    if let Some(&bad) = ids_keep.iter().find(|&&i| i >= n) {
+        return Err(Error::invalid(
+            "superpatch_input",
+            format!("token {bad} out of range for {n}"),
+        ));
+    }
+    let nv = ids_keep.len() / batch;
+    let p = pd * ph * pw;
+    let ids: Vec<i32> = ids_keep.iter().map(|&i| i as i32).collect();
+    let mut out = vec![f32::NAN; batch * nv * p];
+    // SAFETY: every buffer was sized above and every token index checked.
+    unsafe {
+        ffi::emu_launch_superpatch_input(
+            &pointwise(out.len()),
+            hu.as_ptr(),
+            ids.as_ptr(),
+            out.as_mut_ptr(),
+            batch as i32,
+            d as i32,
+            h as i32,
+            w as i32,
+            pd as i32,
+            ph as i32,
+            pw as i32,
+            nv as i32,
+            sigma,
+            RngStreamC::from(noise),
+        )
+    };
+    Ok(out)
+}
