@@ -55,6 +55,7 @@ fn rust_type(c: &str) -> &'static str {
         "uint64_t" => "u64",
         "uint32_t" => "u32",
         "RngStream" => "crate::backend::kernels::RngStreamC",
+        "SeqLayout" => "crate::backend::kernels::SeqLayoutC",
         other => panic!("kernel parameter type `{other}` has no Rust mapping in build.rs"),
     }
 }

@@ -10,6 +10,9 @@
 typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;
 typedef short int16_t;
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 #endif
 
 // Dynamic shared memory, declared the same way on both sides.

@@ -117,3 +117,46 @@ fn fused_superpatch_input_equals_window_noise_patchify_gather() {
     let e = emu::superpatch_input(&[0; 8], 1, [2, 2, 2], [1, 1, 1], &[8], 0.0, RngStream::new(0, 0)).unwrap_err();
     assert!(e.to_string().contains("out of range"));
 }
+
+#[test]
+fn attention_forward_and_backward_match_the_cpu_op() {
+    use nemesis::autograd::ParamStore;
+    use nemesis::ops::{AttentionOptions, AttnDropout};
+    use nemesis::tensor::SeqLayout;
+    let cases = [
+        (SeqLayout::spatial(2, 3, 5), 2, 12, None),
+        (SeqLayout::depth(2, 3, 5), 2, 12, None),
+        (SeqLayout::depth(1, 4, 3), 3, 4, Some(0.2)),
+        (SeqLayout::contiguous(3, 7), 1, 96, Some(0.1)),
+        (SeqLayout::contiguous(2, 1), 2, 3, None),
+    ];
+    for (k, (layout, heads, dh, p)) in cases.into_iter().enumerate() {
+        let e = heads * dh;
+        let rows = layout.num_rows();
+        let qkv = f32s(rows * 3 * e, 20 + k as u64, 1.5);
+        let dout = f32s(rows * e, 40 + k as u64, 1.0);
+        let rng = RngStream::new(k as u64, 9);
+        let dropout = p.map(|p| (p, rng));
+        let (out, lse) = emu::attention_forward(&qkv, layout, heads, e, dropout).unwrap();
+        let grad = emu::attention_backward(&qkv, &out, &dout, &lse, layout, heads, e, dropout).unwrap();
+
+        let tape = Tape::new();
+        let x = tape.input(Tensor::from_vec(qkv.clone(), [rows, 3 * e]).unwrap(), true);
+        let opts = AttentionOptions {
+            layout,
+            heads,
+            dropout: p.map(|p| AttnDropout { p, rng }),
+        };
+        let y = tape.attention(&x, &opts).unwrap();
+        let want_out = y.value().to_vec::<f32>().unwrap();
+        let mut store = ParamStore::new();
+        let g = tape
+            .backward_with(&y, Tensor::from_vec(dout.clone(), [rows, e]).unwrap(), &mut store)
+            .unwrap();
+        let want_grad = g.get(&x).unwrap().to_vec::<f32>().unwrap();
+        let fe = rel_err(&to64(&out), &to64(&want_out));
+        let ge = rel_err(&to64(&grad), &to64(&want_grad));
+        assert!(fe < 1e-5, "case {k}: forward {fe:e}");
+        assert!(ge < 1e-4, "case {k}: backward {ge:e}");
+    }
+}

@@ -28,6 +28,31 @@ impl From<RngStream> for RngStreamC {
     }
 }
 
+/// An attention layout as the kernels take it (`SeqLayout` of attention.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqLayoutC {
+    pub outer_count: i32,
+    pub inner_count: i32,
+    pub outer_stride: i32,
+    pub inner_stride: i32,
+    pub len: i32,
+    pub step: i32,
+}
+
+impl From<crate::tensor::SeqLayout> for SeqLayoutC {
+    fn from(l: crate::tensor::SeqLayout) -> Self {
+        SeqLayoutC {
+            outer_count: l.outer_count as i32,
+            inner_count: l.inner_count as i32,
+            outer_stride: l.outer_stride as i32,
+            inner_stride: l.inner_stride as i32,
+            len: l.len as i32,
+            step: l.step as i32,
+        }
+    }
+}
+
 /// The source of one kernel file, by name.
 pub fn source(file: &str) -> Option<&'static str> {
     SOURCES.iter().find(|(f, _)| *f == file).map(|(_, s)| *s)

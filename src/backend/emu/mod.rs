@@ -198,3 +198,94 @@ pub fn superpatch_input(
     };
     Ok(out)
 }
+
+/// Attention forward (kernels/attention.cu) over a `rows × 3E` QKV matrix:
+/// returns the `rows × E` output and the log-sum-exp per (sequence, head, row).
+pub fn attention_forward(
+    qkv: &[f32],
+    layout: crate::tensor::SeqLayout,
+    heads: usize,
+    e: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let rows = layout.num_rows();
+    layout.validate(rows)?;
+    same_len("attention_forward", qkv.len(), rows * 3 * e)?;
+    if heads == 0 || e % heads != 0 {
+        return Err(Error::invalid(
+            "attention_forward",
+            "E must be a multiple of the head count",
+        ));
+    }
+    let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+    let mut out = vec![f32::NAN; rows * e];
+    let mut lse = vec![f32::NAN; layout.num_seqs() * heads * layout.len];
+    // SAFETY: the layout covers rows exactly once and every buffer is sized from it.
+    unsafe {
+        ffi::emu_launch_attention_forward(
+            &pointwise(lse.len()),
+            qkv.as_ptr(),
+            out.as_mut_ptr(),
+            lse.as_mut_ptr(),
+            layout.into(),
+            heads as i32,
+            e as i32,
+            p,
+            RngStreamC::from(rng),
+        )
+    };
+    Ok((out, lse))
+}
+
+/// Attention backward: the gradient with respect to the QKV matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    qkv: &[f32],
+    out: &[f32],
+    dout: &[f32],
+    lse: &[f32],
+    layout: crate::tensor::SeqLayout,
+    heads: usize,
+    e: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<Vec<f32>> {
+    let rows = layout.num_rows();
+    layout.validate(rows)?;
+    same_len("attention_backward", qkv.len(), rows * 3 * e)?;
+    same_len("attention_backward", out.len(), rows * e)?;
+    same_len("attention_backward", dout.len(), rows * e)?;
+    same_len("attention_backward", lse.len(), layout.num_seqs() * heads * layout.len)?;
+    let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+    let mut dqkv = vec![f32::NAN; qkv.len()];
+    let cfg = pointwise(lse.len());
+    // SAFETY: as for the forward; dq and dk/dv write disjoint columns of dqkv.
+    unsafe {
+        ffi::emu_launch_attention_backward_dq(
+            &cfg,
+            qkv.as_ptr(),
+            out.as_ptr(),
+            dout.as_ptr(),
+            lse.as_ptr(),
+            dqkv.as_mut_ptr(),
+            layout.into(),
+            heads as i32,
+            e as i32,
+            p,
+            RngStreamC::from(rng),
+        );
+        ffi::emu_launch_attention_backward_dkv(
+            &cfg,
+            qkv.as_ptr(),
+            out.as_ptr(),
+            dout.as_ptr(),
+            lse.as_ptr(),
+            dqkv.as_mut_ptr(),
+            layout.into(),
+            heads as i32,
+            e as i32,
+            p,
+            RngStreamC::from(rng),
+        );
+    }
+    Ok(dqkv)
+}
