@@ -37,3 +37,44 @@ extern "C" __global__ void layer_norm_forward(const float* x, const float* w, co
         rstd[row] = rs;
     }
 }
+
+// dx per row (one block per row): dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)).
+extern "C" __global__ void layer_norm_backward_dx(const float* g, const float* x, const float* w, const float* mean,
+                                                  const float* rstd, float* dx, int rows, int cols) {
+    NEMESIS_DYNAMIC_SHARED(float, buf);
+    int row = blockIdx.x;
+    if (row >= rows) return;
+    const float* gr = g + (uint64_t)row * cols;
+    const float* xr = x + (uint64_t)row * cols;
+    float mu = mean[row], rs = rstd[row];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float xh = (xr[c] - mu) * rs;
+        float gw = gr[c] * w[c];
+        s1 += gw;
+        s2 += gw * xh;
+    }
+    float m1 = block_sum(s1, buf) / cols;
+    float m2 = block_sum(s2, buf) / cols;
+    float* dr = dx + (uint64_t)row * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float xh = (xr[c] - mu) * rs;
+        dr[c] = rs * (gr[c] * w[c] - m1 - xh * m2);
+    }
+}
+
+// dw and db, one thread per column summing the rows in order (no atomics, so
+// the result does not depend on scheduling).
+extern "C" __global__ void layer_norm_backward_dwdb(const float* g, const float* x, const float* mean, const float* rstd,
+                                                    float* dw, float* db, int rows, int cols) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+        float sw = 0.0f, sb = 0.0f;
+        for (int r = 0; r < rows; ++r) {
+            float gv = g[(uint64_t)r * cols + c];
+            sw += gv * (x[(uint64_t)r * cols + c] - mean[r]) * rstd[r];
+            sb += gv;
+        }
+        dw[c] = sw;
+        db[c] = sb;
+    }
+}

@@ -160,3 +160,96 @@ fn attention_forward_and_backward_match_the_cpu_op() {
         assert!(ge < 1e-4, "case {k}: backward {ge:e}");
     }
 }
+
+#[test]
+fn layer_norm_backward_matches() {
+    for (rows, cols) in [(1, 1), (3, 7), (6, 64), (2, 97)] {
+        let x: Vec<f32> = f32s(rows * cols, 60, 2.0).iter().map(|v| v + 0.5).collect();
+        let w: Vec<f32> = f32s(cols, 61, 1.0).iter().map(|v| v + 1.0).collect();
+        let b = f32s(cols, 62, 1.0);
+        let g = f32s(rows * cols, 63, 1.0);
+        let (_, stats) = nemesis::backend::cpu::layer_norm::forward(&x, &w, &b, cols, 1e-5);
+        let (dx, dw, db) = emu::layer_norm_backward(&g, &x, &w, &stats.mean, &stats.rstd, cols).unwrap();
+        let (wx, ww, wb) = nemesis::backend::cpu::layer_norm::backward(&g, &x, &w, &stats, cols);
+        if cols > 1 {
+            assert!(rel_err(&to64(&dx), &to64(&wx)) < 1e-5, "{rows}×{cols} dx");
+        }
+        assert!(rel_err(&to64(&dw), &to64(&ww)) < 1e-5, "{rows}×{cols} dw");
+        assert!(rel_err(&to64(&db), &to64(&wb)) < 1e-5, "{rows}×{cols} db");
+    }
+}
+
+#[test]
+fn token_gather_and_mask_scatter_with_positions() {
+    let c = ModelConfig::tiny();
+    let (b, n, e) = (2, c.num_tokens(), 64);
+    let mask = DualMask::sample(&c, b, RngStream::new(3, 3));
+    let nv = mask.visible();
+    let x = f32s(b * n * e, 70, 1.0);
+    let got = emu::gather_rows(&x, mask.ids_keep(), b, n, e).unwrap();
+    let tape = Tape::inference();
+    let xv = tape.constant(Tensor::from_vec(x.clone(), [b, n, e]).unwrap());
+    assert_eq!(
+        got,
+        tape.gather_rows(&xv, mask.ids_keep())
+            .unwrap()
+            .value()
+            .to_vec::<f32>()
+            .unwrap()
+    );
+
+    let latent = f32s(b * nv * e, 71, 1.0);
+    let token = f32s(e, 72, 1.0);
+    let pe: Vec<f32> = nemesis::model::positional_table(&c).iter().map(|&v| v as f32).collect();
+    let s = 0.7f32;
+    let got = emu::scatter_mask_pe(&latent, mask.ids_keep(), &token, &pe, s, b, n).unwrap();
+    let lat = tape.constant(Tensor::from_vec(latent, [b, nv, e]).unwrap());
+    let fill = tape.constant(Tensor::from_vec(token, [e]).unwrap());
+    let y = tape.scatter_rows(&lat, mask.ids_keep(), n, &fill).unwrap();
+    let scaled = tape
+        .scale(&tape.constant(Tensor::from_vec(pe, [n, e]).unwrap()), s as f64)
+        .unwrap();
+    let want = tape.add(&y, &scaled).unwrap().value().to_vec::<f32>().unwrap();
+    assert!(rel_err(&to64(&got), &to64(&want)) < 1e-7);
+    assert!(emu::gather_rows(&x, &[n, 0], 2, n, e).is_err());
+}
+
+#[test]
+fn adamw_and_grad_norm_match_the_cpu_optimizer() {
+    use nemesis::autograd::ParamStore;
+    use nemesis::train::{grad_norm, AdamW, AdamWConfig};
+    let n = 1001;
+    let w0 = f32s(n, 80, 1.0);
+    let g = f32s(n, 81, 0.5);
+    assert!(
+        (emu::grad_sq_sum(&g).sqrt() / {
+            let mut s = ParamStore::new();
+            let id = s.add("w", Tensor::from_vec(w0.clone(), [n]).unwrap()).unwrap();
+            s.accumulate_grad(id, Tensor::from_vec(g.clone(), [n]).unwrap())
+                .unwrap();
+            grad_norm(&s)
+        } - 1.0)
+            .abs()
+            < 1e-6
+    );
+    let cfg = AdamWConfig {
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    let mut store = ParamStore::new();
+    let id = store.add("w", Tensor::from_vec(w0.clone(), [n]).unwrap()).unwrap();
+    let mut opt = AdamW::new(cfg, &store);
+    let (mut w, mut m, mut v) = (w0.clone(), vec![0.0f32; n], vec![0.0f32; n]);
+    for t in 1..=3u64 {
+        store.zero_grad();
+        store
+            .accumulate_grad(id, Tensor::from_vec(g.clone(), [n]).unwrap())
+            .unwrap();
+        opt.update(&mut store, 1e-3).unwrap();
+        emu::adamw_step(&mut w, &g, &mut m, &mut v, 1e-3, (0.9, 0.95), 1e-8, 0.05, t, 1.0).unwrap();
+    }
+    let want = store.get(id).value.to_vec::<f32>().unwrap();
+    assert!(rel_err(&to64(&w), &to64(&want)) < 1e-6);
+    assert!(rel_err(&to64(&m), &to64(&opt.m[0])) < 1e-6);
+}

@@ -289,3 +289,180 @@ pub fn attention_backward(
     }
     Ok(dqkv)
 }
+
+/// Layer-norm backward: `(dx, dw, db)` from the saved row statistics.
+pub fn layer_norm_backward(
+    g: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    cols: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    same_len("layer_norm_backward", g.len(), x.len())?;
+    same_len("layer_norm_backward", w.len(), cols)?;
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(Error::invalid("layer_norm_backward", "values are not whole rows"));
+    }
+    let rows = x.len() / cols;
+    same_len("layer_norm_backward", mean.len(), rows)?;
+    same_len("layer_norm_backward", rstd.len(), rows)?;
+    let (mut dx, mut dw, mut db) = (vec![f32::NAN; x.len()], vec![f32::NAN; cols], vec![f32::NAN; cols]);
+    // SAFETY: every buffer was sized above; the shared buffer holds one float per thread.
+    unsafe {
+        ffi::emu_launch_layer_norm_backward_dx(
+            &EmuLaunch::linear(rows as u32, 32, 32 * 4),
+            g.as_ptr(),
+            x.as_ptr(),
+            w.as_ptr(),
+            mean.as_ptr(),
+            rstd.as_ptr(),
+            dx.as_mut_ptr(),
+            rows as i32,
+            cols as i32,
+        );
+        ffi::emu_launch_layer_norm_backward_dwdb(
+            &pointwise(cols),
+            g.as_ptr(),
+            x.as_ptr(),
+            mean.as_ptr(),
+            rstd.as_ptr(),
+            dw.as_mut_ptr(),
+            db.as_mut_ptr(),
+            rows as i32,
+            cols as i32,
+        );
+    }
+    Ok((dx, dw, db))
+}
+
+fn checked_ids(op: &'static str, idx: &[usize], limit: usize) -> Result<Vec<i32>> {
+    idx.iter()
+        .map(|&i| {
+            if i < limit {
+                Ok(i as i32)
+            } else {
+                Err(Error::invalid(op, format!("index {i} out of range for {limit}")))
+            }
+        })
+        .collect()
+}
+
+/// Rows `idx` of each item of `x` (`batch × n_src × e`).
+pub fn gather_rows(x: &[f32], idx: &[usize], batch: usize, n_src: usize, e: usize) -> Result<Vec<f32>> {
+    same_len("gather_rows", x.len(), batch * n_src * e)?;
+    if batch == 0 || idx.len() % batch != 0 {
+        return Err(Error::invalid("gather_rows", "indices do not split over the batch"));
+    }
+    let ids = checked_ids("gather_rows", idx, n_src)?;
+    let n = idx.len() / batch;
+    let mut y = vec![f32::NAN; batch * n * e];
+    // SAFETY: sizes and indices checked above.
+    unsafe {
+        ffi::emu_launch_gather_rows(
+            &pointwise(y.len()),
+            x.as_ptr(),
+            ids.as_ptr(),
+            y.as_mut_ptr(),
+            batch as i32,
+            n_src as i32,
+            n as i32,
+            e as i32,
+        )
+    };
+    Ok(y)
+}
+
+/// The decoder input: latent rows at `ids_keep`, the mask token elsewhere,
+/// plus `scale · pe` (`n × e`).
+pub fn scatter_mask_pe(
+    latent: &[f32],
+    ids_keep: &[usize],
+    mask_token: &[f32],
+    pe: &[f32],
+    scale: f32,
+    batch: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let e = mask_token.len();
+    same_len("scatter_mask_pe", pe.len(), n * e)?;
+    if batch == 0 || ids_keep.len() % batch != 0 {
+        return Err(Error::invalid("scatter_mask_pe", "indices do not split over the batch"));
+    }
+    let nv = ids_keep.len() / batch;
+    same_len("scatter_mask_pe", latent.len(), batch * nv * e)?;
+    checked_ids("scatter_mask_pe", ids_keep, n)?;
+    let mut slot = vec![-1i32; batch * n];
+    for (k, &i) in ids_keep.iter().enumerate() {
+        slot[(k / nv) * n + i] = (k % nv) as i32;
+    }
+    let mut y = vec![f32::NAN; batch * n * e];
+    let s = [scale];
+    // SAFETY: sizes checked above; `slot` holds −1 or a row of the item.
+    unsafe {
+        ffi::emu_launch_scatter_mask_pe(
+            &pointwise(y.len()),
+            latent.as_ptr(),
+            slot.as_ptr(),
+            mask_token.as_ptr(),
+            pe.as_ptr(),
+            s.as_ptr(),
+            y.as_mut_ptr(),
+            batch as i32,
+            n as i32,
+            nv as i32,
+            e as i32,
+        )
+    };
+    Ok(y)
+}
+
+/// Σ g² through per-block partials added in block order.
+pub fn grad_sq_sum(g: &[f32]) -> f64 {
+    let cfg = EmuLaunch::linear(4, 64, 64 * 4);
+    let mut partial = vec![0.0f32; 4];
+    // SAFETY: four partials for four blocks; the shared buffer holds 64 floats.
+    unsafe { ffi::emu_launch_grad_sq_partials(&cfg, g.as_ptr(), partial.as_mut_ptr(), g.len() as u64) };
+    partial.iter().map(|&v| v as f64).sum()
+}
+
+/// One AdamW step (kernels/optim.cu) on flat slices; `t` is the step number (from 1).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    t: u64,
+    clip: f64,
+) -> Result<()> {
+    for len in [g.len(), m.len(), v.len()] {
+        same_len("adamw_step", w.len(), len)?;
+    }
+    let bc1 = 1.0 - betas.0.powi(t as i32);
+    let bc2 = 1.0 - betas.1.powi(t as i32);
+    // SAFETY: four slices of one length.
+    unsafe {
+        ffi::emu_launch_adamw_step(
+            &pointwise(w.len()),
+            w.as_mut_ptr(),
+            g.as_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            w.len() as u64,
+            lr as f32,
+            betas.0 as f32,
+            betas.1 as f32,
+            eps as f32,
+            weight_decay as f32,
+            bc1 as f32,
+            bc2.sqrt() as f32,
+            clip as f32,
+        )
+    };
+    Ok(())
+}
