@@ -51,3 +51,46 @@ fn an_unknown_subcommand_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }
+
+#[test]
+fn check_runs_every_kernel_on_the_emulator() {
+    let out = nemesis(&["check", "--device", "emu", "--seed", "7"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for k in [
+        "superpatch_input",
+        "attention_backward",
+        "layer_norm_backward",
+        "dropout_forward",
+    ] {
+        assert!(text.contains(k), "{k} missing:\n{text}");
+    }
+    assert!(text.contains(" 0 failed"), "{text}");
+    let cuda = nemesis(&["check", "--device", "cuda"]);
+    assert_eq!(cuda.status.code(), Some(2));
+}
+
+#[test]
+fn a_missing_cuda_driver_is_a_clear_error_not_a_crash() {
+    use nemesis::backend::cuda_probe::{probe_library, CudaProbe};
+    let p = probe_library("/nonexistent/libcuda.so.1");
+    assert!(matches!(p, CudaProbe::NoDriver(_)));
+    assert!(p.describe().contains("no CUDA driver") && p.describe().contains("/nonexistent/libcuda.so.1"));
+    // This machine's answer, whatever it is, is a sentence and an exit status, never a panic.
+    let out = nemesis(&["flops", "--preset", "tiny"]);
+    assert!(out.status.success());
+    let enc = nemesis(&[
+        "encode",
+        "--checkpoint",
+        "x",
+        "--input",
+        "y",
+        "--output",
+        "z",
+        "--device",
+        "cuda",
+    ]);
+    assert_eq!(enc.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&enc.stderr);
+    assert!(err.contains("CUDA is not available") || err.contains("x"), "{err}");
+}

@@ -2,6 +2,7 @@
 
 use clap::ValueEnum;
 
+use crate::backend::cuda_probe::probe;
 use crate::error::{Error, Result};
 use crate::tensor::Device;
 
@@ -21,13 +22,15 @@ pub fn select(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Auto => {
-            eprintln!("device: cpu (this build has no CUDA backend yet)");
+            eprintln!("device: cpu ({})", probe().describe());
             Ok(Device::Cpu)
         }
         DeviceArg::Cuda => Err(Error::invalid(
             "--device cuda",
-            "CUDA is not available in this build: the CUDA backend has not landed yet \
-             (issue 6); use --device cpu or --device auto",
+            format!(
+                "CUDA is not available: {}; use --device cpu or --device auto",
+                probe().describe()
+            ),
         )),
     }
 }

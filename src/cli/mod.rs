@@ -2,6 +2,7 @@
 //! has not landed yet says which issue brings it and exits with status 2.
 
 mod bench;
+mod check;
 mod device;
 mod encode;
 mod flops;
@@ -63,8 +64,8 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
     Probe(Pending),
-    /// Compare every GPU kernel and a training step with the CPU reference.
-    Check(Pending),
+    /// Compare every GPU kernel with the CPU reference (`--device emu` today).
+    Check(check::CheckArgs),
     /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
     Bench(bench::BenchArgs),
 }
@@ -84,7 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Probe(_) => pending("`nemesis probe`", "issue 9 (the linear probe)"),
-        Command::Check(_) => pending("`nemesis check`", "issue 6 (the CUDA backend)"),
+        Command::Check(a) => check::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }
