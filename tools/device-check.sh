@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU machine (../shared/ENGINEERING.md,
+# "Running on a GPU"). Build here, copy the binary to .device/, then run this
+# there through the device tool with carry [".device"]. Every part has its own
+# time bound; logs go to $OUT; a summary table comes last.
+#
+#   cargo build --release && mkdir -p .device && cp target/release/nemesis .device/
+#   (device tool) bash tools/device-check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d)}"
+BIN="${NEMESIS_BIN:-.device/nemesis}"
+declare -a SUMMARY
+
+part() {
+    local name="$1" limit="$2"
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    SUMMARY+=("$(printf '%-28s rc=%-4s %4ss  %s' "$name" "$rc" "$((SECONDS - start))" "$OUT/$name.log")")
+    tail -n 5 "$OUT/$name.log"
+}
+
+echo "== machine"
+part nvidia-smi 30 nvidia-smi
+# NVRTC of the machine's own CUDA, so the code it emits matches the driver.
+NVRTC=$(ldconfig -p 2>/dev/null | awk '/libnvrtc\.so\.[0-9]+ /{print $NF; exit}')
+if [ -z "$NVRTC" ] && command -v nvcc >/dev/null; then
+    NVRTC=$(ls "$(dirname "$(dirname "$(command -v nvcc)")")"/lib64/libnvrtc.so.* 2>/dev/null | head -n 1)
+fi
+[ -n "$NVRTC" ] && export NEMESIS_NVRTC="$NVRTC" && export LD_LIBRARY_PATH="$(dirname "$NVRTC")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "NVRTC: ${NVRTC:-none found}"
+
+if [ ! -x "$BIN" ]; then
+    echo "no binary at $BIN: build here and copy target/release/nemesis into .device/ first"
+    exit 2
+fi
+echo "== nemesis"
+part version 10 "$BIN" --version
+part check-emu 120 "$BIN" check --device emu --seed 1
+part check-cuda 300 "$BIN" check --device cuda --seed 1
+part bench-step-small 180 "$BIN" bench step --preset small --batch 4 --steps 5 --device auto
+if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
+    part torch-baseline-small 300 python3 tools/torch_baseline.py --preset small --batch 4 --steps 5
+fi
+
+echo
+echo "== summary"
+printf '%s\n' "${SUMMARY[@]}"
