@@ -154,6 +154,47 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
         push("attention_forward", case.clone(), rel(&out, &want_out));
         push("attention_backward", case, rel(&dq, &want_dq));
     }
+    for (k, (b, n, p)) in [(1usize, 7usize, 5usize), (2, 64, 512)].into_iter().enumerate() {
+        let pred = values(b * n * p, r, 7_000_000 + 100_000 * k as u64, 1.0);
+        let target = values(b * n * p, r, 8_000_000 + 100_000 * k as u64, 1.0);
+        let mask: Vec<f32> = values(b * n, r, 9_000_000 + 1000 * k as u64, 1.0)
+            .iter()
+            .map(|v| f32::from(*v > 0.0))
+            .collect();
+        let (loss, sse, grad) = emu::masked_mse(&pred, &target, &mask, p, 1.0)?;
+        let tape = Tape::new();
+        let pv = tape.input(Tensor::from_vec(pred.clone(), [b, n, p])?, true);
+        let tv = tape.constant(Tensor::from_vec(target.clone(), [b, n, p])?);
+        let l = tape.masked_mse(&pv, &tv, &Tensor::from_vec(mask, [b, n])?)?;
+        let want = l.value().scalar_value()?;
+        let mut store = ParamStore::new();
+        let grads = tape.backward(&l, &mut store)?;
+        let want_grad = grads
+            .get(&pv)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let psnr = -10.0 * (sse / (b * n * p) as f64 + 1e-8).log10();
+        let want_psnr = crate::ops::psnr(
+            &Tensor::from_vec(pred, [b, n, p])?,
+            &Tensor::from_vec(target, [b, n, p])?,
+        )?;
+        let case = format!("{b}×{n} tokens of {p}");
+        push(
+            "token_errors (loss)",
+            case.clone(),
+            ((loss - want) / want).abs().max(((psnr - want_psnr) / want_psnr).abs()),
+        );
+        push("masked_mse_backward", case, rel(&grad, &want_grad));
+        let x = values(b * n * 24, r, 9_500_000 + 1000 * k as u64, 1.0);
+        let tape = Tape::inference();
+        let m = tape.mean(&tape.constant(Tensor::from_vec(x.clone(), [b, n, 24])?), 1)?;
+        push(
+            "mean_axis",
+            format!("{b}×{n}×24"),
+            rel(&emu::mean_axis(&x, b, n, 24)?, m.value().cpu_slice::<f32>()?),
+        );
+    }
     let odd = ModelConfig {
         superpatch_size: [6, 10, 12],
         patch_size: [2, 5, 3],

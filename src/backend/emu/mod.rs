@@ -466,3 +466,73 @@ pub fn adamw_step(
     };
     Ok(())
 }
+
+/// SPEC 7's masked loss through the kernels: per-token errors on the device,
+/// the weighted sum on the host in token order. Returns `(loss, sse, dpred)`
+/// for an upstream gradient `g`.
+pub fn masked_mse(pred: &[f32], target: &[f32], mask: &[f32], p: usize, g: f32) -> Result<(f64, f64, Vec<f32>)> {
+    same_len("masked_mse", pred.len(), target.len())?;
+    if p == 0 || pred.len() != mask.len() * p {
+        return Err(Error::invalid(
+            "masked_mse",
+            "the mask needs one value per token of P values",
+        ));
+    }
+    let tokens = mask.len();
+    let (mut e, mut sq) = (vec![f32::NAN; tokens], vec![f32::NAN; tokens]);
+    // SAFETY: pred and target hold tokens·p values, e and sq tokens.
+    unsafe {
+        ffi::emu_launch_token_errors(
+            &pointwise(tokens),
+            pred.as_ptr(),
+            target.as_ptr(),
+            e.as_mut_ptr(),
+            sq.as_mut_ptr(),
+            tokens as i32,
+            p as i32,
+        )
+    };
+    let total: f64 = mask.iter().map(|&m| m as f64).sum();
+    let weight: Vec<f32> = mask
+        .iter()
+        .map(|&m| if total == 0.0 { 1.0 / tokens as f64 } else { m as f64 / total } as f32)
+        .collect();
+    let loss: f64 = weight.iter().zip(&e).map(|(&w, &e)| w as f64 * e as f64).sum();
+    let sse: f64 = sq.iter().map(|&v| v as f64).sum();
+    let mut grad = vec![f32::NAN; pred.len()];
+    // SAFETY: as above; weight holds one value per token.
+    unsafe {
+        ffi::emu_launch_masked_mse_backward(
+            &pointwise(pred.len()),
+            pred.as_ptr(),
+            target.as_ptr(),
+            weight.as_ptr(),
+            grad.as_mut_ptr(),
+            g,
+            tokens as i32,
+            p as i32,
+        )
+    };
+    Ok((loss, sse, grad))
+}
+
+/// Mean over the middle axis of `outer × n × inner`.
+pub fn mean_axis(x: &[f32], outer: usize, n: usize, inner: usize) -> Result<Vec<f32>> {
+    same_len("mean_axis", x.len(), outer * n * inner)?;
+    if n == 0 {
+        return Err(Error::invalid("mean_axis", "the axis is empty"));
+    }
+    let mut y = vec![f32::NAN; outer * inner];
+    // SAFETY: sizes checked above.
+    unsafe {
+        ffi::emu_launch_mean_axis(
+            &pointwise(y.len()),
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            outer as i32,
+            n as i32,
+            inner as i32,
+        )
+    };
+    Ok(y)
+}
