@@ -146,6 +146,57 @@ fn main() {
         );
     }
     ffi.push_str("}\n");
+    // Launch by name with checked argument kinds, for the device trait.
+    ffi.push_str(
+        "/// Runs kernel `name` with `args`, checking their number and kinds.\n\
+         ///\n/// # Safety\n/// Pointer arguments must point at buffers large enough for the launch.\n\
+         pub unsafe fn launch_by_name(name: &str, cfg: &EmuLaunch, args: &[RawArg]) -> Result<(), String> {\n    match name {\n",
+    );
+    for k in &kernels {
+        let _ = writeln!(
+            ffi,
+            "        {:?} => {{\n            if args.len() != {} {{ return Err(format!(\"{} takes {} arguments, got {{}}\", args.len())); }}",
+            k.name,
+            k.params.len(),
+            k.name,
+            k.params.len()
+        );
+        let mut call = Vec::new();
+        for (i, (t, n)) in k.params.iter().enumerate() {
+            let (variant, conv) = match t.as_str() {
+                "const float*" => ("Ptr", "as *const f32"),
+                "float*" => ("Ptr", "as *mut f32"),
+                "const int*" => ("Ptr", "as *const i32"),
+                "int*" => ("Ptr", "as *mut i32"),
+                "const int16_t*" => ("Ptr", "as *const i16"),
+                "int" => ("I32", ""),
+                "float" => ("F32", ""),
+                "double" => ("F64", ""),
+                "uint64_t" => ("U64", ""),
+                "uint32_t" => ("U32", ""),
+                "RngStream" => ("Rng", ""),
+                "SeqLayout" => ("Layout", ""),
+                other => panic!("no argument kind for `{other}`"),
+            };
+            let _ = writeln!(
+                ffi,
+                "            let RawArg::{variant}(a{i}) = args[{i}] else {{ return Err(\"{}: argument {i} (`{n}`) must be {variant}\".to_string()); }};",
+                k.name
+            );
+            call.push(if conv.is_empty() {
+                format!("a{i}")
+            } else {
+                format!("a{i} {conv}")
+            });
+        }
+        let _ = writeln!(
+            ffi,
+            "            emu_launch_{}(cfg, {});\n            Ok(())\n        }}",
+            k.name,
+            call.join(", ")
+        );
+    }
+    ffi.push_str("        other => Err(format!(\"no kernel named `{other}`\")),\n    }\n}\n");
     let shim = out.join("emu_kernels.cpp");
     std::fs::write(&shim, cpp).expect("write emu_kernels.cpp");
     std::fs::write(out.join("emu_ffi.rs"), ffi).expect("write emu_ffi.rs");

@@ -5,7 +5,12 @@ mod common;
 use common::{rand_values, rel_err};
 use nemesis::autograd::Tape;
 use nemesis::backend::cpu::elementwise;
-use nemesis::backend::emu;
+use nemesis::backend::emu::EmuDevice;
+use nemesis::backend::launch;
+
+fn dev() -> EmuDevice {
+    EmuDevice::new()
+}
 use nemesis::data::hu_window;
 use nemesis::model::{add_noise, patchify, DualMask, ModelConfig};
 use nemesis::rng::RngStream;
@@ -24,15 +29,15 @@ fn gelu_forward_and_backward() {
     for n in [1, 63, 64, 1000, 4097] {
         let x = f32s(n, 1, 4.0);
         let g = f32s(n, 2, 1.0);
-        let y = emu::gelu_forward(&x);
+        let y = launch::gelu_forward(&dev(), &x).unwrap();
         assert!(rel_err(&to64(&y), &to64(&elementwise::gelu(&x))) < 1e-6, "n {n}");
-        let dx = emu::gelu_backward(&g, &x).unwrap();
+        let dx = launch::gelu_backward(&dev(), &g, &x).unwrap();
         assert!(
             rel_err(&to64(&dx), &to64(&elementwise::gelu_backward(&g, &x))) < 1e-6,
             "n {n}"
         );
     }
-    assert!(emu::gelu_backward(&[1.0], &[1.0, 2.0]).is_err());
+    assert!(launch::gelu_backward(&dev(), &[1.0], &[1.0, 2.0]).is_err());
 }
 
 #[test]
@@ -47,14 +52,18 @@ fn dropout_mask_is_the_cpu_mask_exactly() {
             .value()
             .to_vec::<f32>()
             .unwrap();
-        assert_eq!(emu::dropout_forward(&x, p, rng), want, "n {n} p {p}");
+        assert_eq!(
+            launch::dropout_forward(&dev(), &x, p, rng).unwrap(),
+            want,
+            "n {n} p {p}"
+        );
     }
 }
 
 #[test]
 fn gate_mix_matches() {
     let (x, y) = (f32s(333, 4, 1.0), f32s(333, 5, 1.0));
-    let got = emu::gate_mix_forward(&x, &y, 0.3).unwrap();
+    let got = launch::gate_mix_forward(&dev(), &x, &y, 0.3).unwrap();
     assert_eq!(got, elementwise::gate_mix(&x, &y, 0.3f32));
 }
 
@@ -64,13 +73,13 @@ fn layer_norm_forward_matches() {
         let x: Vec<f32> = f32s(rows * cols, 6, 3.0).iter().map(|v| v + 1.5).collect();
         let w: Vec<f32> = f32s(cols, 7, 1.0).iter().map(|v| v + 1.0).collect();
         let b = f32s(cols, 8, 1.0);
-        let (y, mean, rstd) = emu::layer_norm_forward(&x, &w, &b, cols, 1e-5).unwrap();
+        let (y, mean, rstd) = launch::layer_norm_forward(&dev(), &x, &w, &b, cols, 1e-5).unwrap();
         let (want, stats) = nemesis::backend::cpu::layer_norm::forward(&x, &w, &b, cols, 1e-5);
         assert!(rel_err(&to64(&y), &to64(&want)) < 1e-5, "{rows}×{cols}");
         assert!(rel_err(&to64(&mean), &to64(&stats.mean)) < 1e-5);
         assert!(rel_err(&to64(&rstd), &to64(&stats.rstd)) < 1e-5);
     }
-    assert!(emu::layer_norm_forward(&[1.0; 6], &[1.0; 4], &[0.0; 4], 4, 1e-5).is_err());
+    assert!(launch::layer_norm_forward(&dev(), &[1.0; 6], &[1.0; 4], &[0.0; 4], 4, 1e-5).is_err());
 }
 
 #[test]
@@ -91,8 +100,17 @@ fn fused_superpatch_input_equals_window_noise_patchify_gather() {
         let mask = DualMask::sample(&c, b, RngStream::new(1, 2));
         for sigma in [0.0, 0.03] {
             let noise = RngStream::new(5, 6);
-            let got =
-                emu::superpatch_input(&hu, b, c.superpatch_size, c.patch_size, mask.ids_keep(), sigma, noise).unwrap();
+            let got = launch::superpatch_input(
+                &dev(),
+                &hu,
+                b,
+                c.superpatch_size,
+                c.patch_size,
+                mask.ids_keep(),
+                sigma,
+                noise,
+            )
+            .unwrap();
             // The reference path: window, add_noise, patchify, gather.
             let windowed: Vec<f32> = hu.iter().map(|&v| hu_window(v as f32)).collect();
             let [d, h, w] = c.superpatch_size;
@@ -114,7 +132,17 @@ fn fused_superpatch_input_equals_window_noise_patchify_gather() {
             );
         }
     }
-    let e = emu::superpatch_input(&[0; 8], 1, [2, 2, 2], [1, 1, 1], &[8], 0.0, RngStream::new(0, 0)).unwrap_err();
+    let e = launch::superpatch_input(
+        &dev(),
+        &[0; 8],
+        1,
+        [2, 2, 2],
+        [1, 1, 1],
+        &[8],
+        0.0,
+        RngStream::new(0, 0),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("out of range"));
 }
 
@@ -137,8 +165,8 @@ fn attention_forward_and_backward_match_the_cpu_op() {
         let dout = f32s(rows * e, 40 + k as u64, 1.0);
         let rng = RngStream::new(k as u64, 9);
         let dropout = p.map(|p| (p, rng));
-        let (out, lse) = emu::attention_forward(&qkv, layout, heads, e, dropout).unwrap();
-        let grad = emu::attention_backward(&qkv, &out, &dout, &lse, layout, heads, e, dropout).unwrap();
+        let (out, lse) = launch::attention_forward(&dev(), &qkv, layout, heads, e, dropout).unwrap();
+        let grad = launch::attention_backward(&dev(), &qkv, &out, &dout, &lse, layout, heads, e, dropout).unwrap();
 
         let tape = Tape::new();
         let x = tape.input(Tensor::from_vec(qkv.clone(), [rows, 3 * e]).unwrap(), true);
@@ -169,7 +197,7 @@ fn layer_norm_backward_matches() {
         let b = f32s(cols, 62, 1.0);
         let g = f32s(rows * cols, 63, 1.0);
         let (_, stats) = nemesis::backend::cpu::layer_norm::forward(&x, &w, &b, cols, 1e-5);
-        let (dx, dw, db) = emu::layer_norm_backward(&g, &x, &w, &stats.mean, &stats.rstd, cols).unwrap();
+        let (dx, dw, db) = launch::layer_norm_backward(&dev(), &g, &x, &w, &stats.mean, &stats.rstd, cols).unwrap();
         let (wx, ww, wb) = nemesis::backend::cpu::layer_norm::backward(&g, &x, &w, &stats, cols);
         if cols > 1 {
             assert!(rel_err(&to64(&dx), &to64(&wx)) < 1e-5, "{rows}×{cols} dx");
@@ -186,7 +214,7 @@ fn token_gather_and_mask_scatter_with_positions() {
     let mask = DualMask::sample(&c, b, RngStream::new(3, 3));
     let nv = mask.visible();
     let x = f32s(b * n * e, 70, 1.0);
-    let got = emu::gather_rows(&x, mask.ids_keep(), b, n, e).unwrap();
+    let got = launch::gather_rows(&dev(), &x, mask.ids_keep(), b, n, e).unwrap();
     let tape = Tape::inference();
     let xv = tape.constant(Tensor::from_vec(x.clone(), [b, n, e]).unwrap());
     assert_eq!(
@@ -202,7 +230,7 @@ fn token_gather_and_mask_scatter_with_positions() {
     let token = f32s(e, 72, 1.0);
     let pe: Vec<f32> = nemesis::model::positional_table(&c).iter().map(|&v| v as f32).collect();
     let s = 0.7f32;
-    let got = emu::scatter_mask_pe(&latent, mask.ids_keep(), &token, &pe, s, b, n).unwrap();
+    let got = launch::scatter_mask_pe(&dev(), &latent, mask.ids_keep(), &token, &pe, s, b, n).unwrap();
     let lat = tape.constant(Tensor::from_vec(latent, [b, nv, e]).unwrap());
     let fill = tape.constant(Tensor::from_vec(token, [e]).unwrap());
     let y = tape.scatter_rows(&lat, mask.ids_keep(), n, &fill).unwrap();
@@ -211,7 +239,7 @@ fn token_gather_and_mask_scatter_with_positions() {
         .unwrap();
     let want = tape.add(&y, &scaled).unwrap().value().to_vec::<f32>().unwrap();
     assert!(rel_err(&to64(&got), &to64(&want)) < 1e-7);
-    assert!(emu::gather_rows(&x, &[n, 0], 2, n, e).is_err());
+    assert!(launch::gather_rows(&dev(), &x, &[n, 0], 2, n, e).is_err());
 }
 
 #[test]
@@ -222,7 +250,7 @@ fn adamw_and_grad_norm_match_the_cpu_optimizer() {
     let w0 = f32s(n, 80, 1.0);
     let g = f32s(n, 81, 0.5);
     assert!(
-        (emu::grad_sq_sum(&g).sqrt() / {
+        (launch::grad_sq_sum(&dev(), &g).unwrap().sqrt() / {
             let mut s = ParamStore::new();
             let id = s.add("w", Tensor::from_vec(w0.clone(), [n]).unwrap()).unwrap();
             s.accumulate_grad(id, Tensor::from_vec(g.clone(), [n]).unwrap())
@@ -247,9 +275,76 @@ fn adamw_and_grad_norm_match_the_cpu_optimizer() {
             .accumulate_grad(id, Tensor::from_vec(g.clone(), [n]).unwrap())
             .unwrap();
         opt.update(&mut store, 1e-3).unwrap();
-        emu::adamw_step(&mut w, &g, &mut m, &mut v, 1e-3, (0.9, 0.95), 1e-8, 0.05, t, 1.0).unwrap();
+        launch::adamw_step(
+            &dev(),
+            &mut w,
+            &g,
+            &mut m,
+            &mut v,
+            1e-3,
+            (0.9, 0.95),
+            1e-8,
+            0.05,
+            t,
+            1.0,
+        )
+        .unwrap();
     }
     let want = store.get(id).value.to_vec::<f32>().unwrap();
     assert!(rel_err(&to64(&w), &to64(&want)) < 1e-6);
     assert!(rel_err(&to64(&m), &to64(&opt.m[0])) < 1e-6);
+}
+
+#[test]
+fn the_device_trait_on_the_emulator() {
+    use nemesis::backend::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch};
+    let d = dev();
+    // Copies round-trip; a freed buffer is an error, not a crash.
+    let v = DeviceVec::from_slice(&d, &[1.0f32, 2.0, 3.0]).unwrap();
+    assert_eq!(v.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
+    let gone = d.alloc(8).unwrap();
+    d.free(&gone);
+    assert!(d.upload(&gone, &[0u8; 8]).is_err());
+    assert!(d.upload(&v.buf, &[0u8; 64]).is_err(), "larger than the buffer");
+    // GEMM with and without transposes against the CPU.
+    let (m, n, k) = (5, 7, 3);
+    let a = f32s(m * k, 90, 1.0);
+    let b = f32s(k * n, 91, 1.0);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (da, db) = (
+            DeviceVec::from_slice(&d, &a).unwrap(),
+            DeviceVec::from_slice(&d, &b).unwrap(),
+        );
+        let dc = DeviceVec::from_slice(&d, &vec![1.0f32; m * n]).unwrap();
+        let g = Gemm {
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            alpha: 2.0,
+            beta: 0.5,
+        };
+        d.gemm(&g, &da.buf, &db.buf, &dc.buf).unwrap();
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        let want: Vec<f64> = (0..m * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                2.0 * (0..k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum::<f64>() + 0.5
+            })
+            .collect();
+        assert!(rel_err(&to64(&dc.to_vec::<f32>().unwrap()), &want) < 1e-6, "{ta} {tb}");
+    }
+    // Launch by name checks the kernel, the number of arguments and their kinds.
+    let cfg = Launch::linear(1, 32, 0);
+    let e = d.launch("no_such_kernel", &cfg, &[]).unwrap_err().to_string();
+    assert!(e.contains("no_such_kernel"), "{e}");
+    let e = d.launch("gelu_forward", &cfg, &[v.arg()]).unwrap_err().to_string();
+    assert!(e.contains("takes 3 arguments"), "{e}");
+    let e = d
+        .launch("gelu_forward", &cfg, &[Arg::I32(1), v.arg(), Arg::U64(3)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("argument 0"), "{e}");
 }

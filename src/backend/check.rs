@@ -1,10 +1,11 @@
 //! `nemesis check`: every GPU kernel against the CPU reference on fresh
 //! random inputs (odd and even sizes), with the tolerances of
-//! ENGINEERING.md. Today it drives the emulator; on a GPU the same cases
-//! run through the CUDA backend once it lands.
+//! ENGINEERING.md, through any `DeviceApi`: the emulator on every machine,
+//! the CUDA device on a GPU.
 
 use super::cpu::{elementwise, layer_norm};
-use super::emu;
+use super::device::DeviceApi;
+use super::launch;
 use crate::autograd::{ParamStore, Tape};
 use crate::data::hu_window;
 use crate::error::Result;
@@ -59,8 +60,8 @@ fn values(n: usize, rng: RngStream, at: u64, scale: f32) -> Vec<f32> {
     v
 }
 
-/// Runs every kernel check with inputs drawn from `seed`.
-pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
+/// Runs every kernel check on `dev` with inputs drawn from `seed`.
+pub fn run(dev: &dyn DeviceApi, seed: u64) -> Result<Vec<CheckRow>> {
     let r = RngStream::new(seed, 0xC4EC);
     let mut rows = Vec::new();
     let mut push = |kernel: &'static str, case: String, rel_err: f64| {
@@ -77,25 +78,31 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
         push(
             "gelu_forward",
             format!("n={n}"),
-            rel(&emu::gelu_forward(&x), &elementwise::gelu(&x)),
+            rel(&launch::gelu_forward(dev, &x)?, &elementwise::gelu(&x)),
         );
         push(
             "gelu_backward",
             format!("n={n}"),
-            rel(&emu::gelu_backward(&g, &x)?, &elementwise::gelu_backward(&g, &x)),
+            rel(
+                &launch::gelu_backward(dev, &g, &x)?,
+                &elementwise::gelu_backward(&g, &x),
+            ),
         );
         let tape = Tape::inference();
         let d = tape.dropout(&tape.constant(Tensor::from_vec(x.clone(), [n])?), 0.1, r)?;
         push(
             "dropout_forward",
             format!("n={n} p=0.1"),
-            rel(&emu::dropout_forward(&x, 0.1, r), d.value().cpu_slice::<f32>()?),
+            rel(
+                &launch::dropout_forward(dev, &x, 0.1, r)?,
+                d.value().cpu_slice::<f32>()?,
+            ),
         );
         push(
             "gate_mix_forward",
             format!("n={n}"),
             rel(
-                &emu::gate_mix_forward(&x, &g, 0.3)?,
+                &launch::gate_mix_forward(dev, &x, &g, 0.3)?,
                 &elementwise::gate_mix(&x, &g, 0.3f32),
             ),
         );
@@ -108,10 +115,10 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
             .collect();
         let b = values(cols, r, 300_000 + 1000 * k as u64, 1.0);
         let g = values(nr * cols, r, 400_000 + 10_000 * k as u64, 1.0);
-        let (y, mean, rstd) = emu::layer_norm_forward(&x, &w, &b, cols, 1e-5)?;
+        let (y, mean, rstd) = launch::layer_norm_forward(dev, &x, &w, &b, cols, 1e-5)?;
         let (want, stats) = layer_norm::forward(&x, &w, &b, cols, 1e-5);
         push("layer_norm_forward", format!("{nr}×{cols}"), rel(&y, &want));
-        let (dx, dw, db) = emu::layer_norm_backward(&g, &x, &w, &mean, &rstd, cols)?;
+        let (dx, dw, db) = launch::layer_norm_backward(dev, &g, &x, &w, &mean, &rstd, cols)?;
         let (wx, ww, wb) = layer_norm::backward(&g, &x, &w, &stats, cols);
         push("layer_norm_backward", format!("{nr}×{cols} dx"), rel(&dx, &wx));
         push(
@@ -132,8 +139,8 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
         let qkv = values(n * 3 * e, r, 1_000_000 + 100_000 * k as u64, 1.5);
         let dout = values(n * e, r, 2_000_000 + 100_000 * k as u64, 1.0);
         let drop = p.map(|p| (p, r));
-        let (out, lse) = emu::attention_forward(&qkv, layout, heads, e, drop)?;
-        let dq = emu::attention_backward(&qkv, &out, &dout, &lse, layout, heads, e, drop)?;
+        let (out, lse) = launch::attention_forward(dev, &qkv, layout, heads, e, drop)?;
+        let dq = launch::attention_backward(dev, &qkv, &out, &dout, &lse, layout, heads, e, drop)?;
         let tape = Tape::new();
         let x = tape.input(Tensor::from_vec(qkv, [n, 3 * e])?, true);
         let opts = AttentionOptions {
@@ -161,7 +168,7 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
             .iter()
             .map(|v| f32::from(*v > 0.0))
             .collect();
-        let (loss, sse, grad) = emu::masked_mse(&pred, &target, &mask, p, 1.0)?;
+        let (loss, sse, grad) = launch::masked_mse(dev, &pred, &target, &mask, p, 1.0)?;
         let tape = Tape::new();
         let pv = tape.input(Tensor::from_vec(pred.clone(), [b, n, p])?, true);
         let tv = tape.constant(Tensor::from_vec(target.clone(), [b, n, p])?);
@@ -192,7 +199,7 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
         push(
             "mean_axis",
             format!("{b}×{n}×24"),
-            rel(&emu::mean_axis(&x, b, n, 24)?, m.value().cpu_slice::<f32>()?),
+            rel(&launch::mean_axis(dev, &x, b, n, 24)?, m.value().cpu_slice::<f32>()?),
         );
     }
     let odd = ModelConfig {
@@ -207,7 +214,7 @@ pub fn run_emulated(seed: u64) -> Result<Vec<CheckRow>> {
             .map(|v| (v * 900.0) as i16)
             .collect();
         let mask = DualMask::sample(&c, b, r);
-        let got = emu::superpatch_input(&hu, b, c.superpatch_size, c.patch_size, mask.ids_keep(), 0.03, r)?;
+        let got = launch::superpatch_input(dev, &hu, b, c.superpatch_size, c.patch_size, mask.ids_keep(), 0.03, r)?;
         let [d, h, w] = c.superpatch_size;
         let x = Tensor::from_vec(
             hu.iter().map(|&v| hu_window(v as f32)).collect::<Vec<_>>(),

@@ -1,10 +1,15 @@
 //! Backends: where the arithmetic of each op happens. `cpu` is the plain,
-//! readable reference every other backend is checked against; `emu` runs the
-//! CUDA kernels (kernels/*.cu) on the CPU; `kernels` holds their sources.
+//! readable reference every other backend is checked against. The GPU side:
+//! `kernels` (the .cu sources), `device` (the trait a device implements),
+//! `emu` (the kernels compiled for the host), `launch` (host-side launchers
+//! written once against the trait), `nvrtc` and `cuda_probe` (CUDA libraries
+//! loaded at run time), `check` (kernels against the reference).
 
 pub mod check;
 pub mod cpu;
 pub mod cuda_probe;
+pub mod device;
 pub mod emu;
 pub mod kernels;
+pub mod launch;
 pub mod nvrtc;

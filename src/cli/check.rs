@@ -2,7 +2,9 @@
 
 use clap::{Args, ValueEnum};
 
-use crate::backend::check::run_emulated;
+use crate::backend::check;
+use crate::backend::device::DeviceApi;
+use crate::backend::emu::EmuDevice;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,8 +38,12 @@ pub fn run(a: &CheckArgs) -> Result<()> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let rows = run_emulated(seed)?;
-    println!("kernels on the emulator against the CPU reference (seed {seed}); limit: fp32 relative error");
+    let dev = EmuDevice::new();
+    let rows = check::run(&dev, seed)?;
+    println!(
+        "kernels on the {} against the CPU reference (seed {seed}); limit: fp32 relative error",
+        dev.name()
+    );
     println!("{:<22} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
     let mut misses = 0;
     for r in &rows {

@@ -1,0 +1,105 @@
+//! The device trait: what the GPU side of the engine needs from a device —
+//! allocate, copy, launch a kernel by name, GEMM, synchronise — so the same
+//! orchestration runs on the emulator (every machine) and on CUDA.
+
+use crate::error::Result;
+use crate::rng::RngStream;
+use crate::tensor::SeqLayout;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl Launch {
+    pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
+        Launch {
+            grid: [blocks.max(1), 1, 1],
+            block: [threads.max(1), 1, 1],
+            shared_bytes,
+        }
+    }
+}
+
+/// A device allocation, owned by the device that made it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub(crate) id: u64,
+    pub bytes: usize,
+}
+
+/// A kernel argument.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg<'a> {
+    Buf(&'a Buffer),
+    I32(i32),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Rng(RngStream),
+    Layout(SeqLayout),
+}
+
+/// `C ← α·op(A)·op(B) + β·C` on row-major f32 buffers, `op` a transpose or not.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+pub trait DeviceApi {
+    /// In words, for messages ("emulator", "NVIDIA H100 …").
+    fn name(&self) -> String;
+    fn alloc(&self, bytes: usize) -> Result<Buffer>;
+    fn free(&self, buf: &Buffer);
+    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()>;
+    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()>;
+    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()>;
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// A typed allocation that frees itself.
+pub struct DeviceVec<'d> {
+    dev: &'d dyn DeviceApi,
+    pub buf: Buffer,
+}
+
+impl<'d> DeviceVec<'d> {
+    pub fn from_slice<T: bytemuck::Pod>(dev: &'d dyn DeviceApi, v: &[T]) -> Result<Self> {
+        let bytes: &[u8] = bytemuck::cast_slice(v);
+        let buf = dev.alloc(bytes.len())?;
+        dev.upload(&buf, bytes)?;
+        Ok(DeviceVec { dev, buf })
+    }
+
+    /// `n` f32 values set to NaN, so a value a kernel fails to write shows.
+    pub fn poisoned_f32(dev: &'d dyn DeviceApi, n: usize) -> Result<Self> {
+        Self::from_slice(dev, &vec![f32::NAN; n])
+    }
+
+    pub fn to_vec<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); self.buf.bytes / std::mem::size_of::<T>().max(1)];
+        self.dev.download(&self.buf, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    pub fn arg(&self) -> Arg<'_> {
+        Arg::Buf(&self.buf)
+    }
+}
+
+impl Drop for DeviceVec<'_> {
+    fn drop(&mut self) {
+        self.dev.free(&self.buf);
+    }
+}
