@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod cpu;
+pub mod cuda;
 pub mod cuda_probe;
 pub mod device;
 pub mod emu;

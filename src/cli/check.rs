@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 
 use crate::backend::check;
+use crate::backend::cuda::CudaDevice;
 use crate::backend::device::DeviceApi;
 use crate::backend::emu::EmuDevice;
 use crate::error::{Error, Result};
@@ -25,21 +26,17 @@ pub struct CheckArgs {
 }
 
 pub fn run(a: &CheckArgs) -> Result<()> {
-    if a.device == CheckDevice::Cuda {
-        return Err(Error::NotYet {
-            what: "`nemesis check --device cuda`",
-            tracking: "the CUDA launch path of the backend is not built yet (issue 6); every kernel is checked \
-                       today with `--device emu`, and compiles with NVRTC for sm_80 and sm_90",
-        });
-    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let dev = EmuDevice::new();
-    let rows = check::run(&dev, seed)?;
+    let dev: Box<dyn DeviceApi> = match a.device {
+        CheckDevice::Emu => Box::new(EmuDevice::new()),
+        CheckDevice::Cuda => Box::new(CudaDevice::open(0)?),
+    };
+    let rows = check::run(dev.as_ref(), seed)?;
     println!(
         "kernels on the {} against the CPU reference (seed {seed}); limit: fp32 relative error",
         dev.name()

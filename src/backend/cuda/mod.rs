@@ -1,0 +1,313 @@
+//! The CUDA device: the `DeviceApi` on a real GPU through cudarc (driver API
+//! and cuBLAS, loaded at run time). Kernels are compiled by NVRTC for the
+//! GPU's architecture on first use and cached on disk by (source hash,
+//! architecture, NVRTC version).
+//!
+//! Not yet run on a GPU: no task so far had one. `nemesis check --device
+//! cuda` is the first thing to run where one is lent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+
+use super::cuda_probe::{probe, CudaProbe};
+use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch};
+use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
+use super::nvrtc::Nvrtc;
+use crate::error::{Error, Result};
+
+// SAFETY: both are #[repr(C)] plain data, laid out as the kernels declare them.
+unsafe impl DeviceRepr for RngStreamC {}
+unsafe impl DeviceRepr for SeqLayoutC {}
+
+fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::invalid("cuda", format!("{what}: {e:?}"))
+}
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    nvrtc: Nvrtc,
+    arch: String,
+    name: String,
+    next: AtomicU64,
+    mem: Mutex<HashMap<u64, CudaSlice<u8>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+/// Where compiled kernels are kept between runs.
+fn module_cache() -> PathBuf {
+    std::env::var_os("NEMESIS_KERNEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("nemesis-kernels"))
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`, after checking that the driver loads, so a
+    /// machine without CUDA gets an error rather than a panic from a
+    /// library that failed to load.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        match probe() {
+            CudaProbe::Gpus(n) if n as usize > ordinal => {}
+            other => {
+                return Err(Error::invalid(
+                    "--device cuda",
+                    format!("CUDA is not available: {}", other.describe()),
+                ))
+            }
+        }
+        let nvrtc = Nvrtc::load()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("creating the context", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err("compute capability", e))?;
+        let name = ctx.name().map_err(|e| cuda_err("device name", e))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            blas,
+            nvrtc,
+            arch: format!("sm_{major}{minor}"),
+            name,
+            next: AtomicU64::new(0),
+            mem: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+        let mut fns = self
+            .functions
+            .lock()
+            .map_err(|_| cuda_err("kernel table", "poisoned lock"))?;
+        if let Some(f) = fns.get(kernel) {
+            return Ok(f.clone());
+        }
+        let file = KERNELS
+            .iter()
+            .find(|(_, k)| *k == kernel)
+            .map(|(f, _)| *f)
+            .ok_or_else(|| Error::invalid("cuda", format!("no kernel named `{kernel}`")))?;
+        let src = super::kernels::source(file).ok_or_else(|| Error::invalid("cuda", format!("no source {file}")))?;
+        let (maj, min) = self.nvrtc.version()?;
+        let key = crc32fast::hash(format!("{src}{}", super::kernels::COMMON_HEADER).as_bytes());
+        let cached = module_cache().join(format!("{file}-{key:08x}-{}-nvrtc{maj}.{min}.cubin", self.arch));
+        let cubin = match std::fs::read(&cached) {
+            Ok(b) if !b.is_empty() => b,
+            _ => {
+                let c = self.nvrtc.compile(file, src, &self.arch)?;
+                // A cache that cannot be written only costs a recompile.
+                let _ = crate::io::write_atomic(&cached, &c.cubin);
+                c.cubin
+            }
+        };
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(|e| cuda_err(file, e))?;
+        for (f, k) in KERNELS.iter().filter(|(f, _)| *f == file) {
+            let func = module.load_function(k).map_err(|e| cuda_err(&format!("{f}: {k}"), e))?;
+            fns.insert(k.to_string(), func);
+        }
+        fns.get(kernel)
+            .cloned()
+            .ok_or_else(|| Error::invalid("cuda", format!("`{kernel}` missing from {file}")))
+    }
+}
+
+fn missing(buf: &Buffer) -> Error {
+    Error::invalid("cuda", format!("buffer {} is not allocated on this device", buf.id))
+}
+
+/// Scalar kernel arguments, owned while a launch is being built.
+enum Scalar {
+    I32(i32),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Rng(RngStreamC),
+    Layout(SeqLayoutC),
+    Buf(u64),
+}
+
+impl DeviceApi for CudaDevice {
+    fn name(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| cuda_err("alloc", e))?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.mem
+            .lock()
+            .map_err(|_| cuda_err("memory table", "poisoned lock"))?
+            .insert(id, slice);
+        Ok(Buffer { id, bytes })
+    }
+
+    fn free(&self, buf: &Buffer) {
+        if let Ok(mut m) = self.mem.lock() {
+            m.remove(&buf.id);
+        }
+    }
+
+    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
+        let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let slice = m.get_mut(&dst.id).ok_or_else(|| missing(dst))?;
+        if src.len() > dst.bytes {
+            return Err(Error::invalid(
+                "upload",
+                format!("{} bytes into a buffer of {}", src.len(), dst.bytes),
+            ));
+        }
+        let mut view = slice.slice_mut(..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| cuda_err("upload", e))
+    }
+
+    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let slice = m.get(&src.id).ok_or_else(|| missing(src))?;
+        if dst.len() > src.bytes {
+            return Err(Error::invalid(
+                "download",
+                format!("{} bytes from a buffer of {}", dst.len(), src.bytes),
+            ));
+        }
+        let view = slice.slice(..dst.len());
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| cuda_err("download", e))?;
+        self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
+    }
+
+    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+        let func = self.function(kernel)?;
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let scalars: Vec<Scalar> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Buf(b) => Scalar::Buf(b.id),
+                Arg::I32(v) => Scalar::I32(v),
+                Arg::U32(v) => Scalar::U32(v),
+                Arg::U64(v) => Scalar::U64(v),
+                Arg::F32(v) => Scalar::F32(v),
+                Arg::F64(v) => Scalar::F64(v),
+                Arg::Rng(r) => Scalar::Rng(r.into()),
+                Arg::Layout(l) => Scalar::Layout(l.into()),
+            })
+            .collect();
+        let mut b = self.stream.launch_builder(&func);
+        for s in &scalars {
+            match s {
+                Scalar::Buf(id) => {
+                    let slice = m
+                        .get(id)
+                        .ok_or_else(|| Error::invalid("cuda", format!("buffer {id} is not allocated")))?;
+                    b.arg(slice);
+                }
+                Scalar::I32(v) => {
+                    b.arg(v);
+                }
+                Scalar::U32(v) => {
+                    b.arg(v);
+                }
+                Scalar::U64(v) => {
+                    b.arg(v);
+                }
+                Scalar::F32(v) => {
+                    b.arg(v);
+                }
+                Scalar::F64(v) => {
+                    b.arg(v);
+                }
+                Scalar::Rng(v) => {
+                    b.arg(v);
+                }
+                Scalar::Layout(v) => {
+                    b.arg(v);
+                }
+            }
+        }
+        let lc = LaunchConfig {
+            grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+            block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
+            shared_mem_bytes: cfg.shared_bytes,
+        };
+        // SAFETY: the launchers size every buffer for the launch and pass
+        // arguments in the kernel's declared order and types.
+        unsafe { b.launch(lc) }.map_err(|e| cuda_err(kernel, e))?;
+        Ok(())
+    }
+
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<()> {
+        let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        for (buf, n) in [(a, g.m * g.k), (b, g.k * g.n), (c, g.m * g.n)] {
+            if buf.bytes < n * 4 {
+                return Err(Error::invalid(
+                    "gemm",
+                    format!("a buffer of {} bytes for {n} values", buf.bytes),
+                ));
+            }
+        }
+        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap
+        // the operands and keep each one's own transpose flag.
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(g.trans_b),
+            transb: op(g.trans_a),
+            m: g.n as i32,
+            n: g.m as i32,
+            k: g.k as i32,
+            alpha: g.alpha,
+            lda: if g.trans_b { g.k } else { g.n } as i32,
+            ldb: if g.trans_a { g.m } else { g.k } as i32,
+            beta: g.beta,
+            ldc: g.n as i32,
+        };
+        let mut cs = m.remove(&c.id).ok_or_else(|| missing(c))?;
+        let result = {
+            let av = m.get(&a.id).ok_or_else(|| missing(a))?;
+            let bv = m.get(&b.id).ok_or_else(|| missing(b))?;
+            // SAFETY: each buffer holds at least the f32 values the product reads or writes (checked above).
+            unsafe {
+                match (
+                    av.transmute::<f32>(g.m * g.k),
+                    bv.transmute::<f32>(g.k * g.n),
+                    cs.transmute_mut::<f32>(g.m * g.n),
+                ) {
+                    (Some(av), Some(bv), Some(mut cv)) => self
+                        .blas
+                        .gemm(cfg, &bv, &av, &mut cv)
+                        .map_err(|e| cuda_err("cuBLAS sgemm", e)),
+                    _ => Err(Error::invalid("gemm", "buffers too small for f32 views")),
+                }
+            }
+        };
+        m.insert(c.id, cs);
+        result
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
+    }
+}
