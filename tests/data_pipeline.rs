@@ -147,6 +147,15 @@ fn prepare_skips_bad_files_resumes_and_writes_a_manifest() {
         text.contains("0 prepared") && text.contains("3 already cached"),
         "{text}"
     );
+    // A source that changes is prepared again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write_nifti(&src, "two.nii", [7, 9, 9], 4);
+    let third = run();
+    let text = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        text.contains("1 prepared") && text.contains("2 already cached"),
+        "{text}"
+    );
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(cache.join("volumes"))
         .unwrap()

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::progress::Progress;
 use crate::data::{
-    read_volume, write_cache, CacheManifest, CachedVolume, DatasetIndex, Entry, Failure, ManifestEntry, Split,
+    file_stamp, read_volume, write_cache, CacheManifest, CachedVolume, DatasetIndex, Entry, Failure, ManifestEntry,
+    Split,
 };
 use crate::error::{Error, Result};
 
@@ -71,7 +72,11 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
     if let Ok(c) = CachedVolume::open(&path) {
         let h = c.header();
         let same_label = h.label_source.as_deref() == entry.label.as_ref().map(|l| l.display().to_string()).as_deref();
-        if h.source == source && same_label && (!verify || c.verify().is_ok()) {
+        let stamps: Vec<(u64, u64)> = std::iter::once(entry.image.as_path())
+            .chain(entry.label.as_deref())
+            .map(file_stamp)
+            .collect();
+        if h.source == source && same_label && h.source_stamp == stamps && (!verify || c.verify().is_ok()) {
             return Ok(Outcome::Kept(manifest_entry(h.shape, h.spacing)));
         }
     }

@@ -29,6 +29,10 @@ pub struct CacheHeader {
     pub spacing: [f32; 3],
     pub source: String,
     pub label_source: Option<String>,
+    /// Size and modification time (seconds) of the source files when the
+    /// cache was written: a changed source is prepared again.
+    #[serde(default)]
+    pub source_stamp: Vec<(u64, u64)>,
     pub has_label: bool,
     pub data_offset: usize,
     /// CRC-32 of the voxel bytes (HU, then labels).
@@ -45,6 +49,21 @@ impl CacheHeader {
     fn file_len(&self) -> usize {
         self.data_offset + self.voxels() * (2 + usize::from(self.has_label))
     }
+}
+
+/// `(size, mtime in seconds)` of a file, or zeros when unreadable.
+pub fn file_stamp(path: &Path) -> (u64, u64) {
+    std::fs::metadata(path)
+        .map(|m| {
+            let t = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            (m.len(), t)
+        })
+        .unwrap_or((0, 0))
 }
 
 /// Rounds HU to i16, saturating: CT values live well inside its range.
@@ -93,6 +112,10 @@ pub fn write_cache(path: &Path, volume: &Volume, label: Option<&Volume>) -> Resu
         spacing: volume.spacing,
         source: volume.info.path.display().to_string(),
         label_source: label.map(|l| l.info.path.display().to_string()),
+        source_stamp: std::iter::once(volume.info.path.as_path())
+            .chain(label.map(|l| l.info.path.as_path()))
+            .map(file_stamp)
+            .collect(),
         has_label: labels.is_some(),
         data_offset: 0,
         checksum: crc32fast::hash(&body),

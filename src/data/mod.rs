@@ -12,7 +12,7 @@ mod superpatch_file;
 pub mod synth;
 mod tiles;
 
-pub use cache::{write_cache, CacheHeader, CachedVolume};
+pub use cache::{file_stamp, write_cache, CacheHeader, CachedVolume};
 pub use index::{DatasetIndex, Entry};
 pub use loader::{Batch, BatchData, EpochPlan, Loader, Position};
 pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};
