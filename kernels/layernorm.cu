@@ -1,15 +1,22 @@
 // Layer norm over the last dimension: one block per row, block-wide sums in
-// shared memory (blockDim.x must be a power of two), statistics in float.
+// shared memory (blockDim.x a multiple of 32), statistics in float.
 #include "common.cuh"
 
+// Block-wide sum: a butterfly within each warp (shuffles), then the warp
+// partials through shared memory. blockDim.x must be a multiple of 32 and at
+// most 1024; `buf` holds one float per warp.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
 __device__ __forceinline__ float block_sum(float v, float* buf) {
-    buf[threadIdx.x] = v;
+    unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) buf[warp] = v;
     __syncthreads();
-    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
-        __syncthreads();
-    }
-    float total = buf[0];
+    float total = 0.0f;
+    for (unsigned int w = 0; w < warps; ++w) total += buf[w];
     __syncthreads();
     return total;
 }

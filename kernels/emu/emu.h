@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <math.h>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -32,6 +33,10 @@ struct EmuThread {
     dim3 thread_idx, block_idx, block_dim, grid_dim;
     std::barrier<>* barrier;
     unsigned char* dynamic_shared;
+    // Warp-level exchange: one barrier and 32 slots per warp of the block.
+    std::barrier<>* warp_barrier;
+    float* warp_slots;
+    unsigned int lane;
 };
 
 extern thread_local EmuThread emu_thread;
@@ -43,6 +48,17 @@ extern thread_local EmuThread emu_thread;
 
 inline void __syncthreads() { emu_thread.barrier->arrive_and_wait(); }
 inline unsigned char* emu_dynamic_shared() { return emu_thread.dynamic_shared; }
+
+// Warps of 32 consecutive threads, as on the GPU. A shuffle is two warp
+// barriers around an exchange through the warp's slots; every lane of the
+// warp must take part (full mask), which is what the kernels do.
+inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
+    emu_thread.warp_slots[emu_thread.lane] = v;
+    emu_thread.warp_barrier->arrive_and_wait();
+    float r = emu_thread.warp_slots[(emu_thread.lane ^ (unsigned int)lane_mask) & 31u];
+    emu_thread.warp_barrier->arrive_and_wait();
+    return r;
+}
 
 inline float atomicAdd(float* addr, float v) {
     std::atomic_ref<float> a(*addr);

@@ -114,7 +114,7 @@ pub fn layer_norm_forward(
     );
     dev.launch(
         "layer_norm_forward",
-        &Launch::linear(rows as u32, 32, 32 * 4),
+        &Launch::linear(rows as u32, 128, 4 * 4),
         &[
             dx.arg(),
             dw.arg(),
@@ -162,7 +162,7 @@ pub fn layer_norm_backward(
     let (r, c) = (Arg::I32(rows as i32), Arg::I32(cols as i32));
     dev.launch(
         "layer_norm_backward_dx",
-        &Launch::linear(rows as u32, 32, 32 * 4),
+        &Launch::linear(rows as u32, 128, 4 * 4),
         &[dg.arg(), dxi.arg(), dw_in.arg(), dm.arg(), dr.arg(), dx.arg(), r, c],
     )?;
     dev.launch(
