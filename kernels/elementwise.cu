@@ -34,3 +34,25 @@ extern "C" __global__ void gate_mix_forward(const float* x, const float* y, cons
         out[i] = (1.0f - av) * x[i] + av * y[i];
     }
 }
+
+extern "C" __global__ void sigmoid_forward(const float* x, float* y, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+// y = x + b with b repeating every `cols` values (a bias over rows, a
+// positional table over a batch).
+extern "C" __global__ void add_broadcast(const float* x, const float* b, float* y, uint64_t n, uint64_t cols) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        y[i] = x[i] + b[i % cols];
+}
+
+// The gradient of the repeated operand: column sums over the rows, one
+// thread per column summing in row order (no atomics).
+extern "C" __global__ void column_sums(const float* g, float* out, uint64_t rows, uint64_t cols) {
+    for (uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; c < cols; c += (uint64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (uint64_t r = 0; r < rows; ++r) s += g[r * cols + c];
+        out[c] = s;
+    }
+}

@@ -99,11 +99,34 @@ pub fn run(dev: &dyn DeviceApi, seed: u64) -> Result<Vec<CheckRow>> {
             ),
         );
         push(
+            "sigmoid_forward",
+            format!("n={n}"),
+            rel(&launch::sigmoid_forward(dev, &x)?, &elementwise::sigmoid(&x)),
+        );
+        push(
             "gate_mix_forward",
             format!("n={n}"),
             rel(
                 &launch::gate_mix_forward(dev, &x, &g, 0.3)?,
                 &elementwise::gate_mix(&x, &g, 0.3f32),
+            ),
+        );
+    }
+    for (k, (nr, cols)) in [(1usize, 1usize), (7, 13), (64, 192)].into_iter().enumerate() {
+        let x = values(nr * cols, r, 50_000 + 10_000 * k as u64, 1.0);
+        let b = values(cols, r, 60_000 + 1000 * k as u64, 1.0);
+        let case = format!("{nr}×{cols}");
+        push(
+            "add_broadcast",
+            case.clone(),
+            rel(&launch::add_broadcast(dev, &x, &b)?, &elementwise::add(&x, &b)),
+        );
+        push(
+            "column_sums",
+            case,
+            rel(
+                &launch::column_sums(dev, &x, cols)?,
+                &elementwise::reduce_broadcast(&x, cols),
             ),
         );
     }

@@ -528,3 +528,59 @@ pub fn mean_axis(dev: &dyn DeviceApi, x: &[f32], outer: usize, n: usize, inner: 
     )?;
     y.to_vec()
 }
+
+pub fn sigmoid_forward(dev: &dyn DeviceApi, x: &[f32]) -> Result<Vec<f32>> {
+    let (dx, y) = (DeviceVec::from_slice(dev, x)?, DeviceVec::poisoned_f32(dev, x.len())?);
+    dev.launch(
+        "sigmoid_forward",
+        &pointwise(x.len()),
+        &[dx.arg(), y.arg(), Arg::U64(x.len() as u64)],
+    )?;
+    y.to_vec()
+}
+
+/// `x + b`, `b` repeating every `b.len()` values.
+pub fn add_broadcast(dev: &dyn DeviceApi, x: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    if b.is_empty() || x.len() % b.len() != 0 {
+        return Err(Error::invalid(
+            "add_broadcast",
+            format!("{} values do not repeat {} values", x.len(), b.len()),
+        ));
+    }
+    let (dx, db, y) = (
+        DeviceVec::from_slice(dev, x)?,
+        DeviceVec::from_slice(dev, b)?,
+        DeviceVec::poisoned_f32(dev, x.len())?,
+    );
+    dev.launch(
+        "add_broadcast",
+        &pointwise(x.len()),
+        &[
+            dx.arg(),
+            db.arg(),
+            y.arg(),
+            Arg::U64(x.len() as u64),
+            Arg::U64(b.len() as u64),
+        ],
+    )?;
+    y.to_vec()
+}
+
+/// Column sums of a `rows × cols` matrix (the gradient of a broadcast operand).
+pub fn column_sums(dev: &dyn DeviceApi, g: &[f32], cols: usize) -> Result<Vec<f32>> {
+    if cols == 0 || g.len() % cols != 0 {
+        return Err(Error::invalid("column_sums", "values are not whole rows"));
+    }
+    let (dg, out) = (DeviceVec::from_slice(dev, g)?, DeviceVec::poisoned_f32(dev, cols)?);
+    dev.launch(
+        "column_sums",
+        &pointwise(cols),
+        &[
+            dg.arg(),
+            out.arg(),
+            Arg::U64((g.len() / cols) as u64),
+            Arg::U64(cols as u64),
+        ],
+    )?;
+    out.to_vec()
+}
