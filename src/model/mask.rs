@@ -166,10 +166,6 @@ impl DualMask {
         &self.ids_keep
     }
 
-    pub fn is_full(&self) -> bool {
-        self.visible() == self.tokens
-    }
-
     /// `B × N`, 1 where a token is masked.
     pub fn mask_u8(&self) -> Vec<u8> {
         let mut m = vec![1u8; self.batch * self.tokens];

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 
+use super::checkpoint::param_value;
 use super::config::ModelConfig;
 use super::mask::DualMask;
 use super::patch::patchify;
@@ -293,10 +294,7 @@ impl Nemesis {
         let fill = tape.reshape(&self.p(tape, store, "decoder.mask_token")?, [e])?;
         let y = tape.scatter_rows(latent, mask.ids_keep(), n, &fill)?;
         // The decoder's scale takes the encoder's value (kept quirk, SPEC 6).
-        let enc_scale = store
-            .id("encoder.pe_scale")
-            .map(|id| store.get(id).value.clone())
-            .ok_or_else(|| Error::invalid("model", "parameter `encoder.pe_scale` is missing"))?;
+        let enc_scale = param_value(store, "encoder.pe_scale")?;
         let dec_id = store
             .id("decoder.pe_scale")
             .ok_or_else(|| Error::invalid("model", "parameter `decoder.pe_scale` is missing"))?;

@@ -8,15 +8,6 @@ pub enum DType {
     F64,
 }
 
-impl DType {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F64 => 8,
-        }
-    }
-}
-
 /// A Rust type that a tensor can hold.
 pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
     const DTYPE: DType;
