@@ -10,6 +10,7 @@
 typedef unsigned int uint32_t;
 typedef unsigned long long uint64_t;
 typedef short int16_t;
+typedef unsigned short uint16_t;
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

@@ -56,3 +56,63 @@ extern "C" __global__ void column_sums(const float* g, float* out, uint64_t rows
         out[c] = s;
     }
 }
+
+extern "C" __global__ void sigmoid_backward(const float* g, const float* y, float* dx, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        dx[i] = g[i] * y[i] * (1.0f - y[i]);
+}
+
+// y = c·x.
+extern "C" __global__ void scale_forward(const float* x, float* y, uint64_t n, float c) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        y[i] = c * x[i];
+}
+
+// y = x ⊙ b with b repeating every `cols` values (cols = n: a plain product).
+extern "C" __global__ void mul_broadcast(const float* x, const float* b, float* y, uint64_t n, uint64_t cols) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        y[i] = x[i] * b[i % cols];
+}
+
+// The gate mix's gradients: dx = (1 − a)·g, dy = a·g, and t = g·(y − x),
+// whose sum (block_sums) is the gradient of a.
+extern "C" __global__ void gate_mix_backward(const float* g, const float* x, const float* y, const float* a, float* dx,
+                                             float* dy, float* t, uint64_t n) {
+    float av = a[0];
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        dx[i] = (1.0f - av) * gi;
+        dy[i] = av * gi;
+        t[i] = gi * (y[i] - x[i]);
+    }
+}
+
+// Sum per block of x (grid-stride), written to partial[blockIdx.x]; a tree
+// in shared memory of blockDim (a power of two) floats, so the order of the
+// additions is fixed by the launch, never by scheduling.
+extern "C" __global__ void block_sums(const float* x, float* partial, uint64_t n) {
+    NEMESIS_DYNAMIC_SHARED(float, buf);
+    float s = 0.0f;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        s += x[i];
+    buf[threadIdx.x] = s;
+    __syncthreads();
+    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+}
+
+// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): the
+// operands of a mixed-precision GEMM.
+extern "C" __global__ void f32_to_bf16(const float* x, uint16_t* y, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint32_t u = __float_as_uint(x[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            y[i] = (uint16_t)((u >> 16) | 0x0040u);
+        } else {
+            y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}

@@ -36,3 +36,12 @@ extern "C" __global__ void mean_axis(const float* x, float* y, int outer, int n,
         y[i] = s / n;
     }
 }
+
+// The mean pool's gradient: every one of the n rows gets g / n.
+extern "C" __global__ void mean_axis_backward(const float* g, float* dx, int outer, int n, int inner) {
+    uint64_t total = (uint64_t)outer * n * inner;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint64_t c = i % inner, o = i / ((uint64_t)n * inner);
+        dx[i] = g[o * inner + c] / (float)n;
+    }
+}

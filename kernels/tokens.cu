@@ -28,3 +28,29 @@ extern "C" __global__ void scatter_mask_pe(const float* latent, const int* slot,
         y[i] = v + s * pe[(uint64_t)tok * e + c];
     }
 }
+
+// y[b, n] = slot[b·N + n] ≥ 0 ? x[b, slot] : fill — the general row scatter
+// (the patch embedding's token sequence, the gradient of a gather with a
+// zero fill row).
+extern "C" __global__ void scatter_rows(const float* x, const int* slot, const float* fill, float* y, int batch, int n,
+                                        int nv, int e) {
+    uint64_t total = (uint64_t)batch * n * e;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % e);
+        uint64_t row = i / e;
+        int b = (int)(row / n);
+        int j = slot[row];
+        y[i] = j >= 0 ? x[((uint64_t)b * nv + j) * e + c] : fill[c];
+    }
+}
+
+// The gradient of the fill row: out[c] = Σ g[r, c] over the rows r with
+// slot[r] < 0, one thread per column adding rows in order.
+extern "C" __global__ void unselected_row_sums(const float* g, const int* slot, float* out, int rows, int e) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < e; c += gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int r = 0; r < rows; ++r)
+            if (slot[r] < 0) s += g[(uint64_t)r * e + c];
+        out[c] = s;
+    }
+}

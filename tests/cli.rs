@@ -54,7 +54,9 @@ fn an_unknown_subcommand_is_a_usage_error() {
 
 #[test]
 fn check_runs_every_kernel_on_the_emulator() {
-    let out = nemesis(&["check", "--device", "emu", "--seed", "7"]);
+    let out = nemesis(&[
+        "check", "--device", "emu", "--seed", "7", "--steps", "tiny", "--batch", "1",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for k in [
@@ -62,6 +64,10 @@ fn check_runs_every_kernel_on_the_emulator() {
         "attention_backward",
         "layer_norm_backward",
         "dropout_forward",
+        "scatter_rows",
+        "f32_to_bf16",
+        "fp32 tiny b=1 all gradients together",
+        "bf16 tiny b=1 all gradients together",
     ] {
         assert!(text.contains(k), "{k} missing:\n{text}");
     }
@@ -99,4 +105,12 @@ fn a_missing_cuda_driver_is_a_clear_error_not_a_crash() {
     assert_eq!(enc.status.code(), Some(1));
     let err = String::from_utf8_lossy(&enc.stderr);
     assert!(err.contains("CUDA is not available") || err.contains("x"), "{err}");
+}
+
+#[test]
+fn mixed_precision_on_the_cpu_is_a_clear_error() {
+    let out = nemesis(&["bench", "step", "--preset", "tiny", "--device", "cpu", "--bf16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--bf16") && err.contains("device"), "{err}");
 }

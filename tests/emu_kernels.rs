@@ -310,31 +310,38 @@ fn the_device_trait_on_the_emulator() {
     let (m, n, k) = (5, 7, 3);
     let a = f32s(m * k, 90, 1.0);
     let b = f32s(k * n, 91, 1.0);
+    let bias = f32s(n, 92, 1.0);
+    let round = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        let (da, db) = (
-            DeviceVec::from_slice(&d, &a).unwrap(),
-            DeviceVec::from_slice(&d, &b).unwrap(),
-        );
-        let dc = DeviceVec::from_slice(&d, &vec![1.0f32; m * n]).unwrap();
-        let g = Gemm {
-            m,
-            n,
-            k,
-            trans_a: ta,
-            trans_b: tb,
-            alpha: 2.0,
-            beta: 0.5,
-        };
-        d.gemm(&g, &da.buf, &db.buf, &dc.buf).unwrap();
-        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
-        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
-        let want: Vec<f64> = (0..m * n)
-            .map(|ij| {
-                let (i, j) = (ij / n, ij % n);
-                2.0 * (0..k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum::<f64>() + 0.5
-            })
-            .collect();
-        assert!(rel_err(&to64(&dc.to_vec::<f32>().unwrap()), &want) < 1e-6, "{ta} {tb}");
+        for (with_bias, bf16) in [(false, false), (true, false), (true, true)] {
+            let (da, db, dbias) = (
+                DeviceVec::from_slice(&d, &a).unwrap(),
+                DeviceVec::from_slice(&d, &b).unwrap(),
+                DeviceVec::from_slice(&d, &bias).unwrap(),
+            );
+            let dc = DeviceVec::from_slice(&d, &vec![1.0f32; m * n]).unwrap();
+            let g = Gemm {
+                alpha: 2.0,
+                beta: 0.5,
+                bf16,
+                ..Gemm::new(m, n, k, ta, tb)
+            };
+            d.gemm(&g, &da.buf, &db.buf, &dc.buf, with_bias.then_some(&dbias.buf))
+                .unwrap();
+            // The expected product from the operands as the GEMM must see them.
+            let op = |v: f32| if bf16 { round(v) } else { v as f64 };
+            let at = |i: usize, p: usize| op(if ta { a[p * m + i] } else { a[i * k + p] });
+            let bt = |p: usize, j: usize| op(if tb { b[j * k + p] } else { b[p * n + j] });
+            let want: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    let bias = if with_bias { bias[j] as f64 } else { 0.0 };
+                    2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + 0.5 + bias
+                })
+                .collect();
+            let got = to64(&dc.to_vec::<f32>().unwrap());
+            assert!(rel_err(&got, &want) < 1e-6, "{ta} {tb} bias {with_bias} bf16 {bf16}");
+        }
     }
     // Launch by name checks the kernel, the number of arguments and their kinds.
     let cfg = Launch::linear(1, 32, 0);

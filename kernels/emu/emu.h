@@ -60,6 +60,12 @@ inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
     return r;
 }
 
+inline unsigned int __float_as_uint(float v) {
+    unsigned int u;
+    std::memcpy(&u, &v, sizeof u);
+    return u;
+}
+
 inline float atomicAdd(float* addr, float v) {
     std::atomic_ref<float> a(*addr);
     float old = a.load();

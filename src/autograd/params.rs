@@ -69,6 +69,31 @@ impl ParamStore {
         self.params.iter().map(|p| p.value.numel()).sum()
     }
 
+    /// The same parameters (and gradients) on `dev`, as f32.
+    pub fn to_device(&self, dev: &crate::backend::device::SharedDevice) -> Result<ParamStore> {
+        self.map(|t| t.to_device(dev))
+    }
+
+    /// The same parameters (and gradients) on the host.
+    pub fn to_cpu(&self) -> Result<ParamStore> {
+        self.map(Tensor::to_cpu)
+    }
+
+    fn map(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<ParamStore> {
+        let mut params = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            params.push(Param {
+                name: p.name.clone(),
+                value: f(&p.value)?,
+                grad: p.grad.as_ref().map(&f).transpose()?,
+            });
+        }
+        Ok(ParamStore {
+            params,
+            by_name: self.by_name.clone(),
+        })
+    }
+
     /// Replaces a value; the new one must have the same shape and dtype.
     pub fn set_value(&mut self, id: ParamId, value: Tensor) -> Result<()> {
         let p = &mut self.params[id.0];
@@ -128,6 +153,9 @@ pub(crate) fn add_same(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.shape(),
             "gradients must agree",
         ));
+    }
+    if a.device_storage().is_some() || b.device_storage().is_some() {
+        return crate::backend::gpu::add(a, b);
     }
     with_dtype!(a.dtype(), T => {
         let s = elementwise::add(a.cpu_slice::<T>()?, b.cpu_slice::<T>()?);

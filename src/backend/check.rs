@@ -4,7 +4,8 @@
 //! the CUDA device on a GPU.
 
 use super::cpu::{elementwise, layer_norm};
-use super::device::DeviceApi;
+use super::device::{DeviceApi, DeviceVec, Launch, SharedDevice};
+use super::gpu;
 use super::launch;
 use crate::autograd::{ParamStore, Tape};
 use crate::data::hu_window;
@@ -61,7 +62,8 @@ fn values(n: usize, rng: RngStream, at: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Runs every kernel check on `dev` with inputs drawn from `seed`.
-pub fn run(dev: &dyn DeviceApi, seed: u64) -> Result<Vec<CheckRow>> {
+pub fn run(shared: &SharedDevice, seed: u64) -> Result<Vec<CheckRow>> {
+    let dev: &dyn DeviceApi = &**shared;
     let r = RngStream::new(seed, 0xC4EC);
     let mut rows = Vec::new();
     let mut push = |kernel: &'static str, case: String, rel_err: f64| {
@@ -225,6 +227,7 @@ pub fn run(dev: &dyn DeviceApi, seed: u64) -> Result<Vec<CheckRow>> {
             rel(&launch::mean_axis(dev, &x, b, n, 24)?, m.value().cpu_slice::<f32>()?),
         );
     }
+    tensor_kernels(shared, r, &mut push)?;
     let odd = ModelConfig {
         superpatch_size: [6, 10, 12],
         patch_size: [2, 5, 3],
@@ -252,5 +255,277 @@ pub fn run(dev: &dyn DeviceApi, seed: u64) -> Result<Vec<CheckRow>> {
             rel(&got, want.value().cpu_slice::<f32>()?),
         );
     }
+    Ok(rows)
+}
+
+/// The kernels the tensor backend adds (backend/gpu.rs), each through its
+/// host function against the CPU reference.
+fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'static str, String, f64)) -> Result<()> {
+    let up = |v: &[f32], shape: Vec<usize>| Tensor::from_vec(v.to_vec(), shape)?.to_device(dev);
+    let host = |t: Tensor| -> Result<Vec<f32>> { t.to_cpu()?.to_vec() };
+    for (k, (rows, cols)) in [(1usize, 1usize), (7, 13), (33, 64)].into_iter().enumerate() {
+        let n = rows * cols;
+        let at = 20_000_000 + 100_000 * k as u64;
+        let (x, y, g) = (
+            values(n, r, at, 2.0),
+            values(n, r, at + 30_000, 2.0),
+            values(n, r, at + 60_000, 1.0),
+        );
+        let b = values(cols, r, at + 90_000, 1.0);
+        let case = format!("{rows}×{cols}");
+        let (tx, ty, tg) = (
+            up(&x, vec![rows, cols])?,
+            up(&y, vec![rows, cols])?,
+            up(&g, vec![rows, cols])?,
+        );
+        let s = elementwise::sigmoid(&x);
+        push(
+            "sigmoid_backward",
+            case.clone(),
+            rel(
+                &host(gpu::sigmoid_backward(&tg, &up(&s, vec![rows, cols])?)?)?,
+                &elementwise::sigmoid_backward(&g, &s),
+            ),
+        );
+        push(
+            "scale_forward",
+            case.clone(),
+            rel(&host(gpu::scale(&tx, -0.75)?)?, &elementwise::scale(&x, -0.75f32)),
+        );
+        push(
+            "mul_broadcast",
+            case.clone(),
+            rel(&host(gpu::mul(&tx, &up(&b, vec![cols])?)?)?, &elementwise::mul(&x, &b)),
+        );
+        let a = 0.3f32;
+        let (dx, dy, da) = gpu::gate_mix_backward(&tg, &tx, &ty, &up(&[a], vec![1])?)?;
+        let want_da = elementwise::gate_mix_grad_a(&g, &x, &y);
+        push(
+            "gate_mix_backward",
+            case.clone(),
+            rel(&host(dx)?, &elementwise::scale(&g, 1.0 - a))
+                .max(rel(&host(dy)?, &elementwise::scale(&g, a)))
+                .max(rel(&host(da)?, &[want_da])),
+        );
+        let want_sum: f64 = x.iter().map(|&v| v as f64).sum();
+        push(
+            "block_sums",
+            format!("n={n}"),
+            rel(&host(gpu::sum(&tx)?)?, &[want_sum as f32]),
+        );
+        // bf16 rounding (nearest even) against the half crate, including
+        // halfway cases, infinities and NaN.
+        let mut v = x.clone();
+        v.extend_from_slice(&[
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::INFINITY,
+            -0.0,
+            f32::MAX,
+            f32::NAN,
+        ]);
+        let (dv, out) = (
+            DeviceVec::from_slice(dev.as_ref(), &v)?,
+            DeviceVec::from_slice(dev.as_ref(), &vec![0u16; v.len()])?,
+        );
+        dev.launch(
+            "f32_to_bf16",
+            &Launch::linear(2, 64, 0),
+            &[dv.arg(), out.arg(), super::device::Arg::U64(v.len() as u64)],
+        )?;
+        let got: Vec<u16> = out.to_vec()?;
+        let wrong = got
+            .iter()
+            .zip(&v)
+            .filter(|(g, w)| {
+                let want = half::bf16::from_f32(**w);
+                if w.is_nan() {
+                    !half::bf16::from_bits(**g).is_nan()
+                } else {
+                    **g != want.to_bits()
+                }
+            })
+            .count();
+        push(
+            "f32_to_bf16",
+            format!("n={} (wrong: {wrong})", v.len()),
+            if wrong == 0 { 0.0 } else { 1.0 },
+        );
+    }
+    // Token movement and pooling against the tape's CPU ops.
+    for (k, (b, n_dst, per, e)) in [(1usize, 5usize, 2usize, 3usize), (2, 16, 7, 12)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 30_000_000 + 100_000 * k as u64;
+        let x = values(b * per * e, r, at, 1.0);
+        let fill = values(e, r, at + 40_000, 1.0);
+        let g = values(b * n_dst * e, r, at + 50_000, 1.0);
+        let mut idx = Vec::new();
+        for item in 0..b {
+            // A fixed permutation per item: every third row, wrapping.
+            let mut used = vec![false; n_dst];
+            let mut i = item;
+            while idx.len() < (item + 1) * per {
+                i = (i + 3) % n_dst;
+                if !std::mem::replace(&mut used[i], true) {
+                    idx.push(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let tape = Tape::new();
+        let xv = tape.input(Tensor::from_vec(x.clone(), [b, per, e])?, true);
+        let fv = tape.input(Tensor::from_vec(fill.clone(), [e])?, true);
+        let y = tape.scatter_rows(&xv, &idx, n_dst, &fv)?;
+        let mut store = ParamStore::new();
+        let grads = tape.backward_with(&y, Tensor::from_vec(g.clone(), [b, n_dst, e])?, &mut store)?;
+        let want_dx = grads
+            .get(&xv)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let want_df = grads
+            .get(&fv)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let case = format!("{b}×{per} rows into {n_dst}, E={e}");
+        let got = gpu::scatter_rows(&up(&x, vec![b, per, e])?, &idx, &up(&fill, vec![e])?, b, n_dst)?;
+        push(
+            "scatter_rows",
+            case.clone(),
+            rel(&host(got)?, y.value().cpu_slice::<f32>()?),
+        );
+        let (dx, df) = gpu::scatter_rows_backward(&up(&g, vec![b, n_dst, e])?, &idx, b, n_dst, e)?;
+        push(
+            "unselected_row_sums",
+            case.clone(),
+            rel(&host(dx)?, &want_dx).max(rel(&host(df)?, &want_df)),
+        );
+        let tape = Tape::new();
+        let xv = tape.input(Tensor::from_vec(g.clone(), [b, n_dst, e])?, true);
+        let m = tape.mean(&xv, 1)?;
+        let gm = values(b * e, r, at + 60_000, 1.0);
+        let mut store = ParamStore::new();
+        let grads = tape.backward_with(&m, Tensor::from_vec(gm.clone(), [b, e])?, &mut store)?;
+        let want = grads
+            .get(&xv)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let got = gpu::mean_axis_backward(&up(&gm, vec![b, e])?, b, n_dst, e, vec![b, n_dst, e].into())?;
+        push(
+            "mean_axis_backward",
+            format!("{b}×{n_dst}×{e}"),
+            rel(&host(got)?, &want),
+        );
+    }
+    Ok(())
+}
+
+/// bf16 against the CPU reference (ENGINEERING.md, "Numerics").
+pub const BF16_LIMIT: f64 = 2e-2;
+
+/// One whole training step (forward, masked loss, backward with dropout)
+/// of `config` on `dev` against the CPU backend from the same weights and
+/// inputs: the loss, the PSNR and the gradient of every parameter, each a
+/// row. The limit follows the device's precision.
+pub fn training_step(
+    dev: &super::device::SharedDevice,
+    preset: &str,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<CheckRow>> {
+    use crate::model::{init_params, Dropout, Nemesis};
+    let c = ModelConfig::preset(preset)?;
+    let limit = if dev.mixed_precision() { BF16_LIMIT } else { FP32_LIMIT };
+    let r = RngStream::new(seed, 0x57E9);
+    let store = init_params(&c, seed, crate::tensor::DType::F32)?;
+    // Move every weight off its initial value (zero biases, unit norms) so
+    // each gradient path carries signal.
+    let mut store = {
+        let mut s = store.clone();
+        for (k, (id, p)) in store.iter().enumerate() {
+            let v: Vec<f32> = p
+                .value
+                .to_vec::<f32>()?
+                .iter()
+                .zip(values(p.value.numel(), r, 1_000_000 * k as u64, 0.02))
+                .map(|(w, j)| w + j)
+                .collect();
+            s.set_value(id, Tensor::from_vec(v, p.value.shape().clone())?)?;
+        }
+        s
+    };
+    let [d, h, w] = c.superpatch_size;
+    let clean = Tensor::from_vec(
+        values(batch * d * h * w, r, 7, 0.5)
+            .iter()
+            .map(|v| v + 0.5)
+            .collect::<Vec<_>>(),
+        [batch, 1, d, h, w],
+    )?;
+    let noisy = add_noise(&clean, 0.05, r)?;
+    let mask = DualMask::sample(&c, batch, r);
+    let model = Nemesis::new(c.clone())?;
+    let step = |s: &mut crate::autograd::ParamStore| -> Result<(f64, f64)> {
+        let tape = Tape::new();
+        let drop = Dropout::new(c.dropout, seed, 3);
+        let out = model.forward_train(&tape, s, &noisy, &clean, &mask, Some(&drop))?;
+        let loss = out.loss.value().scalar_value()?;
+        tape.backward(&out.loss, s)?;
+        Ok((loss, out.psnr))
+    };
+    let (want_loss, want_psnr) = step(&mut store)?;
+    let mut on_dev = store.to_device(dev)?;
+    on_dev.zero_grad();
+    let (loss, psnr) = step(&mut on_dev)?;
+    let on_dev = on_dev.to_cpu()?;
+    let case = |what: String| format!("{preset} b={batch} {what}");
+    let mut rows = vec![
+        CheckRow {
+            kernel: "training step",
+            case: case("loss".into()),
+            rel_err: ((loss - want_loss) / want_loss).abs(),
+            limit,
+        },
+        CheckRow {
+            kernel: "training step",
+            case: case("psnr".into()),
+            rel_err: ((psnr - want_psnr) / want_psnr).abs(),
+            limit,
+        },
+    ];
+    let (mut all_got, mut all_want) = (Vec::new(), Vec::new());
+    for ((_, want), (_, got)) in store.iter().zip(on_dev.iter()) {
+        let err = match (&want.grad, &got.grad) {
+            (Some(a), Some(b)) => {
+                let (a, b) = (a.to_vec::<f32>()?, b.to_vec::<f32>()?);
+                all_want.extend_from_slice(&a);
+                all_got.extend_from_slice(&b);
+                rel(&b, &a)
+            }
+            _ => f64::INFINITY,
+        };
+        // In bf16 a one-element gradient (pe_scale, the gate's alpha) is a
+        // single sum over every token with heavy cancellation, so no relative
+        // limit holds for it alone: it is shown, must be finite, and is
+        // judged inside the all-gradients row.
+        let scalar = want.value.numel() == 1 && dev.mixed_precision();
+        rows.push(CheckRow {
+            kernel: "step gradient",
+            case: case(want.name.clone()),
+            rel_err: err,
+            limit: if scalar { f64::INFINITY } else { limit },
+        });
+    }
+    rows.push(CheckRow {
+        kernel: "step gradient",
+        case: case("all gradients together".into()),
+        rel_err: rel(&all_got, &all_want),
+        limit,
+    });
     Ok(rows)
 }

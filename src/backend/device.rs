@@ -2,9 +2,14 @@
 //! allocate, copy, launch a kernel by name, GEMM, synchronise — so the same
 //! orchestration runs on the emulator (every machine) and on CUDA.
 
+use std::sync::Arc;
+
 use crate::error::Result;
 use crate::rng::RngStream;
-use crate::tensor::SeqLayout;
+use crate::tensor::{Device, SeqLayout};
+
+/// A device shared by the tensors that live on it.
+pub type SharedDevice = Arc<dyn DeviceApi + Send + Sync>;
 
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,17 +59,42 @@ pub struct Gemm {
     pub trans_b: bool,
     pub alpha: f32,
     pub beta: f32,
+    /// Mixed precision: A and B rounded to bf16 (nearest even), products
+    /// accumulated and C kept in f32. Off: f32 throughout, TF32 off.
+    pub bf16: bool,
+}
+
+impl Gemm {
+    /// `C = op(A)·op(B)` in f32.
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            alpha: 1.0,
+            beta: 0.0,
+            bf16: false,
+        }
+    }
 }
 
 pub trait DeviceApi {
     /// In words, for messages ("emulator", "NVIDIA H100 …").
     fn name(&self) -> String;
+    /// Which kind of device this is, for tensors and messages.
+    fn kind(&self) -> Device;
+    /// Whether GEMMs take bf16 operands (mixed precision) rather than f32.
+    fn mixed_precision(&self) -> bool;
     fn alloc(&self, bytes: usize) -> Result<Buffer>;
     fn free(&self, buf: &Buffer);
     fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()>;
     fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()>;
     fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()>;
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<()>;
+    /// `C ← α·op(A)·op(B) + β·C`, then `+ bias` on every row of C when
+    /// given (`n` values; on CUDA the GEMM's bias epilogue).
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
 }
 

@@ -37,6 +37,9 @@ pub struct StepArgs {
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = super::device::DeviceArg::Auto)]
     pub device: super::device::DeviceArg,
+    /// Mixed precision on a device (bf16 GEMM operands).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 #[derive(Args, Debug)]
@@ -142,13 +145,16 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::tensor::{DType, Tensor};
     use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
 
-    super::device::select(a.device)?;
+    let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
         return Err(Error::invalid("bench step", "--batch and --steps must be at least 1"));
     }
     let c = a.model.load()?;
     let model = Nemesis::new(c.clone())?;
     let mut store = init_params(&c, 0, DType::F32)?;
+    if let Some(d) = &dev {
+        store = store.to_device(d)?;
+    }
     let mut opt = AdamW::new(
         AdamWConfig {
             betas: (0.9, 0.95),
@@ -173,6 +179,9 @@ fn step(a: &StepArgs) -> Result<()> {
         clip_grad_norm(&mut store, 1.0)?;
         opt.update(&mut store, 1e-4)?;
         store.zero_grad();
+        if let Some(d) = &dev {
+            d.synchronize()?;
+        }
         if s > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }

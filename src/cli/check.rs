@@ -4,9 +4,12 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::check;
 use crate::backend::cuda::CudaDevice;
-use crate::backend::device::DeviceApi;
+use std::sync::Arc;
+
+use crate::backend::device::SharedDevice;
 use crate::backend::emu::EmuDevice;
 use crate::error::{Error, Result};
+use crate::model::ModelConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CheckDevice {
@@ -23,6 +26,22 @@ pub struct CheckArgs {
     /// Seed of the random inputs (default: a new one each run).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Presets whose whole training step (loss and every gradient) is
+    /// compared, in fp32 and in mixed precision (bf16 GEMM operands); `none`
+    /// for the kernels only.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+    pub steps: Vec<String>,
+    /// Batch of the training-step comparison.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+}
+
+fn open(device: CheckDevice, mixed: bool) -> Result<SharedDevice> {
+    Ok(match (device, mixed) {
+        (CheckDevice::Emu, false) => Arc::new(EmuDevice::new()),
+        (CheckDevice::Emu, true) => Arc::new(EmuDevice::mixed()),
+        (CheckDevice::Cuda, m) => Arc::new(CudaDevice::open(0)?.with_mixed_precision(m)),
+    })
 }
 
 pub fn run(a: &CheckArgs) -> Result<()> {
@@ -32,26 +51,45 @@ pub fn run(a: &CheckArgs) -> Result<()> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let dev: Box<dyn DeviceApi> = match a.device {
-        CheckDevice::Emu => Box::new(EmuDevice::new()),
-        CheckDevice::Cuda => Box::new(CudaDevice::open(0)?),
-    };
-    let rows = check::run(dev.as_ref(), seed)?;
+    for p in a.steps.iter().filter(|p| p.as_str() != "none") {
+        ModelConfig::preset(p)?;
+    }
+    if a.batch == 0 {
+        return Err(Error::invalid("--batch", "must be at least 1"));
+    }
+    let dev = open(a.device, false)?;
+    let mut rows = check::run(&dev, seed)?;
     println!(
-        "kernels on the {} against the CPU reference (seed {seed}); limit: fp32 relative error",
+        "kernels on the {} against the CPU reference (seed {seed}); limits: relative error, \
+         fp32 1e-4, bf16 2e-2 (— : shown, judged in the all-gradients row)",
         dev.name()
     );
+    for mixed in [false, true] {
+        let dev = if mixed { open(a.device, true)? } else { dev.clone() };
+        for p in a.steps.iter().filter(|p| p.as_str() != "none") {
+            eprintln!("check: {p} training step, {}", if mixed { "bf16" } else { "fp32" });
+            rows.extend(check::training_step(&dev, p, a.batch, seed)?.into_iter().map(|mut r| {
+                r.case = format!("{} {}", if mixed { "bf16" } else { "fp32" }, r.case);
+                r
+            }));
+        }
+    }
     println!("{:<22} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
     let mut misses = 0;
     for r in &rows {
         let ok = r.ok();
         misses += usize::from(!ok);
+        let limit = if r.limit.is_finite() {
+            format!("{:.0e}", r.limit)
+        } else {
+            "—".into()
+        };
         println!(
-            "{:<22} {:<44} {:>12.3e} {:>9.0e}  {}",
+            "{:<22} {:<44} {:>12.3e} {:>9}  {}",
             r.kernel,
             r.case,
             r.rel_err,
-            r.limit,
+            limit,
             if ok { "ok" } else { "MISS" }
         );
     }

@@ -1,36 +1,64 @@
-//! `--device cpu|auto|cuda`.
+//! `--device cpu|auto|cuda|emu`.
+
+use std::sync::Arc;
 
 use clap::ValueEnum;
 
-use crate::backend::cuda_probe::probe;
+use crate::backend::cuda::CudaDevice;
+use crate::backend::cuda_probe::{probe, CudaProbe};
+use crate::backend::device::SharedDevice;
+use crate::backend::emu::EmuDevice;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum DeviceArg {
     /// The CPU reference backend.
     Cpu,
-    /// CUDA when a usable GPU and the CUDA backend are there, else the CPU.
+    /// CUDA when a usable GPU and the CUDA libraries are there, else the CPU.
     #[default]
     Auto,
     /// CUDA, or an error.
     Cuda,
+    /// The CUDA kernels compiled for the host (slow; for checking the GPU
+    /// code path on a machine without a GPU).
+    Emu,
 }
 
-/// Resolves the flag to a device, saying in one line what `auto` picked.
-pub fn select(arg: DeviceArg) -> Result<Device> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Auto => {
-            eprintln!("device: cpu ({})", probe().describe());
-            Ok(Device::Cpu)
+/// Resolves the flag: `None` is the CPU backend. `auto` says in one line what
+/// it picked and why. `bf16` asks for mixed-precision GEMMs (device only).
+pub fn select(arg: DeviceArg, bf16: bool) -> Result<Option<SharedDevice>> {
+    let dev: Option<SharedDevice> = match arg {
+        DeviceArg::Cpu => None,
+        DeviceArg::Emu => Some(Arc::new(if bf16 { EmuDevice::mixed() } else { EmuDevice::new() })),
+        DeviceArg::Cuda => Some(Arc::new(CudaDevice::open(0)?.with_mixed_precision(bf16))),
+        DeviceArg::Auto => match probe() {
+            CudaProbe::Gpus(n) if n > 0 => match CudaDevice::open(0) {
+                Ok(d) => Some(Arc::new(d.with_mixed_precision(bf16))),
+                Err(e) => {
+                    eprintln!("device: cpu (a GPU is present but unusable: {e})");
+                    None
+                }
+            },
+            other => {
+                eprintln!("device: cpu ({})", other.describe());
+                None
+            }
+        },
+    };
+    match &dev {
+        Some(d) => eprintln!(
+            "device: {} — {}{}",
+            d.kind(),
+            d.name(),
+            if bf16 { ", bf16 GEMM operands" } else { ", fp32" }
+        ),
+        None if bf16 => {
+            return Err(Error::invalid(
+                "--bf16",
+                "mixed precision runs on a device; use --device cuda (or emu to check it)",
+            ))
         }
-        DeviceArg::Cuda => Err(Error::invalid(
-            "--device cuda",
-            format!(
-                "CUDA is not available: {}; use --device cpu or --device auto",
-                probe().describe()
-            ),
-        )),
+        None => {}
     }
+    Ok(dev)
 }

@@ -43,11 +43,15 @@ pub struct EncodeArgs {
 
 pub fn run(a: &EncodeArgs) -> Result<()> {
     let io = &a.io;
-    select(io.device)?;
+    let dev = select(io.device, false)?;
     if a.batch == 0 {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
     let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
+    let store = match &dev {
+        Some(d) => store.to_device(d)?,
+        None => store,
+    };
     let model = Nemesis::new(config.clone())?;
     let input = read_superpatches(&io.input, &config)?;
     let x = input.image;
@@ -66,8 +70,8 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
         let tape = Tape::inference();
         let f = model.encode(&tape, &store, &chunk)?;
         let p = tape.mean(&f, 1)?;
-        features.extend_from_slice(f.value().cpu_slice::<f32>()?);
-        pooled.extend_from_slice(p.value().cpu_slice::<f32>()?);
+        features.extend_from_slice(f.value().to_cpu()?.cpu_slice::<f32>()?);
+        pooled.extend_from_slice(p.value().to_cpu()?.cpu_slice::<f32>()?);
         if b > a.batch {
             eprintln!(
                 "encoded {}/{b} superpatches ({:.1} s)",

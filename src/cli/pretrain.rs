@@ -83,6 +83,10 @@ pub struct PretrainArgs {
     pub stop_at: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Mixed precision on a device: bf16 GEMM operands, f32 accumulation,
+    /// f32 weights and optimizer state.
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 impl PretrainArgs {
@@ -194,7 +198,7 @@ impl Observer for Bar {
 }
 
 pub fn run_cli(a: &PretrainArgs) -> Result<()> {
-    select(a.device)?;
+    let device = select(a.device, a.bf16)?;
     let start = match (&a.resume, &a.init) {
         (Some(r), _) => Start::Resume(r.clone()),
         (None, Some(w)) => Start::Init(w.clone()),
@@ -254,6 +258,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
             start,
             stop_at: a.stop_at,
             interrupt,
+            device,
         },
         &mut bar,
     )?;

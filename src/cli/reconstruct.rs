@@ -56,7 +56,7 @@ fn read_mask(path: &std::path::Path, config: &ModelConfig, batch: usize) -> Resu
 
 pub fn run(a: &ReconstructArgs) -> Result<()> {
     let io = &a.io;
-    select(io.device)?;
+    let dev = select(io.device, false)?;
     if !a.noise_std.is_finite() || a.noise_std < 0.0 {
         return Err(Error::invalid(
             "--noise-std",
@@ -64,6 +64,10 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         ));
     }
     let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
+    let store = match &dev {
+        Some(d) => store.to_device(d)?,
+        None => store,
+    };
     let model = Nemesis::new(config.clone())?;
     let clean = read_superpatches(&io.input, &config)?.image;
     let b = clean.dims()[0];
@@ -79,7 +83,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     )?;
     let tape = Tape::inference();
     let out = model.forward_train(&tape, &store, &noisy, &clean, &mask, None)?;
-    let rec = unpatchify(&config, out.pred.value())?;
+    let rec = unpatchify(&config, &out.pred.value().to_cpu()?)?;
     let loss = out.loss.value().scalar_value()?;
 
     let mut arrays = BTreeMap::new();

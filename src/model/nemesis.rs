@@ -86,6 +86,14 @@ impl Nemesis {
         Ok(tape.param(store, id))
     }
 
+    /// `t` moved to the device the parameters live on (a no-op on the CPU).
+    fn place(&self, store: &ParamStore, t: Tensor) -> Result<Tensor> {
+        match store.iter().next().and_then(|(_, p)| p.value.shared_device()) {
+            Some(dev) => t.to_device(&dev),
+            None => Ok(t),
+        }
+    }
+
     fn dtype(&self, store: &ParamStore) -> Result<DType> {
         store
             .iter()
@@ -216,7 +224,7 @@ impl Nemesis {
         let u = tape.add(&u, &pos)?;
         // Z = [u_0 … u_{pd−1}, t_0 … t_{K−1}]: the rows of u in places 0..pd,
         // the learned tokens in places pd..pd+K (the same for every patch).
-        let zero_row = tape.constant(Tensor::zeros([te], dtype));
+        let zero_row = tape.constant(self.place(store, Tensor::zeros([te], dtype))?);
         let first: Vec<usize> = (0..g).flat_map(|_| 0..pd).collect();
         let z = tape.scatter_rows(&u, &first, pd + k, &zero_row)?;
         let mt = self.p(tape, store, &format!("{a}.mt"))?;
@@ -260,7 +268,7 @@ impl Nemesis {
         let (b, nv, e) = (mask.batch(), mask.visible(), c.embed_dim);
         let dtype = patches.value().dtype();
         let h0 = self.patch_embed(tape, store, patches, dropout)?;
-        let pe = tape.constant(self.pe_rows(mask.ids_keep(), b, dtype)?);
+        let pe = tape.constant(self.place(store, self.pe_rows(mask.ids_keep(), b, dtype)?)?);
         let s = self.p(tape, store, "encoder.pe_scale")?;
         let mut x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
         let grid = (b, mask.slices(), mask.per_slice());
@@ -299,7 +307,7 @@ impl Nemesis {
             .id("decoder.pe_scale")
             .ok_or_else(|| Error::invalid("model", "parameter `decoder.pe_scale` is missing"))?;
         let s = tape.param_as(store, dec_id, enc_scale)?;
-        let pe = tape.constant(Tensor::from_f64_slice(&self.pe, [n, e], dtype)?);
+        let pe = tape.constant(self.place(store, Tensor::from_f64_slice(&self.pe, [n, e], dtype)?)?);
         let mut x = tape.reshape(&tape.add(&y, &tape.mul(&pe, &s)?)?, [b * n, e])?;
         let grid = (b, c.grid()[0], c.plane_tokens());
         for i in 0..c.decoder_depth {
@@ -353,8 +361,8 @@ impl Nemesis {
                 "noisy input and clean target",
             ));
         }
-        let input = tape.constant(patchify(&self.config, noisy)?);
-        let target = patchify(&self.config, clean)?;
+        let input = tape.constant(self.place(store, patchify(&self.config, &noisy.to_cpu()?)?)?);
+        let target = self.place(store, patchify(&self.config, &clean.to_cpu()?)?)?;
         let b = input.shape().dims()[0];
         if mask.batch() != b || mask.slices() != self.config.grid()[0] {
             return Err(Error::invalid(
@@ -379,7 +387,7 @@ impl Nemesis {
     /// The encoder at inference (no masking, no dropout): `B × N × E`.
     pub fn encode(&self, tape: &Tape, store: &ParamStore, x: &Tensor) -> Result<Var> {
         self.check_input(store, x, "encode")?;
-        let patches = tape.constant(patchify(&self.config, x)?);
+        let patches = tape.constant(self.place(store, patchify(&self.config, &x.to_cpu()?)?)?);
         let b = patches.shape().dims()[0];
         let mask = DualMask::full(&self.config, b);
         self.encoder(tape, store, &patches, &mask, None)

@@ -1,6 +1,7 @@
-use super::backward_fn;
+use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, softmax};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -8,6 +9,14 @@ use crate::with_dtype;
 impl Tape {
     /// Exact (erf) GELU.
     pub fn gelu(&self, x: &Var) -> Result<Var> {
+        if on_device(&[x]) {
+            let xv = x.value().clone();
+            return Ok(self.record(
+                gpu::gelu(&xv)?,
+                &[x],
+                backward_fn("gelu", move |g, _| Ok(vec![Some(gpu::gelu_backward(g, &xv)?)])),
+            ));
+        }
         let dtype = x.value().dtype();
         let y = with_dtype!(dtype, T => Tensor::from_vec(elementwise::gelu(x.value().cpu_slice::<T>()?), x.shape())?);
         let xv = x.value().clone();
@@ -24,6 +33,15 @@ impl Tape {
     }
 
     pub fn sigmoid(&self, x: &Var) -> Result<Var> {
+        if on_device(&[x]) {
+            let y = gpu::sigmoid(x.value())?;
+            let yv = y.clone();
+            return Ok(self.record(
+                y,
+                &[x],
+                backward_fn("sigmoid", move |g, _| Ok(vec![Some(gpu::sigmoid_backward(g, &yv)?)])),
+            ));
+        }
         let dtype = x.value().dtype();
         let y =
             with_dtype!(dtype, T => Tensor::from_vec(elementwise::sigmoid(x.value().cpu_slice::<T>()?), x.shape())?);

@@ -1,6 +1,7 @@
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise::{self, mul_reduce, reduce_broadcast};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use crate::with_dtype;
@@ -25,6 +26,22 @@ impl Tape {
         const OP: &str = "add";
         check_broadcast(OP, a, b)?;
         let dtype = same_dtype(OP, &[a, b])?;
+        if on_device(&[a, b]) {
+            let (sa, bn) = (a.shape().clone(), b.shape().clone());
+            return Ok(self.record(
+                gpu::add(a.value(), b.value())?,
+                &[a, b],
+                backward_fn(OP, move |g, needs| {
+                    let da = if needs[0] { Some(g.reshape(&sa)?) } else { None };
+                    let db = if needs[1] {
+                        Some(gpu::column_sums(g, bn.numel())?.reshape(&bn)?)
+                    } else {
+                        None
+                    };
+                    Ok(vec![da, db])
+                }),
+            ));
+        }
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             elementwise::add(a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?),
             a.shape(),
@@ -54,6 +71,23 @@ impl Tape {
         const OP: &str = "mul";
         check_broadcast(OP, a, b)?;
         let dtype = same_dtype(OP, &[a, b])?;
+        if on_device(&[a, b]) {
+            let (av, bv) = (a.value().clone(), b.value().clone());
+            return Ok(self.record(
+                gpu::mul(&av, &bv)?,
+                &[a, b],
+                backward_fn(OP, move |g, needs| {
+                    let da = if needs[0] { Some(gpu::mul(g, &bv)?) } else { None };
+                    let db = if needs[1] {
+                        let ga = gpu::mul(g, &av)?;
+                        Some(gpu::column_sums(&ga, bv.numel())?.reshape(bv.shape().clone())?)
+                    } else {
+                        None
+                    };
+                    Ok(vec![da, db])
+                }),
+            ));
+        }
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             elementwise::mul(a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?),
             a.shape(),
@@ -85,6 +119,13 @@ impl Tape {
     pub fn scale(&self, x: &Var, c: f64) -> Result<Var> {
         const OP: &str = "scale";
         let dtype = x.value().dtype();
+        if on_device(&[x]) {
+            return Ok(self.record(
+                gpu::scale(x.value(), c)?,
+                &[x],
+                backward_fn(OP, move |g, _| Ok(vec![Some(gpu::scale(g, c)?)])),
+            ));
+        }
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             elementwise::scale(x.value().cpu_slice::<T>()?, T::from_f64(c)),
             x.shape(),

@@ -1,6 +1,7 @@
-use super::backward_fn;
+use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::attention::{self, AttnShape};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{SeqLayout, Tensor};
 use crate::with_dtype;
@@ -62,6 +63,21 @@ impl Tape {
         let mut ys = s.dims().to_vec();
         if let Some(last) = ys.last_mut() {
             *last = e;
+        }
+        if on_device(&[qkv]) {
+            let (layout, heads) = (opts.layout, opts.heads);
+            let drop = dropout.map(|d| (d.p, d.rng));
+            let (y, lse) = gpu::attention(qkv.value(), layout, heads, drop)?;
+            let (qv, yv) = (qkv.value().clone(), y.clone());
+            return Ok(self.record(
+                y,
+                &[qkv],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(gpu::attention_backward(
+                        g, &qv, &yv, &lse, layout, heads, drop,
+                    )?)])
+                }),
+            ));
         }
         let dtype = qkv.value().dtype();
         let y = with_dtype!(dtype, T => Tensor::from_vec(

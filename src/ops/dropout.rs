@@ -1,6 +1,7 @@
-use super::backward_fn;
+use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::{Element, Tensor};
@@ -17,6 +18,13 @@ impl Tape {
         }
         if p == 0.0 {
             return Ok(x.clone());
+        }
+        if on_device(&[x]) {
+            return Ok(self.record(
+                gpu::dropout(x.value(), p, rng)?,
+                &[x],
+                backward_fn(OP, move |g, _| Ok(vec![Some(gpu::dropout(g, p, rng)?)])),
+            ));
         }
         let n = x.value().numel();
         let mut u = vec![0.0f32; n];

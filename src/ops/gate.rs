@@ -1,6 +1,7 @@
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, CpuFloat};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -28,6 +29,20 @@ impl Tape {
         }
         let dtype = same_dtype(OP, &[x, y, a])?;
         let (xv, yv, av) = (x.value().clone(), y.value().clone(), a.value().clone());
+        if on_device(&[x, y, a]) {
+            return Ok(self.record(
+                gpu::gate_mix(&xv, &yv, &av)?,
+                &[x, y, a],
+                backward_fn(OP, move |g, needs| {
+                    let (dx, dy, da) = gpu::gate_mix_backward(g, &xv, &yv, &av)?;
+                    Ok(vec![
+                        needs[0].then_some(dx),
+                        needs[1].then_some(dy),
+                        needs[2].then_some(da),
+                    ])
+                }),
+            ));
+        }
         let out = with_dtype!(dtype, T => {
             let a0 = av.cpu_slice::<T>()?[0];
             Tensor::from_vec(elementwise::gate_mix(xv.cpu_slice::<T>()?, yv.cpu_slice::<T>()?, a0), xv.shape())?

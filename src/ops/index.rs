@@ -1,6 +1,7 @@
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::index;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -43,6 +44,15 @@ impl Tape {
         let n = per_item(OP, idx, b, n_src)?;
         let dtype = x.value().dtype();
         let idx = idx.to_vec();
+        if on_device(&[x]) {
+            return Ok(self.record(
+                gpu::gather_rows(x.value(), &idx, b, n_src, e)?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(gpu::gather_rows_backward(g, &idx, b, n_src, e)?)])
+                }),
+            ));
+        }
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             index::gather_rows(x.value().cpu_slice::<T>()?, &idx, b, n_src, e),
             [b, n, e],
@@ -96,6 +106,16 @@ impl Tape {
         }
         let dtype = same_dtype(OP, &[x, fill])?;
         let idx = idx.to_vec();
+        if on_device(&[x, fill]) {
+            return Ok(self.record(
+                gpu::scatter_rows(x.value(), &idx, fill.value(), b, n_dst)?,
+                &[x, fill],
+                backward_fn(OP, move |g, _| {
+                    let (dx, df) = gpu::scatter_rows_backward(g, &idx, b, n_dst, e)?;
+                    Ok(vec![Some(dx.reshape([b, n, e])?), Some(df)])
+                }),
+            ));
+        }
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             index::scatter_rows(x.value().cpu_slice::<T>()?, &idx, fill.value().cpu_slice::<T>()?, b, n_dst),
             [b, n_dst, e],

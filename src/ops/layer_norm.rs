@@ -1,6 +1,7 @@
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layer_norm;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -27,6 +28,18 @@ impl Tape {
             return Err(Error::invalid(OP, format!("eps must be ≥ 0, got {eps}")));
         }
         let dtype = same_dtype(OP, &[x, w, b])?;
+        if on_device(&[x, w, b]) {
+            let (y, mean, rstd) = gpu::layer_norm(x.value(), w.value(), b.value(), eps)?;
+            let (xv, wv) = (x.value().clone(), w.value().clone());
+            return Ok(self.record(
+                y,
+                &[x, w, b],
+                backward_fn(OP, move |g, _| {
+                    let (dx, dw, db) = gpu::layer_norm_backward(g, &xv, &wv, &mean, &rstd)?;
+                    Ok(vec![Some(dx), Some(dw), Some(db)])
+                }),
+            ));
+        }
         with_dtype!(dtype, T => {
             let (y, stats) = layer_norm::forward(
                 x.value().cpu_slice::<T>()?,

@@ -1,10 +1,11 @@
 use rayon::prelude::*;
 
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise::{add, reduce_broadcast};
 use crate::backend::cpu::gemm::{gemm, matmul, MatRef};
 use crate::backend::cpu::CpuFloat;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -39,6 +40,23 @@ impl Tape {
             inputs.push(b);
         }
         let dtype = same_dtype(OP, &inputs)?;
+        if on_device(&inputs) {
+            let y = gpu::linear(x.value(), w.value(), b.map(|b| b.value()))?;
+            let (xv, wv) = (x.value().clone(), w.value().clone());
+            return Ok(self.record(
+                y,
+                &inputs,
+                backward_fn(OP, move |g, needs| {
+                    let has_bias = needs.len() > 2;
+                    let [dx, dw, db] = gpu::linear_backward(g, &xv, &wv, [needs[0], needs[1], has_bias && needs[2]])?;
+                    let mut out = vec![dx, dw];
+                    if has_bias {
+                        out.push(db);
+                    }
+                    Ok(out)
+                }),
+            ));
+        }
         let rows = xs.rows();
         let mut ys = xs.dims().to_vec();
         if let Some(last) = ys.last_mut() {

@@ -1,6 +1,7 @@
-use super::{backward_fn, same_dtype};
+use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, loss};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use crate::with_dtype;
@@ -41,8 +42,22 @@ impl Tape {
             ));
         }
         let dtype = same_dtype(OP, &[pred, target])?;
-        let mask = mask.to_dtype(dtype);
         let p = ps.last();
+        if on_device(&[pred, target]) {
+            let m: Vec<f32> = mask.to_f64_vec().iter().map(|&v| v as f32).collect();
+            let l = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
+            let (pv, tv) = (pred.value().clone(), target.value().clone());
+            return Ok(self.record(
+                Tensor::scalar(l, dtype),
+                &[pred, target],
+                backward_fn(OP, move |g, needs| {
+                    let d = gpu::masked_mse_backward(&pv, &tv, &m, p, g.scalar_value()?)?;
+                    let dt = if needs[1] { Some(gpu::scale(&d, -1.0)?) } else { None };
+                    Ok(vec![Some(d), dt])
+                }),
+            ));
+        }
+        let mask = mask.to_dtype(dtype);
         let l = with_dtype!(dtype, T => loss::masked_mse(
             pred.value().cpu_slice::<T>()?,
             target.value().cpu_slice::<T>()?,
@@ -79,5 +94,8 @@ impl Tape {
 /// SPEC 7's PSNR over every value of the batch, `−10·log10(MSE + 1e−8)`.
 pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
     check_pair("psnr", pred, target)?;
+    if pred.device_storage().is_some() {
+        return gpu::psnr(pred, target);
+    }
     Ok(with_dtype!(pred.dtype(), T => loss::psnr(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?)))
 }

@@ -41,6 +41,12 @@ fn backward_fn<F: Fn(&Tensor, &[bool]) -> Grads>(name: &'static str, f: F) -> Fn
     FnBackward { name, f }
 }
 
+/// Whether any operand lives on a device (then the op runs on the device
+/// through `backend::gpu`, and every operand must be on that device).
+fn on_device(vars: &[&Var]) -> bool {
+    vars.iter().any(|v| v.value().device_storage().is_some())
+}
+
 /// The common dtype of an op's operands.
 fn same_dtype(op: &'static str, vars: &[&Var]) -> Result<DType> {
     let d = vars[0].value().dtype();

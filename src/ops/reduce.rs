@@ -1,6 +1,7 @@
-use super::backward_fn;
+use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::reduce;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
@@ -21,6 +22,16 @@ impl Tape {
         let inner: usize = d[axis + 1..].iter().product();
         let mut ys = d.clone();
         ys.remove(axis);
+        if on_device(&[x]) {
+            let xs = x.shape().clone();
+            return Ok(self.record(
+                gpu::mean_axis(x.value(), outer, n, inner, ys.into())?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(gpu::mean_axis_backward(g, outer, n, inner, xs.clone())?)])
+                }),
+            ));
+        }
         let dtype = x.value().dtype();
         let y = with_dtype!(dtype, T => Tensor::from_vec(
             reduce::mean_axis(x.value().cpu_slice::<T>()?, outer, n, inner),

@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub use dtype::{DType, Element};
 pub use layout::SeqLayout;
 pub use shape::Shape;
-pub use storage::{CpuStorage, Device, Storage};
+pub use storage::{CpuStorage, Device, DeviceStorage, Storage};
+
+use crate::backend::device::SharedDevice;
 
 use crate::error::{Error, Result};
 
@@ -92,7 +94,7 @@ impl Tensor {
 
     pub fn dtype(&self) -> DType {
         match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(_)) => DType::F32,
+            Storage::Cpu(CpuStorage::F32(_)) | Storage::Device(_) => DType::F32,
             Storage::Cpu(CpuStorage::F64(_)) => DType::F64,
         }
     }
@@ -104,7 +106,20 @@ impl Tensor {
     /// The elements as a host slice; an error if the dtype differs or the
     /// tensor lives on another device.
     pub fn cpu_slice<T: Element>(&self) -> Result<&[T]> {
-        let Storage::Cpu(cpu) = &*self.storage;
+        let cpu = match &*self.storage {
+            Storage::Cpu(cpu) => cpu,
+            Storage::Device(d) => {
+                return Err(Error::invalid(
+                    "Tensor::cpu_slice",
+                    format!(
+                        "a {} tensor on {} reached a CPU-only path (an op without a device kernel, \
+                         or tensors of two devices mixed)",
+                        self.shape,
+                        d.dev.kind()
+                    ),
+                ))
+            }
+        };
         T::cpu_slice(cpu).ok_or(Error::DTypeMismatch {
             op: "Tensor::cpu_slice",
             lhs: self.dtype(),
@@ -116,12 +131,76 @@ impl Tensor {
         Ok(self.cpu_slice::<T>()?.to_vec())
     }
 
-    /// Every element widened to f64, whatever the dtype.
+    /// Every element widened to f64, whatever the dtype. A device tensor is
+    /// downloaded; should that fail, every value is NaN (which no check
+    /// passes) — callers that can report errors use `to_cpu` first.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        let Storage::Cpu(cpu) = &*self.storage;
-        match cpu {
-            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuStorage::F64(v) => v.clone(),
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => v.iter().map(|&x| x as f64).collect(),
+            Storage::Cpu(CpuStorage::F64(v)) => v.clone(),
+            Storage::Device(d) => match download(d) {
+                Ok(v) => v.iter().map(|&x| x as f64).collect(),
+                Err(_) => vec![f64::NAN; self.numel()],
+            },
+        }
+    }
+
+    /// The device that holds the elements, when it is not the host.
+    pub fn device_storage(&self) -> Option<&DeviceStorage> {
+        match &*self.storage {
+            Storage::Device(d) => Some(d),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    /// The device holding the elements, `None` on the host.
+    pub fn shared_device(&self) -> Option<SharedDevice> {
+        self.device_storage().map(|d| d.dev.clone())
+    }
+
+    /// Wraps `len` f32 values already in a device buffer.
+    pub(crate) fn from_device(storage: DeviceStorage, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if storage.len != shape.numel() {
+            return Err(Error::bad_shape(
+                "Tensor::from_device",
+                &shape,
+                format!("{} device values for {} places", storage.len, shape.numel()),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            storage: Arc::new(Storage::Device(storage)),
+        })
+    }
+
+    /// A copy on `dev` (f32; an f64 tensor is narrowed, device kernels are f32).
+    pub fn to_device(&self, dev: &SharedDevice) -> Result<Tensor> {
+        if let Some(d) = self.device_storage() {
+            if Arc::ptr_eq(&d.dev, dev) {
+                return Ok(self.clone());
+            }
+        }
+        let host: Vec<f32> = match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => v.clone(),
+            Storage::Cpu(CpuStorage::F64(v)) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Device(d) => download(d)?,
+        };
+        let buf = dev.alloc(host.len() * 4)?;
+        let storage = DeviceStorage {
+            dev: dev.clone(),
+            buf,
+            len: host.len(),
+        };
+        dev.upload(&storage.buf, bytemuck::cast_slice(&host))?;
+        Tensor::from_device(storage, self.shape.clone())
+    }
+
+    /// A host copy (f32 for a device tensor); a host tensor is returned as is.
+    pub fn to_cpu(&self) -> Result<Tensor> {
+        match &*self.storage {
+            Storage::Cpu(_) => Ok(self.clone()),
+            Storage::Device(d) => Tensor::from_vec(download(d)?, self.shape.clone()),
         }
     }
 
@@ -171,4 +250,10 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor({:?}, {}, {:?})", self.dtype(), self.shape, self.device())
     }
+}
+
+fn download(d: &DeviceStorage) -> Result<Vec<f32>> {
+    let mut v = vec![0f32; d.len];
+    d.dev.download(&d.buf, bytemuck::cast_slice_mut(&mut v))?;
+    Ok(v)
 }

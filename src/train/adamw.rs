@@ -2,6 +2,8 @@
 //! `torch.optim.AdamW`, and the global gradient-norm clip.
 
 use crate::autograd::ParamStore;
+use crate::backend::device::SharedDevice;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -12,13 +14,23 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// Moments per parameter, in the store's order, and the step count.
-#[derive(Clone, Debug, PartialEq)]
+/// Moments per parameter, in the store's order, and the step count. When
+/// the parameters live on a device the moments do too (`on_device`, made
+/// at the first update); `sync_host` brings them back into `m` and `v`.
+#[derive(Clone, Debug)]
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
     pub m: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+    on_device: Option<Vec<(Tensor, Tensor)>>,
+}
+
+impl PartialEq for AdamW {
+    /// Compares the host state (call `sync_host` first on a device).
+    fn eq(&self, o: &Self) -> bool {
+        self.config == o.config && self.step == o.step && self.m == o.m && self.v == o.v
+    }
 }
 
 impl AdamW {
@@ -29,7 +41,54 @@ impl AdamW {
             step: 0,
             m: zeros.clone(),
             v: zeros,
+            on_device: None,
         }
+    }
+
+    /// Copies device moments back into `m` and `v` (before a checkpoint).
+    pub fn sync_host(&mut self) -> Result<()> {
+        if let Some(dev) = &self.on_device {
+            for (k, (m, v)) in dev.iter().enumerate() {
+                self.m[k] = m.to_cpu()?.to_vec()?;
+                self.v[k] = v.to_cpu()?.to_vec()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The update on a device: moments uploaded once, then every parameter
+    /// through the AdamW kernel.
+    fn update_device(&mut self, store: &mut ParamStore, lr: f64, dev: &SharedDevice) -> Result<()> {
+        if self.on_device.is_none() {
+            let mut moments = Vec::with_capacity(self.m.len());
+            for ((m, v), (_, p)) in self.m.iter().zip(&self.v).zip(store.iter()) {
+                let shape = p.value.shape().clone();
+                moments.push((
+                    Tensor::from_vec(m.clone(), shape.clone())?.to_device(dev)?,
+                    Tensor::from_vec(v.clone(), shape)?.to_device(dev)?,
+                ));
+            }
+            self.on_device = Some(moments);
+        }
+        let s = gpu::AdamWStep {
+            lr,
+            betas: self.config.betas,
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+            t: self.step,
+            clip: 1.0,
+        };
+        let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
+        let moments = self.on_device.as_deref().unwrap_or_default();
+        for (id, (m, v)) in ids.into_iter().zip(moments) {
+            let p = store.get(id);
+            let Some(g) = &p.grad else { continue };
+            // A fresh copy is updated, so no other holder of the old value sees it change.
+            let w = gpu::scale(&p.value, 1.0)?;
+            gpu::adamw_step(&w, g, m, v, &s)?;
+            store.set_value(id, w)?;
+        }
+        Ok(())
     }
 
     /// One update with learning rate `lr` from the gradients in `store`
@@ -39,6 +98,10 @@ impl AdamW {
             return Err(Error::invalid("AdamW", "the optimizer state belongs to another model"));
         }
         self.step += 1;
+        let dev = store.iter().next().and_then(|(_, p)| p.value.shared_device());
+        if let Some(dev) = dev {
+            return self.update_device(store, lr, &dev);
+        }
         let (b1, b2) = self.config.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
@@ -68,12 +131,20 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients (in f64).
+/// The global L2 norm of all gradients (in f64; on a device, from per-block
+/// f32 partial sums added in f64). A failed device read is NaN, which stops
+/// a run.
 pub fn grad_norm(store: &ParamStore) -> f64 {
     store
         .iter()
         .filter_map(|(_, p)| p.grad.as_ref())
-        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
+        .map(|g| {
+            if g.device_storage().is_some() {
+                gpu::sum_of_squares(g).unwrap_or(f64::NAN)
+            } else {
+                g.to_f64_vec().iter().map(|v| v * v).sum::<f64>()
+            }
+        })
         .sum::<f64>()
         .sqrt()
 }
@@ -87,7 +158,11 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
         let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
         for id in ids {
             let p = store.get(id);
-            if let Some(g) = &p.grad {
+            if let Some(g) = p.grad.as_ref().filter(|g| g.device_storage().is_some()) {
+                let t = gpu::scale(g, coef)?;
+                store.zero_grad_one(id);
+                store.accumulate_grad(id, t)?;
+            } else if let Some(g) = &p.grad {
                 let scaled: Vec<f32> = g.to_vec::<f32>()?.iter().map(|&v| (v as f64 * coef) as f32).collect();
                 let t = Tensor::from_vec(scaled, g.shape().clone())?;
                 store.zero_grad_one(id);

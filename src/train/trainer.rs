@@ -60,6 +60,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) once this many steps are done.
     pub stop_at: Option<u64>,
     pub interrupt: Arc<AtomicBool>,
+    /// Where the step runs: `None` for the CPU reference backend, else a
+    /// device (CUDA, or the emulator). Checkpoints are the same either way.
+    pub device: Option<crate::backend::device::SharedDevice>,
 }
 
 #[derive(Debug)]
@@ -135,7 +138,7 @@ fn validate(
         let tape = Tape::inference();
         let out = model.forward_train(&tape, store, &x, &x, &mask, None)?;
         loss_sum += out.loss.value().scalar_value()? * b as f64;
-        let rec = unpatchify(&c.model, out.pred.value())?;
+        let rec = unpatchify(&c.model, &out.pred.value().to_cpu()?)?;
         let (r, t) = (rec.cpu_slice::<f32>()?, x.cpu_slice::<f32>()?);
         sse += r
             .iter()
@@ -301,6 +304,9 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         }
     };
     opts.config = meta.config.clone();
+    if let Some(dev) = &opts.device {
+        store = store.to_device(dev)?;
+    }
     let c = &opts.config;
     for sub in ["checkpoints", "recon"] {
         let d = out.join(sub);
@@ -362,9 +368,10 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let elapsed0 = meta.elapsed;
 
     let checkpoint =
-        |store: &ParamStore, opt: &AdamW, meta: &mut StateMeta, last: &mut Option<PathBuf>| -> Result<PathBuf> {
+        |store: &ParamStore, opt: &mut AdamW, meta: &mut StateMeta, last: &mut Option<PathBuf>| -> Result<PathBuf> {
             meta.elapsed = elapsed0 + started.elapsed().as_secs_f64();
-            let p = save(&out, store, opt, meta)?;
+            opt.sync_host()?;
+            let p = save(&out, &store.to_cpu()?, opt, meta)?;
             prune(&out, c.keep_last);
             *last = Some(p.clone());
             Ok(p)
@@ -455,7 +462,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             if better {
                 meta.best_val = Some(v.loss);
             }
-            let p = checkpoint(&store, &opt, &mut meta, &mut last_ckpt)?;
+            let p = checkpoint(&store, &mut opt, &mut meta, &mut last_ckpt)?;
             if better {
                 let best = out.join("best.safetensors");
                 std::fs::copy(&p, out.join(".best.tmp")).map_err(|e| Error::io(&best, e))?;
@@ -465,7 +472,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             }
             redraw_curves(&out)?;
         } else if stopping {
-            checkpoint(&store, &opt, &mut meta, &mut last_ckpt)?;
+            checkpoint(&store, &mut opt, &mut meta, &mut last_ckpt)?;
             redraw_curves(&out)?;
         }
         if stopping && meta.step < total {

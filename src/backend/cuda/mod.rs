@@ -12,8 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
+
+mod lt;
 
 use super::cuda_probe::{probe, CudaProbe};
 use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch};
@@ -30,9 +34,14 @@ fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
 }
 
 pub struct CudaDevice {
+    bf16: bool,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// `None` when `NEMESIS_GEMM=cublas` selects the classic SGEMM.
+    lt: Option<lt::Lt>,
+    /// cuBLASLt's workspace (32 MiB, NVIDIA's advice for Hopper).
+    workspace: Buffer,
     nvrtc: Nvrtc,
     arch: String,
     name: String,
@@ -69,18 +78,47 @@ impl CudaDevice {
             .map_err(|e| cuda_err("compute capability", e))?;
         let name = ctx.name().map_err(|e| cuda_err("device name", e))?;
         let stream = ctx.default_stream();
+        // SAFETY: only checks whether the shared library can be loaded.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::invalid(
+                "--device cuda",
+                "libcublas could not be loaded; install the CUDA toolkit's cuBLAS or set LD_LIBRARY_PATH",
+            ));
+        }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
+        let lt = match std::env::var("NEMESIS_GEMM").as_deref() {
+            Ok("cublas") => None,
+            _ => Some(lt::Lt::new()?),
+        };
+        let workspace_bytes = 32 << 20;
+        let ws = stream
+            .alloc_zeros::<u8>(workspace_bytes)
+            .map_err(|e| cuda_err("cuBLASLt workspace", e))?;
+        let mut mem = HashMap::new();
+        mem.insert(u64::MAX, ws);
         Ok(CudaDevice {
+            bf16: false,
             ctx,
             stream,
             blas,
+            lt,
+            workspace: Buffer {
+                id: u64::MAX,
+                bytes: workspace_bytes,
+            },
             nvrtc,
             arch: format!("sm_{major}{minor}"),
             name,
             next: AtomicU64::new(0),
-            mem: Mutex::new(HashMap::new()),
+            mem: Mutex::new(mem),
             functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same device with mixed-precision GEMMs (bf16 operands) or not.
+    pub fn with_mixed_precision(mut self, on: bool) -> Self {
+        self.bf16 = on;
+        self
     }
 
     fn function(&self, kernel: &str) -> Result<CudaFunction> {
@@ -123,6 +161,80 @@ impl CudaDevice {
     }
 }
 
+impl CudaDevice {
+    /// The classic cuBLAS SGEMM (f32, TF32 off), used when
+    /// `NEMESIS_GEMM=cublas` asks for it instead of cuBLASLt.
+    fn gemm_cublas(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
+        if g.bf16 {
+            return Err(Error::invalid(
+                "gemm",
+                "bf16 GEMMs need cuBLASLt; unset NEMESIS_GEMM=cublas",
+            ));
+        }
+        let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap
+        // the operands and keep each one's own transpose flag.
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(g.trans_b),
+            transb: op(g.trans_a),
+            m: g.n as i32,
+            n: g.m as i32,
+            k: g.k as i32,
+            alpha: g.alpha,
+            lda: if g.trans_b { g.k } else { g.n } as i32,
+            ldb: if g.trans_a { g.m } else { g.k } as i32,
+            beta: g.beta,
+            ldc: g.n as i32,
+        };
+        let mut cs = m.remove(&c.id).ok_or_else(|| missing(c))?;
+        let result = {
+            let av = m.get(&a.id).ok_or_else(|| missing(a))?;
+            let bv = m.get(&b.id).ok_or_else(|| missing(b))?;
+            // SAFETY: each buffer holds at least the f32 values the product reads or writes (checked by the caller).
+            unsafe {
+                match (
+                    av.transmute::<f32>(g.m * g.k),
+                    bv.transmute::<f32>(g.k * g.n),
+                    cs.transmute_mut::<f32>(g.m * g.n),
+                ) {
+                    (Some(av), Some(bv), Some(mut cv)) => self
+                        .blas
+                        .gemm(cfg, &bv, &av, &mut cv)
+                        .map_err(|e| cuda_err("cuBLAS sgemm", e)),
+                    _ => Err(Error::invalid("gemm", "buffers too small for f32 views")),
+                }
+            }
+        };
+        m.insert(c.id, cs);
+        drop(m);
+        result?;
+        match bias {
+            Some(bias) => {
+                let n = (g.m * g.n) as u64;
+                self.launch(
+                    "add_broadcast",
+                    &Launch::linear(((n as usize).div_ceil(256)).min(65_535) as u32, 256, 0),
+                    &[
+                        Arg::Buf(c),
+                        Arg::Buf(bias),
+                        Arg::Buf(c),
+                        Arg::U64(n),
+                        Arg::U64(g.n as u64),
+                    ],
+                )
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 fn missing(buf: &Buffer) -> Error {
     Error::invalid("cuda", format!("buffer {} is not allocated on this device", buf.id))
 }
@@ -142,6 +254,14 @@ enum Scalar {
 impl DeviceApi for CudaDevice {
     fn name(&self) -> String {
         format!("{} ({})", self.name, self.arch)
+    }
+
+    fn mixed_precision(&self) -> bool {
+        self.bf16
+    }
+
+    fn kind(&self) -> crate::tensor::Device {
+        crate::tensor::Device::Cuda
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
@@ -253,57 +373,69 @@ impl DeviceApi for CudaDevice {
         Ok(())
     }
 
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<()> {
-        let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        for (buf, n) in [(a, g.m * g.k), (b, g.k * g.n), (c, g.m * g.n)] {
-            if buf.bytes < n * 4 {
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
+        let elem = if g.bf16 { 2 } else { 4 };
+        for (buf, n, size) in [(a, g.m * g.k, 4), (b, g.k * g.n, 4), (c, g.m * g.n, 4)] {
+            if buf.bytes < n * size {
                 return Err(Error::invalid(
                     "gemm",
                     format!("a buffer of {} bytes for {n} values", buf.bytes),
                 ));
             }
         }
-        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap
-        // the operands and keep each one's own transpose flag.
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
+        if let Some(bias) = bias {
+            if bias.bytes < g.n * 4 {
+                return Err(Error::invalid("gemm", "the bias is shorter than a row of C"));
             }
+        }
+        let Some(lt) = &self.lt else {
+            return self.gemm_cublas(g, a, b, c, bias);
         };
-        let cfg = GemmConfig {
-            transa: op(g.trans_b),
-            transb: op(g.trans_a),
-            m: g.n as i32,
-            n: g.m as i32,
-            k: g.k as i32,
-            alpha: g.alpha,
-            lda: if g.trans_b { g.k } else { g.n } as i32,
-            ldb: if g.trans_a { g.m } else { g.k } as i32,
-            beta: g.beta,
-            ldc: g.n as i32,
+        // Mixed precision: the operands are rounded to bf16 in scratch buffers.
+        let scratch = if g.bf16 {
+            let (sa, sb) = (self.alloc(g.m * g.k * elem)?, self.alloc(g.k * g.n * elem)?);
+            for (src, dst, n) in [(a, &sa, g.m * g.k), (b, &sb, g.k * g.n)] {
+                self.launch(
+                    "f32_to_bf16",
+                    &Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0),
+                    &[Arg::Buf(src), Arg::Buf(dst), Arg::U64(n as u64)],
+                )?;
+            }
+            Some((sa, sb))
+        } else {
+            None
         };
-        let mut cs = m.remove(&c.id).ok_or_else(|| missing(c))?;
-        let result = {
-            let av = m.get(&a.id).ok_or_else(|| missing(a))?;
-            let bv = m.get(&b.id).ok_or_else(|| missing(b))?;
-            // SAFETY: each buffer holds at least the f32 values the product reads or writes (checked above).
+        let result = (|| {
+            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+            let ptr = |buf: &Buffer| -> Result<u64> {
+                let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+                let (p, _sync) = slice.device_ptr(&self.stream);
+                Ok(p)
+            };
+            let (pa, pb) = match &scratch {
+                Some((sa, sb)) => (ptr(sa)?, ptr(sb)?),
+                None => (ptr(a)?, ptr(b)?),
+            };
+            let (pc, pbias, pw) = (ptr(c)?, bias.map(&ptr).transpose()?, ptr(&self.workspace)?);
+            // SAFETY: sizes checked above; every pointer is a live allocation of this context.
             unsafe {
-                match (
-                    av.transmute::<f32>(g.m * g.k),
-                    bv.transmute::<f32>(g.k * g.n),
-                    cs.transmute_mut::<f32>(g.m * g.n),
-                ) {
-                    (Some(av), Some(bv), Some(mut cv)) => self
-                        .blas
-                        .gemm(cfg, &bv, &av, &mut cv)
-                        .map_err(|e| cuda_err("cuBLAS sgemm", e)),
-                    _ => Err(Error::invalid("gemm", "buffers too small for f32 views")),
-                }
+                lt.matmul(
+                    g,
+                    pa,
+                    pb,
+                    pc,
+                    pbias,
+                    pw,
+                    self.workspace.bytes,
+                    self.stream.cu_stream() as _,
+                )
             }
-        };
-        m.insert(c.id, cs);
+        })();
+        if let Some((sa, sb)) = scratch {
+            // cuBLASLt has been queued on the stream; frees are stream-ordered.
+            self.free(&sa);
+            self.free(&sb);
+        }
         result
     }
 

@@ -43,13 +43,23 @@ mod ffi {
 /// Device memory: 16-byte aligned host blocks, by id.
 #[derive(Default)]
 pub struct EmuDevice {
+    bf16: bool,
     next: AtomicU64,
     mem: Mutex<HashMap<u64, Vec<u128>>>,
 }
 
 impl EmuDevice {
+    /// An f32 device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A device whose GEMMs round their operands to bf16 (mixed precision).
+    pub fn mixed() -> Self {
+        EmuDevice {
+            bf16: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Vec<u128>>>> {
@@ -68,9 +78,19 @@ impl DeviceApi for EmuDevice {
         "emulator (CUDA kernels compiled for the host)".into()
     }
 
+    fn mixed_precision(&self) -> bool {
+        self.bf16
+    }
+
+    fn kind(&self) -> crate::tensor::Device {
+        crate::tensor::Device::Emu
+    }
+
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock()?.insert(id, vec![0u128; bytes.div_ceil(16)]);
+        // Fresh memory is all ones bits (NaN as f32), so a value a kernel
+        // fails to write shows up in every comparison.
+        self.lock()?.insert(id, vec![u128::MAX; bytes.div_ceil(16)]);
         Ok(Buffer { id, bytes })
     }
 
@@ -132,10 +152,18 @@ impl DeviceApi for EmuDevice {
         unsafe { ffi::launch_by_name(kernel, &cfg, &raw) }.map_err(|e| Error::invalid("emulator launch", e))
     }
 
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer) -> Result<()> {
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
         let mut m = self.lock()?;
-        let av: Vec<f32> = bytemuck::cast_slice::<u128, f32>(m.get(&a.id).ok_or_else(|| missing(a))?).to_vec();
-        let bv: Vec<f32> = bytemuck::cast_slice::<u128, f32>(m.get(&b.id).ok_or_else(|| missing(b))?).to_vec();
+        // Mixed precision as on the GPU: operands rounded to bf16, f32 sums.
+        let operand = |buf: &Buffer| -> Result<Vec<f32>> {
+            let v = bytemuck::cast_slice::<u128, f32>(m.get(&buf.id).ok_or_else(|| missing(buf))?);
+            Ok(if g.bf16 {
+                v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+            } else {
+                v.to_vec()
+            })
+        };
+        let (av, bv) = (operand(a)?, operand(b)?);
         let need = |buf: &Buffer, n: usize| {
             if buf.bytes < n * 4 {
                 Err(Error::invalid(
@@ -159,9 +187,22 @@ impl DeviceApi for EmuDevice {
         } else {
             MatRef::rm(&bv, g.k, g.n)
         };
+        let bias: Option<Vec<f32>> = match bias {
+            Some(buf) => {
+                need(buf, g.n)?;
+                let v = bytemuck::cast_slice::<u128, f32>(m.get(&buf.id).ok_or_else(|| missing(buf))?);
+                Some(v[..g.n].to_vec())
+            }
+            None => None,
+        };
         let cm = m.get_mut(&c.id).ok_or_else(|| missing(c))?;
         let cs = &mut bytemuck::cast_slice_mut::<u128, f32>(cm)[..g.m * g.n];
         gemm(g.alpha, am, bm, g.beta, cs, g.n, 1);
+        if let Some(bias) = bias {
+            for row in cs.chunks_mut(g.n.max(1)) {
+                row.iter_mut().zip(&bias).for_each(|(c, b)| *c += b);
+            }
+        }
         Ok(())
     }
 

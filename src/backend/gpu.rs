@@ -1,0 +1,769 @@
+//! The device half of the tensor engine: each op's forward and backward on
+//! tensors that live on a `DeviceApi` device, written once against the trait
+//! so the emulator runs exactly the orchestration the GPU runs. Tensors here
+//! are f32; outputs are fresh device buffers (poisoned with NaN on the
+//! emulator, so an unwritten value shows). The ops in src/ops dispatch here
+//! when their operands are on a device.
+
+use std::sync::Arc;
+
+use super::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch, SharedDevice};
+use crate::error::{Error, Result};
+use crate::rng::RngStream;
+use crate::tensor::{Device, DeviceStorage, SeqLayout, Shape, Tensor};
+
+/// Threads per block of the pointwise kernels.
+const THREADS: u32 = 256;
+
+/// A grid for a grid-stride kernel over `n` items. The emulator runs blocks
+/// one after another, so a few blocks cover any length there.
+fn spread(dev: &SharedDevice, n: usize) -> Launch {
+    let cap = if dev.kind() == Device::Emu { 4 } else { 65_535 };
+    Launch::linear((n.div_ceil(THREADS as usize)).clamp(1, cap) as u32, THREADS, 0)
+}
+
+/// The device of `t`, or an error naming the op.
+fn storage<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a DeviceStorage> {
+    t.device_storage().ok_or_else(|| {
+        Error::invalid(
+            op,
+            format!("a {} tensor on the host where a device tensor was expected", t.shape()),
+        )
+    })
+}
+
+/// The one device all of `ts` live on.
+fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<SharedDevice> {
+    let first = storage(op, ts[0])?.dev.clone();
+    for t in &ts[1..] {
+        if !Arc::ptr_eq(&storage(op, t)?.dev, &first) {
+            return Err(Error::invalid(op, "operands live on different devices"));
+        }
+    }
+    Ok(first)
+}
+
+fn arg<'a>(op: &'static str, t: &'a Tensor) -> Result<Arg<'a>> {
+    Ok(Arg::Buf(&storage(op, t)?.buf))
+}
+
+/// A fresh (uninitialised) f32 tensor on `dev`.
+pub fn empty(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
+    let shape = shape.into();
+    let len = shape.numel();
+    let buf = dev.alloc(len * 4)?;
+    Tensor::from_device(
+        DeviceStorage {
+            dev: dev.clone(),
+            buf,
+            len,
+        },
+        shape,
+    )
+}
+
+/// A tensor of zeros on `dev`.
+pub fn zeros(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
+    let shape = shape.into();
+    let t = empty(dev, shape.clone())?;
+    let z = vec![0f32; shape.numel()];
+    dev.upload(&storage("zeros", &t)?.buf, bytemuck::cast_slice(&z))?;
+    Ok(t)
+}
+
+fn u64a(v: usize) -> Arg<'static> {
+    Arg::U64(v as u64)
+}
+
+fn i32a(v: usize) -> Arg<'static> {
+    Arg::I32(v as i32)
+}
+
+/// Runs a kernel `name(args…)` over a grid for `n` items.
+fn pointwise(dev: &SharedDevice, name: &str, n: usize, args: &[Arg]) -> Result<()> {
+    dev.launch(name, &spread(dev, n), args)
+}
+
+// ---- linear algebra -------------------------------------------------------
+
+/// `y = x·Wᵀ + b` (`W` is `out × in`), the bias fused into the GEMM; bf16
+/// operands when the device runs in mixed precision.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let dev = device_of(OP, &[x, w])?;
+    let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
+    let rows = x.numel() / in_f.max(1);
+    let mut ys = x.dims().to_vec();
+    if let Some(l) = ys.last_mut() {
+        *l = out_f;
+    }
+    let y = empty(&dev, ys)?;
+    let bias = match b {
+        Some(b) => Some(&storage(OP, b)?.buf),
+        None => None,
+    };
+    let g = Gemm {
+        bf16: dev.mixed_precision(),
+        ..Gemm::new(rows, out_f, in_f, false, true)
+    };
+    dev.gemm(
+        &g,
+        &storage(OP, x)?.buf,
+        &storage(OP, w)?.buf,
+        &storage(OP, &y)?.buf,
+        bias,
+    )?;
+    Ok(y)
+}
+
+/// The gradients of `linear`: `(dx, dW, db)`, each when asked for.
+pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor, needs: [bool; 3]) -> Result<[Option<Tensor>; 3]> {
+    const OP: &str = "linear backward";
+    let dev = device_of(OP, &[g, x, w])?;
+    let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
+    let rows = x.numel() / in_f.max(1);
+    let (gb, xb, wb) = (&storage(OP, g)?.buf, &storage(OP, x)?.buf, &storage(OP, w)?.buf);
+    let mut out = [None, None, None];
+    if needs[0] {
+        let dx = empty(&dev, x.shape().clone())?;
+        let gm = Gemm {
+            bf16: dev.mixed_precision(),
+            ..Gemm::new(rows, in_f, out_f, false, false)
+        };
+        dev.gemm(&gm, gb, wb, &storage(OP, &dx)?.buf, None)?;
+        out[0] = Some(dx);
+    }
+    if needs[1] {
+        let dw = empty(&dev, w.shape().clone())?;
+        let gm = Gemm {
+            bf16: dev.mixed_precision(),
+            ..Gemm::new(out_f, in_f, rows, true, false)
+        };
+        dev.gemm(&gm, gb, xb, &storage(OP, &dw)?.buf, None)?;
+        out[1] = Some(dw);
+    }
+    if needs[2] {
+        out[2] = Some(column_sums(g, out_f)?);
+    }
+    Ok(out)
+}
+
+// ---- pointwise --------------------------------------------------------------
+
+/// `a + b`, `b` repeating over `a` (`b` a trailing part of `a`'s shape).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    broadcast_kernel("add_broadcast", a, b)
+}
+
+/// `a ⊙ b`, `b` repeating over `a`.
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    broadcast_kernel("mul_broadcast", a, b)
+}
+
+fn broadcast_kernel(name: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dev = device_of(name, &[a, b])?;
+    if b.numel() == 0 || a.numel() % b.numel() != 0 {
+        return Err(Error::shape_mismatch(
+            name,
+            a.shape(),
+            b.shape(),
+            "the second operand must repeat over the first",
+        ));
+    }
+    let y = empty(&dev, a.shape().clone())?;
+    pointwise(
+        &dev,
+        name,
+        a.numel(),
+        &[
+            arg(name, a)?,
+            arg(name, b)?,
+            arg(name, &y)?,
+            u64a(a.numel()),
+            u64a(b.numel()),
+        ],
+    )?;
+    Ok(y)
+}
+
+/// Sums of the `cols` columns of `g` seen as `rows × cols`: the gradient of
+/// a repeated operand.
+pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
+    const OP: &str = "column_sums";
+    let dev = device_of(OP, &[g])?;
+    if cols == 0 || g.numel() % cols != 0 {
+        return Err(Error::invalid(OP, "values are not whole rows"));
+    }
+    let out = empty(&dev, [cols])?;
+    pointwise(
+        &dev,
+        OP,
+        cols,
+        &[arg(OP, g)?, arg(OP, &out)?, u64a(g.numel() / cols), u64a(cols)],
+    )?;
+    Ok(out)
+}
+
+/// `c·x`.
+pub fn scale(x: &Tensor, c: f64) -> Result<Tensor> {
+    const OP: &str = "scale_forward";
+    let dev = device_of(OP, &[x])?;
+    let y = empty(&dev, x.shape().clone())?;
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[arg(OP, x)?, arg(OP, &y)?, u64a(x.numel()), Arg::F32(c as f32)],
+    )?;
+    Ok(y)
+}
+
+/// A one-input pointwise kernel `name(x, y, n)`.
+fn unary(name: &'static str, x: &Tensor) -> Result<Tensor> {
+    let dev = device_of(name, &[x])?;
+    let y = empty(&dev, x.shape().clone())?;
+    pointwise(&dev, name, x.numel(), &[arg(name, x)?, arg(name, &y)?, u64a(x.numel())])?;
+    Ok(y)
+}
+
+/// A two-input pointwise kernel `name(g, x, y, n)`.
+fn binary(name: &'static str, g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let dev = device_of(name, &[g, x])?;
+    if g.numel() != x.numel() {
+        return Err(Error::shape_mismatch(name, g.shape(), x.shape(), "sizes differ"));
+    }
+    let y = empty(&dev, x.shape().clone())?;
+    pointwise(
+        &dev,
+        name,
+        x.numel(),
+        &[arg(name, g)?, arg(name, x)?, arg(name, &y)?, u64a(x.numel())],
+    )?;
+    Ok(y)
+}
+
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    unary("gelu_forward", x)
+}
+
+pub fn gelu_backward(g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    binary("gelu_backward", g, x)
+}
+
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    unary("sigmoid_forward", x)
+}
+
+/// From the sigmoid's output `y`.
+pub fn sigmoid_backward(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+    binary("sigmoid_backward", g, y)
+}
+
+/// Inverted dropout with the mask of `Tape::dropout`; the backward is the
+/// same call on the gradient with the same stream.
+pub fn dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
+    const OP: &str = "dropout_forward";
+    let dev = device_of(OP, &[x])?;
+    let y = empty(&dev, x.shape().clone())?;
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[arg(OP, x)?, arg(OP, &y)?, u64a(x.numel()), Arg::F64(p), Arg::Rng(rng)],
+    )?;
+    Ok(y)
+}
+
+/// `(1 − a)·x + a·y`, `a` a one-element device tensor.
+pub fn gate_mix(x: &Tensor, y: &Tensor, a: &Tensor) -> Result<Tensor> {
+    const OP: &str = "gate_mix_forward";
+    let dev = device_of(OP, &[x, y, a])?;
+    let out = empty(&dev, x.shape().clone())?;
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[arg(OP, x)?, arg(OP, y)?, arg(OP, a)?, arg(OP, &out)?, u64a(x.numel())],
+    )?;
+    Ok(out)
+}
+
+/// `(dx, dy, da)` of the gate mix.
+pub fn gate_mix_backward(g: &Tensor, x: &Tensor, y: &Tensor, a: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "gate_mix_backward";
+    let dev = device_of(OP, &[g, x, y, a])?;
+    let (dx, dy, t) = (
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, x.shape().clone())?,
+    );
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[
+            arg(OP, g)?,
+            arg(OP, x)?,
+            arg(OP, y)?,
+            arg(OP, a)?,
+            arg(OP, &dx)?,
+            arg(OP, &dy)?,
+            arg(OP, &t)?,
+            u64a(x.numel()),
+        ],
+    )?;
+    let da = sum(&t)?.reshape(a.shape().clone())?;
+    Ok((dx, dy, da))
+}
+
+/// The sum of every value, as a one-element device tensor: per-block
+/// partials, then one block over the partials (a fixed order).
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "block_sums";
+    let dev = device_of(OP, &[x])?;
+    let blocks = x.numel().div_ceil(THREADS as usize).clamp(1, 256);
+    let partial = empty(&dev, [blocks])?;
+    let shared = THREADS * 4;
+    dev.launch(
+        OP,
+        &Launch::linear(blocks as u32, THREADS, shared),
+        &[arg(OP, x)?, arg(OP, &partial)?, u64a(x.numel())],
+    )?;
+    let total = empty(&dev, [1])?;
+    dev.launch(
+        OP,
+        &Launch::linear(1, THREADS, shared),
+        &[arg(OP, &partial)?, arg(OP, &total)?, u64a(blocks)],
+    )?;
+    Ok(total)
+}
+
+// ---- layer norm -------------------------------------------------------------
+
+/// Layer norm over the last dimension: `(y, mean, rstd)`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "layer_norm_forward";
+    let dev = device_of(OP, &[x, w, b])?;
+    let cols = w.numel();
+    let rows = x.numel() / cols.max(1);
+    let (y, mean, rstd) = (
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, [rows])?,
+        empty(&dev, [rows])?,
+    );
+    dev.launch(
+        OP,
+        &Launch::linear(rows as u32, 128, 4 * 4),
+        &[
+            arg(OP, x)?,
+            arg(OP, w)?,
+            arg(OP, b)?,
+            arg(OP, &y)?,
+            arg(OP, &mean)?,
+            arg(OP, &rstd)?,
+            i32a(rows),
+            i32a(cols),
+            Arg::F32(eps as f32),
+        ],
+    )?;
+    Ok((y, mean, rstd))
+}
+
+/// `(dx, dw, db)` from the saved statistics.
+pub fn layer_norm_backward(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "layer_norm_backward";
+    let dev = device_of(OP, &[g, x, w, mean, rstd])?;
+    let cols = w.numel();
+    let rows = x.numel() / cols.max(1);
+    let (dx, dw, db) = (
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, [cols])?,
+        empty(&dev, [cols])?,
+    );
+    dev.launch(
+        "layer_norm_backward_dx",
+        &Launch::linear(rows as u32, 128, 4 * 4),
+        &[
+            arg(OP, g)?,
+            arg(OP, x)?,
+            arg(OP, w)?,
+            arg(OP, mean)?,
+            arg(OP, rstd)?,
+            arg(OP, &dx)?,
+            i32a(rows),
+            i32a(cols),
+        ],
+    )?;
+    pointwise(
+        &dev,
+        "layer_norm_backward_dwdb",
+        cols,
+        &[
+            arg(OP, g)?,
+            arg(OP, x)?,
+            arg(OP, mean)?,
+            arg(OP, rstd)?,
+            arg(OP, &dw)?,
+            arg(OP, &db)?,
+            i32a(rows),
+            i32a(cols),
+        ],
+    )?;
+    Ok((dx, dw, db))
+}
+
+// ---- attention --------------------------------------------------------------
+
+/// Attention over a `rows × 3E` QKV tensor: the `rows × E` output and the
+/// log-sum-exp per (sequence, head, row), saved for the backward.
+pub fn attention(
+    qkv: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "attention_forward";
+    let dev = device_of(OP, &[qkv])?;
+    let e = qkv.dims().last().copied().unwrap_or(0) / 3;
+    let mut ys = qkv.dims().to_vec();
+    if let Some(l) = ys.last_mut() {
+        *l = e;
+    }
+    let n_lse = layout.num_seqs() * heads * layout.len;
+    let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+    let (y, lse) = (empty(&dev, ys)?, empty(&dev, [n_lse])?);
+    pointwise(
+        &dev,
+        OP,
+        n_lse,
+        &[
+            arg(OP, qkv)?,
+            arg(OP, &y)?,
+            arg(OP, &lse)?,
+            Arg::Layout(layout),
+            i32a(heads),
+            i32a(e),
+            Arg::F64(p),
+            Arg::Rng(rng),
+        ],
+    )?;
+    Ok((y, lse))
+}
+
+/// The gradient with respect to the QKV tensor.
+pub fn attention_backward(
+    g: &Tensor,
+    qkv: &Tensor,
+    y: &Tensor,
+    lse: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<Tensor> {
+    const OP: &str = "attention_backward";
+    let dev = device_of(OP, &[g, qkv, y, lse])?;
+    let e = qkv.dims().last().copied().unwrap_or(0) / 3;
+    let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+    let d = empty(&dev, qkv.shape().clone())?;
+    let args = [
+        arg(OP, qkv)?,
+        arg(OP, y)?,
+        arg(OP, g)?,
+        arg(OP, lse)?,
+        arg(OP, &d)?,
+        Arg::Layout(layout),
+        i32a(heads),
+        i32a(e),
+        Arg::F64(p),
+        Arg::Rng(rng),
+    ];
+    // The two kernels write disjoint columns (q, then k and v) of `d`.
+    pointwise(&dev, "attention_backward_dq", lse.numel(), &args)?;
+    pointwise(&dev, "attention_backward_dkv", lse.numel(), &args)?;
+    Ok(d)
+}
+
+// ---- token movement ---------------------------------------------------------
+
+fn index_buf<'d>(dev: &'d dyn DeviceApi, v: &[i32]) -> Result<DeviceVec<'d>> {
+    DeviceVec::from_slice(dev, v)
+}
+
+/// `slot[b·n_dst + i]`: the position of destination row `i` among item
+/// `b`'s indices, or −1; an error when an index repeats within an item.
+fn slots(op: &'static str, idx: &[usize], batch: usize, n_dst: usize) -> Result<Vec<i32>> {
+    let per = idx.len() / batch.max(1);
+    let mut slot = vec![-1i32; batch * n_dst];
+    for (k, &i) in idx.iter().enumerate() {
+        if i >= n_dst {
+            return Err(Error::invalid(op, format!("index {i} out of range for {n_dst} rows")));
+        }
+        let s = &mut slot[(k / per.max(1)) * n_dst + i];
+        if *s >= 0 {
+            return Err(Error::invalid(
+                op,
+                format!("index {i} appears twice in one item (the device path needs distinct indices)"),
+            ));
+        }
+        *s = (k % per.max(1)) as i32;
+    }
+    Ok(slot)
+}
+
+/// Rows `idx` of each item of `x` (`B × n_src × E`) → `B × n × E`.
+pub fn gather_rows(x: &Tensor, idx: &[usize], batch: usize, n_src: usize, e: usize) -> Result<Tensor> {
+    const OP: &str = "gather_rows";
+    let dev = device_of(OP, &[x])?;
+    let n = idx.len() / batch.max(1);
+    let ids: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+    if idx.iter().any(|&i| i >= n_src) {
+        return Err(Error::invalid(OP, format!("an index is out of range for {n_src} rows")));
+    }
+    let di = index_buf(&*dev, &ids)?;
+    let y = empty(&dev, [batch, n, e])?;
+    pointwise(
+        &dev,
+        OP,
+        batch * n * e,
+        &[
+            arg(OP, x)?,
+            di.arg(),
+            arg(OP, &y)?,
+            i32a(batch),
+            i32a(n_src),
+            i32a(n),
+            i32a(e),
+        ],
+    )?;
+    Ok(y)
+}
+
+/// `B × n × E` rows placed at `idx` among `n_dst` per item, `fill` (`[E]`)
+/// elsewhere.
+pub fn scatter_rows(x: &Tensor, idx: &[usize], fill: &Tensor, batch: usize, n_dst: usize) -> Result<Tensor> {
+    const OP: &str = "scatter_rows";
+    let dev = device_of(OP, &[x, fill])?;
+    let e = fill.numel();
+    let n = idx.len() / batch.max(1);
+    let slot = index_buf(&*dev, &slots(OP, idx, batch, n_dst)?)?;
+    let y = empty(&dev, [batch, n_dst, e])?;
+    pointwise(
+        &dev,
+        OP,
+        batch * n_dst * e,
+        &[
+            arg(OP, x)?,
+            slot.arg(),
+            arg(OP, fill)?,
+            arg(OP, &y)?,
+            i32a(batch),
+            i32a(n_dst),
+            i32a(n),
+            i32a(e),
+        ],
+    )?;
+    Ok(y)
+}
+
+/// The gradient of `gather_rows`: the rows of `g` back in their places,
+/// zeros elsewhere (indices distinct per item).
+pub fn gather_rows_backward(g: &Tensor, idx: &[usize], batch: usize, n_src: usize, e: usize) -> Result<Tensor> {
+    let dev = device_of("gather_rows backward", &[g])?;
+    let zero = zeros(&dev, [e])?;
+    scatter_rows(g, idx, &zero, batch, n_src)
+}
+
+/// The gradients of `scatter_rows`: `(dx, dfill)`.
+pub fn scatter_rows_backward(
+    g: &Tensor,
+    idx: &[usize],
+    batch: usize,
+    n_dst: usize,
+    e: usize,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "unselected_row_sums";
+    let dev = device_of(OP, &[g])?;
+    let dx = gather_rows(g, idx, batch, n_dst, e)?;
+    let slot = index_buf(&*dev, &slots(OP, idx, batch, n_dst)?)?;
+    let df = empty(&dev, [e])?;
+    pointwise(
+        &dev,
+        OP,
+        e,
+        &[arg(OP, g)?, slot.arg(), arg(OP, &df)?, i32a(batch * n_dst), i32a(e)],
+    )?;
+    Ok((dx, df))
+}
+
+// ---- loss and pooling -------------------------------------------------------
+
+/// Per-token mean and sum of squared errors over the last dimension `p`.
+fn token_errors(pred: &Tensor, target: &Tensor, p: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    const OP: &str = "token_errors";
+    let dev = device_of(OP, &[pred, target])?;
+    let tokens = pred.numel() / p.max(1);
+    let (e, sq) = (empty(&dev, [tokens])?, empty(&dev, [tokens])?);
+    pointwise(
+        &dev,
+        OP,
+        tokens,
+        &[
+            arg(OP, pred)?,
+            arg(OP, target)?,
+            arg(OP, &e)?,
+            arg(OP, &sq)?,
+            i32a(tokens),
+            i32a(p),
+        ],
+    )?;
+    Ok((e.to_cpu()?.to_vec()?, sq.to_cpu()?.to_vec()?))
+}
+
+/// The weight of each token in SPEC 7's loss: mask / Σ mask, or 1/tokens
+/// when nothing is masked.
+fn token_weights(mask: &[f32]) -> Vec<f64> {
+    let total: f64 = mask.iter().map(|&m| m as f64).sum();
+    mask.iter()
+        .map(|&m| {
+            if total == 0.0 {
+                1.0 / mask.len() as f64
+            } else {
+                m as f64 / total
+            }
+        })
+        .collect()
+}
+
+/// SPEC 7's masked loss: per-token errors on the device, the weighted sum
+/// on the host in token order (f64).
+pub fn masked_mse(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize) -> Result<f64> {
+    let (e, _) = token_errors(pred, target, p)?;
+    Ok(token_weights(mask).iter().zip(&e).map(|(w, &e)| w * e as f64).sum())
+}
+
+/// `d loss / d pred` for an upstream gradient `g0`.
+pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize, g0: f64) -> Result<Tensor> {
+    const OP: &str = "masked_mse_backward";
+    let dev = device_of(OP, &[pred, target])?;
+    let w: Vec<f32> = token_weights(mask).iter().map(|&w| w as f32).collect();
+    let dw = DeviceVec::from_slice(&*dev, &w)?;
+    let grad = empty(&dev, pred.shape().clone())?;
+    pointwise(
+        &dev,
+        OP,
+        pred.numel(),
+        &[
+            arg(OP, pred)?,
+            arg(OP, target)?,
+            dw.arg(),
+            arg(OP, &grad)?,
+            Arg::F32(g0 as f32),
+            i32a(mask.len()),
+            i32a(p),
+        ],
+    )?;
+    Ok(grad)
+}
+
+/// SPEC 7's PSNR over every value, `−10·log10(MSE + 1e−8)`.
+pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
+    let p = pred.dims().last().copied().unwrap_or(1).max(1);
+    let (_, sq) = token_errors(pred, target, p)?;
+    let mse = sq.iter().map(|&v| v as f64).sum::<f64>() / pred.numel().max(1) as f64;
+    Ok(-10.0 * (mse + 1e-8).log10())
+}
+
+/// Mean over the middle axis of `outer × n × inner`.
+pub fn mean_axis(x: &Tensor, outer: usize, n: usize, inner: usize, out_shape: Shape) -> Result<Tensor> {
+    const OP: &str = "mean_axis";
+    let dev = device_of(OP, &[x])?;
+    let y = empty(&dev, out_shape)?;
+    pointwise(
+        &dev,
+        OP,
+        outer * inner,
+        &[arg(OP, x)?, arg(OP, &y)?, i32a(outer), i32a(n), i32a(inner)],
+    )?;
+    Ok(y)
+}
+
+pub fn mean_axis_backward(g: &Tensor, outer: usize, n: usize, inner: usize, in_shape: Shape) -> Result<Tensor> {
+    const OP: &str = "mean_axis_backward";
+    let dev = device_of(OP, &[g])?;
+    let dx = empty(&dev, in_shape)?;
+    pointwise(
+        &dev,
+        OP,
+        outer * n * inner,
+        &[arg(OP, g)?, arg(OP, &dx)?, i32a(outer), i32a(n), i32a(inner)],
+    )?;
+    Ok(dx)
+}
+
+// ---- optimizer --------------------------------------------------------------
+
+/// Σ g² as f64: per-block partials on the device, added on the host in order.
+pub fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    const OP: &str = "grad_sq_partials";
+    let dev = device_of(OP, &[g])?;
+    let blocks = g.numel().div_ceil(THREADS as usize).clamp(1, 256);
+    let partial = empty(&dev, [blocks])?;
+    dev.launch(
+        OP,
+        &Launch::linear(blocks as u32, THREADS, THREADS * 4),
+        &[arg(OP, g)?, arg(OP, &partial)?, u64a(g.numel())],
+    )?;
+    Ok(partial.to_cpu()?.to_vec::<f32>()?.iter().map(|&v| v as f64).sum())
+}
+
+/// The settings of one AdamW step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// The step number, from 1.
+    pub t: u64,
+    /// The factor the gradient is scaled by (global-norm clipping).
+    pub clip: f64,
+}
+
+/// One AdamW step in place on device tensors `w`, `m`, `v` (one parameter).
+pub fn adamw_step(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamWStep) -> Result<()> {
+    const OP: &str = "adamw_step";
+    let dev = device_of(OP, &[w, g, m, v])?;
+    let n = w.numel();
+    if [g.numel(), m.numel(), v.numel()].iter().any(|&k| k != n) {
+        return Err(Error::invalid(OP, "parameter, gradient and moments differ in size"));
+    }
+    let bc1 = 1.0 - s.betas.0.powi(s.t as i32);
+    let bc2 = 1.0 - s.betas.1.powi(s.t as i32);
+    let f = |x: f64| Arg::F32(x as f32);
+    pointwise(
+        &dev,
+        OP,
+        n,
+        &[
+            arg(OP, w)?,
+            arg(OP, g)?,
+            arg(OP, m)?,
+            arg(OP, v)?,
+            u64a(n),
+            f(s.lr),
+            f(s.betas.0),
+            f(s.betas.1),
+            f(s.eps),
+            f(s.weight_decay),
+            f(bc1),
+            f(bc2.sqrt()),
+            f(s.clip),
+        ],
+    )
+}
