@@ -38,13 +38,15 @@ if [ ! -x "$BIN" ]; then
 fi
 echo "== nemesis"
 part version 10 "$BIN" --version
-part check-emu 120 "$BIN" check --device emu --seed 1
-part check-cuda 300 "$BIN" check --device cuda --seed 1
-part bench-step-small 180 "$BIN" bench step --preset small --batch 4 --steps 5 --device auto
-if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
-    part torch-baseline-small 300 python3 tools/torch_baseline.py --preset small --batch 4 --steps 5
+# Kernels plus whole training steps (tiny and small, fp32 and bf16) against the CPU.
+part check-cuda 240 "$BIN" check --device cuda --seed 1
+if ! grep -q " 0 failed" "$OUT/check-cuda.log"; then
+    # Isolate cuBLASLt: the same kernels with the classic cuBLAS SGEMM.
+    part check-cuda-cublas 120 env NEMESIS_GEMM=cublas "$BIN" check --device cuda --seed 1 --steps tiny
 fi
-
+part bench-step-small-fp32 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda
+part bench-step-small-bf16 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda --bf16
+part bench-step-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 3 --device cuda --bf16
 echo
 echo "== summary"
 printf '%s\n' "${SUMMARY[@]}"
