@@ -1,5 +1,6 @@
-// The optimizer over all parameters in one launch: every parameter,
-// gradient and moment is one slice of a flat array (offsets in `starts`).
+// The optimizer: AdamW and the squared gradient norm per tensor, and as
+// multi-tensor kernels that take a table of device addresses and the flat
+// start of each tensor, so every parameter is updated in one launch.
 #include "common.cuh"
 
 // Sum of squares per block of the gradient, written to partial[blockIdx.x];
@@ -33,4 +34,59 @@ extern "C" __global__ void adamw_step(float* w, const float* g, float* m, float*
         v[i] = vi;
         w[i] = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
     }
+}
+
+// The tensor holding flat index i of a multi-tensor launch: starts[t] is the
+// first flat index of tensor t, starts[count] the total (binary search).
+__device__ __forceinline__ int multi_tensor_of(const uint64_t* starts, int count, uint64_t i) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (starts[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// AdamW over every parameter in one launch: table[4t .. 4t+3] hold the device
+// addresses of tensor t's weight, gradient and two moments; the update is
+// adamw_step's.
+extern "C" __global__ void adamw_multi(const uint64_t* table, const uint64_t* starts, int count, float lr,
+                                       float beta1, float beta2, float eps, float weight_decay, float bc1,
+                                       float bc2_sqrt, float clip) {
+    uint64_t total = starts[count];
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        int t = multi_tensor_of(starts, count, i);
+        uint64_t j = i - starts[t];
+        float* w = (float*)table[4 * t];
+        const float* g = (const float*)table[4 * t + 1];
+        float* m = (float*)table[4 * t + 2];
+        float* v = (float*)table[4 * t + 3];
+        float gi = g[j] * clip;
+        float wi = w[j] * (1.0f - lr * weight_decay);
+        float mi = beta1 * m[j] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[j] + (1.0f - beta2) * gi * gi;
+        m[j] = mi;
+        v[j] = vi;
+        w[j] = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+}
+
+// Sum of squares of every gradient in one launch (table[t] = the address of
+// gradient t), as per-block partials added in block order by the caller.
+extern "C" __global__ void grad_sq_multi(const uint64_t* table, const uint64_t* starts, int count, float* partial) {
+    NEMESIS_DYNAMIC_SHARED(float, buf);
+    uint64_t total = starts[count];
+    float s = 0.0f;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        int t = multi_tensor_of(starts, count, i);
+        float gi = ((const float*)table[t])[i - starts[t]];
+        s += gi * gi;
+    }
+    buf[threadIdx.x] = s;
+    __syncthreads();
+    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
 }

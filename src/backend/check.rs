@@ -352,6 +352,72 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
             if wrong == 0 { 0.0 } else { 1.0 },
         );
     }
+    // The multi-tensor optimizer kernels against the CPU AdamW (step 5, a
+    // clip factor, moments already warm) and the f64 sum of squares.
+    {
+        use crate::train::{AdamW, AdamWConfig};
+        let sizes = [1usize, 7, 300];
+        let cfg = AdamWConfig {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.05,
+        };
+        let mut store = ParamStore::new();
+        let mut grads = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let at = 40_000_000 + 100_000 * k as u64;
+            let id = store.add(format!("p{k}"), Tensor::from_vec(values(n, r, at, 1.0), [n])?)?;
+            grads.push(Tensor::from_vec(values(n, r, at + 10_000, 0.1), [n])?);
+            store.accumulate_grad(id, grads[k].clone())?;
+        }
+        let mut opt = AdamW::new(cfg, &store);
+        opt.step = 4;
+        for (k, &n) in sizes.iter().enumerate() {
+            let at = 41_000_000 + 100_000 * k as u64;
+            opt.m[k] = values(n, r, at, 0.05);
+            opt.v[k] = values(n, r, at + 10_000, 0.01).iter().map(|v| v.abs()).collect();
+        }
+        let on_dev: Vec<[Tensor; 4]> = store
+            .iter()
+            .enumerate()
+            .map(|(k, (_, p))| -> Result<[Tensor; 4]> {
+                let n = sizes[k];
+                Ok([
+                    p.value.to_device(dev)?,
+                    grads[k].to_device(dev)?,
+                    up(&opt.m[k], vec![n])?,
+                    up(&opt.v[k], vec![n])?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let want_sq: f64 = grads.iter().flat_map(|g| g.to_f64_vec()).map(|v| v * v).sum();
+        let got_sq = gpu::sum_of_squares_multi(&on_dev.iter().map(|t| &t[1]).collect::<Vec<_>>())?;
+        push(
+            "grad_sq_multi",
+            format!("{} tensors", sizes.len()),
+            ((got_sq - want_sq) / want_sq).abs(),
+        );
+        let clip = 0.7;
+        opt.update_clipped(&mut store, 1e-3, clip)?;
+        let s = gpu::AdamWStep {
+            lr: 1e-3,
+            betas: cfg.betas,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            t: 5,
+            clip,
+        };
+        let rows: Vec<[&Tensor; 4]> = on_dev.iter().map(|t| [&t[0], &t[1], &t[2], &t[3]]).collect();
+        gpu::adamw_multi(&rows, &s)?;
+        let mut worst = 0.0f64;
+        for (k, (_, p)) in store.iter().enumerate() {
+            worst = worst
+                .max(rel(&host(on_dev[k][0].clone())?, &p.value.to_vec::<f32>()?))
+                .max(rel(&host(on_dev[k][2].clone())?, &opt.m[k]))
+                .max(rel(&host(on_dev[k][3].clone())?, &opt.v[k]));
+        }
+        push("adamw_multi", format!("{} tensors, clip {clip}", sizes.len()), worst);
+    }
     // Token movement and pooling against the tape's CPU ops.
     for (k, (b, n_dst, per, e)) in [(1usize, 5usize, 2usize, 3usize), (2, 16, 7, 12)]
         .into_iter()

@@ -96,6 +96,9 @@ pub trait DeviceApi {
     /// given (`n` values; on CUDA the GEMM's bias epilogue).
     fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// The device address of a buffer, for the address tables of the
+    /// multi-tensor kernels (valid while the buffer lives).
+    fn address(&self, buf: &Buffer) -> Result<u64>;
 }
 
 /// A typed allocation that frees itself.

@@ -571,6 +571,43 @@ pub fn scatter_rows(x: &Tensor, idx: &[usize], fill: &Tensor, batch: usize, n_ds
     Ok(y)
 }
 
+/// The decoder input in one kernel: `scatter_rows(x, idx, fill)` plus
+/// `s · pe` (`pe` is `n_dst × E`, `s` one element).
+pub fn scatter_mask_pe(
+    x: &Tensor,
+    idx: &[usize],
+    fill: &Tensor,
+    pe: &Tensor,
+    s: &Tensor,
+    batch: usize,
+    n_dst: usize,
+) -> Result<Tensor> {
+    const OP: &str = "scatter_mask_pe";
+    let dev = device_of(OP, &[x, fill, pe, s])?;
+    let e = fill.numel();
+    let n = idx.len() / batch.max(1);
+    let slot = index_buf(&*dev, &slots(OP, idx, batch, n_dst)?)?;
+    let y = empty(&dev, [batch, n_dst, e])?;
+    pointwise(
+        &dev,
+        OP,
+        batch * n_dst * e,
+        &[
+            arg(OP, x)?,
+            slot.arg(),
+            arg(OP, fill)?,
+            arg(OP, pe)?,
+            arg(OP, s)?,
+            arg(OP, &y)?,
+            i32a(batch),
+            i32a(n_dst),
+            i32a(n),
+            i32a(e),
+        ],
+    )?;
+    Ok(y)
+}
+
 /// The gradient of `gather_rows`: the rows of `g` back in their places,
 /// zeros elsewhere (indices distinct per item).
 pub fn gather_rows_backward(g: &Tensor, idx: &[usize], batch: usize, n_src: usize, e: usize) -> Result<Tensor> {
@@ -708,20 +745,6 @@ pub fn mean_axis_backward(g: &Tensor, outer: usize, n: usize, inner: usize, in_s
 
 // ---- optimizer --------------------------------------------------------------
 
-/// Σ g² as f64: per-block partials on the device, added on the host in order.
-pub fn sum_of_squares(g: &Tensor) -> Result<f64> {
-    const OP: &str = "grad_sq_partials";
-    let dev = device_of(OP, &[g])?;
-    let blocks = g.numel().div_ceil(THREADS as usize).clamp(1, 256);
-    let partial = empty(&dev, [blocks])?;
-    dev.launch(
-        OP,
-        &Launch::linear(blocks as u32, THREADS, THREADS * 4),
-        &[arg(OP, g)?, arg(OP, &partial)?, u64a(g.numel())],
-    )?;
-    Ok(partial.to_cpu()?.to_vec::<f32>()?.iter().map(|&v| v as f64).sum())
-}
-
 /// The settings of one AdamW step.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
@@ -735,27 +758,79 @@ pub struct AdamWStep {
     pub clip: f64,
 }
 
-/// One AdamW step in place on device tensors `w`, `m`, `v` (one parameter).
-pub fn adamw_step(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamWStep) -> Result<()> {
-    const OP: &str = "adamw_step";
-    let dev = device_of(OP, &[w, g, m, v])?;
-    let n = w.numel();
-    if [g.numel(), m.numel(), v.numel()].iter().any(|&k| k != n) {
-        return Err(Error::invalid(OP, "parameter, gradient and moments differ in size"));
+/// The address table and flat starts of a multi-tensor launch.
+struct MultiTable<'d> {
+    table: DeviceVec<'d>,
+    starts: DeviceVec<'d>,
+    count: usize,
+    total: usize,
+}
+
+fn multi_table<'d>(dev: &'d SharedDevice, op: &'static str, rows: &[Vec<&Tensor>]) -> Result<MultiTable<'d>> {
+    let mut table = Vec::new();
+    let mut starts = vec![0u64];
+    for row in rows {
+        let n = row[0].numel();
+        for t in row {
+            if t.numel() != n {
+                return Err(Error::invalid(op, "tensors of one parameter differ in size"));
+            }
+            let s = storage(op, t)?;
+            if !Arc::ptr_eq(&s.dev, dev) {
+                return Err(Error::invalid(op, "operands live on different devices"));
+            }
+            table.push(dev.address(&s.buf)?);
+        }
+        starts.push(starts[starts.len() - 1] + n as u64);
     }
+    let total = starts[starts.len() - 1] as usize;
+    Ok(MultiTable {
+        table: DeviceVec::from_slice(&**dev, &table)?,
+        starts: DeviceVec::from_slice(&**dev, &starts)?,
+        count: rows.len(),
+        total,
+    })
+}
+
+/// Σ g² over every tensor of `grads` in one launch (f64 sum of per-block partials).
+pub fn sum_of_squares_multi(grads: &[&Tensor]) -> Result<f64> {
+    const OP: &str = "grad_sq_multi";
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let dev = device_of(OP, &grads[..1])?;
+    let rows: Vec<Vec<&Tensor>> = grads.iter().map(|g| vec![*g]).collect();
+    let t = multi_table(&dev, OP, &rows)?;
+    let blocks = t.total.div_ceil(THREADS as usize).clamp(1, 256);
+    let partial = empty(&dev, [blocks])?;
+    dev.launch(
+        OP,
+        &Launch::linear(blocks as u32, THREADS, THREADS * 4),
+        &[t.table.arg(), t.starts.arg(), i32a(t.count), arg(OP, &partial)?],
+    )?;
+    Ok(partial.to_cpu()?.to_vec::<f32>()?.iter().map(|&v| v as f64).sum())
+}
+
+/// One AdamW step of every `(w, g, m, v)` in one launch, in place.
+pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep) -> Result<()> {
+    const OP: &str = "adamw_multi";
+    if params.is_empty() {
+        return Ok(());
+    }
+    let dev = device_of(OP, &[params[0][0]])?;
+    let rows: Vec<Vec<&Tensor>> = params.iter().map(|p| p.to_vec()).collect();
+    let t = multi_table(&dev, OP, &rows)?;
     let bc1 = 1.0 - s.betas.0.powi(s.t as i32);
     let bc2 = 1.0 - s.betas.1.powi(s.t as i32);
     let f = |x: f64| Arg::F32(x as f32);
     pointwise(
         &dev,
         OP,
-        n,
+        t.total,
         &[
-            arg(OP, w)?,
-            arg(OP, g)?,
-            arg(OP, m)?,
-            arg(OP, v)?,
-            u64a(n),
+            t.table.arg(),
+            t.starts.arg(),
+            i32a(t.count),
             f(s.lr),
             f(s.betas.0),
             f(s.betas.1),

@@ -143,7 +143,7 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::model::{add_noise, init_params, training_flops, Dropout, DualMask, Nemesis};
     use crate::rng::{stream_id, Purpose};
     use crate::tensor::{DType, Tensor};
-    use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
 
     let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
@@ -176,8 +176,8 @@ fn step(a: &StepArgs) -> Result<()> {
         let tape = Tape::new();
         let out = model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?;
         tape.backward(&out.loss, &mut store)?;
-        clip_grad_norm(&mut store, 1.0)?;
-        opt.update(&mut store, 1e-4)?;
+        let norm = grad_norm(&store);
+        opt.update_clipped(&mut store, 1e-4, clip_factor(norm, 1.0))?;
         store.zero_grad();
         if let Some(d) = &dev {
             d.synchronize()?;

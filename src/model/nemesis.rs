@@ -300,7 +300,6 @@ impl Nemesis {
         let (b, n, e, p) = (mask.batch(), c.num_tokens(), c.embed_dim, c.patch_dim());
         let dtype = latent.value().dtype();
         let fill = tape.reshape(&self.p(tape, store, "decoder.mask_token")?, [e])?;
-        let y = tape.scatter_rows(latent, mask.ids_keep(), n, &fill)?;
         // The decoder's scale takes the encoder's value (kept quirk, SPEC 6).
         let enc_scale = param_value(store, "encoder.pe_scale")?;
         let dec_id = store
@@ -308,7 +307,8 @@ impl Nemesis {
             .ok_or_else(|| Error::invalid("model", "parameter `decoder.pe_scale` is missing"))?;
         let s = tape.param_as(store, dec_id, enc_scale)?;
         let pe = tape.constant(self.place(store, Tensor::from_f64_slice(&self.pe, [n, e], dtype)?)?);
-        let mut x = tape.reshape(&tape.add(&y, &tape.mul(&pe, &s)?)?, [b * n, e])?;
+        let y = tape.scatter_rows_add_pe(latent, mask.ids_keep(), n, &fill, &pe, &s)?;
+        let mut x = tape.reshape(&y, [b * n, e])?;
         let grid = (b, c.grid()[0], c.plane_tokens());
         for i in 0..c.decoder_depth {
             x = self.matb(

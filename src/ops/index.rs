@@ -134,4 +134,67 @@ impl Tape {
             }),
         ))
     }
+
+    /// The decoder's input (SPEC 6): `scatter_rows(x, idx, n_dst, fill)`
+    /// plus `s · pe` on every item, `pe` an `n_dst × E` constant and `s` a
+    /// one-element scale. On a device it is one fused kernel
+    /// (`scatter_mask_pe`); on the CPU the composition of the three ops.
+    pub fn scatter_rows_add_pe(
+        &self,
+        x: &Var,
+        idx: &[usize],
+        n_dst: usize,
+        fill: &Var,
+        pe: &Var,
+        s: &Var,
+    ) -> Result<Var> {
+        const OP: &str = "scatter_rows_add_pe";
+        if !on_device(&[x, fill, pe, s]) {
+            let y = self.scatter_rows(x, idx, n_dst, fill)?;
+            return self.add(&y, &self.mul(pe, s)?);
+        }
+        let d = x.shape().dims();
+        if d.len() != 3 || fill.shape().dims() != [d[2]] || pe.shape().dims() != [n_dst, d[2]] || s.value().numel() != 1
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "expected x B × n × E, fill [E], pe [{n_dst}, E] and a scalar scale; got {}, {}, {}, {}",
+                    x.shape(),
+                    fill.shape(),
+                    pe.shape(),
+                    s.shape()
+                ),
+            ));
+        }
+        let (b, e) = (d[0], d[2]);
+        let n = per_item(OP, idx, b, n_dst)?;
+        if n != d[1] {
+            return Err(Error::invalid(
+                OP,
+                format!("{n} indices per item for {} rows of x", d[1]),
+            ));
+        }
+        let idx = idx.to_vec();
+        let (pv, sv) = (pe.value().clone(), s.value().clone());
+        let y = gpu::scatter_mask_pe(x.value(), &idx, fill.value(), &pv, &sv, b, n_dst)?;
+        Ok(self.record(
+            y,
+            &[x, fill, pe, s],
+            backward_fn(OP, move |g, needs| {
+                let (dx, df) = gpu::scatter_rows_backward(g, &idx, b, n_dst, e)?;
+                let dpe = if needs[2] {
+                    Some(gpu::column_sums(&gpu::mul(g, &sv)?, n_dst * e)?.reshape([n_dst, e])?)
+                } else {
+                    None
+                };
+                let ds = if needs[3] {
+                    Some(gpu::sum(&gpu::mul(g, &pv)?)?.reshape(sv.shape().clone())?)
+                } else {
+                    None
+                };
+                Ok(vec![Some(dx.reshape([b, n, e])?), Some(df), dpe, ds])
+            }),
+        ))
+    }
 }

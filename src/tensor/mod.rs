@@ -153,6 +153,12 @@ impl Tensor {
         }
     }
 
+    /// Whether another tensor shares these elements (then an in-place
+    /// device update must work on a copy).
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.storage) > 1
+    }
+
     /// The device holding the elements, `None` on the host.
     pub fn shared_device(&self) -> Option<SharedDevice> {
         self.device_storage().map(|d| d.dev.clone())

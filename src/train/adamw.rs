@@ -57,8 +57,8 @@ impl AdamW {
     }
 
     /// The update on a device: moments uploaded once, then every parameter
-    /// through the AdamW kernel.
-    fn update_device(&mut self, store: &mut ParamStore, lr: f64, dev: &SharedDevice) -> Result<()> {
+    /// through one multi-tensor AdamW launch.
+    fn update_device(&mut self, store: &mut ParamStore, lr: f64, clip: f64, dev: &SharedDevice) -> Result<()> {
         if self.on_device.is_none() {
             let mut moments = Vec::with_capacity(self.m.len());
             for ((m, v), (_, p)) in self.m.iter().zip(&self.v).zip(store.iter()) {
@@ -76,31 +76,46 @@ impl AdamW {
             eps: self.config.eps,
             weight_decay: self.config.weight_decay,
             t: self.step,
-            clip: 1.0,
+            clip,
         };
         let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
-        let moments = self.on_device.as_deref().unwrap_or_default();
-        for (id, (m, v)) in ids.into_iter().zip(moments) {
+        // The kernel updates weights in place; a weight another tensor
+        // shares (a clone of the store) is copied first, so its holder never
+        // sees it change.
+        for &id in &ids {
             let p = store.get(id);
-            let Some(g) = &p.grad else { continue };
-            // A fresh copy is updated, so no other holder of the old value sees it change.
-            let w = gpu::scale(&p.value, 1.0)?;
-            gpu::adamw_step(&w, g, m, v, &s)?;
-            store.set_value(id, w)?;
+            if p.grad.is_some() && p.value.is_shared() {
+                let w = gpu::scale(&p.value, 1.0)?;
+                store.set_value(id, w)?;
+            }
         }
-        Ok(())
+        let moments = self.on_device.as_deref().unwrap_or_default();
+        let mut rows = Vec::with_capacity(ids.len());
+        for (&id, (m, v)) in ids.iter().zip(moments) {
+            let p = store.get(id);
+            if let Some(g) = &p.grad {
+                rows.push([&p.value, g, m, v]);
+            }
+        }
+        gpu::adamw_multi(&rows, &s)
     }
 
     /// One update with learning rate `lr` from the gradients in `store`
     /// (parameters without a gradient are left alone, moments included).
     pub fn update(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        self.update_clipped(store, lr, 1.0)
+    }
+
+    /// `update` with every gradient scaled by `clip` (the factor of
+    /// `clip_factor`), without rewriting the gradients first.
+    pub fn update_clipped(&mut self, store: &mut ParamStore, lr: f64, clip: f64) -> Result<()> {
         if self.m.len() != store.len() {
             return Err(Error::invalid("AdamW", "the optimizer state belongs to another model"));
         }
         self.step += 1;
         let dev = store.iter().next().and_then(|(_, p)| p.value.shared_device());
         if let Some(dev) = dev {
-            return self.update_device(store, lr, &dev);
+            return self.update_device(store, lr, clip, &dev);
         }
         let (b1, b2) = self.config.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
@@ -113,7 +128,10 @@ impl AdamW {
         for (k, id) in ids.into_iter().enumerate() {
             let p = store.get(id);
             let Some(g) = &p.grad else { continue };
-            let g = g.to_vec::<f32>()?;
+            let mut g = g.to_vec::<f32>()?;
+            if clip != 1.0 {
+                g.iter_mut().for_each(|v| *v = (*v as f64 * clip) as f32);
+            }
             let mut w = p.value.to_vec::<f32>()?;
             let (m, v) = (&mut self.m[k], &mut self.v[k]);
             for i in 0..w.len() {
@@ -135,26 +153,35 @@ impl AdamW {
 /// f32 partial sums added in f64). A failed device read is NaN, which stops
 /// a run.
 pub fn grad_norm(store: &ParamStore) -> f64 {
-    store
+    let grads: Vec<&Tensor> = store.iter().filter_map(|(_, p)| p.grad.as_ref()).collect();
+    if grads.iter().any(|g| g.device_storage().is_some()) {
+        // One launch over every gradient.
+        return gpu::sum_of_squares_multi(&grads).map(f64::sqrt).unwrap_or(f64::NAN);
+    }
+    grads
         .iter()
-        .filter_map(|(_, p)| p.grad.as_ref())
-        .map(|g| {
-            if g.device_storage().is_some() {
-                gpu::sum_of_squares(g).unwrap_or(f64::NAN)
-            } else {
-                g.to_f64_vec().iter().map(|v| v * v).sum::<f64>()
-            }
-        })
+        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
         .sum::<f64>()
         .sqrt()
+}
+
+/// PyTorch's `clip_grad_norm_` factor: `max_norm / (norm + 1e-6)` when that
+/// is below 1, else 1.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 && norm.is_finite() {
+        coef
+    } else {
+        1.0
+    }
 }
 
 /// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1
 /// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
     let norm = grad_norm(store);
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 && norm.is_finite() {
+    let coef = clip_factor(norm, max_norm);
+    if coef < 1.0 {
         let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
         for id in ids {
             let p = store.get(id);

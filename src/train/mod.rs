@@ -8,7 +8,7 @@ mod schedule;
 mod state;
 mod trainer;
 
-pub use adamw::{clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use adamw::{clip_factor, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 pub use config::TrainConfig;
 pub use pictures::{curves_png, reconstruction_png, Curve};
 pub use schedule::{LrSchedule, Schedule};

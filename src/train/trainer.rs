@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use super::adamw::{clip_factor, grad_norm, AdamW, AdamWConfig};
 use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
@@ -419,12 +419,12 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             tape.backward(&scaled, &mut store)?;
             meta.position = plan.advance(batch.position, 1);
         }
-        let norm = clip_grad_norm(&mut store, c.clip)?;
+        let norm = grad_norm(&store);
         if !norm.is_finite() {
             return Err(nan_error(step + 1, "gradient norm", norm, &last_ckpt));
         }
         let lr = schedule.lr(step);
-        opt.update(&mut store, lr)?;
+        opt.update_clipped(&mut store, lr, clip_factor(norm, c.clip))?;
         store.zero_grad();
         meta.step += 1;
         let dt = t0.elapsed().as_secs_f64();

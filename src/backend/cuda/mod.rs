@@ -442,4 +442,11 @@ impl DeviceApi for CudaDevice {
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
+
+    fn address(&self, buf: &Buffer) -> Result<u64> {
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+        let (p, _sync) = slice.device_ptr(&self.stream);
+        Ok(p)
+    }
 }

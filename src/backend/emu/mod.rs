@@ -209,4 +209,9 @@ impl DeviceApi for EmuDevice {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    fn address(&self, buf: &Buffer) -> Result<u64> {
+        // Host memory: the block never moves while it is allocated.
+        Ok(self.lock()?.get(&buf.id).ok_or_else(|| missing(buf))?.as_ptr() as u64)
+    }
 }
