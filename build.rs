@@ -211,6 +211,8 @@ fn main() {
         .file(&shim)
         .file(kdir.join("emu").join("emu.cpp"))
         .flag_if_supported("-pthread")
+        // `#pragma unroll` is for NVRTC; the host compiler may ignore it.
+        .flag_if_supported("-Wno-unknown-pragmas")
         .warnings(true)
         .opt_level(2)
         .compile("nemesis_emu");

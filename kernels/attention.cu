@@ -6,21 +6,6 @@
 // This is the correct, simple kernel; the fast flash kernel replaces it later.
 #include "common.cuh"
 
-struct SeqLayout {
-    int outer_count, inner_count, outer_stride, inner_stride, len, step;
-};
-
-__device__ __forceinline__ int seq_row(SeqLayout l, int s, int i) {
-    return (s / l.inner_count) * l.outer_stride + (s % l.inner_count) * l.inner_stride + i * l.step;
-}
-
-// Dropout keep-multiplier for (s, h, i, j), the draw of the CPU reference.
-__device__ __forceinline__ float attn_keep(RngStream rng, double p, int heads, int s, int h, int i, int j, int len) {
-    if (p <= 0.0) return 1.0f;
-    uint64_t idx = (((uint64_t)s * heads + h) * len + i) * len + j;
-    return ((double)rng_uniform(rng, idx) >= p) ? (float)(1.0 / (1.0 - p)) : 0.0f;
-}
-
 extern "C" __global__ void attention_forward(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
                                              double p, RngStream rng) {
     int dh = e / heads;

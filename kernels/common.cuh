@@ -92,3 +92,30 @@ __device__ __forceinline__ float hu_window(float hu) {
     float v = fminf(fmaxf(hu, -175.0f), 250.0f);
     return (v + 175.0f) / 425.0f;
 }
+
+// ---- sequences of rows (the MATB streams), shared by the attention kernels ----
+
+struct SeqLayout {
+    int outer_count, inner_count, outer_stride, inner_stride, len, step;
+};
+
+__device__ __forceinline__ int seq_row(SeqLayout l, int s, int i) {
+    return (s / l.inner_count) * l.outer_stride + (s % l.inner_count) * l.inner_stride + i * l.step;
+}
+
+// Dropout keep-multiplier for (s, h, i, j), the draw of the CPU reference.
+__device__ __forceinline__ float attn_keep(RngStream rng, double p, int heads, int s, int h, int i, int j, int len) {
+    if (p <= 0.0) return 1.0f;
+    uint64_t idx = (((uint64_t)s * heads + h) * len + i) * len + j;
+    return ((double)rng_uniform(rng, idx) >= p) ? (float)(1.0 / (1.0 - p)) : 0.0f;
+}
+
+// ---- bf16 as raw bits (no cuda_bf16.h needed): round to nearest even ----
+
+__device__ __forceinline__ uint16_t to_bf16(float x) {
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float from_bf16(uint16_t b) { return __uint_as_float((uint32_t)b << 16); }

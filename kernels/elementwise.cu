@@ -108,11 +108,6 @@ extern "C" __global__ void block_sums(const float* x, float* partial, uint64_t n
 // operands of a mixed-precision GEMM.
 extern "C" __global__ void f32_to_bf16(const float* x, uint16_t* y, uint64_t n) {
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-        uint32_t u = __float_as_uint(x[i]);
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            y[i] = (uint16_t)((u >> 16) | 0x0040u);
-        } else {
-            y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        }
+        y[i] = to_bf16(x[i]);
     }
 }

@@ -82,6 +82,7 @@ void emu_run(const EmuLaunch* cfg, const std::function<void()>& kernel) {
     std::vector<unsigned char> shared(cfg->shared_bytes + 16);
     const unsigned int warps = (threads + 31) / 32;
     std::vector<float> warp_slots(warps * 32);
+    std::vector<uint32_t> warp_words(warps * 32 * 8);
     for (unsigned int bz = 0; bz < grid.z; ++bz)
         for (unsigned int by = 0; by < grid.y; ++by)
             for (unsigned int bx = 0; bx < grid.x; ++bx) {
@@ -100,6 +101,7 @@ void emu_run(const EmuLaunch* cfg, const std::function<void()>& kernel) {
                     emu_thread.dynamic_shared = shared.data();
                     emu_thread.warp_barrier = warp_barriers[t / 32].get();
                     emu_thread.warp_slots = warp_slots.data() + (t / 32) * 32;
+                    emu_thread.warp_words = warp_words.data() + (t / 32) * 32 * 8;
                     emu_thread.lane = t % 32;
                     kernel();
                     // A finished thread leaves the barriers, as an exited

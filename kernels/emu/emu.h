@@ -36,6 +36,8 @@ struct EmuThread {
     // Warp-level exchange: one barrier and 32 slots per warp of the block.
     std::barrier<>* warp_barrier;
     float* warp_slots;
+    // Eight 32-bit words per lane for warp-wide exchanges (tensor-core MMA).
+    uint32_t* warp_words;
     unsigned int lane;
 };
 
@@ -58,6 +60,45 @@ inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
     float r = emu_thread.warp_slots[(emu_thread.lane ^ (unsigned int)lane_mask) & 31u];
     emu_thread.warp_barrier->arrive_and_wait();
     return r;
+}
+
+inline void __syncwarp(unsigned int = 0xffffffffu) { emu_thread.warp_barrier->arrive_and_wait(); }
+
+inline float __uint_as_float(unsigned int u) {
+    float v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 as the PTX ISA lays
+// out its fragments (g = lane / 4, t = lane % 4): A's four registers hold
+// bf16 pairs (row g | g+8, columns 2t, 2t+1 | +8), B's two hold (rows 2t,
+// 2t+1 | +8, column g), C's four floats are (row g | g+8, columns 2t, 2t+1).
+// Every lane publishes its registers, then computes its own C from the whole
+// warp's A and B, so a kernel that packs fragments wrongly fails here too.
+inline void emu_mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    uint32_t* w = emu_thread.warp_words;
+    const unsigned int lane = emu_thread.lane;
+    for (int i = 0; i < 4; ++i) w[lane * 8 + i] = a[i];
+    w[lane * 8 + 4] = b[0];
+    w[lane * 8 + 5] = b[1];
+    emu_thread.warp_barrier->arrive_and_wait();
+    auto half = [](uint32_t word, int hi) {
+        uint32_t bits = hi ? (word >> 16) : (word & 0xffffu);
+        return __uint_as_float(bits << 16);
+    };
+    auto A = [&](int m, int k) { return half(w[((m % 8) * 4 + (k % 8) / 2) * 8 + (m >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k & 1); };
+    auto B = [&](int k, int n) { return half(w[(n * 4 + (k % 8) / 2) * 8 + 4 + (k >= 8 ? 1 : 0)], k & 1); };
+    const int g = (int)lane / 4, t = (int)lane % 4;
+    float d[4];
+    for (int r = 0; r < 2; ++r)
+        for (int q = 0; q < 2; ++q) {
+            float s = 0.0f;
+            for (int k = 0; k < 16; ++k) s += A(g + 8 * r, k) * B(k, 2 * t + q);
+            d[2 * r + q] = c[2 * r + q] + s;
+        }
+    emu_thread.warp_barrier->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
 }
 
 inline unsigned int __float_as_uint(float v) {

@@ -595,3 +595,97 @@ pub fn training_step(
     });
     Ok(rows)
 }
+
+/// One attention shape of the flash-kernel checks.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnCase {
+    pub name: &'static str,
+    pub layout: SeqLayout,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub dropout: Option<f64>,
+}
+
+/// The flash-kernel cases: every head dim of 4, 12, 16, 32, 64, 96 and 128,
+/// every length of 1, 7, 16, 64, 100 and 256, contiguous and strided
+/// layouts, with and without dropout. `quick` keeps the cases the emulator
+/// runs in seconds (no length 256 or head dim 128 in bf16).
+pub fn attention_cases() -> Vec<AttnCase> {
+    let c = |name, layout, heads, head_dim, dropout| AttnCase {
+        name,
+        layout,
+        heads,
+        head_dim,
+        dropout,
+    };
+    vec![
+        c("contiguous", SeqLayout::contiguous(3, 7), 2, 4, None),
+        c("patch-embedding", SeqLayout::contiguous(5, 16), 2, 12, Some(0.1)),
+        c("spatial", SeqLayout::spatial(2, 2, 1), 3, 16, None),
+        c("depth (strided)", SeqLayout::depth(1, 64, 2), 1, 32, Some(0.1)),
+        c("spatial", SeqLayout::spatial(1, 1, 100), 1, 64, None),
+        c("depth (strided)", SeqLayout::depth(1, 7, 3), 2, 96, Some(0.2)),
+        c("spatial", SeqLayout::spatial(1, 1, 256), 1, 128, Some(0.1)),
+        c("depth (strided)", SeqLayout::depth(2, 16, 5), 2, 12, None),
+    ]
+}
+
+/// Each case through `kernel` on `dev` against the CPU reference: output
+/// and QKV gradient, under the limit of the kernel's precision.
+pub fn attention_kernels(
+    dev: &SharedDevice,
+    kernel: gpu::AttentionKernel,
+    cases: &[AttnCase],
+    seed: u64,
+) -> Result<Vec<CheckRow>> {
+    let r = RngStream::new(seed, 0xF1A5);
+    let (label, limit) = match kernel {
+        gpu::AttentionKernel::Plain => ("plain", FP32_LIMIT),
+        gpu::AttentionKernel::FlashF32 => ("flash f32", FP32_LIMIT),
+        gpu::AttentionKernel::FlashBf16 => ("flash bf16", BF16_LIMIT),
+    };
+    let mut rows = Vec::new();
+    for (k, c) in cases.iter().enumerate() {
+        let e = c.heads * c.head_dim;
+        let n = c.layout.num_rows();
+        let qkv = values(n * 3 * e, r, 100_000_000 * k as u64, 1.5);
+        let dout = values(n * e, r, 100_000_000 * k as u64 + 50_000_000, 1.0);
+        let drop = c.dropout.map(|p| (p, r));
+        let tape = Tape::new();
+        let x = tape.input(Tensor::from_vec(qkv.clone(), [n, 3 * e])?, true);
+        let opts = AttentionOptions {
+            layout: c.layout,
+            heads: c.heads,
+            dropout: c.dropout.map(|p| AttnDropout { p, rng: r }),
+        };
+        let y = tape.attention(&x, &opts)?;
+        let want_out = y.value().to_vec::<f32>()?;
+        let mut store = ParamStore::new();
+        let grads = tape.backward_with(&y, Tensor::from_vec(dout.clone(), [n, e])?, &mut store)?;
+        let want_dq = grads.get(&x).map(|t| t.to_vec::<f32>()).transpose()?.unwrap_or_default();
+        let tq = Tensor::from_vec(qkv, [n, 3 * e])?.to_device(dev)?;
+        let (out, lse) = gpu::attention_with(kernel, &tq, c.layout, c.heads, drop)?;
+        let tg = Tensor::from_vec(dout, [n, e])?.to_device(dev)?;
+        let dq = gpu::attention_backward_with(kernel, &tg, &tq, &out, &lse, c.layout, c.heads, drop)?;
+        let case = format!(
+            "{}, {} seqs × {} rows, {}×{}{}",
+            c.name,
+            c.layout.num_seqs(),
+            c.layout.len,
+            c.heads,
+            c.head_dim,
+            c.dropout.map(|p| format!(", dropout {p}")).unwrap_or_default()
+        );
+        let push = |rows: &mut Vec<CheckRow>, what: &'static str, rel_err: f64| {
+            rows.push(CheckRow {
+                kernel: what,
+                case: format!("{label}: {case}"),
+                rel_err,
+                limit,
+            })
+        };
+        push(&mut rows, "attention forward", rel(&out.to_cpu()?.to_vec()?, &want_out));
+        push(&mut rows, "attention backward", rel(&dq.to_cpu()?.to_vec()?, &want_dq));
+    }
+    Ok(rows)
+}

@@ -420,9 +420,92 @@ pub fn layer_norm_backward(
 
 // ---- attention --------------------------------------------------------------
 
+/// Which attention kernels run: the flash kernels in fp32 (verification)
+/// or bf16 on the tensor cores, or the plain one-thread-per-row kernels
+/// they are checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    Plain,
+    FlashF32,
+    FlashBf16,
+}
+
+impl AttentionKernel {
+    /// The flash kernels in the device's precision, unless
+    /// `NEMESIS_ATTENTION=plain` asks for the plain ones.
+    pub fn for_device(dev: &SharedDevice) -> Self {
+        match std::env::var("NEMESIS_ATTENTION").as_deref() {
+            Ok("plain") => AttentionKernel::Plain,
+            _ if dev.mixed_precision() => AttentionKernel::FlashBf16,
+            _ => AttentionKernel::FlashF32,
+        }
+    }
+
+    /// The forward, dQ and dK/dV kernels.
+    fn names(self) -> [&'static str; 3] {
+        match self {
+            AttentionKernel::Plain => ["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
+            AttentionKernel::FlashF32 => ["flash_forward_f32", "flash_backward_dq_f32", "flash_backward_dkv_f32"],
+            AttentionKernel::FlashBf16 => ["flash_forward_bf16", "flash_backward_dq_bf16", "flash_backward_dkv_bf16"],
+        }
+    }
+}
+
+/// Rows a flash block owns and rows of its inner tiles (kernels/flash.cu).
+const FLASH_ROWS: usize = 64;
+const FLASH_TILE: usize = 64;
+
+/// Launch geometry of a flash kernel: one block per (sequence, head, tile
+/// of 64 rows), 4 warps, and its shared memory (`backward`: the two row
+/// statistics and the dO tile too).
+pub fn flash_launch(layout: SeqLayout, heads: usize, dh: usize, bf16: bool, backward: bool) -> Launch {
+    let dp = dh.div_ceil(16) * 16;
+    let elem = if bf16 { 2 } else { 4 };
+    let bytes = if backward {
+        2 * FLASH_ROWS * 4 + (2 * FLASH_ROWS + 2 * FLASH_TILE) * dp * elem + 4 * 16 * FLASH_TILE * elem
+    } else {
+        (FLASH_ROWS + 2 * FLASH_TILE) * dp * elem + 4 * 16 * FLASH_TILE * elem
+    };
+    Launch {
+        grid: [
+            (layout.num_seqs() * heads).max(1) as u32,
+            layout.len.div_ceil(FLASH_ROWS).max(1) as u32,
+            1,
+        ],
+        block: [128, 1, 1],
+        shared_bytes: bytes as u32,
+    }
+}
+
+fn check_head_dim(op: &'static str, e: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || e % heads != 0 {
+        return Err(Error::invalid(op, "E must be a multiple of the head count"));
+    }
+    let dh = e / heads;
+    if dh > 128 {
+        return Err(Error::invalid(
+            op,
+            format!("head dim {dh} is above the flash kernels' 128; use NEMESIS_ATTENTION=plain"),
+        ));
+    }
+    Ok(dh)
+}
+
 /// Attention over a `rows × 3E` QKV tensor: the `rows × E` output and the
 /// log-sum-exp per (sequence, head, row), saved for the backward.
 pub fn attention(
+    qkv: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<(Tensor, Tensor)> {
+    let dev = device_of("attention", &[qkv])?;
+    attention_with(AttentionKernel::for_device(&dev), qkv, layout, heads, dropout)
+}
+
+/// `attention` with the kernel family chosen by the caller.
+pub fn attention_with(
+    kernel: AttentionKernel,
     qkv: &Tensor,
     layout: SeqLayout,
     heads: usize,
@@ -438,26 +521,46 @@ pub fn attention(
     let n_lse = layout.num_seqs() * heads * layout.len;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
     let (y, lse) = (empty(&dev, ys)?, empty(&dev, [n_lse])?);
-    pointwise(
-        &dev,
-        OP,
-        n_lse,
-        &[
-            arg(OP, qkv)?,
-            arg(OP, &y)?,
-            arg(OP, &lse)?,
-            Arg::Layout(layout),
-            i32a(heads),
-            i32a(e),
-            Arg::F64(p),
-            Arg::Rng(rng),
-        ],
-    )?;
+    let args = [
+        arg(OP, qkv)?,
+        arg(OP, &y)?,
+        arg(OP, &lse)?,
+        Arg::Layout(layout),
+        i32a(heads),
+        i32a(e),
+        Arg::F64(p),
+        Arg::Rng(rng),
+    ];
+    let [name, _, _] = kernel.names();
+    match kernel {
+        AttentionKernel::Plain => pointwise(&dev, name, n_lse, &args)?,
+        _ => {
+            let dh = check_head_dim(OP, e, heads)?;
+            let bf16 = kernel == AttentionKernel::FlashBf16;
+            dev.launch(name, &flash_launch(layout, heads, dh, bf16, false), &args)?;
+        }
+    }
     Ok((y, lse))
 }
 
 /// The gradient with respect to the QKV tensor.
 pub fn attention_backward(
+    g: &Tensor,
+    qkv: &Tensor,
+    y: &Tensor,
+    lse: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+) -> Result<Tensor> {
+    let dev = device_of("attention backward", &[qkv])?;
+    attention_backward_with(AttentionKernel::for_device(&dev), g, qkv, y, lse, layout, heads, dropout)
+}
+
+/// `attention_backward` with the kernel family chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with(
+    kernel: AttentionKernel,
     g: &Tensor,
     qkv: &Tensor,
     y: &Tensor,
@@ -484,8 +587,19 @@ pub fn attention_backward(
         Arg::Rng(rng),
     ];
     // The two kernels write disjoint columns (q, then k and v) of `d`.
-    pointwise(&dev, "attention_backward_dq", lse.numel(), &args)?;
-    pointwise(&dev, "attention_backward_dkv", lse.numel(), &args)?;
+    let [_, dq, dkv] = kernel.names();
+    match kernel {
+        AttentionKernel::Plain => {
+            pointwise(&dev, dq, lse.numel(), &args)?;
+            pointwise(&dev, dkv, lse.numel(), &args)?;
+        }
+        _ => {
+            let dh = check_head_dim(OP, e, heads)?;
+            let cfg = flash_launch(layout, heads, dh, kernel == AttentionKernel::FlashBf16, true);
+            dev.launch(dq, &cfg, &args)?;
+            dev.launch(dkv, &cfg, &args)?;
+        }
+    }
     Ok(d)
 }
 

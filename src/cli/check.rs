@@ -7,6 +7,7 @@ use crate::backend::cuda::CudaDevice;
 use std::sync::Arc;
 
 use crate::backend::device::SharedDevice;
+use crate::backend::gpu::AttentionKernel;
 use crate::backend::emu::EmuDevice;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
@@ -64,8 +65,12 @@ pub fn run(a: &CheckArgs) -> Result<()> {
          fp32 1e-4, bf16 2e-2 (— : shown, judged in the all-gradients row)",
         dev.name()
     );
+    // The flash attention kernels over every head dim, length and layout.
+    rows.extend(check::attention_kernels(&dev, AttentionKernel::FlashF32, &check::attention_cases(), seed)?);
+    let mixed_dev = open(a.device, true)?;
+    rows.extend(check::attention_kernels(&mixed_dev, AttentionKernel::FlashBf16, &check::attention_cases(), seed)?);
     for mixed in [false, true] {
-        let dev = if mixed { open(a.device, true)? } else { dev.clone() };
+        let dev = if mixed { mixed_dev.clone() } else { dev.clone() };
         for p in a.steps.iter().filter(|p| p.as_str() != "none") {
             eprintln!("check: {p} training step, {}", if mixed { "bf16" } else { "fp32" });
             rows.extend(check::training_step(&dev, p, a.batch, seed)?.into_iter().map(|mut r| {

@@ -316,6 +316,14 @@ impl DeviceApi for CudaDevice {
 
     fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
         let func = self.function(kernel)?;
+        if cfg.shared_bytes > 48 * 1024 {
+            // Above 48 KiB of dynamic shared memory a kernel must opt in.
+            func.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_bytes as i32,
+            )
+            .map_err(|e| cuda_err(&format!("{kernel}: {} bytes of shared memory", cfg.shared_bytes), e))?;
+        }
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let scalars: Vec<Scalar> = args
             .iter()

@@ -1,0 +1,393 @@
+// Flash-style multi-head attention for the MATB streams and the patch
+// embedding: one block per (sequence, head, tile of 64 rows), four warps of
+// 16 rows each; Q, K, V (and dO) tiles in shared memory, scores and
+// probabilities only in registers and a per-warp 16 × 64 scratch, never in
+// global memory. q, k, v are read in place from the fused QKV projection
+// output (rows × 3E, rows of a sequence found through SeqLayout), the output
+// is written as the rows × E the output projection reads.
+//
+// Products are 16 × 8 × 16 tiles laid out as the tensor cores' mma.sync
+// m16n8k16 fragments. The bf16 kernels round Q, K, V, P, dO and dS to bf16
+// and multiply on the tensor cores (fp32 accumulation, fp32 softmax
+// statistics); the f32 kernels compute the same tiles with fp32 FMAs, for
+// verification. The backward recomputes probabilities from the saved
+// log-sum-exp; dQ (per query tile) and dK, dV (per key tile) are separate
+// kernels, so no atomics. Dropout uses the draws of attn_keep (common.cuh).
+// Head dims up to 128 (padded to a multiple of 16), any sequence length.
+#include "common.cuh"
+
+#define FLASH_ROWS 64  // rows a block owns: 4 warps × 16
+#define FLASH_TILE 64  // rows of the inner loop's tiles
+#define FLASH_MAX_NT 16  // n8 tiles of a row of up to 128 values
+
+template <bool BF16>
+struct Elem;
+
+template <>
+struct Elem<false> {
+    typedef float T;
+    static __device__ __forceinline__ T put(float x) { return x; }
+};
+
+template <>
+struct Elem<true> {
+    typedef uint16_t T;
+    static __device__ __forceinline__ T put(float x) { return to_bf16(x); }
+};
+
+// C(16×8) += A(16×16)·B(16×8) with A(m, k) = a[m·am + k·ak] and
+// B(k, n) = b[k·bk + n·bn] in shared memory. Lane (g, t) = (lane / 4,
+// lane % 4) holds C(g, 2t), C(g, 2t+1), C(g+8, 2t), C(g+8, 2t+1), the
+// tensor cores' accumulator layout.
+__device__ __forceinline__ void mma_tile(float c[4], const float* a, int am, int ak, const float* b, int bk, int bn) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int r = 0; r < 2; ++r)
+        for (int q = 0; q < 2; ++q) {
+            int m = g + 8 * r, n = 2 * t + q;
+            float s = 0.0f;
+            for (int k = 0; k < 16; ++k) s += a[m * am + k * ak] * b[k * bk + n * bn];
+            c[2 * r + q] += s;
+        }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(const uint16_t* p, int stride) {
+    return (uint32_t)p[0] | ((uint32_t)p[stride] << 16);
+}
+
+__device__ __forceinline__ void mma_tile(float c[4], const uint16_t* a, int am, int ak, const uint16_t* b, int bk,
+                                         int bn) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    uint32_t ar[4], br[2];
+    ar[0] = pack_bf16(a + g * am + 2 * t * ak, ak);
+    ar[1] = pack_bf16(a + (g + 8) * am + 2 * t * ak, ak);
+    ar[2] = pack_bf16(a + g * am + (2 * t + 8) * ak, ak);
+    ar[3] = pack_bf16(a + (g + 8) * am + (2 * t + 8) * ak, ak);
+    br[0] = pack_bf16(b + 2 * t * bk + g * bn, bk);
+    br[1] = pack_bf16(b + (2 * t + 8) * bk + g * bn, bk);
+#ifdef NEMESIS_EMU
+    emu_mma_m16n8k16_bf16(c, ar, br);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(ar[0]), "r"(ar[1]), "r"(ar[2]), "r"(ar[3]), "r"(br[0]), "r"(br[1]));
+#endif
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Loads `count` rows (from `first`) of sequence s, columns off..off+dh of a
+// row of width `width`, into a tile of `count` × dp (zero-padded).
+template <bool BF16>
+__device__ __forceinline__ void load_rows(typename Elem<BF16>::T* dst, const float* src, SeqLayout l, int s,
+                                          int first, int count, int width, int off, int dh, int dp) {
+    for (int x = threadIdx.x; x < count * dp; x += blockDim.x) {
+        int r = x / dp, c = x % dp, i = first + r;
+        float v = (i < l.len && c < dh) ? src[(uint64_t)seq_row(l, s, i) * width + off + c] : 0.0f;
+        dst[x] = Elem<BF16>::put(v);
+    }
+}
+
+template <bool BF16>
+__device__ void flash_forward_impl(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e, double p,
+                                   RngStream rng) {
+    typedef typename Elem<BF16>::T T;
+    const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
+    const int s = blockIdx.x / heads, h = blockIdx.x % heads;
+    const int q0 = blockIdx.y * FLASH_ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    NEMESIS_DYNAMIC_SHARED(T, sq);
+    T* sk = sq + FLASH_ROWS * dp;
+    T* sv = sk + FLASH_TILE * dp;
+    T* sp = sv + FLASH_TILE * dp + warp * 16 * FLASH_TILE;
+    const T* qw = sq + warp * 16 * dp;
+    const float scale = 1.0f / sqrtf((float)dh);
+    load_rows<BF16>(sq, qkv, l, s, q0, FLASH_ROWS, 3 * e, h * dh, dh, dp);
+
+    float o[FLASH_MAX_NT][4];
+#pragma unroll
+    for (int n = 0; n < FLASH_MAX_NT; ++n)
+        for (int k = 0; k < 4; ++k) o[n][k] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    for (int k0 = 0; k0 < l.len; k0 += FLASH_TILE) {
+        __syncthreads();
+        load_rows<BF16>(sk, qkv, l, s, k0, FLASH_TILE, 3 * e, e + h * dh, dh, dp);
+        load_rows<BF16>(sv, qkv, l, s, k0, FLASH_TILE, 3 * e, 2 * e + h * dh, dh, dp);
+        __syncthreads();
+        float sc[FLASH_TILE / 8][4];
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n) {
+            for (int k = 0; k < 4; ++k) sc[n][k] = 0.0f;
+            for (int kk = 0; kk < dp; kk += 16) mma_tile(sc[n], qw + kk, dp, 1, sk + n * 8 * dp + kk, 1, dp);
+        }
+        // Online softmax over this tile: scaled scores, keys past the end masked.
+        float mx[2] = {m_run[0], m_run[1]};
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n)
+            for (int k = 0; k < 4; ++k) {
+                int j = k0 + n * 8 + 2 * t + (k & 1);
+                float v = j < l.len ? sc[n][k] * scale : -INFINITY;
+                sc[n][k] = v;
+                mx[k >> 1] = fmaxf(mx[k >> 1], v);
+            }
+        float alpha[2];
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = quad_max(mx[r]);
+            alpha[r] = m_run[r] == -INFINITY ? 0.0f : expf(m_run[r] - mx[r]);
+            m_run[r] = mx[r];
+            l_run[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n)
+            for (int k = 0; k < 4; ++k) {
+                int r = k >> 1, row = g + 8 * r, col = n * 8 + 2 * t + (k & 1);
+                float pr = expf(sc[n][k] - m_run[r]);
+                l_run[r] += pr;
+                int i = q0 + warp * 16 + row, j = k0 + col;
+                float keep = (i < l.len && j < l.len) ? attn_keep(rng, p, heads, s, h, i, j, l.len) : 1.0f;
+                sp[row * FLASH_TILE + col] = Elem<BF16>::put(pr * keep);
+            }
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            for (int k = 0; k < 4; ++k) o[n][k] *= alpha[k >> 1];
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            if (n < nt)
+                for (int kk = 0; kk < FLASH_TILE; kk += 16)
+                    mma_tile(o[n], sp + kk, FLASH_TILE, 1, sv + kk * dp + n * 8, dp, 1);
+        __syncwarp();
+    }
+    for (int r = 0; r < 2; ++r) l_run[r] = quad_sum(l_run[r]);
+    for (int r = 0; r < 2; ++r) {
+        int i = q0 + warp * 16 + g + 8 * r;
+        if (i >= l.len) continue;
+        float* orow = out + (uint64_t)seq_row(l, s, i) * e + h * dh;
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            for (int q = 0; q < 2; ++q) {
+                int c = n * 8 + 2 * t + q;
+                if (n < nt && c < dh) orow[c] = o[n][2 * r + q] / l_run[r];
+            }
+        if (t == 0) lse[((uint64_t)s * heads + h) * l.len + i] = m_run[r] + logf(l_run[r]);
+    }
+}
+
+// D_i = dO_i · O_i and the saved log-sum-exp for `count` rows from `first`.
+__device__ __forceinline__ void load_row_stats(float* sd, float* sl, const float* out, const float* dout,
+                                               const float* lse, SeqLayout l, int s, int h, int heads, int e,
+                                               int first, int count) {
+    int dh = e / heads;
+    for (int r = threadIdx.x; r < count; r += blockDim.x) {
+        int i = first + r;
+        float d = 0.0f, ls = 0.0f;
+        if (i < l.len) {
+            uint64_t base = (uint64_t)seq_row(l, s, i) * e + h * dh;
+            for (int c = 0; c < dh; ++c) d += dout[base + c] * out[base + c];
+            ls = lse[((uint64_t)s * heads + h) * l.len + i];
+        }
+        sd[r] = d;
+        sl[r] = ls;
+    }
+}
+
+template <bool BF16>
+__device__ void flash_backward_dq_impl(const float* qkv, const float* out, const float* dout, const float* lse,
+                                       float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
+    typedef typename Elem<BF16>::T T;
+    const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
+    const int s = blockIdx.x / heads, h = blockIdx.x % heads;
+    const int q0 = blockIdx.y * FLASH_ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    NEMESIS_DYNAMIC_SHARED(float, sd);
+    float* sl = sd + FLASH_ROWS;
+    T* sq = (T*)(sl + FLASH_ROWS);
+    T* sdo = sq + FLASH_ROWS * dp;
+    T* sk = sdo + FLASH_ROWS * dp;
+    T* sv = sk + FLASH_TILE * dp;
+    T* sds = sv + FLASH_TILE * dp + warp * 16 * FLASH_TILE;
+    const float scale = 1.0f / sqrtf((float)dh);
+    load_rows<BF16>(sq, qkv, l, s, q0, FLASH_ROWS, 3 * e, h * dh, dh, dp);
+    load_rows<BF16>(sdo, dout, l, s, q0, FLASH_ROWS, e, h * dh, dh, dp);
+    load_row_stats(sd, sl, out, dout, lse, l, s, h, heads, e, q0, FLASH_ROWS);
+    const T* qw = sq + warp * 16 * dp;
+    const T* dow = sdo + warp * 16 * dp;
+
+    float dq[FLASH_MAX_NT][4];
+#pragma unroll
+    for (int n = 0; n < FLASH_MAX_NT; ++n)
+        for (int k = 0; k < 4; ++k) dq[n][k] = 0.0f;
+    for (int k0 = 0; k0 < l.len; k0 += FLASH_TILE) {
+        __syncthreads();
+        load_rows<BF16>(sk, qkv, l, s, k0, FLASH_TILE, 3 * e, e + h * dh, dh, dp);
+        load_rows<BF16>(sv, qkv, l, s, k0, FLASH_TILE, 3 * e, 2 * e + h * dh, dh, dp);
+        __syncthreads();
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n) {
+            float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dpv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int kk = 0; kk < dp; kk += 16) {
+                mma_tile(sc, qw + kk, dp, 1, sk + n * 8 * dp + kk, 1, dp);
+                mma_tile(dpv, dow + kk, dp, 1, sv + n * 8 * dp + kk, 1, dp);
+            }
+            for (int k = 0; k < 4; ++k) {
+                int row = g + 8 * (k >> 1), col = n * 8 + 2 * t + (k & 1);
+                int i = q0 + warp * 16 + row, j = k0 + col;
+                float ds = 0.0f;
+                if (i < l.len && j < l.len) {
+                    float pr = expf(sc[k] * scale - sl[warp * 16 + row]);
+                    ds = pr * (dpv[k] * attn_keep(rng, p, heads, s, h, i, j, l.len) - sd[warp * 16 + row]);
+                }
+                sds[row * FLASH_TILE + col] = Elem<BF16>::put(ds);
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            if (n < nt)
+                for (int kk = 0; kk < FLASH_TILE; kk += 16)
+                    mma_tile(dq[n], sds + kk, FLASH_TILE, 1, sk + kk * dp + n * 8, dp, 1);
+        __syncwarp();
+    }
+    for (int r = 0; r < 2; ++r) {
+        int i = q0 + warp * 16 + g + 8 * r;
+        if (i >= l.len) continue;
+        float* row = dqkv + (uint64_t)seq_row(l, s, i) * 3 * e + h * dh;
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            for (int q = 0; q < 2; ++q) {
+                int c = n * 8 + 2 * t + q;
+                if (n < nt && c < dh) row[c] = dq[n][2 * r + q] * scale;
+            }
+    }
+}
+
+template <bool BF16>
+__device__ void flash_backward_dkv_impl(const float* qkv, const float* out, const float* dout, const float* lse,
+                                        float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
+    typedef typename Elem<BF16>::T T;
+    const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
+    const int s = blockIdx.x / heads, h = blockIdx.x % heads;
+    const int k0 = blockIdx.y * FLASH_ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    NEMESIS_DYNAMIC_SHARED(float, sd);
+    float* sl = sd + FLASH_TILE;
+    T* sk = (T*)(sl + FLASH_TILE);
+    T* sv = sk + FLASH_ROWS * dp;
+    T* sq = sv + FLASH_ROWS * dp;
+    T* sdo = sq + FLASH_TILE * dp;
+    T* sps = sdo + FLASH_TILE * dp + warp * 16 * FLASH_TILE;
+    const float scale = 1.0f / sqrtf((float)dh);
+    load_rows<BF16>(sk, qkv, l, s, k0, FLASH_ROWS, 3 * e, e + h * dh, dh, dp);
+    load_rows<BF16>(sv, qkv, l, s, k0, FLASH_ROWS, 3 * e, 2 * e + h * dh, dh, dp);
+    const T* kw = sk + warp * 16 * dp;
+    const T* vw = sv + warp * 16 * dp;
+
+    float dk[FLASH_MAX_NT][4], dv[FLASH_MAX_NT][4];
+#pragma unroll
+    for (int n = 0; n < FLASH_MAX_NT; ++n)
+        for (int k = 0; k < 4; ++k) dk[n][k] = dv[n][k] = 0.0f;
+    for (int i0 = 0; i0 < l.len; i0 += FLASH_TILE) {
+        __syncthreads();
+        load_rows<BF16>(sq, qkv, l, s, i0, FLASH_TILE, 3 * e, h * dh, dh, dp);
+        load_rows<BF16>(sdo, dout, l, s, i0, FLASH_TILE, e, h * dh, dh, dp);
+        load_row_stats(sd, sl, out, dout, lse, l, s, h, heads, e, i0, FLASH_TILE);
+        __syncthreads();
+        // Transposed scores: rows are this warp's keys, columns the tile's queries.
+        float pt[FLASH_TILE / 8][4], dpt[FLASH_TILE / 8][4];
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n) {
+            for (int k = 0; k < 4; ++k) pt[n][k] = dpt[n][k] = 0.0f;
+            for (int kk = 0; kk < dp; kk += 16) {
+                mma_tile(pt[n], kw + kk, dp, 1, sq + n * 8 * dp + kk, 1, dp);
+                mma_tile(dpt[n], vw + kk, dp, 1, sdo + n * 8 * dp + kk, 1, dp);
+            }
+            for (int k = 0; k < 4; ++k) {
+                int row = g + 8 * (k >> 1), col = n * 8 + 2 * t + (k & 1);
+                int j = k0 + warp * 16 + row, i = i0 + col;
+                float pr = 0.0f, keep = 1.0f;
+                if (i < l.len && j < l.len) {
+                    pr = expf(pt[n][k] * scale - sl[col]);
+                    keep = attn_keep(rng, p, heads, s, h, i, j, l.len);
+                }
+                pt[n][k] = pr;
+                dpt[n][k] = pr * (dpt[n][k] * keep - sd[col]);  // dS, transposed
+                sps[row * FLASH_TILE + col] = Elem<BF16>::put(pr * keep);
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            if (n < nt)
+                for (int kk = 0; kk < FLASH_TILE; kk += 16)
+                    mma_tile(dv[n], sps + kk, FLASH_TILE, 1, sdo + kk * dp + n * 8, dp, 1);
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < FLASH_TILE / 8; ++n)
+            for (int k = 0; k < 4; ++k)
+                sps[(g + 8 * (k >> 1)) * FLASH_TILE + n * 8 + 2 * t + (k & 1)] = Elem<BF16>::put(dpt[n][k]);
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            if (n < nt)
+                for (int kk = 0; kk < FLASH_TILE; kk += 16)
+                    mma_tile(dk[n], sps + kk, FLASH_TILE, 1, sq + kk * dp + n * 8, dp, 1);
+        __syncwarp();
+    }
+    for (int r = 0; r < 2; ++r) {
+        int j = k0 + warp * 16 + g + 8 * r;
+        if (j >= l.len) continue;
+        float* row = dqkv + (uint64_t)seq_row(l, s, j) * 3 * e + e + h * dh;
+#pragma unroll
+        for (int n = 0; n < FLASH_MAX_NT; ++n)
+            for (int q = 0; q < 2; ++q) {
+                int c = n * 8 + 2 * t + q;
+                if (n < nt && c < dh) {
+                    row[c] = dk[n][2 * r + q] * scale;
+                    row[e + c] = dv[n][2 * r + q];
+                }
+            }
+    }
+}
+
+extern "C" __global__ void flash_forward_f32(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
+                                             double p, RngStream rng) {
+    flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng);
+}
+
+extern "C" __global__ void flash_forward_bf16(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
+                                              double p, RngStream rng) {
+    flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng);
+}
+
+extern "C" __global__ void flash_backward_dq_f32(const float* qkv, const float* out, const float* dout,
+                                                 const float* lse, float* dqkv, SeqLayout l, int heads, int e,
+                                                 double p, RngStream rng) {
+    flash_backward_dq_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+}
+
+extern "C" __global__ void flash_backward_dq_bf16(const float* qkv, const float* out, const float* dout,
+                                                  const float* lse, float* dqkv, SeqLayout l, int heads, int e,
+                                                  double p, RngStream rng) {
+    flash_backward_dq_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+}
+
+extern "C" __global__ void flash_backward_dkv_f32(const float* qkv, const float* out, const float* dout,
+                                                  const float* lse, float* dqkv, SeqLayout l, int heads, int e,
+                                                  double p, RngStream rng) {
+    flash_backward_dkv_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+}
+
+extern "C" __global__ void flash_backward_dkv_bf16(const float* qkv, const float* out, const float* dout,
+                                                   const float* lse, float* dqkv, SeqLayout l, int heads, int e,
+                                                   double p, RngStream rng) {
+    flash_backward_dkv_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+}
