@@ -114,3 +114,25 @@ fn mixed_precision_on_the_cpu_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--bf16") && err.contains("device"), "{err}");
 }
+
+#[test]
+fn bench_kernels_times_flash_and_plain_attention_on_a_device() {
+    let out = nemesis(&["bench", "kernels", "--device", "emu", "--quick", "--iters", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for k in ["plain f32", "flash f32", "flash bf16", "of floor", "TFLOP/s"] {
+        assert!(text.contains(k), "{k} missing:\n{text}");
+    }
+    // Both passes of three kernels on two shapes.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" fwd ") || l.contains(" bwd "))
+            .count(),
+        12,
+        "{text}"
+    );
+    let cpu = nemesis(&["bench", "kernels", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&cpu.stderr);
+    assert_eq!(cpu.status.code(), Some(1), "{err}");
+    assert!(err.contains("--device cuda"), "{err}");
+}

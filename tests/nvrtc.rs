@@ -58,3 +58,31 @@ fn a_compile_error_names_the_file() {
     let e = e.to_string();
     assert!(e.contains("broken.cu") && e.contains("undefined_thing"), "{e}");
 }
+
+/// ptxas's report of registers, spills and shared memory per flash kernel
+/// (printed for docs/BENCHMARKS.md; run with `--nocapture`).
+#[test]
+fn flash_kernel_resources() {
+    let Ok(nvrtc) = Nvrtc::load() else {
+        eprintln!("skipped: no NVRTC");
+        return;
+    };
+    let (_, src) = SOURCES
+        .iter()
+        .find(|(f, _)| *f == "flash.cu")
+        .expect("flash.cu is embedded");
+    for arch in ["sm_80", "sm_90"] {
+        let c = nvrtc
+            .compile_with("flash.cu", src, arch, &["--ptxas-options=-v"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{arch}:\n{}", c.log);
+        for k in [
+            "flash_forward_bf16",
+            "flash_backward_dq_bf16",
+            "flash_backward_dkv_bf16",
+        ] {
+            assert!(c.log.contains(k), "{arch}: no ptxas report for {k}:\n{}", c.log);
+        }
+        assert!(c.log.contains("registers"), "{}", c.log);
+    }
+}

@@ -662,7 +662,11 @@ pub fn attention_kernels(
         let want_out = y.value().to_vec::<f32>()?;
         let mut store = ParamStore::new();
         let grads = tape.backward_with(&y, Tensor::from_vec(dout.clone(), [n, e])?, &mut store)?;
-        let want_dq = grads.get(&x).map(|t| t.to_vec::<f32>()).transpose()?.unwrap_or_default();
+        let want_dq = grads
+            .get(&x)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
         let tq = Tensor::from_vec(qkv, [n, 3 * e])?.to_device(dev)?;
         let (out, lse) = gpu::attention_with(kernel, &tq, c.layout, c.heads, drop)?;
         let tg = Tensor::from_vec(dout, [n, e])?.to_device(dev)?;

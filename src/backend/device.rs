@@ -62,6 +62,9 @@ pub struct Gemm {
     /// Mixed precision: A and B rounded to bf16 (nearest even), products
     /// accumulated and C kept in f32. Off: f32 throughout, TF32 off.
     pub bf16: bool,
+    /// A and B already hold bf16 values (raw bits), so no rounding pass
+    /// runs; implies `bf16`. For measuring the matrix rate.
+    pub bf16_inputs: bool,
 }
 
 impl Gemm {
@@ -76,6 +79,7 @@ impl Gemm {
             alpha: 1.0,
             beta: 0.0,
             bf16: false,
+            bf16_inputs: false,
         }
     }
 }

@@ -446,7 +446,11 @@ impl AttentionKernel {
         match self {
             AttentionKernel::Plain => ["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
             AttentionKernel::FlashF32 => ["flash_forward_f32", "flash_backward_dq_f32", "flash_backward_dkv_f32"],
-            AttentionKernel::FlashBf16 => ["flash_forward_bf16", "flash_backward_dq_bf16", "flash_backward_dkv_bf16"],
+            AttentionKernel::FlashBf16 => [
+                "flash_forward_bf16",
+                "flash_backward_dq_bf16",
+                "flash_backward_dkv_bf16",
+            ],
         }
     }
 }
@@ -554,7 +558,16 @@ pub fn attention_backward(
     dropout: Option<(f64, RngStream)>,
 ) -> Result<Tensor> {
     let dev = device_of("attention backward", &[qkv])?;
-    attention_backward_with(AttentionKernel::for_device(&dev), g, qkv, y, lse, layout, heads, dropout)
+    attention_backward_with(
+        AttentionKernel::for_device(&dev),
+        g,
+        qkv,
+        y,
+        lse,
+        layout,
+        heads,
+        dropout,
+    )
 }
 
 /// `attention_backward` with the kernel family chosen by the caller.

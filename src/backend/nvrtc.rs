@@ -94,6 +94,12 @@ impl Nvrtc {
     /// Compiles `source` (one kernels/*.cu file) to a cubin for `arch`
     /// (e.g. "sm_90"), with kernels/common.cuh available to its include.
     pub fn compile(&self, name: &str, source: &str, arch: &str) -> Result<Compiled> {
+        self.compile_with(name, source, arch, &[])
+    }
+
+    /// `compile` with extra NVRTC options (e.g. `--ptxas-options=-v`, whose
+    /// report of registers and shared memory per kernel lands in the log).
+    pub fn compile_with(&self, name: &str, source: &str, arch: &str, extra: &[&str]) -> Result<Compiled> {
         let create: CreateFn = self.sym(b"nvrtcCreateProgram\0")?;
         let compile: CompileFn = self.sym(b"nvrtcCompileProgram\0")?;
         let log_size: SizeFn = self.sym(b"nvrtcGetProgramLogSize\0")?;
@@ -104,10 +110,9 @@ impl Nvrtc {
         let cstr = |s: &str| CString::new(s).map_err(|_| Error::invalid("NVRTC", "a NUL byte in a source"));
         let (src, fname) = (cstr(source)?, cstr(name)?);
         let (hdr, hdr_name) = (cstr(COMMON_HEADER)?, cstr("common.cuh")?);
-        let opts: Vec<CString> = [format!("--gpu-architecture={arch}"), "-std=c++17".to_string()]
-            .iter()
-            .map(|o| cstr(o))
-            .collect::<Result<_>>()?;
+        let mut opts = vec![format!("--gpu-architecture={arch}"), "-std=c++17".to_string()];
+        opts.extend(extra.iter().map(|o| o.to_string()));
+        let opts: Vec<CString> = opts.iter().map(|o| cstr(o)).collect::<Result<_>>()?;
         let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
         let mut prog: Prog = std::ptr::null_mut();
         // SAFETY: every pointer is a live NUL-terminated string; the program

@@ -20,8 +20,8 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Superpatches per second: the cache through the loader vs decompressing .nii.gz per sample.
     Data(DataArgs),
-    /// Kernel microbenchmarks (CUDA; issues 7 and 8).
-    Kernels(super::Pending),
+    /// Kernel microbenchmarks on a device beside their floors (attention so far).
+    Kernels(super::bench_kernels::KernelArgs),
     /// Whole training steps: forward, backward and AdamW at a preset's shapes.
     Step(StepArgs),
 }
@@ -66,7 +66,7 @@ pub struct DataArgs {
 pub fn run(a: &BenchArgs) -> Result<()> {
     match &a.what {
         BenchWhat::Data(d) => data(d),
-        BenchWhat::Kernels(_) => super::pending("`nemesis bench kernels`", "issues 7 and 8 (CUDA kernels and speed)"),
+        BenchWhat::Kernels(k) => super::bench_kernels::run(k),
         BenchWhat::Step(s) => step(s),
     }
 }

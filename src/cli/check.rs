@@ -7,8 +7,8 @@ use crate::backend::cuda::CudaDevice;
 use std::sync::Arc;
 
 use crate::backend::device::SharedDevice;
-use crate::backend::gpu::AttentionKernel;
 use crate::backend::emu::EmuDevice;
+use crate::backend::gpu::AttentionKernel;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
@@ -66,9 +66,19 @@ pub fn run(a: &CheckArgs) -> Result<()> {
         dev.name()
     );
     // The flash attention kernels over every head dim, length and layout.
-    rows.extend(check::attention_kernels(&dev, AttentionKernel::FlashF32, &check::attention_cases(), seed)?);
+    rows.extend(check::attention_kernels(
+        &dev,
+        AttentionKernel::FlashF32,
+        &check::attention_cases(),
+        seed,
+    )?);
     let mixed_dev = open(a.device, true)?;
-    rows.extend(check::attention_kernels(&mixed_dev, AttentionKernel::FlashBf16, &check::attention_cases(), seed)?);
+    rows.extend(check::attention_kernels(
+        &mixed_dev,
+        AttentionKernel::FlashBf16,
+        &check::attention_cases(),
+        seed,
+    )?);
     for mixed in [false, true] {
         let dev = if mixed { mixed_dev.clone() } else { dev.clone() };
         for p in a.steps.iter().filter(|p| p.as_str() != "none") {

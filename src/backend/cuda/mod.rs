@@ -165,7 +165,7 @@ impl CudaDevice {
     /// The classic cuBLAS SGEMM (f32, TF32 off), used when
     /// `NEMESIS_GEMM=cublas` asks for it instead of cuBLASLt.
     fn gemm_cublas(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        if g.bf16 {
+        if g.bf16 || g.bf16_inputs {
             return Err(Error::invalid(
                 "gemm",
                 "bf16 GEMMs need cuBLASLt; unset NEMESIS_GEMM=cublas",
@@ -383,7 +383,8 @@ impl DeviceApi for CudaDevice {
 
     fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
         let elem = if g.bf16 { 2 } else { 4 };
-        for (buf, n, size) in [(a, g.m * g.k, 4), (b, g.k * g.n, 4), (c, g.m * g.n, 4)] {
+        let input = if g.bf16_inputs { 2 } else { 4 };
+        for (buf, n, size) in [(a, g.m * g.k, input), (b, g.k * g.n, input), (c, g.m * g.n, 4)] {
             if buf.bytes < n * size {
                 return Err(Error::invalid(
                     "gemm",
@@ -400,7 +401,11 @@ impl DeviceApi for CudaDevice {
             return self.gemm_cublas(g, a, b, c, bias);
         };
         // Mixed precision: the operands are rounded to bf16 in scratch buffers.
-        let scratch = if g.bf16 {
+        let g = &Gemm {
+            bf16: g.bf16 || g.bf16_inputs,
+            ..*g
+        };
+        let scratch = if g.bf16 && !g.bf16_inputs {
             let (sa, sb) = (self.alloc(g.m * g.k * elem)?, self.alloc(g.k * g.n * elem)?);
             for (src, dst, n) in [(a, &sa, g.m * g.k), (b, &sb, g.k * g.n)] {
                 self.launch(

@@ -156,7 +156,12 @@ impl DeviceApi for EmuDevice {
         let mut m = self.lock()?;
         // Mixed precision as on the GPU: operands rounded to bf16, f32 sums.
         let operand = |buf: &Buffer| -> Result<Vec<f32>> {
-            let v = bytemuck::cast_slice::<u128, f32>(m.get(&buf.id).ok_or_else(|| missing(buf))?);
+            let raw = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+            if g.bf16_inputs {
+                let bits = bytemuck::cast_slice::<u128, u16>(raw);
+                return Ok(bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect());
+            }
+            let v = bytemuck::cast_slice::<u128, f32>(raw);
             Ok(if g.bf16 {
                 v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
             } else {
@@ -174,8 +179,9 @@ impl DeviceApi for EmuDevice {
                 Ok(())
             }
         };
-        need(a, g.m * g.k)?;
-        need(b, g.k * g.n)?;
+        let elems = |n: usize| if g.bf16_inputs { n.div_ceil(2) } else { n };
+        need(a, elems(g.m * g.k))?;
+        need(b, elems(g.k * g.n))?;
         need(c, g.m * g.n)?;
         let am = if g.trans_a {
             MatRef::rm(&av, g.k, g.m).t()
