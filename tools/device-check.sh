@@ -44,6 +44,10 @@ if ! grep -q " 0 failed" "$OUT/check-cuda.log"; then
     # Isolate cuBLASLt: the same kernels with the classic cuBLAS SGEMM.
     part check-cuda-cublas 120 env NEMESIS_GEMM=cublas "$BIN" check --device cuda --seed 1 --steps tiny
 fi
+part bench-kernels-attention 120 "$BIN" bench kernels --device cuda --only attention --iters 20
+if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
+    part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
+fi
 part bench-step-small-fp32 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda
 part bench-step-small-bf16 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda --bf16
 part bench-step-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 3 --device cuda --bf16
