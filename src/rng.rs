@@ -123,7 +123,20 @@ impl RngStream {
         });
     }
 
-    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32; 4], usize) -> f32) {
+    /// Value `i` of `out` depends only on index `start + i`, so chunks fill
+    /// in parallel with exactly the values of a sequential fill.
+    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32; 4], usize) -> f32 + Sync) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
+        if out.len() <= CHUNK {
+            return self.fill_words_seq(start, out, &f);
+        }
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| self.fill_words_seq(start + (c * CHUNK) as u64, chunk, &f));
+    }
+
+    fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4], usize) -> f32) {
         let mut block = u64::MAX;
         let mut w = [0u32; 4];
         for (i, v) in out.iter_mut().enumerate() {

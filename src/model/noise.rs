@@ -14,10 +14,11 @@ pub fn add_noise(x: &Tensor, sigma: f64, rng: RngStream) -> Result<Tensor> {
     let mut eps = vec![0.0f32; x.numel()];
     rng.fill_normal(0, &mut eps);
     with_dtype!(x.dtype(), T => {
+        use rayon::prelude::*;
         let v: Vec<T> = x
             .cpu_slice::<T>()?
-            .iter()
-            .zip(&eps)
+            .par_iter()
+            .zip(eps.par_iter())
             .map(|(&v, &e)| T::from_f64(v.to_f64() + sigma * e as f64))
             .collect();
         Tensor::from_vec(v, x.shape())

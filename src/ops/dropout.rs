@@ -32,7 +32,8 @@ impl Tape {
         let keep = 1.0 / (1.0 - p);
         let dtype = x.value().dtype();
         let (y, mask) = with_dtype!(dtype, T => {
-            let mask: Vec<T> = u.iter().map(|&u| T::from_f64(if (u as f64) >= p { keep } else { 0.0 })).collect();
+            use rayon::prelude::*;
+            let mask: Vec<T> = u.par_iter().map(|&u| T::from_f64(if (u as f64) >= p { keep } else { 0.0 })).collect();
             let y = elementwise::apply_mask(x.value().cpu_slice::<T>()?, &mask);
             (Tensor::from_vec(y, x.shape())?, Tensor::from_vec(mask, x.shape())?)
         });

@@ -134,14 +134,23 @@ impl AdamW {
             }
             let mut w = p.value.to_vec::<f32>()?;
             let (m, v) = (&mut self.m[k], &mut self.v[k]);
-            for i in 0..w.len() {
-                // PyTorch's order: decay the weight, then the Adam step.
-                w[i] *= decay;
-                m[i] = b1f * m[i] + (1.0 - b1f) * g[i];
-                v[i] = b2f * v[i] + (1.0 - b2f) * g[i] * g[i];
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                w[i] -= step_size * m[i] / denom;
-            }
+            // Each element on its own, so chunks run in parallel with the
+            // same result as a sequential loop.
+            use rayon::prelude::*;
+            const CHUNK: usize = 1 << 14;
+            w.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
+                .for_each(|((w, m), (v, g))| {
+                    for i in 0..w.len() {
+                        // PyTorch's order: decay the weight, then the Adam step.
+                        w[i] *= decay;
+                        m[i] = b1f * m[i] + (1.0 - b1f) * g[i];
+                        v[i] = b2f * v[i] + (1.0 - b2f) * g[i] * g[i];
+                        let denom = v[i].sqrt() / bc2_sqrt + eps;
+                        w[i] -= step_size * m[i] / denom;
+                    }
+                });
             let shape = p.value.shape().clone();
             store.set_value(id, Tensor::from_vec(w, shape)?)?;
         }

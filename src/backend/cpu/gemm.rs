@@ -58,6 +58,14 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    fn cols_from(self, c0: usize, cols: usize) -> Self {
+        MatRef {
+            data: &self.data[(c0 * self.cs).min(self.data.len())..],
+            cols,
+            ..self
+        }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
@@ -68,36 +76,53 @@ impl<'a, T> MatRef<'a, T> {
 /// engine, so it is checked here and aborts rather than reading out of bounds.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mut [T], c_rs: usize, c_cs: usize) {
+    // SAFETY: `c` is borrowed mutably for the call, so it aliases neither
+    // input and no other task writes it; its length bounds the view.
+    unsafe { gemm_ptr(alpha, a, b, beta, c.as_mut_ptr(), c.len(), c_rs, c_cs) }
+}
+
+/// `gemm` into `len` elements at `c`.
+///
+/// # Safety
+/// `c .. c + len` must be valid for writes and not read or written by anyone
+/// else at the elements the view `(c_rs, c_cs)` of `A·B`'s shape covers.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_ptr<T: CpuFloat>(
+    alpha: T,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    beta: T,
+    c: *mut T,
+    len: usize,
+    c_rs: usize,
+    c_cs: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert!(a.fits() && b.fits(), "gemm: operand view outside its slice");
     assert!(
-        m == 0 || n == 0 || (m - 1) * c_rs + (n - 1) * c_cs < c.len(),
+        m == 0 || n == 0 || (m - 1) * c_rs + (n - 1) * c_cs < len,
         "gemm: output view outside its slice"
     );
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: all three views were checked to lie inside their slices, and
-    // `c` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        T::gemm_raw(
-            m,
-            k,
-            n,
-            alpha,
-            a.data.as_ptr(),
-            a.rs as isize,
-            a.cs as isize,
-            b.data.as_ptr(),
-            b.rs as isize,
-            b.cs as isize,
-            beta,
-            c.as_mut_ptr(),
-            c_rs as isize,
-            c_cs as isize,
-        )
-    }
+    T::gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a.data.as_ptr(),
+        a.rs as isize,
+        a.cs as isize,
+        b.data.as_ptr(),
+        b.rs as isize,
+        b.cs as isize,
+        beta,
+        c,
+        c_rs as isize,
+        c_cs as isize,
+    )
 }
 
 /// `C ← α·A·B + β·C` into a dense row-major `C` (`m × n`), split into row
@@ -111,10 +136,76 @@ pub fn matmul<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mu
         gemm(alpha, a, b, beta, c, n, 1);
         return;
     }
-    let block = m.div_ceil(threads * 2).max(8);
+    // One block per thread: every block packs the shared operand again, so
+    // fewer blocks pack less; split the longer side of C.
+    if n > m {
+        let block = n.div_ceil(threads).max(16);
+        let cols: Vec<usize> = (0..n).step_by(block).collect();
+        let c_ptr = SyncPtr(c.as_mut_ptr());
+        let len = c.len();
+        cols.par_iter().for_each(|&c0| {
+            let w = block.min(n - c0);
+            // SAFETY: `c` is borrowed mutably for the whole split; the column
+            // blocks are disjoint, so each task writes only its own elements
+            // (rows of `w` values starting at column c0), all inside `c`.
+            unsafe { gemm_ptr(alpha, a, b.cols_from(c0, w), beta, c_ptr.get().add(c0), len - c0, n, 1) };
+        });
+        return;
+    }
+    let block = m.div_ceil(threads).max(8);
     c.par_chunks_mut(block * n).enumerate().for_each(|(i, c_blk)| {
         let r0 = i * block;
         let rows = c_blk.len() / n;
         gemm(alpha, a.rows_from(r0, rows), b, beta, c_blk, n, 1);
     });
+}
+
+/// A raw pointer the column-block tasks share (each writes its own columns).
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used to hand disjoint column blocks of one slice to tasks.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both parallel splits (rows when C is tall, columns when it is wide)
+    /// and the transposed views against a plain triple loop.
+    #[test]
+    fn parallel_splits_match_the_naive_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (m, k, n) in [(100usize, 300usize, 20usize), (20, 300, 100), (37, 513, 61)] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64 - 6.0) / 5.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64 - 5.0) / 3.0).collect();
+            for trans in [false, true] {
+                // With `trans`, B is stored n × k and used as its transpose.
+                let bt: Vec<f64> = if trans {
+                    (0..n * k).map(|i| b[(i % k) * n + i / k]).collect()
+                } else {
+                    b.clone()
+                };
+                let bm = if trans {
+                    MatRef::rm(&bt, n, k).t()
+                } else {
+                    MatRef::rm(&bt, k, n)
+                };
+                let mut c = vec![1.0f64; m * n];
+                pool.install(|| matmul(2.0, MatRef::rm(&a, m, k), bm, 0.5, &mut c));
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = 2.0 * (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f64>() + 0.5;
+                        assert!((c[i * n + j] - want).abs() < 1e-9, "{m}×{k}×{n} {trans} ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
 }
