@@ -5,7 +5,7 @@
 # time bound; logs go to $OUT; a summary table comes last.
 #
 #   cargo build --release && mkdir -p .device && cp target/release/nemesis .device/
-#   (device tool) bash tools/device-check.sh
+#   (device tool) bash tools/device-check.sh check    # then: ... speed
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -36,21 +36,41 @@ if [ ! -x "$BIN" ]; then
     echo "no binary at $BIN: build here and copy target/release/nemesis into .device/ first"
     exit 2
 fi
-echo "== nemesis"
+WHAT="${1:-all}"   # check | speed | all (each fits one 10-minute device call)
+echo "== nemesis ($WHAT)"
 part version 10 "$BIN" --version
-# Kernels plus whole training steps (tiny and small, fp32 and bf16) against the CPU.
-part check-cuda 240 "$BIN" check --device cuda --seed 1
-if ! grep -q " 0 failed" "$OUT/check-cuda.log"; then
-    # Isolate cuBLASLt: the same kernels with the classic cuBLAS SGEMM.
-    part check-cuda-cublas 120 env NEMESIS_GEMM=cublas "$BIN" check --device cuda --seed 1 --steps tiny
+if [ "$WHAT" = check ] || [ "$WHAT" = all ]; then
+    # Kernels, flash attention cases and whole training steps (tiny and
+    # small, fp32 and bf16) against the CPU.
+    part check-cuda 240 "$BIN" check --device cuda --seed 1
+    if ! grep -q " 0 failed" "$OUT/check-cuda.log"; then
+        # Isolate cuBLASLt and the flash kernels.
+        part check-cuda-cublas 120 env NEMESIS_GEMM=cublas NEMESIS_ATTENTION=plain "$BIN" check --device cuda --seed 1 --steps tiny
+    fi
 fi
-part bench-kernels-attention 120 "$BIN" bench kernels --device cuda --only attention --iters 20
-if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
-    part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
+if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
+    part bench-kernels-attention 120 "$BIN" bench kernels --device cuda --only attention --iters 20
+    part ours-paper-fp32 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda
+    part ours-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16
+    if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
+        part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
+        for mode in eager autocast compile; do
+            part "torch-paper-$mode" 240 python3 tools/torch_baseline.py --device cuda --preset paper --batch 4 --steps 5 --mode "$mode"
+        done
+    fi
+    median() { grep -o 'median step [0-9.]* s' "$OUT/$1.log" 2>/dev/null | awk '{print $3}' | tail -n 1; }
+    echo
+    echo "== paper preset, batch 4: step time and ratio (PyTorch time / ours)"
+    ours=$(median ours-paper-bf16)
+    for run in ours-paper-fp32 ours-paper-bf16 torch-paper-eager torch-paper-autocast torch-paper-compile; do
+        t=$(median "$run")
+        if [ -n "$t" ] && [ -n "$ours" ]; then
+            printf '%-24s %8s s   ours bf16 is %sx faster\n' "$run" "$t" "$(awk -v a="$t" -v b="$ours" 'BEGIN{printf "%.2f", a/b}')"
+        else
+            printf '%-24s %8s\n' "$run" "${t:-n/a}"
+        fi
+    done
 fi
-part bench-step-small-fp32 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda
-part bench-step-small-bf16 60 "$BIN" bench step --preset small --batch 4 --steps 5 --device cuda --bf16
-part bench-step-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 3 --device cuda --bf16
 echo
 echo "== summary"
 printf '%s\n' "${SUMMARY[@]}"

@@ -194,13 +194,29 @@ fn step(a: &StepArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = training_flops(&c).forward_backward() as f64 * a.batch as f64;
+    // MFU: the honest FLOP count over the bf16 matrix rate of this device,
+    // measured now with a large GEMM (not a datasheet figure).
+    let mfu = match &dev {
+        Some(d) => {
+            let (rate, _) = super::bench_kernels::reference_rates(d, c.superpatch_size[0] < 64)?;
+            format!(
+                ", MFU {:.1}% of the measured bf16 GEMM rate ({:.1} TFLOP/s)",
+                100.0 * flops / median / rate,
+                rate / 1e12
+            )
+        }
+        None => String::new(),
+    };
     println!(
-        "{}×{}×{} superpatches, batch {}, {} threads: median step {:.3} s (min {:.3}, max {:.3}), {:.2} superpatches/s, {:.1} GFLOP/s (SPEC 13 count)",
+        "{}×{}×{} superpatches, batch {}, {}: median step {:.3} s (min {:.3}, max {:.3}), {:.2} superpatches/s, {:.1} GFLOP/s (SPEC 13 count){mfu}",
         d,
         h,
         w,
         a.batch,
-        rayon::current_num_threads(),
+        match &dev {
+            Some(d) => format!("{} ({})", d.kind(), if a.bf16 { "bf16" } else { "fp32" }),
+            None => format!("cpu, {} threads", rayon::current_num_threads()),
+        },
         median,
         times[0],
         times[times.len() - 1],

@@ -89,7 +89,7 @@ fn random(dev: &SharedDevice, n: usize, seed: u64) -> Result<Tensor> {
 
 /// The bf16 matrix rate (FLOP/s) of an n³ GEMM with bf16 operands already
 /// in memory, and the bandwidth (bytes/s) of a streaming read + write.
-fn reference_rates(dev: &SharedDevice, quick: bool) -> Result<(f64, f64)> {
+pub(super) fn reference_rates(dev: &SharedDevice, quick: bool) -> Result<(f64, f64)> {
     let n: usize = if quick { 64 } else { 8192 };
     let words = (n * n).div_ceil(2);
     let (a, b, c) = (dev.alloc(words * 4)?, dev.alloc(words * 4)?, dev.alloc(n * n * 4)?);
