@@ -969,3 +969,84 @@ pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep) -> Result<()> {
         ],
     )
 }
+
+// ---- the input superpatch ---------------------------------------------------
+
+/// Raw HU crops (`B × D × H × W`, i16) on a device: half the bytes of the
+/// windowed f32 volume; `superpatch_input` expands them there.
+pub struct HuBatch {
+    dev: SharedDevice,
+    buf: super::device::Buffer,
+    len: usize,
+}
+
+impl Drop for HuBatch {
+    fn drop(&mut self) {
+        self.dev.free(&self.buf);
+    }
+}
+
+pub fn upload_hu(dev: &SharedDevice, hu: &[i16]) -> Result<HuBatch> {
+    let buf = dev.alloc(hu.len() * 2)?;
+    let batch = HuBatch {
+        dev: dev.clone(),
+        buf,
+        len: hu.len(),
+    };
+    dev.upload(&batch.buf, bytemuck::cast_slice(hu))?;
+    Ok(batch)
+}
+
+/// The fused superpatch input (kernels/input.cu): window → noise of `sigma`
+/// from `noise` (value i of the flattened batch, as `add_noise`) → patchify
+/// → the tokens `ids_keep` (`n` per item) of each item: `B × n × P`.
+pub fn superpatch_input(
+    hu: &HuBatch,
+    batch: usize,
+    size: [usize; 3],
+    patch: [usize; 3],
+    ids_keep: &[usize],
+    sigma: f64,
+    noise: RngStream,
+) -> Result<Tensor> {
+    const OP: &str = "superpatch_input";
+    let [d, h, w] = size;
+    let [pd, ph, pw] = patch;
+    if batch == 0 || hu.len != batch * d * h * w || ids_keep.len() % batch != 0 {
+        return Err(Error::invalid(OP, "the HU batch, sizes and token lists do not agree"));
+    }
+    if size.iter().zip(&patch).any(|(s, p)| *p == 0 || s % p != 0) {
+        return Err(Error::invalid(OP, "the patch size must divide the superpatch size"));
+    }
+    let n_tok = (d / pd) * (h / ph) * (w / pw);
+    if let Some(&bad) = ids_keep.iter().find(|&&i| i >= n_tok) {
+        return Err(Error::invalid(OP, format!("token {bad} out of range for {n_tok}")));
+    }
+    let dev = &hu.dev;
+    let n = ids_keep.len() / batch;
+    let p = pd * ph * pw;
+    let ids: Vec<i32> = ids_keep.iter().map(|&i| i as i32).collect();
+    let di = index_buf(&**dev, &ids)?;
+    let y = empty(dev, [batch, n, p])?;
+    pointwise(
+        dev,
+        OP,
+        batch * n * p,
+        &[
+            Arg::Buf(&hu.buf),
+            di.arg(),
+            arg(OP, &y)?,
+            i32a(batch),
+            i32a(d),
+            i32a(h),
+            i32a(w),
+            i32a(pd),
+            i32a(ph),
+            i32a(pw),
+            i32a(n),
+            Arg::F64(sigma),
+            Arg::Rng(noise),
+        ],
+    )?;
+    Ok(y)
+}

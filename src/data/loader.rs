@@ -18,7 +18,7 @@ use half::bf16;
 use serde::{Deserialize, Serialize};
 
 use super::cache::CachedVolume;
-use super::sampler::{sample_crop, Crop, CropSpec};
+use super::sampler::{copy_hu, sample_crop, Crop, CropSpec};
 use crate::error::{Error, Result};
 use crate::rng::{stream_id, Purpose, RngStream};
 
@@ -32,6 +32,8 @@ pub struct Position {
 pub enum BatchData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
+    /// Raw HU (not windowed), for the GPU's fused superpatch-input kernel.
+    HuI16(Vec<i16>),
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +55,9 @@ pub struct EpochPlan {
     pub crops_per_volume: usize,
     pub seed: u64,
     pub bf16: bool,
+    /// Batches of raw HU as i16 (the same crops), for a device that windows
+    /// and adds noise itself.
+    pub hu_i16: bool,
 }
 
 impl EpochPlan {
@@ -86,6 +91,7 @@ impl EpochPlan {
             crops_per_volume,
             seed,
             bf16: false,
+            hu_i16: false,
         };
         if plan.batches_per_epoch() == 0 {
             return Err(Error::invalid(
@@ -132,6 +138,7 @@ impl EpochPlan {
         let per = self.crop.voxels();
         let mut data = vec![0.0f32; self.batch * per];
         let mut sources = Vec::with_capacity(self.batch);
+        let mut raw = self.hu_i16.then(|| vec![0i16; self.batch * per]);
         let mut open: Option<(usize, CachedVolume)> = None;
         for (k, out) in data.chunks_mut(per).enumerate() {
             let s = pos.batch as usize * self.batch + k;
@@ -148,6 +155,15 @@ impl EpochPlan {
                     s as u64 * CropSpec::DRAWS_PER_CROP,
                     out,
                 );
+                if let Some(raw) = raw.as_mut() {
+                    copy_hu(
+                        vol.hu(),
+                        vol.shape(),
+                        self.crop.size,
+                        crop.origin,
+                        &mut raw[k * per..(k + 1) * per],
+                    );
+                }
                 sources.push((v, crop));
             }
         }
@@ -155,7 +171,9 @@ impl EpochPlan {
         Ok(Batch {
             position: pos,
             shape: [self.batch, 1, d, h, w],
-            data: if self.bf16 {
+            data: if let Some(raw) = raw {
+                BatchData::HuI16(raw)
+            } else if self.bf16 {
                 BatchData::Bf16(data.iter().map(|&v| bf16::from_f32(v)).collect())
             } else {
                 BatchData::F32(data)

@@ -94,6 +94,30 @@ fn fill<V: Voxel>(hu: &[V], shape: [usize; 3], size: [usize; 3], origin: [usize;
     (sum / (d * h * w).max(1) as f64) as f32
 }
 
+/// The raw HU of the crop at `origin` as i16 (for expanding on the GPU,
+/// kernels/input.cu), `i16::MIN` where it leaves the volume: the window maps
+/// that to 0, as `fill` pads.
+pub fn copy_hu<V: Voxel>(hu: &[V], shape: [usize; 3], size: [usize; 3], origin: [usize; 3], out: &mut [i16]) {
+    let [vd, vh, vw] = shape;
+    let [d, h, w] = size;
+    for z in 0..d {
+        for y in 0..h {
+            let row = &mut out[(z * h + y) * w..(z * h + y + 1) * w];
+            let (sz, sy) = (origin[0] + z, origin[1] + y);
+            if sz >= vd || sy >= vh {
+                row.iter_mut().for_each(|v| *v = i16::MIN);
+                continue;
+            }
+            let base = (sz * vh + sy) * vw + origin[2];
+            let inside = w.min(vw.saturating_sub(origin[2]));
+            for (o, v) in row[..inside].iter_mut().zip(&hu[base..base + inside]) {
+                *o = v.hu().round().clamp(i16::MIN as f32, i16::MAX as f32) as i16;
+            }
+            row[inside..].iter_mut().for_each(|v| *v = i16::MIN);
+        }
+    }
+}
+
 /// Draws a crop of `spec.size` from the `D × H × W` volume `hu` into `out`: each axis's origin is
 /// uniform over the places the crop fits (0 where the volume is smaller, which
 /// is then zero-padded at the far end). A mostly-air crop is redrawn up to
@@ -141,4 +165,27 @@ pub fn sample_crop<V: Voxel>(
         fill(hu, shape, spec.size, best.origin, out);
     }
     Crop { tries, ..best }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The raw-HU crop the GPU expands windows to exactly the f32 crop,
+    /// padding included (the crop reaches past the volume on every axis).
+    #[test]
+    fn raw_hu_crops_window_to_the_f32_crops() {
+        let shape = [5usize, 6, 7];
+        let hu: Vec<i16> = (0..5 * 6 * 7).map(|i| ((i * 37) % 2400) as i16 - 1200).collect();
+        let size = [4usize, 8, 8];
+        for origin in [[0usize, 0, 0], [2, 1, 3], [4, 5, 6]] {
+            let mut f = vec![0f32; 4 * 8 * 8];
+            let mut raw = vec![0i16; 4 * 8 * 8];
+            fill(&hu, shape, size, origin, &mut f);
+            copy_hu(&hu, shape, size, origin, &mut raw);
+            let windowed: Vec<f32> = raw.iter().map(|&v| hu_window(v as f32)).collect();
+            assert_eq!(windowed, f, "origin {origin:?}");
+            assert!(raw.contains(&i16::MIN), "the crop must reach past the volume");
+        }
+    }
 }

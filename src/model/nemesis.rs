@@ -351,7 +351,7 @@ impl Nemesis {
         mask: &DualMask,
         dropout: Option<&Dropout>,
     ) -> Result<MaeOutput> {
-        let dtype = self.check_input(store, noisy, "forward")?;
+        self.check_input(store, noisy, "forward")?;
         self.check_input(store, clean, "forward")?;
         if noisy.shape() != clean.shape() {
             return Err(Error::shape_mismatch(
@@ -371,7 +371,37 @@ impl Nemesis {
             ));
         }
         let visible = tape.gather_rows(&input, mask.ids_keep())?;
-        let latent = self.encoder(tape, store, &visible, mask, dropout)?;
+        self.forward_tokens(tape, store, &visible, target, mask, dropout)
+    }
+
+    /// The training forward pass from token rows already made: `visible`
+    /// (`B × Nv × P`, the noisy patches at `mask.ids_keep()`, e.g. from the
+    /// GPU's fused superpatch-input kernel) and the clean `target`
+    /// (`B × N × P`).
+    pub fn forward_tokens(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        visible: &Var,
+        target: Tensor,
+        mask: &DualMask,
+        dropout: Option<&Dropout>,
+    ) -> Result<MaeOutput> {
+        let c = &self.config;
+        let (b, n, p) = (mask.batch(), c.num_tokens(), c.patch_dim());
+        if visible.shape().dims() != [b, mask.visible(), p] || target.dims() != [b, n, p] {
+            return Err(Error::invalid(
+                "forward",
+                format!(
+                    "token rows {} and target {} do not fit a batch of {b} with {} visible of {n} tokens of {p}",
+                    visible.shape(),
+                    target.shape(),
+                    mask.visible()
+                ),
+            ));
+        }
+        let dtype = target.dtype();
+        let latent = self.encoder(tape, store, visible, mask, dropout)?;
         let pred = self.decoder(tape, store, &latent, mask, dropout)?;
         let target = tape.constant(target);
         let loss = tape.masked_mse(&pred, &target, &mask.mask_tensor(dtype))?;

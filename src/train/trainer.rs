@@ -15,6 +15,7 @@ use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
 use super::state::{load_state, prune, save, Latest, StateMeta};
 use crate::autograd::{ParamStore, Tape};
+use crate::backend::gpu;
 use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -335,13 +336,15 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             "the cache needs at least two volumes (one for validation)",
         ));
     }
-    let (plan, bad) = EpochPlan::new(
+    let (mut plan, bad) = EpochPlan::new(
         train,
         CropSpec::new(c.model.superpatch_size),
         c.batch,
         c.crops_per_volume,
         c.seed,
     )?;
+    // A device expands raw HU itself (half the bytes to upload).
+    plan.hu_i16 = opts.device.is_some();
     let skipped: Vec<String> = bad.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
     for s in &skipped {
         obs.message(&format!("skipped {s}"));
@@ -385,18 +388,10 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         for micro in 0..c.accum {
             let batch = loader.next_batch()?;
             epoch = batch.position.epoch;
-            let crate::data::BatchData::F32(values) = batch.data else {
-                return Err(Error::invalid("pretrain", "the loader made bf16 batches for the CPU"));
-            };
-            let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
             let levels = &c.noise_levels;
             let noise_rng = RngStream::new(c.seed, stream_id(Purpose::Noise, step, 0));
             sigma = levels[noise_rng.bits(micro as u64) as usize % levels.len()];
-            let noisy = add_noise(
-                &clean,
-                sigma,
-                RngStream::new(c.seed, stream_id(Purpose::Noise, step, 1 + micro as u64)),
-            )?;
+            let noise = RngStream::new(c.seed, stream_id(Purpose::Noise, step, 1 + micro as u64));
             let mask = DualMask::sample(
                 &c.model,
                 c.batch,
@@ -404,7 +399,26 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             );
             let dropout = Dropout::new(c.model.dropout, c.seed, step * c.accum as u64 + micro as u64);
             let tape = Tape::new();
-            let out_f = model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?;
+            let out_f = match (batch.data, &opts.device) {
+                // On a device: the raw HU crops go up as i16 and one kernel
+                // windows, adds the noise (the same draws as `add_noise`),
+                // patchifies and gathers the visible tokens; a second call
+                // without noise makes the clean target.
+                (crate::data::BatchData::HuI16(hu), Some(dev)) => {
+                    let (size, patch) = (c.model.superpatch_size, c.model.patch_size);
+                    let up = gpu::upload_hu(dev, &hu)?;
+                    let visible = gpu::superpatch_input(&up, c.batch, size, patch, mask.ids_keep(), sigma, noise)?;
+                    let all: Vec<usize> = (0..c.batch).flat_map(|_| 0..c.model.num_tokens()).collect();
+                    let target = gpu::superpatch_input(&up, c.batch, size, patch, &all, 0.0, noise)?;
+                    model.forward_tokens(&tape, &store, &tape.constant(visible), target, &mask, Some(&dropout))?
+                }
+                (crate::data::BatchData::F32(values), _) => {
+                    let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
+                    let noisy = add_noise(&clean, sigma, noise)?;
+                    model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?
+                }
+                _ => return Err(Error::invalid("pretrain", "the loader made batches of the wrong kind")),
+            };
             let l = out_f.loss.value().scalar_value()?;
             if !l.is_finite() {
                 return Err(nan_error(step + 1, "loss", l, &last_ckpt));
