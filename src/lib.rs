@@ -14,6 +14,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod picture;
+pub mod probe;
 pub mod rng;
 pub mod tensor;
 pub mod train;

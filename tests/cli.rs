@@ -38,14 +38,6 @@ fn version_names_the_commit() {
 }
 
 #[test]
-fn a_subcommand_that_has_not_landed_says_so_and_exits_2() {
-    let out = nemesis(&["probe", "--epochs", "3"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not yet") && err.contains("issue 9"), "{err}");
-}
-
-#[test]
 fn an_unknown_subcommand_is_a_usage_error() {
     let out = nemesis(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));

@@ -12,13 +12,14 @@ mod inspect;
 mod model_source;
 mod prepare;
 mod pretrain;
+mod probe;
 mod progress;
 mod reconstruct;
 mod synth;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NEMESIS_GIT_COMMIT"), ")");
 
@@ -34,15 +35,6 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NEME
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Arguments of a subcommand that has not landed yet, kept so that a script
-/// written against the documented interface gets the "not yet" message
-/// rather than a parse error.
-#[derive(clap::Args, Debug)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,15 +56,11 @@ pub enum Command {
     /// Generate synthetic CT phantoms with organ label maps and a dataset.json.
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
-    Probe(Pending),
+    Probe(probe::ProbeArgs),
     /// Compare every GPU kernel with the CPU reference (`--device emu` today).
     Check(check::CheckArgs),
     /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
     Bench(bench::BenchArgs),
-}
-
-fn pending(what: &'static str, tracking: &'static str) -> Result<()> {
-    Err(Error::NotYet { what, tracking })
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -85,7 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(a) => prepare::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Synth(a) => synth::run(a),
-        Command::Probe(_) => pending("`nemesis probe`", "issue 9 (the linear probe)"),
+        Command::Probe(a) => probe::run(a),
         Command::Check(a) => check::run(a),
         Command::Bench(a) => bench::run(a),
     }
