@@ -38,3 +38,38 @@ fn flash_bf16_on_the_emulated_tensor_cores_is_within_bf16_limits() {
     // bf16 operands must leave a trace: not every case within fp32's limit.
     assert!(rows.iter().any(|r| r.rel_err > 1e-4));
 }
+
+/// Every combination of head dim, length, layout and dropout the issue
+/// names, in fp32 (the bf16 kernels share the tiling and are covered by the
+/// representative cases above, which the emulated tensor cores run slowly).
+#[test]
+fn flash_f32_over_the_whole_grid_of_shapes() {
+    use nemesis::backend::check::AttnCase;
+    use nemesis::tensor::SeqLayout;
+    let mut cases = Vec::new();
+    for dh in [4usize, 12, 16, 32, 64, 96, 128] {
+        for len in [1usize, 7, 16, 64, 100, 256] {
+            for strided in [false, true] {
+                for dropout in [None, Some(0.1)] {
+                    let layout = if strided {
+                        SeqLayout::depth(1, len, 2)
+                    } else {
+                        SeqLayout::contiguous(1, len)
+                    };
+                    cases.push(AttnCase {
+                        name: if strided { "strided" } else { "contiguous" },
+                        layout,
+                        heads: 1,
+                        head_dim: dh,
+                        dropout,
+                    });
+                }
+            }
+        }
+    }
+    assert_eq!(cases.len(), 7 * 6 * 2 * 2);
+    let dev: SharedDevice = Arc::new(EmuDevice::new());
+    let rows = attention_kernels(&dev, AttentionKernel::FlashF32, &cases, 13).unwrap();
+    assert_eq!(rows.len(), 2 * cases.len());
+    assert!(misses(&rows).is_empty(), "{:#?}", misses(&rows));
+}
