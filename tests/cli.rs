@@ -123,6 +123,14 @@ fn bench_kernels_times_flash_and_plain_attention_on_a_device() {
         12,
         "{text}"
     );
+    let other = nemesis(&[
+        "bench", "kernels", "--device", "emu", "--quick", "--iters", "1", "--only", "other",
+    ]);
+    let text = String::from_utf8_lossy(&other.stdout);
+    assert!(other.status.success(), "{text}");
+    for k in ["cuBLASLt bf16", "layernorm", "gelu", "dropout", "input", "adamw_multi"] {
+        assert!(text.contains(k), "{k} missing:\n{text}");
+    }
     let cpu = nemesis(&["bench", "kernels", "--device", "cpu"]);
     let err = String::from_utf8_lossy(&cpu.stderr);
     assert_eq!(cpu.status.code(), Some(1), "{err}");

@@ -49,7 +49,7 @@ if [ "$WHAT" = check ] || [ "$WHAT" = all ]; then
     fi
 fi
 if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
-    part bench-kernels-attention 120 "$BIN" bench kernels --device cuda --only attention --iters 20
+    part bench-kernels 150 "$BIN" bench kernels --device cuda --only all --iters 20
     part ours-paper-fp32 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda
     part ours-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16
     if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then

@@ -18,6 +18,11 @@ use crate::tensor::{SeqLayout, Tensor};
 pub enum KernelSet {
     /// The MATB and patch-embedding attention kernels.
     Attention,
+    /// The other kernels of a training step: GEMMs, layer norm, GELU,
+    /// dropout, the bias add, the fused input, AdamW.
+    Other,
+    /// Both.
+    All,
 }
 
 #[derive(Args, Debug)]
@@ -145,18 +150,146 @@ pub fn run(a: &KernelArgs) -> Result<()> {
         if a.quick { 64 } else { 8192 },
         bandwidth / 1e9
     );
-    println!("floor = max(FLOPs / GEMM rate, bytes / copy bandwidth); FLOPs count QKᵀ and PV (forward), and dV, dP, dQ, dK (backward), not recomputation");
+    println!("floor = max(FLOPs / GEMM rate, bytes / copy bandwidth); attention FLOPs count QKᵀ and PV (forward), and dV, dP, dQ, dK (backward), not recomputation; bytes are the minimal traffic (each input read once, each output written once)");
     println!(
-        "{:<32} {:<11} {:<4} {:>10} {:>10} {:>10} {:>9}",
+        "{:<32} {:<14} {:<4} {:>10} {:>10} {:>10} {:>9}",
         "shape", "kernel", "pass", "time (ms)", "TFLOP/s", "floor (ms)", "of floor"
     );
-    match a.only {
-        KernelSet::Attention => {
-            for s in paper_shapes(a.quick) {
-                attention_rows(&dev, &s, a.iters, matrix, bandwidth)?;
-            }
+    if matches!(a.only, KernelSet::Attention | KernelSet::All) {
+        for s in paper_shapes(a.quick) {
+            attention_rows(&dev, &s, a.iters, matrix, bandwidth)?;
         }
     }
+    if matches!(a.only, KernelSet::Other | KernelSet::All) {
+        other_rows(&dev, a.quick, a.iters, Rates { matrix, bandwidth })?;
+    }
+    Ok(())
+}
+
+/// The measured rates the floors come from.
+#[derive(Clone, Copy)]
+struct Rates {
+    matrix: f64,
+    bandwidth: f64,
+}
+
+fn row(name: &str, kernel: &str, pass: &str, t: f64, flops: f64, bytes: f64, r: Rates) {
+    let floor = (flops / r.matrix).max(bytes / r.bandwidth);
+    let rate = if flops > 0.0 {
+        format!("{:>10.2}", flops / t / 1e12)
+    } else {
+        format!("{:>7.0} GB/s", bytes / t / 1e9)
+    };
+    println!(
+        "{:<32} {:<14} {:<4} {:>10.3} {} {:>10.3} {:>8.1}%",
+        name,
+        kernel,
+        pass,
+        t * 1e3,
+        rate,
+        floor * 1e3,
+        100.0 * floor / t
+    );
+}
+
+/// The rest of a paper-preset step at batch 4: the decoder's 16 384 rows of
+/// E = 768 (FFN 1024), the QKV projection, the input of 4 × 128³, AdamW over
+/// every parameter. (TFLOP/s for GEMMs, GB/s for the memory-bound kernels.)
+fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result<()> {
+    let (rows, e, ffn) = if quick { (64, 32, 48) } else { (16_384, 768, 1024) };
+    let x = random(dev, rows * e, 4)?.reshape([rows, e])?;
+    let w = random(dev, 3 * e * e, 5)?.reshape([3 * e, e])?;
+    let b = random(dev, 3 * e, 6)?;
+    for bf16 in [false, true] {
+        let g = Gemm {
+            bf16,
+            ..Gemm::new(rows, 3 * e, e, false, true)
+        };
+        let y = gpu::empty(dev, [rows, 3 * e])?;
+        let (Some(xs), Some(ws), Some(ys), Some(bs)) = (
+            x.device_storage(),
+            w.device_storage(),
+            y.device_storage(),
+            b.device_storage(),
+        ) else {
+            return Err(Error::invalid("bench kernels", "operands are not on the device"));
+        };
+        let t = time(dev, iters, || dev.gemm(&g, &xs.buf, &ws.buf, &ys.buf, Some(&bs.buf)))?;
+        let flops = 2.0 * (rows * 3 * e * e) as f64;
+        let bytes = 4.0 * (rows * e + 3 * e * e + rows * 3 * e) as f64;
+        let label = if bf16 { "cuBLASLt bf16" } else { "cuBLASLt f32" };
+        row("QKV projection + bias", label, "fwd", t, flops, bytes, r);
+    }
+    let lw = random(dev, e, 7)?;
+    let lb = random(dev, e, 8)?;
+    let (y, mean, rstd) = gpu::layer_norm(&x, &lw, &lb, 1e-5)?;
+    let t = time(dev, iters, || gpu::layer_norm(&x, &lw, &lb, 1e-5).map(|_| ()))?;
+    row("layer norm", "layernorm", "fwd", t, 0.0, 8.0 * (rows * e) as f64, r);
+    let t = time(dev, iters, || {
+        gpu::layer_norm_backward(&y, &x, &lw, &mean, &rstd).map(|_| ())
+    })?;
+    row("layer norm", "layernorm", "bwd", t, 0.0, 12.0 * (rows * e) as f64, r);
+    let h = random(dev, rows * ffn, 9)?;
+    let t = time(dev, iters, || gpu::gelu(&h).map(|_| ()))?;
+    row("GELU (FFN width)", "gelu", "fwd", t, 0.0, 8.0 * (rows * ffn) as f64, r);
+    let t = time(dev, iters, || gpu::gelu_backward(&h, &h).map(|_| ()))?;
+    row("GELU (FFN width)", "gelu", "bwd", t, 0.0, 12.0 * (rows * ffn) as f64, r);
+    let t = time(dev, iters, || gpu::dropout(&h, 0.1, RngStream::new(1, 2)).map(|_| ()))?;
+    row("dropout p=0.1", "dropout", "fwd", t, 0.0, 8.0 * (rows * ffn) as f64, r);
+    let bias = random(dev, ffn, 10)?;
+    let t = time(dev, iters, || gpu::add(&h, &bias).map(|_| ()))?;
+    row("bias add", "add_broadcast", "fwd", t, 0.0, 8.0 * (rows * ffn) as f64, r);
+    // The fused input: 4 superpatches of 128³ as i16 → 1024 visible tokens of 512 each.
+    let (batch, side, patch): (usize, usize, usize) = if quick { (1, 16, 8) } else { (4, 128, 8) };
+    let hu: Vec<i16> = (0..batch * side * side * side)
+        .map(|i| (i % 2000) as i16 - 1000)
+        .collect();
+    let up = gpu::upload_hu(dev, &hu)?;
+    let tokens = (side / patch).pow(3);
+    let ids: Vec<usize> = (0..batch).flat_map(|_| (0..tokens).step_by(4)).collect();
+    let t = time(dev, iters, || {
+        gpu::superpatch_input(&up, batch, [side; 3], [patch; 3], &ids, 0.05, RngStream::new(3, 4)).map(|_| ())
+    })?;
+    let out_values = ids.len() * patch * patch * patch;
+    row(
+        "superpatch input (¼ visible)",
+        "input",
+        "fwd",
+        t,
+        0.0,
+        (2 * out_values + 4 * out_values) as f64,
+        r,
+    );
+    // AdamW over the paper model's parameter count, in one launch.
+    let n = if quick {
+        10_000
+    } else {
+        crate::model::param_count(&crate::model::ModelConfig::paper())
+    };
+    let (pw, pg, pm, pv) = (
+        random(dev, n, 11)?,
+        random(dev, n, 12)?,
+        gpu::zeros(dev, [n])?,
+        gpu::zeros(dev, [n])?,
+    );
+    let step = gpu::AdamWStep {
+        lr: 1e-4,
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.05,
+        t: 1,
+        clip: 1.0,
+    };
+    let t = time(dev, iters, || gpu::adamw_multi(&[[&pw, &pg, &pm, &pv]], &step))?;
+    row(
+        "AdamW, all parameters",
+        "adamw_multi",
+        "step",
+        t,
+        0.0,
+        28.0 * n as f64,
+        r,
+    );
     Ok(())
 }
 
@@ -190,7 +323,7 @@ fn attention_rows(dev: &SharedDevice, s: &Shape, iters: usize, matrix: f64, band
         for (pass, t, flops, bytes) in [("fwd", tf, fwd_flops, fwd_bytes), ("bwd", tb, bwd_flops, bwd_bytes)] {
             let floor = (flops / matrix).max(bytes / bandwidth);
             println!(
-                "{:<32} {:<11} {:<4} {:>10.3} {:>10.2} {:>10.3} {:>8.1}%",
+                "{:<32} {:<14} {:<4} {:>10.3} {:>10.2} {:>10.3} {:>8.1}%",
                 s.name,
                 label,
                 pass,
