@@ -41,7 +41,7 @@ fn open(device: CheckDevice, mixed: bool) -> Result<SharedDevice> {
     Ok(match (device, mixed) {
         (CheckDevice::Emu, false) => Arc::new(EmuDevice::new()),
         (CheckDevice::Emu, true) => Arc::new(EmuDevice::mixed()),
-        (CheckDevice::Cuda, m) => Arc::new(CudaDevice::open(0)?.with_mixed_precision(m)),
+        (CheckDevice::Cuda, m) => Arc::new(CudaDevice::open(0)?.with_mixed_precision(m).with_poison(true)),
     })
 }
 

@@ -35,6 +35,9 @@ fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
 
 pub struct CudaDevice {
     bf16: bool,
+    /// Fill fresh allocations with 0xFF bytes (NaN as f32), so a value a
+    /// kernel fails to write shows up in a check (as on the emulator).
+    poison: bool,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
@@ -98,6 +101,7 @@ impl CudaDevice {
         mem.insert(u64::MAX, ws);
         Ok(CudaDevice {
             bf16: false,
+            poison: false,
             ctx,
             stream,
             blas,
@@ -113,6 +117,12 @@ impl CudaDevice {
             mem: Mutex::new(mem),
             functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same device, poisoning every fresh allocation (for `check`).
+    pub fn with_poison(mut self, on: bool) -> Self {
+        self.poison = on;
+        self
     }
 
     /// The same device with mixed-precision GEMMs (bf16 operands) or not.
@@ -269,6 +279,13 @@ impl DeviceApi for CudaDevice {
             .stream
             .alloc_zeros::<u8>(bytes.max(1))
             .map_err(|e| cuda_err("alloc", e))?;
+        if self.poison {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            // SAFETY: the allocation was just made on this stream and holds
+            // at least `bytes` bytes; any byte pattern is valid for u8.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes.max(1), self.stream.cu_stream()) }
+                .map_err(|e| cuda_err("poisoning an allocation", e))?;
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.mem
             .lock()
