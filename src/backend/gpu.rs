@@ -674,28 +674,7 @@ pub fn gather_rows(x: &Tensor, idx: &[usize], batch: usize, n_src: usize, e: usi
 /// `B × n × E` rows placed at `idx` among `n_dst` per item, `fill` (`[E]`)
 /// elsewhere.
 pub fn scatter_rows(x: &Tensor, idx: &[usize], fill: &Tensor, batch: usize, n_dst: usize) -> Result<Tensor> {
-    const OP: &str = "scatter_rows";
-    let dev = device_of(OP, &[x, fill])?;
-    let e = fill.numel();
-    let n = idx.len() / batch.max(1);
-    let slot = index_buf(&*dev, &slots(OP, idx, batch, n_dst)?)?;
-    let y = empty(&dev, [batch, n_dst, e])?;
-    pointwise(
-        &dev,
-        OP,
-        batch * n_dst * e,
-        &[
-            arg(OP, x)?,
-            slot.arg(),
-            arg(OP, fill)?,
-            arg(OP, &y)?,
-            i32a(batch),
-            i32a(n_dst),
-            i32a(n),
-            i32a(e),
-        ],
-    )?;
-    Ok(y)
+    scatter_kernel("scatter_rows", x, idx, fill, &[], batch, n_dst)
 }
 
 /// The decoder input in one kernel: `scatter_rows(x, idx, fill)` plus
@@ -709,29 +688,32 @@ pub fn scatter_mask_pe(
     batch: usize,
     n_dst: usize,
 ) -> Result<Tensor> {
-    const OP: &str = "scatter_mask_pe";
-    let dev = device_of(OP, &[x, fill, pe, s])?;
+    scatter_kernel("scatter_mask_pe", x, idx, fill, &[pe, s], batch, n_dst)
+}
+
+/// The two scatter kernels: `(x, slot, fill, extra…, y, batch, n_dst, n, e)`.
+fn scatter_kernel(
+    op: &'static str,
+    x: &Tensor,
+    idx: &[usize],
+    fill: &Tensor,
+    extra: &[&Tensor],
+    batch: usize,
+    n_dst: usize,
+) -> Result<Tensor> {
+    let mut all = vec![x, fill];
+    all.extend_from_slice(extra);
+    let dev = device_of(op, &all)?;
     let e = fill.numel();
     let n = idx.len() / batch.max(1);
-    let slot = index_buf(&*dev, &slots(OP, idx, batch, n_dst)?)?;
+    let slot = index_buf(&*dev, &slots(op, idx, batch, n_dst)?)?;
     let y = empty(&dev, [batch, n_dst, e])?;
-    pointwise(
-        &dev,
-        OP,
-        batch * n_dst * e,
-        &[
-            arg(OP, x)?,
-            slot.arg(),
-            arg(OP, fill)?,
-            arg(OP, pe)?,
-            arg(OP, s)?,
-            arg(OP, &y)?,
-            i32a(batch),
-            i32a(n_dst),
-            i32a(n),
-            i32a(e),
-        ],
-    )?;
+    let mut args = vec![arg(op, x)?, slot.arg(), arg(op, fill)?];
+    for t in extra {
+        args.push(arg(op, t)?);
+    }
+    args.extend([arg(op, &y)?, i32a(batch), i32a(n_dst), i32a(n), i32a(e)]);
+    pointwise(&dev, op, batch * n_dst * e, &args)?;
     Ok(y)
 }
 
