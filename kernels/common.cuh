@@ -96,11 +96,11 @@ __device__ __forceinline__ float hu_window(float hu) {
 // ---- sequences of rows (the MATB streams), shared by the attention kernels ----
 
 struct SeqLayout {
-    int outer_count, inner_count, outer_stride, inner_stride, len, step;
+    int outer_count, inner_count, outer_stride, inner_stride, len, step, offset;
 };
 
 __device__ __forceinline__ int seq_row(SeqLayout l, int s, int i) {
-    return (s / l.inner_count) * l.outer_stride + (s % l.inner_count) * l.inner_stride + i * l.step;
+    return l.offset + (s / l.inner_count) * l.outer_stride + (s % l.inner_count) * l.inner_stride + i * l.step;
 }
 
 // Dropout keep-multiplier for (s, h, i, j), the draw of the CPU reference.

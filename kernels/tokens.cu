@@ -54,3 +54,21 @@ extern "C" __global__ void unselected_row_sums(const float* g, const int* slot, 
         out[c] = s;
     }
 }
+
+// y = [a | b] row by row (rows × (ca + cb)); rows = 1 joins two flat arrays.
+extern "C" __global__ void concat2(const float* a, const float* b, float* y, int rows, int ca, int cb) {
+    uint64_t w = (uint64_t)ca + cb, total = (uint64_t)rows * w;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint64_t r = i / w, c = i % w;
+        y[i] = c < (uint64_t)ca ? a[r * ca + c] : b[r * cb + (c - ca)];
+    }
+}
+
+// The gradient of concat2: g split back into ga (rows × ca) and gb (rows × cb).
+extern "C" __global__ void split2(const float* g, float* ga, float* gb, int rows, int ca, int cb) {
+    uint64_t w = (uint64_t)ca + cb, total = (uint64_t)rows * w;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint64_t r = i / w, c = i % w;
+        if (c < (uint64_t)ca) ga[r * ca + c] = g[i]; else gb[r * cb + (c - ca)] = g[i];
+    }
+}

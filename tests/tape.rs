@@ -154,3 +154,59 @@ fn duplicate_parameter_names_and_bad_values_are_rejected() {
         Some("lin.bias".into())
     );
 }
+
+/// The fused pair of MATB streams (one `rows × 6E` QKV matrix, one
+/// `rows × 2E` output) equals two separate attention ops on the halves,
+/// forward and backward, with dropout: the CPU form of what the device runs.
+#[test]
+fn attention_pair_equals_two_attentions_and_concat_splits_its_gradient() {
+    use nemesis::ops::{AttentionOptions, AttnDropout};
+    use nemesis::rng::RngStream;
+    use nemesis::tensor::SeqLayout;
+    let (b, t, l, heads, e) = (2, 3, 5, 2, 8);
+    let rows = b * t * l;
+    let opts = |layout, k| AttentionOptions {
+        layout,
+        heads,
+        dropout: Some(AttnDropout {
+            p: 0.2,
+            rng: RngStream::new(9, k),
+        }),
+    };
+    let (sa, sb) = (opts(SeqLayout::spatial(b, t, l), 1), opts(SeqLayout::depth(b, t, l), 2));
+    let qs = rand_tensor([rows, 3 * e], 21, DType::F64);
+    let qd = rand_tensor([rows, 3 * e], 22, DType::F64);
+    let g = rand_tensor([rows, 2 * e], 23, DType::F64);
+    let mut store = ParamStore::new();
+
+    let tape = Tape::new();
+    let (xs, xd) = (tape.input(qs.clone(), true), tape.input(qd.clone(), true));
+    let fused = tape
+        .attention_pair(&tape.concat(&xs, &xd, 1).unwrap(), &sa, &sb)
+        .unwrap();
+    let gf = tape.backward_with(&fused, g.clone(), &mut store).unwrap();
+
+    let tape2 = Tape::new();
+    let (ys, yd) = (tape2.input(qs, true), tape2.input(qd, true));
+    let apart = tape2
+        .concat(
+            &tape2.attention(&ys, &sa).unwrap(),
+            &tape2.attention(&yd, &sb).unwrap(),
+            1,
+        )
+        .unwrap();
+    let ga = tape2.backward_with(&apart, g, &mut store).unwrap();
+
+    assert!(rel_err(&fused.value().to_f64_vec(), &apart.value().to_f64_vec()) < 1e-13);
+    for (f, a) in [(&xs, &ys), (&xd, &yd)] {
+        let (gf, ga) = (gf.get(f).unwrap().to_f64_vec(), ga.get(a).unwrap().to_f64_vec());
+        assert!(rel_err(&gf, &ga) < 1e-13, "{}", rel_err(&gf, &ga));
+    }
+    // Shapes that do not fit are errors, not panics.
+    let tape3 = Tape::new();
+    let bad = tape3.input(rand_tensor([rows, 5 * e], 24, DType::F64), false);
+    assert!(tape3.attention_pair(&bad, &sa, &sb).is_err());
+    assert!(tape3
+        .concat(&bad, &tape3.input(rand_tensor([rows + 1, e], 25, DType::F64), false), 1)
+        .is_err());
+}

@@ -515,19 +515,36 @@ pub fn attention_with(
     heads: usize,
     dropout: Option<(f64, RngStream)>,
 ) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "attention_forward";
-    let dev = device_of(OP, &[qkv])?;
+    let dev = device_of("attention_forward", &[qkv])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let mut ys = qkv.dims().to_vec();
     if let Some(l) = ys.last_mut() {
         *l = e;
     }
+    let y = empty(&dev, ys)?;
+    let lse = attention_into(kernel, qkv, layout, heads, dropout, &y)?;
+    Ok((y, lse))
+}
+
+/// The attention forward of the sequences of `layout` into rows of `y`
+/// (other rows untouched); returns the log-sum-exp.
+fn attention_into(
+    kernel: AttentionKernel,
+    qkv: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+    y: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "attention_forward";
+    let dev = device_of(OP, &[qkv, y])?;
+    let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let n_lse = layout.num_seqs() * heads * layout.len;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
-    let (y, lse) = (empty(&dev, ys)?, empty(&dev, [n_lse])?);
+    let lse = empty(&dev, [n_lse])?;
     let args = [
         arg(OP, qkv)?,
-        arg(OP, &y)?,
+        arg(OP, y)?,
         arg(OP, &lse)?,
         Arg::Layout(layout),
         i32a(heads),
@@ -544,7 +561,7 @@ pub fn attention_with(
             dev.launch(name, &flash_launch(layout, heads, dh, bf16, false), &args)?;
         }
     }
-    Ok((y, lse))
+    Ok(lse)
 }
 
 /// The gradient with respect to the QKV tensor.
@@ -582,17 +599,35 @@ pub fn attention_backward_with(
     heads: usize,
     dropout: Option<(f64, RngStream)>,
 ) -> Result<Tensor> {
+    let dev = device_of("attention_backward", &[qkv])?;
+    let d = empty(&dev, qkv.shape().clone())?;
+    attention_backward_into(kernel, g, qkv, y, lse, layout, heads, dropout, &d)?;
+    Ok(d)
+}
+
+/// The QKV gradient of the sequences of `layout` into rows of `d`.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_into(
+    kernel: AttentionKernel,
+    g: &Tensor,
+    qkv: &Tensor,
+    y: &Tensor,
+    lse: &Tensor,
+    layout: SeqLayout,
+    heads: usize,
+    dropout: Option<(f64, RngStream)>,
+    d: &Tensor,
+) -> Result<()> {
     const OP: &str = "attention_backward";
-    let dev = device_of(OP, &[g, qkv, y, lse])?;
+    let dev = device_of(OP, &[g, qkv, y, lse, d])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
-    let d = empty(&dev, qkv.shape().clone())?;
     let args = [
         arg(OP, qkv)?,
         arg(OP, y)?,
         arg(OP, g)?,
         arg(OP, lse)?,
-        arg(OP, &d)?,
+        arg(OP, d)?,
         Arg::Layout(layout),
         i32a(heads),
         i32a(e),
@@ -613,7 +648,138 @@ pub fn attention_backward_with(
             dev.launch(dkv, &cfg, &args)?;
         }
     }
-    Ok(d)
+    Ok(())
+}
+
+/// One attention stream of a pair: its layout (over the `rows` of the token
+/// grid), heads and dropout.
+#[derive(Clone, Copy, Debug)]
+pub struct Stream {
+    pub layout: SeqLayout,
+    pub heads: usize,
+    pub dropout: Option<(f64, RngStream)>,
+}
+
+/// Both MATB streams over one `rows × 6E` QKV matrix (the fused projection
+/// of both streams: stream a in columns 0..3E, b in 3E..6E), into one
+/// `rows × 2E` output (a's heads, then b's): the input of one fused output
+/// projection. Returns the output and each stream's log-sum-exp.
+pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream) -> Result<(Tensor, [Tensor; 2])> {
+    let dev = device_of("attention pair", &[qkv])?;
+    let kernel = AttentionKernel::for_device(&dev);
+    let (rows, six_e) = (qkv.dims()[0], qkv.dims()[1]);
+    let e = six_e / 6;
+    let qv = qkv.reshape([2 * rows, 3 * e])?;
+    let y = empty(&dev, [2 * rows, e])?;
+    let la = attention_into(kernel, &qv, a.layout.interleaved(2, 0), a.heads, a.dropout, &y)?;
+    let lb = attention_into(kernel, &qv, b.layout.interleaved(2, 1), b.heads, b.dropout, &y)?;
+    Ok((y.reshape([rows, 2 * e])?, [la, lb]))
+}
+
+/// The gradient of `attention_pair` with respect to its `rows × 6E` input.
+pub fn attention_pair_backward(
+    g: &Tensor,
+    qkv: &Tensor,
+    y: &Tensor,
+    lse: &[Tensor; 2],
+    a: Stream,
+    b: Stream,
+) -> Result<Tensor> {
+    let dev = device_of("attention pair backward", &[g, qkv, y])?;
+    let kernel = AttentionKernel::for_device(&dev);
+    let (rows, six_e) = (qkv.dims()[0], qkv.dims()[1]);
+    let e = six_e / 6;
+    let (qv, yv, gv) = (
+        qkv.reshape([2 * rows, 3 * e])?,
+        y.reshape([2 * rows, e])?,
+        g.reshape([2 * rows, e])?,
+    );
+    let d = empty(&dev, [2 * rows, 3 * e])?;
+    attention_backward_into(
+        kernel,
+        &gv,
+        &qv,
+        &yv,
+        &lse[0],
+        a.layout.interleaved(2, 0),
+        a.heads,
+        a.dropout,
+        &d,
+    )?;
+    attention_backward_into(
+        kernel,
+        &gv,
+        &qv,
+        &yv,
+        &lse[1],
+        b.layout.interleaved(2, 1),
+        b.heads,
+        b.dropout,
+        &d,
+    )?;
+    d.reshape([rows, 6 * e])
+}
+
+/// `[a | b]` along `axis` of two 2-d tensors (or two 1-d ones, axis 0).
+pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    const OP: &str = "concat2";
+    let dev = device_of(OP, &[a, b])?;
+    let (rows, ca, cb, shape) = concat_dims(a.shape(), b.shape(), axis)?;
+    let y = empty(&dev, shape)?;
+    pointwise(
+        &dev,
+        OP,
+        rows * (ca + cb),
+        &[arg(OP, a)?, arg(OP, b)?, arg(OP, &y)?, i32a(rows), i32a(ca), i32a(cb)],
+    )?;
+    Ok(y)
+}
+
+/// The gradient of `concat`: `g` split back into the shapes of `a` and `b`.
+pub fn concat_backward(g: &Tensor, a: &Shape, b: &Shape, axis: usize) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "split2";
+    let dev = device_of(OP, &[g])?;
+    let (rows, ca, cb, _) = concat_dims(a, b, axis)?;
+    let (ga, gb) = (empty(&dev, a.clone())?, empty(&dev, b.clone())?);
+    pointwise(
+        &dev,
+        OP,
+        rows * (ca + cb),
+        &[
+            arg(OP, g)?,
+            arg(OP, &ga)?,
+            arg(OP, &gb)?,
+            i32a(rows),
+            i32a(ca),
+            i32a(cb),
+        ],
+    )?;
+    Ok((ga, gb))
+}
+
+/// `(rows, columns of a, columns of b, result shape)` of a concatenation,
+/// seen as rows of `ca + cb` values.
+pub fn concat_dims(a: &Shape, b: &Shape, axis: usize) -> Result<(usize, usize, usize, Shape)> {
+    let (da, db) = (a.dims(), b.dims());
+    let fits = da.len() == db.len()
+        && (1..=2).contains(&da.len())
+        && axis < da.len()
+        && da.iter().zip(db).enumerate().all(|(k, (x, y))| k == axis || x == y);
+    if !fits {
+        return Err(Error::shape_mismatch(
+            "concat",
+            a,
+            b,
+            format!("1-d or 2-d tensors equal except along axis {axis}"),
+        ));
+    }
+    let mut out = da.to_vec();
+    out[axis] += db[axis];
+    Ok(if axis == 0 {
+        (1, a.numel(), b.numel(), out.into())
+    } else {
+        (da[0], da[1], db[1], out.into())
+    })
 }
 
 // ---- token movement ---------------------------------------------------------

@@ -38,6 +38,7 @@ pub struct SeqLayoutC {
     pub inner_stride: i32,
     pub len: i32,
     pub step: i32,
+    pub offset: i32,
 }
 
 impl From<crate::tensor::SeqLayout> for SeqLayoutC {
@@ -49,6 +50,7 @@ impl From<crate::tensor::SeqLayout> for SeqLayoutC {
             inner_stride: l.inner_stride as i32,
             len: l.len as i32,
             step: l.step as i32,
+            offset: l.offset as i32,
         }
     }
 }

@@ -161,6 +161,65 @@ impl Nemesis {
         }
     }
 
+    /// Whether the parameters live on a device.
+    fn on_device(&self, store: &ParamStore) -> bool {
+        store
+            .iter()
+            .next()
+            .is_some_and(|(_, p)| p.value.device_storage().is_some())
+    }
+
+    /// `x + ½(MHA_spatial(h) + MHA_depth(h))` with both streams in one pass,
+    /// for devices: their QKV projections as one GEMM (weights stacked,
+    /// rows × 6E), both attentions over that matrix in place, and their
+    /// output projections with the ½ merge as one GEMM over the concatenated
+    /// heads (rows × 2E). The same arithmetic as the CPU path, fewer passes
+    /// and launches. (On the CPU it measured 7 % slower than two streams —
+    /// the interleaved rows cost locality — so the CPU keeps the plain form.)
+    #[allow(clippy::too_many_arguments)]
+    fn matb_attention_fused(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        prefix: &str,
+        x: &Var,
+        h: &Var,
+        grid: (usize, usize, usize),
+        heads: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let (b, t, l) = grid;
+        let (sp, dp) = (format!("{prefix}.spatial_attn"), format!("{prefix}.depth_attn"));
+        let p = |name: String| self.p(tape, store, &name);
+        let w_in = tape.concat(
+            &p(format!("{sp}.in_proj_weight"))?,
+            &p(format!("{dp}.in_proj_weight"))?,
+            0,
+        )?;
+        let b_in = tape.concat(&p(format!("{sp}.in_proj_bias"))?, &p(format!("{dp}.in_proj_bias"))?, 0)?;
+        let qkv = tape.linear(h, &w_in, Some(&b_in))?;
+        // Dropout streams in the order of the unfused code: spatial, then depth.
+        let spatial = AttentionOptions {
+            layout: SeqLayout::spatial(b, t, l),
+            heads,
+            dropout: dropout.and_then(|d| d.attention()),
+        };
+        let depth = AttentionOptions {
+            layout: SeqLayout::depth(b, t, l),
+            heads,
+            dropout: dropout.and_then(|d| d.attention()),
+        };
+        let heads_out = tape.attention_pair(&qkv, &spatial, &depth)?;
+        let w_out = tape.concat(
+            &p(format!("{sp}.out_proj.weight"))?,
+            &p(format!("{dp}.out_proj.weight"))?,
+            1,
+        )?;
+        let b_out = tape.add(&p(format!("{sp}.out_proj.bias"))?, &p(format!("{dp}.out_proj.bias"))?)?;
+        let merged = tape.scale(&tape.linear(&heads_out, &w_out, Some(&b_out))?, 0.5)?;
+        tape.add(x, &merged)
+    }
+
     /// SPEC 5.4 on `x` (`B·T·L × E` rows of a `B × T × L` grid).
     #[allow(clippy::too_many_arguments)]
     fn matb(
@@ -175,26 +234,31 @@ impl Nemesis {
     ) -> Result<Var> {
         let (b, t, l) = grid;
         let h = self.layer_norm(tape, store, &format!("{prefix}.norm1"), x)?;
-        let os = self.mha(
-            tape,
-            store,
-            &format!("{prefix}.spatial_attn"),
-            &h,
-            SeqLayout::spatial(b, t, l),
-            heads,
-            dropout,
-        )?;
-        let od = self.mha(
-            tape,
-            store,
-            &format!("{prefix}.depth_attn"),
-            &h,
-            SeqLayout::depth(b, t, l),
-            heads,
-            dropout,
-        )?;
-        let both = tape.add(&os, &od)?;
-        let x = tape.add(x, &tape.scale(&both, 0.5)?)?;
+        let x = if self.on_device(store) {
+            self.matb_attention_fused(tape, store, prefix, x, &h, grid, heads, dropout)?
+        } else {
+            // The CPU reference: the two streams as written in SPEC 5.4.
+            let os = self.mha(
+                tape,
+                store,
+                &format!("{prefix}.spatial_attn"),
+                &h,
+                SeqLayout::spatial(b, t, l),
+                heads,
+                dropout,
+            )?;
+            let od = self.mha(
+                tape,
+                store,
+                &format!("{prefix}.depth_attn"),
+                &h,
+                SeqLayout::depth(b, t, l),
+                heads,
+                dropout,
+            )?;
+            let both = tape.add(&os, &od)?;
+            tape.add(x, &tape.scale(&both, 0.5)?)?
+        };
         let x = self.layer_norm(tape, store, &format!("{prefix}.norm2"), &x)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
         let f = self.dropout(tape, &tape.gelu(&f)?, dropout)?;

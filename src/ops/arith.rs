@@ -153,3 +153,49 @@ impl Tape {
         ))
     }
 }
+
+impl Tape {
+    /// `[a | b]` along `axis` of two 2-d tensors (rows: axis 0, columns:
+    /// axis 1) or two 1-d ones (axis 0): the fused weights of both MATB
+    /// streams.
+    pub fn concat(&self, a: &Var, b: &Var, axis: usize) -> Result<Var> {
+        const OP: &str = "concat";
+        let dtype = same_dtype(OP, &[a, b])?;
+        let (sa, sb) = (a.shape().clone(), b.shape().clone());
+        let (rows, ca, cb, shape) = crate::backend::gpu::concat_dims(&sa, &sb, axis)?;
+        if on_device(&[a, b]) {
+            return Ok(self.record(
+                gpu::concat(a.value(), b.value(), axis)?,
+                &[a, b],
+                backward_fn(OP, move |g, _| {
+                    let (ga, gb) = gpu::concat_backward(g, &sa, &sb, axis)?;
+                    Ok(vec![Some(ga), Some(gb)])
+                }),
+            ));
+        }
+        let y = with_dtype!(dtype, T => {
+            let (av, bv) = (a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?);
+            let mut y = Vec::with_capacity(rows * (ca + cb));
+            for r in 0..rows {
+                y.extend_from_slice(&av[r * ca..(r + 1) * ca]);
+                y.extend_from_slice(&bv[r * cb..(r + 1) * cb]);
+            }
+            Tensor::from_vec(y, shape)?
+        });
+        Ok(self.record(
+            y,
+            &[a, b],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => {
+                    let gs = g.cpu_slice::<T>()?;
+                    let (mut ga, mut gb) = (Vec::with_capacity(rows * ca), Vec::with_capacity(rows * cb));
+                    for row in gs.chunks(ca + cb) {
+                        ga.extend_from_slice(&row[..ca]);
+                        gb.extend_from_slice(&row[ca..]);
+                    }
+                    Ok(vec![Some(Tensor::from_vec(ga, &sa)?), Some(Tensor::from_vec(gb, &sb)?)])
+                })
+            }),
+        ))
+    }
+}

@@ -1,6 +1,7 @@
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::attention::{self, AttnShape};
+use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{SeqLayout, Tensor};
@@ -115,5 +116,97 @@ impl Tape {
         let qkv = self.linear(x, p.in_proj_weight, Some(p.in_proj_bias))?;
         let a = self.attention(&qkv, opts)?;
         self.linear(&a, p.out_proj_weight, Some(p.out_proj_bias))
+    }
+}
+
+impl Tape {
+    /// Both attention streams of a MATB over one fused QKV matrix
+    /// (`rows × 6E`: stream `a`'s q, k, v in columns 0..3E, `b`'s in
+    /// 3E..6E), giving `rows × 2E` (a's output, then b's): what one fused
+    /// output projection reads. The same arithmetic as two `attention` calls.
+    pub fn attention_pair(&self, qkv: &Var, a: &AttentionOptions, b: &AttentionOptions) -> Result<Var> {
+        const OP: &str = "attention_pair";
+        let s = qkv.shape();
+        if s.rank() != 2 || s.last() == 0 || s.last() % 6 != 0 {
+            return Err(Error::bad_shape(OP, s, "expected rows × 6E (two fused QKV blocks)"));
+        }
+        let (rows, e) = (s.dims()[0], s.last() / 6);
+        for o in [a, b] {
+            if o.heads == 0 || e % o.heads != 0 {
+                return Err(Error::bad_shape(
+                    OP,
+                    s,
+                    format!("E = {e} must be divisible by the number of heads ({})", o.heads),
+                ));
+            }
+            o.layout.validate(rows)?;
+            if let Some(d) = &o.dropout {
+                if !(0.0..1.0).contains(&d.p) {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("dropout probability must be in [0, 1), got {}", d.p),
+                    ));
+                }
+            }
+        }
+        let stream = |o: &AttentionOptions, which: usize| {
+            let d = o.dropout.filter(|d| d.p > 0.0);
+            (
+                AttnShape {
+                    layout: o.layout.interleaved(2, which),
+                    heads: o.heads,
+                    width: e,
+                },
+                d,
+            )
+        };
+        let (sa, da) = stream(a, 0);
+        let (sb, db) = stream(b, 1);
+        if on_device(&[qkv]) {
+            // The device takes the layouts over the token rows and
+            // interleaves them itself.
+            let ga = gpu::Stream {
+                layout: a.layout,
+                heads: a.heads,
+                dropout: da.map(|d| (d.p, d.rng)),
+            };
+            let gb = gpu::Stream {
+                layout: b.layout,
+                heads: b.heads,
+                dropout: db.map(|d| (d.p, d.rng)),
+            };
+            let (y, lse) = gpu::attention_pair(qkv.value(), ga, gb)?;
+            let (qv, yv) = (qkv.value().clone(), y.clone());
+            return Ok(self.record(
+                y,
+                &[qkv],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(gpu::attention_pair_backward(g, &qv, &yv, &lse, ga, gb)?)])
+                }),
+            ));
+        }
+        let dtype = qkv.value().dtype();
+        let y = with_dtype!(dtype, T => {
+            let qv = qkv.value().cpu_slice::<T>()?;
+            // Each stream fills its own rows of the 2·rows × E view.
+            let mut y = vec![T::zero(); rows * 2 * e];
+            attention::forward_into(qv, &sa, da.as_ref(), &mut y);
+            attention::forward_into(qv, &sb, db.as_ref(), &mut y);
+            Tensor::from_vec(y, [rows, 2 * e])?
+        });
+        let qv = qkv.value().clone();
+        Ok(self.record(
+            y,
+            &[qkv],
+            backward_fn(OP, move |g, _| {
+                with_dtype!(dtype, T => {
+                    let (gs, qs) = (g.cpu_slice::<T>()?, qv.cpu_slice::<T>()?);
+                    let mut d = vec![T::zero(); qs.len()];
+                    attention::backward_into(gs, qs, &sa, da.as_ref(), &mut d);
+                    attention::backward_into(gs, qs, &sb, db.as_ref(), &mut d);
+                    Ok(vec![Some(Tensor::from_vec(d, qv.shape())?)])
+                })
+            }),
+        ))
     }
 }

@@ -15,6 +15,8 @@ pub struct SeqLayout {
     pub inner_stride: usize,
     pub len: usize,
     pub step: usize,
+    /// Added to every row (the second of two interleaved streams).
+    pub offset: usize,
 }
 
 impl SeqLayout {
@@ -27,6 +29,7 @@ impl SeqLayout {
             inner_stride: 0,
             len,
             step: 1,
+            offset: 0,
         }
     }
 
@@ -45,6 +48,20 @@ impl SeqLayout {
             inner_stride: 1,
             len: t,
             step: l,
+            offset: 0,
+        }
+    }
+
+    /// This layout over a matrix whose rows are interleaved with those of
+    /// `ways − 1` others: row r becomes row `r·ways + which`. Two streams'
+    /// QKV rows side by side (`rows × 6E`) read as `2·rows × 3E` this way.
+    pub fn interleaved(&self, ways: usize, which: usize) -> Self {
+        SeqLayout {
+            outer_stride: self.outer_stride * ways,
+            inner_stride: self.inner_stride * ways,
+            step: self.step * ways,
+            offset: self.offset * ways + which,
+            ..*self
         }
     }
 
@@ -58,7 +75,7 @@ impl SeqLayout {
 
     /// The row of element 0 of sequence `s`.
     pub fn base(&self, s: usize) -> usize {
-        (s / self.inner_count) * self.outer_stride + (s % self.inner_count) * self.inner_stride
+        self.offset + (s / self.inner_count) * self.outer_stride + (s % self.inner_count) * self.inner_stride
     }
 
     pub fn row(&self, s: usize, i: usize) -> usize {
@@ -124,6 +141,7 @@ mod tests {
             inner_stride: 0,
             len: 2,
             step: 1,
+            offset: 0,
         };
         let err = bad.validate(4).unwrap_err().to_string();
         assert!(

@@ -70,6 +70,15 @@ fn probabilities<T: CpuFloat>(
 }
 
 pub fn forward<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
+    // Rows of the QKV matrix (more than the layout's when it is one of two
+    // interleaved streams; the other stream's rows stay zero).
+    let mut y = vec![T::zero(); qkv.len() / (3 * sh.width).max(1) * sh.width];
+    forward_into(qkv, sh, dropout, &mut y);
+    y
+}
+
+/// `forward` into the rows of `y` that the layout owns (others untouched).
+pub fn forward_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
         .into_par_iter()
@@ -90,18 +99,23 @@ pub fn forward<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDrop
             out
         })
         .collect();
-    let mut y = vec![T::zero(); sh.layout.num_rows() * e];
     for (s, blk) in blocks.iter().enumerate() {
         for (i, row) in blk.chunks(e).enumerate() {
             let r = sh.layout.row(s, i);
             y[r * e..(r + 1) * e].copy_from_slice(row);
         }
     }
-    y
 }
 
 /// Gradient with respect to the fused QKV input, `rows × 3E`.
 pub fn backward<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
+    let mut dqkv = vec![T::zero(); qkv.len()];
+    backward_into(g, qkv, sh, dropout, &mut dqkv);
+    dqkv
+}
+
+/// `backward` into the rows of `dqkv` that the layout owns (others untouched).
+pub fn backward_into<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [T]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let scale = T::from_f64(1.0 / (dh as f64).sqrt());
     let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
@@ -157,12 +171,10 @@ pub fn backward<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option
             d
         })
         .collect();
-    let mut dqkv = vec![T::zero(); sh.layout.num_rows() * 3 * e];
     for (s, blk) in blocks.iter().enumerate() {
         for (i, row) in blk.chunks(3 * e).enumerate() {
             let r = sh.layout.row(s, i);
             dqkv[r * 3 * e..(r + 1) * 3 * e].copy_from_slice(row);
         }
     }
-    dqkv
 }
