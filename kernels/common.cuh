@@ -93,6 +93,21 @@ __device__ __forceinline__ float hu_window(float hu) {
     return (v + 175.0f) / 425.0f;
 }
 
+// ---- block sums in a fixed order ----
+
+// Writes the sum of every thread's `v` to partial[blockIdx.x] by a tree in
+// shared memory (`buf`: blockDim.x floats, blockDim.x a power of two), so the
+// order of the additions depends on the launch only, never on scheduling.
+__device__ __forceinline__ void block_tree_sum(float v, float* buf, float* partial) {
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+}
+
 // ---- sequences of rows (the MATB streams), shared by the attention kernels ----
 
 struct SeqLayout {

@@ -95,13 +95,7 @@ extern "C" __global__ void block_sums(const float* x, float* partial, uint64_t n
     float s = 0.0f;
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
         s += x[i];
-    buf[threadIdx.x] = s;
-    __syncthreads();
-    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+    block_tree_sum(s, buf, partial);
 }
 
 // f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): the

@@ -10,13 +10,7 @@ extern "C" __global__ void grad_sq_partials(const float* g, float* partial, uint
     float s = 0.0f;
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
         s += g[i] * g[i];
-    buf[threadIdx.x] = s;
-    __syncthreads();
-    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+    block_tree_sum(s, buf, partial);
 }
 
 // AdamW as torch.optim.AdamW, with the clip factor applied to the gradient:
@@ -82,11 +76,5 @@ extern "C" __global__ void grad_sq_multi(const uint64_t* table, const uint64_t* 
         float gi = ((const float*)table[t])[i - starts[t]];
         s += gi * gi;
     }
-    buf[threadIdx.x] = s;
-    __syncthreads();
-    for (unsigned int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = buf[0];
+    block_tree_sum(s, buf, partial);
 }

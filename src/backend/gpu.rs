@@ -97,19 +97,33 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if let Some(l) = ys.last_mut() {
         *l = out_f;
     }
-    let y = empty(&dev, ys)?;
-    let bias = match b {
-        Some(b) => Some(&storage(OP, b)?.buf),
+    product(&dev, Gemm::new(rows, out_f, in_f, false, true), x, w, b, ys)
+}
+
+/// `op(a)·op(b)` (+ `bias` on every row) into a fresh tensor of `shape`, in
+/// the device's precision.
+fn product(
+    dev: &SharedDevice,
+    g: Gemm,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    shape: impl Into<Shape>,
+) -> Result<Tensor> {
+    const OP: &str = "gemm";
+    let y = empty(dev, shape)?;
+    let bias = match bias {
+        Some(t) => Some(&storage(OP, t)?.buf),
         None => None,
     };
     let g = Gemm {
         bf16: dev.mixed_precision(),
-        ..Gemm::new(rows, out_f, in_f, false, true)
+        ..g
     };
     dev.gemm(
         &g,
-        &storage(OP, x)?.buf,
-        &storage(OP, w)?.buf,
+        &storage(OP, a)?.buf,
+        &storage(OP, b)?.buf,
         &storage(OP, &y)?.buf,
         bias,
     )?;
@@ -122,25 +136,16 @@ pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor, needs: [bool; 3]) -> 
     let dev = device_of(OP, &[g, x, w])?;
     let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
     let rows = x.numel() / in_f.max(1);
-    let (gb, xb, wb) = (&storage(OP, g)?.buf, &storage(OP, x)?.buf, &storage(OP, w)?.buf);
     let mut out = [None, None, None];
     if needs[0] {
-        let dx = empty(&dev, x.shape().clone())?;
-        let gm = Gemm {
-            bf16: dev.mixed_precision(),
-            ..Gemm::new(rows, in_f, out_f, false, false)
-        };
-        dev.gemm(&gm, gb, wb, &storage(OP, &dx)?.buf, None)?;
-        out[0] = Some(dx);
+        // dx = g·W
+        let gm = Gemm::new(rows, in_f, out_f, false, false);
+        out[0] = Some(product(&dev, gm, g, w, None, x.shape().clone())?);
     }
     if needs[1] {
-        let dw = empty(&dev, w.shape().clone())?;
-        let gm = Gemm {
-            bf16: dev.mixed_precision(),
-            ..Gemm::new(out_f, in_f, rows, true, false)
-        };
-        dev.gemm(&gm, gb, xb, &storage(OP, &dw)?.buf, None)?;
-        out[1] = Some(dw);
+        // dW = gᵀ·x
+        let gm = Gemm::new(out_f, in_f, rows, true, false);
+        out[1] = Some(product(&dev, gm, g, x, None, w.shape().clone())?);
     }
     if needs[2] {
         out[2] = Some(column_sums(g, out_f)?);

@@ -5,13 +5,15 @@ use super::font::{self, ADVANCE};
 use super::{PictureError, Result};
 
 /// Distinct, colour-blind-friendlier defaults for series colours.
-pub const PALETTE: [Rgb; 6] = [
+pub const PALETTE: [Rgb; 8] = [
     Rgb(31, 119, 180),
     Rgb(230, 110, 0),
     Rgb(44, 160, 44),
     Rgb(214, 39, 40),
     Rgb(148, 103, 189),
     Rgb(140, 86, 75),
+    Rgb(23, 190, 207),
+    Rgb(227, 119, 194),
 ];
 
 const BACKGROUND: Rgb = Rgb::WHITE;

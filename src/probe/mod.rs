@@ -21,7 +21,7 @@ use crate::data::{DatasetIndex, Entry};
 use crate::error::{Error, Result};
 use crate::io::{Array, ArrayData, TensorFile};
 use crate::model::{ModelConfig, Nemesis};
-use crate::picture::{line_plot, Axis, PlotSpec, Rgb, Series};
+use crate::picture::{line_plot, Axis, PlotSpec, Rgb, Series, PALETTE};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::Tensor;
 use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
@@ -598,16 +598,6 @@ fn markdown(
 
 /// One ROC curve per organ (undefined organs left out).
 fn roc_png(path: &Path, last: &Evaluation, val_y: &[u8]) -> Result<()> {
-    const COLORS: [Rgb; 8] = [
-        Rgb(214, 39, 40),
-        Rgb(44, 160, 44),
-        Rgb(148, 103, 189),
-        Rgb(31, 119, 180),
-        Rgb(23, 190, 207),
-        Rgb(140, 86, 75),
-        Rgb(255, 127, 14),
-        Rgb(227, 119, 194),
-    ];
     let k = ORGANS.len();
     let mut series = Vec::new();
     for (i, (name, _)) in ORGANS.iter().enumerate() {
@@ -619,7 +609,7 @@ fn roc_png(path: &Path, last: &Evaluation, val_y: &[u8]) -> Result<()> {
         }
         series.push(Series::new(
             format!("{name} {}", fmt_auroc(last.auroc[i])),
-            COLORS[i],
+            PALETTE[i],
             Axis::Left,
             curve,
         ));
