@@ -1,6 +1,6 @@
-// The masked per-token MSE of SPEC 7 and the pieces of its PSNR. Sums are
-// per-block partials added in block order by the caller, so the result does
-// not depend on scheduling.
+// The masked per-token MSE of SPEC 7 and the pieces of its PSNR. Every sum
+// is in a fixed order (one block, shares added in thread order), so the
+// result does not depend on scheduling.
 #include "common.cuh"
 
 // e[n] = mean over the token's P values of (pred − target)²; sq[n] = the sum.
@@ -16,13 +16,46 @@ extern "C" __global__ void token_errors(const float* pred, const float* target, 
     }
 }
 
+// The loss and the squared-error total from token_errors' output, in one
+// block, so no partial sums go to the host: loss[0] = Σ mask·e / Σ mask (the
+// mean of e when nothing is masked), sse[0] = Σ sq. Each thread adds a
+// strided share in double; thread 0 adds the shares in thread order, so the
+// result depends on the launch only. Shared memory: 4 · blockDim.x doubles.
+extern "C" __global__ void masked_mse_reduce(const float* e, const float* sq, const float* mask, float* loss, float* sse,
+                                             int tokens) {
+    NEMESIS_DYNAMIC_SHARED(double, buf);
+    double we = 0.0, w = 0.0, all = 0.0, s = 0.0;
+    for (int n = threadIdx.x; n < tokens; n += blockDim.x) {
+        we += (double)mask[n] * (double)e[n];
+        w += (double)mask[n];
+        all += (double)e[n];
+        s += (double)sq[n];
+    }
+    double* mine = buf + 4 * threadIdx.x;
+    mine[0] = we;
+    mine[1] = w;
+    mine[2] = all;
+    mine[3] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t[4] = {0.0, 0.0, 0.0, 0.0};
+        for (unsigned int k = 0; k < blockDim.x; ++k)
+            for (int j = 0; j < 4; ++j) t[j] += buf[4 * k + j];
+        loss[0] = (float)(t[1] == 0.0 ? t[2] / (double)tokens : t[0] / t[1]);
+        sse[0] = (float)t[3];
+    }
+}
+
 // d loss / d pred = g · weight[n] · 2 (pred − target) / P, with weight[n] =
-// mask[n] / Σ mask (or 1 / tokens when nothing is masked), computed by the caller.
+// mask[n] / Σ mask (or 1 / tokens when nothing is masked), computed by the
+// caller, and the upstream gradient g read from the device (g[0]), so the
+// backward pass never waits for the host.
 extern "C" __global__ void masked_mse_backward(const float* pred, const float* target, const float* weight, float* grad,
-                                               float g, int tokens, int p) {
+                                               const float* g, int tokens, int p) {
     uint64_t total = (uint64_t)tokens * p;
+    float g0 = g[0];
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
-        grad[i] = g * weight[i / p] * 2.0f * (pred[i] - target[i]) / (float)p;
+        grad[i] = g0 * weight[i / p] * 2.0f * (pred[i] - target[i]) / (float)p;
     }
 }
 

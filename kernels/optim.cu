@@ -44,9 +44,15 @@ __device__ __forceinline__ int multi_tensor_of(const uint64_t* starts, int count
 // AdamW over every parameter in one launch: table[4t .. 4t+3] hold the device
 // addresses of tensor t's weight, gradient and two moments; the update is
 // adamw_step's.
+// The clip factor is read from the device (clip[1], as clip_factor writes
+// it); when it is NaN (the gradient norm was not finite) nothing changes, so
+// a diverged step never reaches the weights even though the host learns of
+// it only later.
 extern "C" __global__ void adamw_multi(const uint64_t* table, const uint64_t* starts, int count, float lr,
                                        float beta1, float beta2, float eps, float weight_decay, float bc1,
-                                       float bc2_sqrt, float clip) {
+                                       float bc2_sqrt, const float* clip_norm) {
+    float clip = clip_norm[1];
+    if (clip != clip) return;
     uint64_t total = starts[count];
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
         int t = multi_tensor_of(starts, count, i);
@@ -77,4 +83,19 @@ extern "C" __global__ void grad_sq_multi(const uint64_t* table, const uint64_t* 
         s += gi * gi;
     }
     block_tree_sum(s, buf, partial);
+}
+
+// The global gradient norm and PyTorch's clip factor from grad_sq_multi's
+// partials, on one thread (the partials added in order, in double):
+// out[0] = ‖g‖, out[1] = max_norm / (‖g‖ + 1e−6) when that is below 1, else
+// 1, and NaN when the norm is not finite (adamw_multi then skips the step).
+extern "C" __global__ void clip_factor(const float* partial, int blocks, double max_norm, float* out) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (int k = 0; k < blocks; ++k) s += (double)partial[k];
+    double norm = sqrt(s);
+    double coef = max_norm / (norm + 1e-6);
+    bool finite = norm == norm && norm <= 1.7976931348623157e308;
+    out[0] = (float)norm;
+    out[1] = finite ? (float)(coef < 1.0 ? coef : 1.0) : __uint_as_float(0x7fc00000u);
 }

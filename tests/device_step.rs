@@ -45,3 +45,147 @@ fn tiny_training_step_in_mixed_precision_is_within_bf16_limits() {
     // within fp32's limit.
     assert!(rows.iter().any(|r| r.rel_err > 1e-4), "bf16 rounding had no effect");
 }
+
+mod queued {
+    use std::sync::Arc;
+
+    use nemesis::autograd::ParamStore;
+    use nemesis::backend::device::SharedDevice;
+    use nemesis::backend::emu::EmuDevice;
+    use nemesis::data::{Batch, BatchData, Position};
+    use nemesis::model::{init_params, ModelConfig, Nemesis};
+    use nemesis::rng::RngStream;
+    use nemesis::tensor::{DType, Tensor};
+    use nemesis::train::{queue_step, AdamW, AdamWConfig, StepSpec, StepValues};
+
+    fn hu_batch(c: &ModelConfig, b: usize) -> Vec<i16> {
+        let mut u = vec![0.0f32; b * c.voxels()];
+        RngStream::new(3, 4).fill_uniform(0, &mut u);
+        // Some values outside the window, so clamping is exercised.
+        u.iter().map(|&v| (-400.0 + 900.0 * v).round() as i16).collect()
+    }
+
+    fn batch(c: &ModelConfig, b: usize, data: BatchData) -> Batch {
+        let [d, h, w] = c.superpatch_size;
+        Batch {
+            position: Position::default(),
+            shape: [b, 1, d, h, w],
+            data,
+            sources: Vec::new(),
+        }
+    }
+
+    fn optimizer(store: &ParamStore) -> AdamW {
+        AdamW::new(
+            AdamWConfig {
+                betas: (0.9, 0.95),
+                eps: 1e-8,
+                weight_decay: 0.05,
+            },
+            store,
+        )
+    }
+
+    /// Two steps; returns each step's metrics and the weights after them.
+    fn two_steps(
+        c: &ModelConfig,
+        mut store: ParamStore,
+        data: BatchData,
+        waits: Option<&EmuDevice>,
+    ) -> (Vec<StepValues>, ParamStore) {
+        let model = Nemesis::new(c.clone()).unwrap();
+        let spec = StepSpec {
+            model: &model,
+            seed: 9,
+            noise_levels: &[0.0, 0.05],
+            clip: 0.5,
+        };
+        let mut opt = optimizer(&store);
+        let before = waits.map(|e| e.host_waits());
+        let first = queue_step(&spec, &mut store, &mut opt, 0, 1e-3, vec![batch(c, 2, data.clone())]).unwrap();
+        let second = queue_step(&spec, &mut store, &mut opt, 1, 1e-3, vec![batch(c, 2, data)]).unwrap();
+        if let (Some(e), Some(b)) = (waits, before) {
+            assert_eq!(
+                e.host_waits(),
+                b,
+                "queueing two steps made the host wait for the device (a download or synchronize)"
+            );
+        }
+        (
+            vec![first.wait().unwrap(), second.wait().unwrap()],
+            store.to_cpu().unwrap(),
+        )
+    }
+
+    #[test]
+    fn queued_steps_never_wait_for_the_device_and_match_the_cpu() {
+        let c = ModelConfig::tiny();
+        let hu = hu_batch(&c, 2);
+        let windowed: Vec<f32> = hu
+            .iter()
+            .map(|&v| ((v as f32).clamp(-175.0, 250.0) + 175.0) / 425.0)
+            .collect();
+        let emu = Arc::new(EmuDevice::new());
+        let dev: SharedDevice = emu.clone();
+        let store = init_params(&c, 1, DType::F32).unwrap();
+        let (cpu, cpu_w) = two_steps(&c, store.clone(), BatchData::F32(windowed), None);
+        let (got, got_w) = two_steps(&c, store.to_device(&dev).unwrap(), BatchData::HuI16(hu), Some(&emu));
+        for (a, b) in cpu.iter().zip(&got) {
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(1e-6);
+            assert!(close(a.loss, b.loss), "loss {} vs {}", a.loss, b.loss);
+            assert!(close(a.psnr, b.psnr), "psnr {} vs {}", a.psnr, b.psnr);
+            assert!(
+                close(a.grad_norm, b.grad_norm),
+                "norm {} vs {}",
+                a.grad_norm,
+                b.grad_norm
+            );
+            assert!(a.grad_norm > 0.5, "the clip must bite: norm {}", a.grad_norm);
+        }
+        // AdamW divides each gradient by its own running size, so a weight
+        // whose gradient is near zero moves by up to lr per step in a
+        // direction set by rounding; the two backends must agree to 5 % of
+        // the largest movement two steps allow (2·lr).
+        for ((_, p), (_, q)) in cpu_w.iter().zip(got_w.iter()) {
+            let (a, b) = (p.value.to_f64_vec(), q.value.to_f64_vec());
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(err < 0.05 * 2e-3, "{}: weights differ by {err} after two steps", p.name);
+        }
+    }
+
+    #[test]
+    fn a_step_whose_gradient_is_nan_leaves_the_weights_alone_on_both_backends() {
+        let c = ModelConfig::tiny();
+        let hu = hu_batch(&c, 2);
+        let mut store = init_params(&c, 1, DType::F32).unwrap();
+        // A NaN in the last decoder weight makes the loss and every gradient NaN.
+        let id = store.iter().last().map(|(id, _)| id).unwrap();
+        let p = store.get(id).value.clone();
+        let mut v = p.to_vec::<f32>().unwrap();
+        v[0] = f32::NAN;
+        store
+            .set_value(id, Tensor::from_vec(v, p.shape().clone()).unwrap())
+            .unwrap();
+        let windowed: Vec<f32> = hu
+            .iter()
+            .map(|&v| ((v as f32).clamp(-175.0, 250.0) + 175.0) / 425.0)
+            .collect();
+        let dev: SharedDevice = Arc::new(EmuDevice::new());
+        for (start, data) in [
+            (store.clone(), BatchData::F32(windowed)),
+            (store.to_device(&dev).unwrap(), BatchData::HuI16(hu)),
+        ] {
+            let (values, after) = two_steps(&c, start, data, None);
+            assert!(values.iter().all(|v| v.loss.is_nan() && v.grad_norm.is_nan()));
+            for ((_, a), (_, b)) in store.iter().zip(after.iter()) {
+                let same = a
+                    .value
+                    .to_f64_vec()
+                    .iter()
+                    .zip(b.value.to_f64_vec())
+                    .all(|(x, y)| x == &y || (x.is_nan() && y.is_nan()));
+                assert!(same, "{} changed in a step whose gradient was NaN", a.name);
+            }
+        }
+    }
+}

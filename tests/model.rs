@@ -298,5 +298,5 @@ fn reconstruction_shape_and_ablation_names() {
     assert_eq!(out.latent.shape().dims(), [2, c.visible_tokens(), 12]);
     let rec = unpatchify(&c, out.pred.value()).unwrap();
     assert_eq!(rec.dims(), clean.dims());
-    assert!(out.psnr.is_finite() && out.loss.value().scalar_value().unwrap() > 0.0);
+    assert!(out.psnr().unwrap().is_finite() && out.loss.value().scalar_value().unwrap() > 0.0);
 }

@@ -188,7 +188,11 @@ impl Tape {
                 "the loss must have one element; use backward_with for a tensor output",
             ));
         }
-        let seed = Tensor::full(1.0, loss.shape(), loss.value.dtype());
+        let mut seed = Tensor::full(1.0, loss.shape(), loss.value.dtype());
+        // A loss on a device gets its seed there (an upload, no wait).
+        if let Some(dev) = loss.value.shared_device() {
+            seed = seed.to_device(&dev)?;
+        }
         self.backward_with(loss, seed, store)
     }
 

@@ -100,9 +100,28 @@ pub trait DeviceApi {
     /// given (`n` values; on CUDA the GEMM's bias epilogue).
     fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// Queues a copy of the first `bytes` of `src` to the host behind the
+    /// work queued so far and returns at once; `wait` on the result gives
+    /// the bytes. How a step's metrics come back without stalling the queue.
+    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>>;
     /// The device address of a buffer, for the address tables of the
     /// multi-tensor kernels (valid while the buffer lives).
     fn address(&self, buf: &Buffer) -> Result<u64>;
+}
+
+/// A copy to the host started by `DeviceApi::download_later`.
+pub trait PendingDownload {
+    /// Waits for the copy (and everything queued before it) and gives the bytes.
+    fn wait(self: Box<Self>) -> Result<Vec<u8>>;
+}
+
+/// A download that has already happened (a device that runs synchronously).
+pub struct Downloaded(pub Vec<u8>);
+
+impl PendingDownload for Downloaded {
+    fn wait(self: Box<Self>) -> Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// A typed allocation that frees itself.

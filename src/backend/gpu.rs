@@ -920,8 +920,9 @@ pub fn scatter_rows_backward(
 
 // ---- loss and pooling -------------------------------------------------------
 
-/// Per-token mean and sum of squared errors over the last dimension `p`.
-fn token_errors(pred: &Tensor, target: &Tensor, p: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+/// Per-token mean and sum of squared errors over the last dimension `p`,
+/// left on the device.
+fn token_errors(pred: &Tensor, target: &Tensor, p: usize) -> Result<(Tensor, Tensor)> {
     const OP: &str = "token_errors";
     let dev = device_of(OP, &[pred, target])?;
     let tokens = pred.numel() / p.max(1);
@@ -939,7 +940,7 @@ fn token_errors(pred: &Tensor, target: &Tensor, p: usize) -> Result<(Vec<f32>, V
             i32a(p),
         ],
     )?;
-    Ok((e.to_cpu()?.to_vec()?, sq.to_cpu()?.to_vec()?))
+    Ok((e, sq))
 }
 
 /// The weight of each token in SPEC 7's loss: mask / Σ mask, or 1/tokens
@@ -957,17 +958,59 @@ fn token_weights(mask: &[f32]) -> Vec<f64> {
         .collect()
 }
 
-/// SPEC 7's masked loss: per-token errors on the device, the weighted sum
-/// on the host in token order (f64).
-pub fn masked_mse(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize) -> Result<f64> {
-    let (e, _) = token_errors(pred, target, p)?;
-    Ok(token_weights(mask).iter().zip(&e).map(|(w, &e)| w * e as f64).sum())
+/// Threads of the one-block reductions (loss, clip factor).
+const REDUCE_THREADS: u32 = 256;
+
+/// SPEC 7's masked loss (0-d) and the sum of squared errors over every value
+/// (0-d, for the PSNR), both left on the device: per-token errors, then one
+/// block adds them in a fixed order in double. Nothing waits for the host.
+pub fn masked_mse(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "masked_mse_reduce";
+    let dev = device_of(OP, &[pred, target])?;
+    let (e, sq) = token_errors(pred, target, p)?;
+    if mask.len() != e.numel() {
+        return Err(Error::invalid(OP, "one mask value per token is needed"));
+    }
+    let dm = DeviceVec::from_slice(&*dev, mask)?;
+    let (loss, sse) = (empty(&dev, Shape::scalar())?, empty(&dev, Shape::scalar())?);
+    dev.launch(
+        OP,
+        &Launch::linear(1, REDUCE_THREADS, REDUCE_THREADS * 4 * 8),
+        &[
+            arg(OP, &e)?,
+            arg(OP, &sq)?,
+            dm.arg(),
+            arg(OP, &loss)?,
+            arg(OP, &sse)?,
+            i32a(mask.len()),
+        ],
+    )?;
+    Ok((loss, sse))
 }
 
-/// `d loss / d pred` for an upstream gradient `g0`.
-pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize, g0: f64) -> Result<Tensor> {
+/// The sum of squared errors over every value (0-d, on the device).
+pub fn sum_sq_err(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let p = pred.dims().last().copied().unwrap_or(1).max(1);
+    let tokens = pred.numel() / p;
+    Ok(masked_mse(pred, target, &vec![0.0; tokens], p)?.1)
+}
+
+/// `d loss / d pred` for the upstream gradient `g` (one element; a host
+/// value is uploaded, a device one read there).
+pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize, g: &Tensor) -> Result<Tensor> {
     const OP: &str = "masked_mse_backward";
     let dev = device_of(OP, &[pred, target])?;
+    if g.numel() != 1 {
+        return Err(Error::bad_shape(
+            OP,
+            g.shape(),
+            "the upstream gradient of a loss has one element",
+        ));
+    }
+    let g = match g.device_storage() {
+        Some(_) => g.clone(),
+        None => g.to_dtype(crate::tensor::DType::F32).to_device(&dev)?,
+    };
     let w: Vec<f32> = token_weights(mask).iter().map(|&w| w as f32).collect();
     let dw = DeviceVec::from_slice(&*dev, &w)?;
     let grad = empty(&dev, pred.shape().clone())?;
@@ -980,20 +1023,12 @@ pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usiz
             arg(OP, target)?,
             dw.arg(),
             arg(OP, &grad)?,
-            Arg::F32(g0 as f32),
+            arg(OP, &g)?,
             i32a(mask.len()),
             i32a(p),
         ],
     )?;
     Ok(grad)
-}
-
-/// SPEC 7's PSNR over every value, `−10·log10(MSE + 1e−8)`.
-pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
-    let p = pred.dims().last().copied().unwrap_or(1).max(1);
-    let (_, sq) = token_errors(pred, target, p)?;
-    let mse = sq.iter().map(|&v| v as f64).sum::<f64>() / pred.numel().max(1) as f64;
-    Ok(-10.0 * (mse + 1e-8).log10())
 }
 
 /// Mean over the middle axis of `outer × n × inner`.
@@ -1034,8 +1069,6 @@ pub struct AdamWStep {
     pub weight_decay: f64,
     /// The step number, from 1.
     pub t: u64,
-    /// The factor the gradient is scaled by (global-norm clipping).
-    pub clip: f64,
 }
 
 /// The address table and flat starts of a multi-tensor launch.
@@ -1072,12 +1105,9 @@ fn multi_table<'d>(dev: &'d SharedDevice, op: &'static str, rows: &[Vec<&Tensor>
     })
 }
 
-/// Σ g² over every tensor of `grads` in one launch (f64 sum of per-block partials).
-pub fn sum_of_squares_multi(grads: &[&Tensor]) -> Result<f64> {
+/// Per-block partial sums of g² over every tensor of `grads`, in one launch.
+fn grad_sq_partials(grads: &[&Tensor]) -> Result<Tensor> {
     const OP: &str = "grad_sq_multi";
-    if grads.is_empty() {
-        return Ok(0.0);
-    }
     let dev = device_of(OP, &grads[..1])?;
     let rows: Vec<Vec<&Tensor>> = grads.iter().map(|g| vec![*g]).collect();
     let t = multi_table(&dev, OP, &rows)?;
@@ -1088,16 +1118,60 @@ pub fn sum_of_squares_multi(grads: &[&Tensor]) -> Result<f64> {
         &Launch::linear(blocks as u32, THREADS, THREADS * 4),
         &[t.table.arg(), t.starts.arg(), i32a(t.count), arg(OP, &partial)?],
     )?;
+    Ok(partial)
+}
+
+/// Σ g² over every tensor of `grads` (f64 sum of per-block partials, read
+/// back to the host).
+pub fn sum_of_squares_multi(grads: &[&Tensor]) -> Result<f64> {
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let partial = grad_sq_partials(grads)?;
     Ok(partial.to_cpu()?.to_vec::<f32>()?.iter().map(|&v| v as f64).sum())
 }
 
-/// One AdamW step of every `(w, g, m, v)` in one launch, in place.
-pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep) -> Result<()> {
+/// The global gradient norm and PyTorch's clip factor for `max_norm`, left
+/// on the device as `[norm, factor]` (factor NaN when the norm is not
+/// finite, so `adamw_multi` leaves everything as it was).
+pub fn clip_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
+    const OP: &str = "clip_factor";
+    if grads.is_empty() {
+        return Err(Error::invalid(OP, "no gradients to clip"));
+    }
+    let dev = device_of(OP, &grads[..1])?;
+    let partial = grad_sq_partials(grads)?;
+    let out = empty(&dev, [2])?;
+    dev.launch(
+        OP,
+        &Launch::linear(1, 1, 0),
+        &[
+            arg(OP, &partial)?,
+            i32a(partial.numel()),
+            Arg::F64(max_norm),
+            arg(OP, &out)?,
+        ],
+    )?;
+    Ok(out)
+}
+
+/// `[norm, factor]` for `adamw_multi` from a clip factor decided on the host.
+pub fn clip_values(dev: &SharedDevice, norm: f64, factor: f64) -> Result<Tensor> {
+    Tensor::from_vec(vec![norm as f32, factor as f32], [2])?.to_device(dev)
+}
+
+/// One AdamW step of every `(w, g, m, v)` in one launch, in place, the
+/// gradients scaled by the clip factor in `clip_norm[1]` (`clip_norm`'s
+/// output, or `[norm, factor]` uploaded); a NaN factor skips the step.
+pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep, clip_norm: &Tensor) -> Result<()> {
     const OP: &str = "adamw_multi";
     if params.is_empty() {
         return Ok(());
     }
-    let dev = device_of(OP, &[params[0][0]])?;
+    let dev = device_of(OP, &[params[0][0], clip_norm])?;
+    if clip_norm.numel() != 2 {
+        return Err(Error::bad_shape(OP, clip_norm.shape(), "[norm, clip factor] expected"));
+    }
     let rows: Vec<Vec<&Tensor>> = params.iter().map(|p| p.to_vec()).collect();
     let t = multi_table(&dev, OP, &rows)?;
     let bc1 = 1.0 - s.betas.0.powi(s.t as i32);
@@ -1118,7 +1192,7 @@ pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep) -> Result<()> {
             f(s.weight_decay),
             f(bc1),
             f(bc2.sqrt()),
-            f(s.clip),
+            arg(OP, clip_norm)?,
         ],
     )
 }

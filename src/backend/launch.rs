@@ -490,23 +490,32 @@ pub fn masked_mse(
         &pointwise(tokens),
         &[dp.arg(), dt.arg(), e.arg(), sq.arg(), tk, pk],
     )?;
-    let (e, sq) = (e.to_vec::<f32>()?, sq.to_vec::<f32>()?);
+    let (dm, loss, sse) = (
+        DeviceVec::from_slice(dev, mask)?,
+        DeviceVec::poisoned_f32(dev, 1)?,
+        DeviceVec::poisoned_f32(dev, 1)?,
+    );
+    dev.launch(
+        "masked_mse_reduce",
+        &Launch::linear(1, 256, 256 * 4 * 8),
+        &[e.arg(), sq.arg(), dm.arg(), loss.arg(), sse.arg(), tk],
+    )?;
     let total: f64 = mask.iter().map(|&m| m as f64).sum();
     let weight: Vec<f32> = mask
         .iter()
         .map(|&m| if total == 0.0 { 1.0 / tokens as f64 } else { m as f64 / total } as f32)
         .collect();
-    let loss: f64 = weight.iter().zip(&e).map(|(&w, &e)| w as f64 * e as f64).sum();
-    let sse: f64 = sq.iter().map(|&v| v as f64).sum();
-    let (dwt, grad) = (
+    let (dwt, dg, grad) = (
         DeviceVec::from_slice(dev, &weight)?,
+        DeviceVec::from_slice(dev, &[g])?,
         DeviceVec::poisoned_f32(dev, pred.len())?,
     );
     dev.launch(
         "masked_mse_backward",
         &pointwise(pred.len()),
-        &[dp.arg(), dt.arg(), dwt.arg(), grad.arg(), Arg::F32(g), tk, pk],
+        &[dp.arg(), dt.arg(), dwt.arg(), grad.arg(), dg.arg(), tk, pk],
     )?;
+    let (loss, sse) = (loss.to_vec::<f32>()?[0] as f64, sse.to_vec::<f32>()?[0] as f64);
     Ok((loss, sse, grad.to_vec()?))
 }
 

@@ -137,13 +137,16 @@ fn data(a: &DataArgs) -> Result<()> {
     Ok(())
 }
 
-/// The median wall time of full training steps on random superpatches.
+/// The median wall time of full training steps on random superpatches:
+/// the trainer's own step (`queue_step`), timed between the completions
+/// of successive steps. On a device each step is queued before the previous
+/// one's metrics are read, as in `pretrain`, so the figure is the steady
+/// state of a run.
 fn step(a: &StepArgs) -> Result<()> {
-    use crate::autograd::Tape;
-    use crate::model::{add_noise, init_params, training_flops, Dropout, DualMask, Nemesis};
-    use crate::rng::{stream_id, Purpose};
-    use crate::tensor::{DType, Tensor};
-    use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
+    use crate::data::{Batch, BatchData, Position};
+    use crate::model::{init_params, training_flops, Nemesis};
+    use crate::tensor::DType;
+    use crate::train::{queue_step, AdamW, AdamWConfig, PendingStep, StepSpec};
 
     let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
@@ -166,30 +169,58 @@ fn step(a: &StepArgs) -> Result<()> {
     let [d, h, w] = c.superpatch_size;
     let mut x = vec![0.0f32; a.batch * d * h * w];
     RngStream::new(1, 1).fill_uniform(0, &mut x);
-    let clean = Tensor::from_vec(x, [a.batch, 1, d, h, w])?;
+    // What the loader hands the trainer: raw HU for a device (expanded
+    // there), windowed values for the CPU; the same superpatches either way.
+    let data = match &dev {
+        Some(_) => BatchData::HuI16(x.iter().map(|&u| (-175.0 + 425.0 * u).round() as i16).collect()),
+        None => BatchData::F32(x),
+    };
+    let batch = Batch {
+        position: Position::default(),
+        shape: [a.batch, 1, d, h, w],
+        data,
+        sources: Vec::new(),
+    };
+    let spec = StepSpec {
+        model: &model,
+        seed: 0,
+        noise_levels: &[0.03],
+        clip: 1.0,
+    };
     let mut times = Vec::with_capacity(a.steps);
-    for s in 0..=a.steps as u64 {
-        let t0 = Instant::now();
-        let noisy = add_noise(&clean, 0.03, RngStream::new(0, stream_id(Purpose::Noise, s, 1)))?;
-        let mask = DualMask::sample(&c, a.batch, RngStream::new(0, stream_id(Purpose::Mask, s, 0)));
-        let dropout = Dropout::new(c.dropout, 0, s);
-        let tape = Tape::new();
-        let out = model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?;
-        tape.backward(&out.loss, &mut store)?;
-        let norm = grad_norm(&store);
-        opt.update_clipped(&mut store, 1e-4, clip_factor(norm, 1.0))?;
-        store.zero_grad();
-        if let Some(d) = &dev {
-            d.synchronize()?;
-        }
+    let mut last = Instant::now();
+    let mut pending: Option<PendingStep> = None;
+    let mut finish = |p: PendingStep, times: &mut Vec<f64>| -> Result<()> {
+        let s = p.number - 1;
+        let v = p.wait()?;
+        let now = Instant::now();
+        let dt = now.duration_since(last).as_secs_f64();
+        last = now;
         if s > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+            times.push(dt);
         }
         eprintln!(
-            "step {s}: {:.3} s{}",
-            t0.elapsed().as_secs_f64(),
+            "step {s}: {dt:.3} s, loss {:.4}{}",
+            v.loss,
             if s == 0 { " (warm-up)" } else { "" }
         );
+        Ok(())
+    };
+    // A GPU works on this step while the previous one is read; the CPU and
+    // the emulator have done the work by the time it is queued.
+    let deferred = dev.as_ref().is_some_and(|d| d.kind() == crate::tensor::Device::Cuda);
+    for s in 0..=a.steps as u64 {
+        let queued = queue_step(&spec, &mut store, &mut opt, s, 1e-4, vec![batch.clone()])?;
+        if deferred {
+            if let Some(prev) = pending.replace(queued) {
+                finish(prev, &mut times)?;
+            }
+        } else {
+            finish(queued, &mut times)?;
+        }
+    }
+    if let Some(p) = pending.take() {
+        finish(p, &mut times)?;
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];

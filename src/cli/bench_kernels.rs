@@ -278,9 +278,9 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
         eps: 1e-8,
         weight_decay: 0.05,
         t: 1,
-        clip: 1.0,
     };
-    let t = time(dev, iters, || gpu::adamw_multi(&[[&pw, &pg, &pm, &pv]], &step))?;
+    let clip = gpu::clip_values(dev, 1.0, 1.0)?;
+    let t = time(dev, iters, || gpu::adamw_multi(&[[&pw, &pg, &pm, &pv]], &step, &clip))?;
     row(
         "AdamW, all parameters",
         "adamw_multi",

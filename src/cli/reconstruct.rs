@@ -85,6 +85,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     let out = model.forward_train(&tape, &store, &noisy, &clean, &mask, None)?;
     let rec = unpatchify(&config, &out.pred.value().to_cpu()?)?;
     let loss = out.loss.value().scalar_value()?;
+    let psnr = out.psnr()?;
 
     let mut arrays = BTreeMap::new();
     arrays.insert("reconstruction".to_string(), Array::from_tensor(&rec));
@@ -101,7 +102,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     );
     arrays.insert(
         "psnr".to_string(),
-        Array::from_tensor(&Tensor::from_vec(vec![out.psnr as f32], [1])?),
+        Array::from_tensor(&Tensor::from_vec(vec![psnr as f32], [1])?),
     );
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());
@@ -111,7 +112,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         io.output.display(),
         config.num_tokens() - mask.visible(),
         config.num_tokens(),
-        out.psnr
+        psnr
     );
     if let Some(png) = &a.png {
         crate::train::reconstruction_png(png, &config, &clean, &noisy, &rec, &mask)?;

@@ -57,8 +57,17 @@ pub struct MaeOutput {
     pub loss: Var,
     /// Encoder output after `encoder.norm`, `B × Nv × E`.
     pub latent: Var,
-    /// SPEC 7's PSNR of the whole reconstruction against the clean target.
-    pub psnr: f64,
+    /// Σ (pred − target)² over the whole reconstruction (0-d, where the
+    /// model runs: on a device it stays there until read), for SPEC 7's PSNR.
+    pub sse: Tensor,
+}
+
+impl MaeOutput {
+    /// SPEC 7's PSNR of the whole reconstruction against the clean target
+    /// (reads the error back from a device).
+    pub fn psnr(&self) -> Result<f64> {
+        crate::ops::psnr_from_sse(self.sse.scalar_value()?, self.pred.value().numel())
+    }
 }
 
 /// The model: a configuration and its fixed positional table. Parameters
@@ -469,12 +478,12 @@ impl Nemesis {
         let pred = self.decoder(tape, store, &latent, mask, dropout)?;
         let target = tape.constant(target);
         let loss = tape.masked_mse(&pred, &target, &mask.mask_tensor(dtype))?;
-        let psnr = crate::ops::psnr(pred.value(), target.value())?;
+        let sse = crate::ops::sum_sq_err(pred.value(), target.value())?;
         Ok(MaeOutput {
             pred,
             loss,
             latent,
-            psnr,
+            sse,
         })
     }
 

@@ -44,14 +44,16 @@ impl Tape {
         let dtype = same_dtype(OP, &[pred, target])?;
         let p = ps.last();
         if on_device(&[pred, target]) {
+            // The loss stays on the device (0-d): nothing in the step waits
+            // for the host; the trainer reads it back later.
             let m: Vec<f32> = mask.to_f64_vec().iter().map(|&v| v as f32).collect();
-            let l = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
+            let (l, _) = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
             let (pv, tv) = (pred.value().clone(), target.value().clone());
             return Ok(self.record(
-                Tensor::scalar(l, dtype),
+                l,
                 &[pred, target],
                 backward_fn(OP, move |g, needs| {
-                    let d = gpu::masked_mse_backward(&pv, &tv, &m, p, g.scalar_value()?)?;
+                    let d = gpu::masked_mse_backward(&pv, &tv, &m, p, g)?;
                     let dt = if needs[1] { Some(gpu::scale(&d, -1.0)?) } else { None };
                     Ok(vec![Some(d), dt])
                 }),
@@ -94,8 +96,25 @@ impl Tape {
 /// SPEC 7's PSNR over every value of the batch, `−10·log10(MSE + 1e−8)`.
 pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
     check_pair("psnr", pred, target)?;
+    psnr_from_sse(sum_sq_err(pred, target)?.scalar_value()?, pred.numel())
+}
+
+/// The sum of squared errors over every value (0-d, where the operands
+/// live: on a device it stays there until read). On the host it is f64.
+pub fn sum_sq_err(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    check_pair("sum_sq_err", pred, target)?;
     if pred.device_storage().is_some() {
-        return gpu::psnr(pred, target);
+        return gpu::sum_sq_err(pred, target);
     }
-    Ok(with_dtype!(pred.dtype(), T => loss::psnr(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?)))
+    let sse = with_dtype!(pred.dtype(), T => loss::sum_sq_err(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?));
+    Ok(Tensor::scalar(sse, crate::tensor::DType::F64))
+}
+
+/// SPEC 7's PSNR from a sum of squared errors over `values` values.
+pub fn psnr_from_sse(sse: f64, values: usize) -> Result<f64> {
+    if values == 0 {
+        return Err(Error::invalid("psnr", "no values"));
+    }
+    let mse = sse / values as f64;
+    Ok(-10.0 * (mse + 1e-8).log10())
 }

@@ -14,7 +14,7 @@ mod loss;
 mod reduce;
 
 pub use attention::{AttentionOptions, AttnDropout, MhaParams};
-pub use loss::psnr;
+pub use loss::{psnr, psnr_from_sse, sum_sq_err};
 
 use crate::autograd::{Backward, Var};
 use crate::error::{Error, Result};

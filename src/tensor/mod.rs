@@ -258,6 +258,39 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
+/// A tensor's values on their way to the host (`Tensor::read_later`).
+pub enum Readback {
+    Ready(Vec<f64>),
+    Pending(Box<dyn crate::backend::device::PendingDownload>),
+}
+
+impl Readback {
+    /// The values, waiting for the device when they come from one.
+    pub fn wait(self) -> Result<Vec<f64>> {
+        match self {
+            Readback::Ready(v) => Ok(v),
+            Readback::Pending(p) => {
+                let bytes = p.wait()?;
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                    .collect())
+            }
+        }
+    }
+}
+
+impl Tensor {
+    /// Starts bringing the values to the host without waiting for the
+    /// device: the copy is queued behind the work that makes them.
+    pub fn read_later(&self) -> Result<Readback> {
+        match self.device_storage() {
+            Some(d) => Ok(Readback::Pending(d.dev.download_later(&d.buf, d.len * 4)?)),
+            None => Ok(Readback::Ready(self.to_f64_vec())),
+        }
+    }
+}
+
 fn download(d: &DeviceStorage) -> Result<Vec<f32>> {
     let mut v = vec![0f32; d.len];
     d.dev.download(&d.buf, bytemuck::cast_slice_mut(&mut v))?;

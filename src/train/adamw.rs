@@ -58,7 +58,7 @@ impl AdamW {
 
     /// The update on a device: moments uploaded once, then every parameter
     /// through one multi-tensor AdamW launch.
-    fn update_device(&mut self, store: &mut ParamStore, lr: f64, clip: f64, dev: &SharedDevice) -> Result<()> {
+    fn update_device(&mut self, store: &mut ParamStore, lr: f64, clip: &Clip, dev: &SharedDevice) -> Result<()> {
         if self.on_device.is_none() {
             let mut moments = Vec::with_capacity(self.m.len());
             for ((m, v), (_, p)) in self.m.iter().zip(&self.v).zip(store.iter()) {
@@ -76,7 +76,10 @@ impl AdamW {
             eps: self.config.eps,
             weight_decay: self.config.weight_decay,
             t: self.step,
-            clip,
+        };
+        let clip = match clip {
+            Clip::Device(t) => t.clone(),
+            Clip::Factor(f) => gpu::clip_values(dev, f64::NAN, *f)?,
         };
         let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
         // The kernel updates weights in place; a weight another tensor
@@ -97,7 +100,7 @@ impl AdamW {
                 rows.push([&p.value, g, m, v]);
             }
         }
-        gpu::adamw_multi(&rows, &s)
+        gpu::adamw_multi(&rows, &s, &clip)
     }
 
     /// One update with learning rate `lr` from the gradients in `store`
@@ -109,6 +112,13 @@ impl AdamW {
     /// `update` with every gradient scaled by `clip` (the factor of
     /// `clip_factor`), without rewriting the gradients first.
     pub fn update_clipped(&mut self, store: &mut ParamStore, lr: f64, clip: f64) -> Result<()> {
+        self.update_with(store, lr, &Clip::Factor(clip))
+    }
+
+    /// `update` with the gradients scaled by `clip`'s factor; a clip left on
+    /// the device by `device_clip` is read there (a NaN factor, from a norm
+    /// that is not finite, leaves every weight and moment as it was).
+    pub fn update_with(&mut self, store: &mut ParamStore, lr: f64, clip: &Clip) -> Result<()> {
         if self.m.len() != store.len() {
             return Err(Error::invalid("AdamW", "the optimizer state belongs to another model"));
         }
@@ -116,6 +126,13 @@ impl AdamW {
         let dev = store.iter().next().and_then(|(_, p)| p.value.shared_device());
         if let Some(dev) = dev {
             return self.update_device(store, lr, clip, &dev);
+        }
+        let clip = match clip {
+            Clip::Factor(f) => *f,
+            Clip::Device(t) => t.to_f64_vec().get(1).copied().unwrap_or(f64::NAN),
+        };
+        if clip.is_nan() {
+            return Ok(());
         }
         let (b1, b2) = self.config.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
@@ -156,6 +173,26 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// How one step's gradients are scaled before AdamW.
+#[derive(Clone, Debug)]
+pub enum Clip {
+    /// A factor decided on the host (`clip_factor`).
+    Factor(f64),
+    /// `[norm, factor]` left on the device by `device_clip`.
+    Device(Tensor),
+}
+
+/// The global gradient norm and clip factor for `max_norm`, computed where
+/// the gradients live and left there (`None` on the host), so a step on a
+/// device never waits to read them.
+pub fn device_clip(store: &ParamStore, max_norm: f64) -> Result<Option<Tensor>> {
+    let grads: Vec<&Tensor> = store.iter().filter_map(|(_, p)| p.grad.as_ref()).collect();
+    if grads.is_empty() || grads.iter().any(|g| g.device_storage().is_none()) {
+        return Ok(None);
+    }
+    gpu::clip_norm(&grads, max_norm).map(Some)
 }
 
 /// The global L2 norm of all gradients (in f64; on a device, from per-block

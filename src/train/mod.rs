@@ -6,11 +6,13 @@ mod config;
 mod pictures;
 mod schedule;
 mod state;
+mod step;
 mod trainer;
 
-pub use adamw::{clip_factor, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use adamw::{clip_factor, clip_grad_norm, device_clip, grad_norm, AdamW, AdamWConfig, Clip};
 pub use config::TrainConfig;
 pub use pictures::{curves_png, reconstruction_png, Curve};
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};
+pub use step::{queue_step, PendingStep, StepSpec, StepValues};
 pub use trainer::{run, run_cache, Observer, RunOptions, RunReport, Start, StepMetrics};

@@ -9,18 +9,16 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::adamw::{clip_factor, grad_norm, AdamW, AdamWConfig};
+use super::adamw::{AdamW, AdamWConfig};
 use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
 use super::state::{load_state, prune, save, Latest, StateMeta};
+use super::step::{queue_step, PendingStep, StepSpec};
 use crate::autograd::{ParamStore, Tape};
-use crate::backend::gpu;
 use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
 use crate::error::{Error, Result};
-use crate::model::{
-    add_noise, init_params, load_checkpoint, load_checkpoint_for, unpatchify, Dropout, DualMask, Nemesis,
-};
+use crate::model::{init_params, load_checkpoint, load_checkpoint_for, unpatchify, DualMask, Nemesis};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{DType, Tensor};
 
@@ -381,87 +379,72 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         };
 
     // --- the loop ---
-    while meta.step < total {
-        let step = meta.step;
-        let t0 = Instant::now();
-        let (mut loss_sum, mut psnr_sum, mut sigma, mut epoch) = (0.0, 0.0, 0.0, 0);
-        for micro in 0..c.accum {
-            let batch = loader.next_batch()?;
-            epoch = batch.position.epoch;
-            let levels = &c.noise_levels;
-            let noise_rng = RngStream::new(c.seed, stream_id(Purpose::Noise, step, 0));
-            sigma = levels[noise_rng.bits(micro as u64) as usize % levels.len()];
-            let noise = RngStream::new(c.seed, stream_id(Purpose::Noise, step, 1 + micro as u64));
-            let mask = DualMask::sample(
-                &c.model,
-                c.batch,
-                RngStream::new(c.seed, stream_id(Purpose::Mask, step, micro as u64)),
-            );
-            let dropout = Dropout::new(c.model.dropout, c.seed, step * c.accum as u64 + micro as u64);
-            let tape = Tape::new();
-            let out_f = match (batch.data, &opts.device) {
-                // On a device: the raw HU crops go up as i16 and one kernel
-                // windows, adds the noise (the same draws as `add_noise`),
-                // patchifies and gathers the visible tokens; a second call
-                // without noise makes the clean target.
-                (crate::data::BatchData::HuI16(hu), Some(dev)) => {
-                    let (size, patch) = (c.model.superpatch_size, c.model.patch_size);
-                    let up = gpu::upload_hu(dev, &hu)?;
-                    let visible = gpu::superpatch_input(&up, c.batch, size, patch, mask.ids_keep(), sigma, noise)?;
-                    let all: Vec<usize> = (0..c.batch).flat_map(|_| 0..c.model.num_tokens()).collect();
-                    let target = gpu::superpatch_input(&up, c.batch, size, patch, &all, 0.0, noise)?;
-                    model.forward_tokens(&tape, &store, &tape.constant(visible), target, &mask, Some(&dropout))?
-                }
-                (crate::data::BatchData::F32(values), _) => {
-                    let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
-                    let noisy = add_noise(&clean, sigma, noise)?;
-                    model.forward_train(&tape, &store, &noisy, &clean, &mask, Some(&dropout))?
-                }
-                _ => return Err(Error::invalid("pretrain", "the loader made batches of the wrong kind")),
-            };
-            let l = out_f.loss.value().scalar_value()?;
-            if !l.is_finite() {
-                return Err(nan_error(step + 1, "loss", l, &last_ckpt));
-            }
-            loss_sum += l;
-            psnr_sum += out_f.psnr;
-            let scaled = if c.accum > 1 {
-                tape.scale(&out_f.loss, 1.0 / c.accum as f64)?
-            } else {
-                out_f.loss
-            };
-            tape.backward(&scaled, &mut store)?;
-            meta.position = plan.advance(batch.position, 1);
+    // Each step is queued without waiting for the device; the previous
+    // step's metrics are read (and logged, and checked for NaN) while this
+    // one runs. Before validation, a checkpoint or the end, the step just
+    // queued is read too, so nothing is saved past a step that diverged.
+    let spec = StepSpec {
+        model: &model,
+        seed: c.seed,
+        noise_levels: &c.noise_levels,
+        clip: c.clip,
+    };
+    let mut pending: Option<PendingStep> = None;
+    let mut last_report = Instant::now();
+    let mut report = |p: PendingStep, last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
+        let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
+        let v = p.wait()?;
+        if !v.loss.is_finite() {
+            return Err(nan_error(number, "loss", v.loss, last_ckpt));
         }
-        let norm = grad_norm(&store);
-        if !norm.is_finite() {
-            return Err(nan_error(step + 1, "gradient norm", norm, &last_ckpt));
+        if !v.grad_norm.is_finite() {
+            return Err(nan_error(number, "gradient norm", v.grad_norm, last_ckpt));
         }
-        let lr = schedule.lr(step);
-        opt.update_clipped(&mut store, lr, clip_factor(norm, c.clip))?;
-        store.zero_grad();
-        meta.step += 1;
-        let dt = t0.elapsed().as_secs_f64();
+        let now = Instant::now();
+        let dt = now.duration_since(last_report).as_secs_f64().max(1e-9);
+        last_report = now;
         let m = StepMetrics {
-            loss: loss_sum / c.accum as f64,
-            psnr: psnr_sum / c.accum as f64,
+            loss: v.loss,
+            psnr: v.psnr,
             lr,
-            grad_norm: norm,
+            grad_norm: v.grad_norm,
             sigma,
-            superpatches_per_s: (c.batch * c.accum) as f64 / dt,
+            superpatches_per_s: superpatches as f64 / dt,
         };
         append_jsonl(
             &metrics,
             &json!({
-                "kind": "train", "step": meta.step, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
-                "lr": lr, "grad_norm": norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
+                "kind": "train", "step": number, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
+                "lr": lr, "grad_norm": m.grad_norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
                 "time": elapsed0 + started.elapsed().as_secs_f64(),
             }),
         )?;
-        obs.step(meta.step, total, &m);
+        obs.step(number, total, &m);
+        Ok(())
+    };
+    while meta.step < total {
+        let step = meta.step;
+        let mut batches = Vec::with_capacity(c.accum);
+        for _ in 0..c.accum {
+            batches.push(loader.next_batch()?);
+        }
+        let last_position = batches[batches.len() - 1].position;
+        let lr = schedule.lr(step);
+        let queued = queue_step(&spec, &mut store, &mut opt, step, lr, batches)?;
+        meta.position = plan.advance(last_position, 1);
+        meta.step += 1;
+        if let Some(prev) = pending.replace(queued) {
+            report(prev, &last_ckpt, obs)?;
+        }
 
         let stopping = opts.interrupt.load(Ordering::SeqCst) || opts.stop_at.is_some_and(|s| meta.step >= s);
-        if meta.step % c.val_every == 0 || meta.step == total {
+        let boundary = meta.step % c.val_every == 0 || meta.step == total;
+        if boundary || stopping {
+            if let Some(p) = pending.take() {
+                report(p, &last_ckpt, obs)?;
+            }
+        }
+        if boundary {
             let pic = out.join(format!("recon/step-{:07}.png", meta.step));
             let v = validate(&model, &store, c, &val_set, Some(&pic))?;
             append_jsonl(

@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 mod lt;
 
 use super::cuda_probe::{probe, CudaProbe};
-use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch};
+use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
 use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
 use super::nvrtc::Nvrtc;
 use crate::error::{Error, Result};
@@ -51,6 +52,9 @@ pub struct CudaDevice {
     next: AtomicU64,
     mem: Mutex<HashMap<u64, CudaSlice<u8>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Page-locked host buffers for `download_later`, reused: allocating
+    /// and freeing pinned memory every step can stall the device.
+    pinned: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
 }
 
 /// Where compiled kernels are kept between runs.
@@ -80,6 +84,12 @@ impl CudaDevice {
             .compute_capability()
             .map_err(|e| cuda_err("compute capability", e))?;
         let name = ctx.name().map_err(|e| cuda_err("device name", e))?;
+        // One stream: cudarc's per-allocation events (for ordering between
+        // streams) would only cost an event create and record per buffer
+        // and launch argument.
+        // SAFETY: every allocation, copy and launch of this device goes to
+        // `stream`, so stream order alone keeps uses and frees ordered.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         // SAFETY: only checks whether the shared library can be loaded.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -116,6 +126,7 @@ impl CudaDevice {
             next: AtomicU64::new(0),
             mem: Mutex::new(mem),
             functions: Mutex::new(HashMap::new()),
+            pinned: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -245,6 +256,24 @@ impl CudaDevice {
     }
 }
 
+/// A copy into pinned host memory, finished when its event is.
+struct CudaPending {
+    host: Option<PinnedHostSlice<u8>>,
+    bytes: usize,
+    pool: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
+}
+
+impl PendingDownload for CudaPending {
+    fn wait(mut self: Box<Self>) -> Result<Vec<u8>> {
+        let host = self.host.take().ok_or_else(|| cuda_err("download", "already taken"))?;
+        let out = host.as_slice().map_err(|e| cuda_err("download", e))?[..self.bytes].to_vec();
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(host);
+        }
+        Ok(out)
+    }
+}
+
 fn missing(buf: &Buffer) -> Error {
     Error::invalid("cuda", format!("buffer {} is not allocated on this device", buf.id))
 }
@@ -275,10 +304,12 @@ impl DeviceApi for CudaDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        let slice = self
-            .stream
-            .alloc_zeros::<u8>(bytes.max(1))
-            .map_err(|e| cuda_err("alloc", e))?;
+        // Stream-ordered and not cleared: no kernel reads memory it has not
+        // written (the emulator fills fresh memory with NaN bits and every
+        // check passes there), so a memset per buffer would be waste.
+        // SAFETY: u8 has no invalid bit patterns; the contents are only
+        // read after a kernel or copy has written them.
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| cuda_err("alloc", e))?;
         if self.poison {
             let (ptr, _sync) = slice.device_ptr(&self.stream);
             // SAFETY: the allocation was just made on this stream and holds
@@ -471,6 +502,43 @@ impl DeviceApi for CudaDevice {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
+    }
+
+    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
+        if bytes > src.bytes {
+            return Err(Error::invalid(
+                "download",
+                format!("{bytes} bytes from a buffer of {}", src.bytes),
+            ));
+        }
+        let reused = {
+            let mut pool = self
+                .pinned
+                .lock()
+                .map_err(|_| cuda_err("pinned pool", "poisoned lock"))?;
+            pool.iter().position(|p| p.len() >= bytes).map(|i| pool.swap_remove(i))
+        };
+        let mut host = match reused {
+            Some(h) => h,
+            // SAFETY: the bytes are written by the copy below before `wait` reads them.
+            None => unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(256), 0) }
+                .map_err(|e| cuda_err("pinned host memory", e))?,
+        };
+        {
+            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+            let slice = m.get(&src.id).ok_or_else(|| missing(src))?;
+            let view = slice.slice(..bytes);
+            // cudarc records the pinned slice's own event behind the copy;
+            // `as_slice` waits on it.
+            self.stream
+                .memcpy_dtoh(&view, &mut host)
+                .map_err(|e| cuda_err("download", e))?;
+        }
+        Ok(Box::new(CudaPending {
+            host: Some(host),
+            bytes,
+            pool: self.pinned.clone(),
+        }))
     }
 
     fn address(&self, buf: &Buffer) -> Result<u64> {

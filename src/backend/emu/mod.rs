@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::cpu::gemm::{gemm, MatRef};
-use crate::backend::device::{Arg, Buffer, DeviceApi, Gemm, Launch};
+use crate::backend::device::{Arg, Buffer, DeviceApi, Downloaded, Gemm, Launch, PendingDownload};
 use crate::backend::kernels::{RngStreamC, SeqLayoutC};
 use crate::error::{Error, Result};
 
@@ -45,6 +45,9 @@ mod ffi {
 pub struct EmuDevice {
     bf16: bool,
     next: AtomicU64,
+    /// Calls that make the host wait for the device (`download`,
+    /// `synchronize`), counted so tests can show a step never does.
+    waits: AtomicU64,
     mem: Mutex<HashMap<u64, Vec<u128>>>,
 }
 
@@ -60,6 +63,24 @@ impl EmuDevice {
             bf16: true,
             ..Self::default()
         }
+    }
+
+    /// How many times the host has waited for this device so far.
+    pub fn host_waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    fn copy_out(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
+        let m = self.lock()?;
+        let mem = m.get(&src.id).ok_or_else(|| missing(src))?;
+        if dst.len() > src.bytes {
+            return Err(Error::invalid(
+                "download",
+                format!("{} bytes from a buffer of {}", dst.len(), src.bytes),
+            ));
+        }
+        dst.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(mem)[..dst.len()]);
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Vec<u128>>>> {
@@ -114,16 +135,16 @@ impl DeviceApi for EmuDevice {
     }
 
     fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        let m = self.lock()?;
-        let mem = m.get(&src.id).ok_or_else(|| missing(src))?;
-        if dst.len() > src.bytes {
-            return Err(Error::invalid(
-                "download",
-                format!("{} bytes from a buffer of {}", dst.len(), src.bytes),
-            ));
-        }
-        dst.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(mem)[..dst.len()]);
-        Ok(())
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.copy_out(src, dst)
+    }
+
+    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
+        // Work here is done by the time a call returns, so the copy is
+        // made now; the host never waits for queued work.
+        let mut out = vec![0u8; bytes];
+        self.copy_out(src, &mut out)?;
+        Ok(Box::new(Downloaded(out)))
     }
 
     fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
@@ -213,6 +234,7 @@ impl DeviceApi for EmuDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.waits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,0 +1,190 @@
+//! One optimizer step, queued: the micro-batches' forward and backward, the
+//! global gradient norm and clip, AdamW. On a device nothing here makes the
+//! host wait: the loss, the squared error and the norm stay on the device
+//! and come back through `PendingStep`, which the trainer reads after it has
+//! queued the next step, so the device never runs dry while the host logs.
+
+use super::adamw::{clip_factor, device_clip, grad_norm, AdamW, Clip};
+use crate::autograd::{ParamStore, Tape};
+use crate::backend::device::SharedDevice;
+use crate::backend::gpu;
+use crate::data::{Batch, BatchData};
+use crate::error::{Error, Result};
+use crate::model::{add_noise, Dropout, DualMask, Nemesis};
+use crate::rng::{stream_id, Purpose, RngStream};
+use crate::tensor::{Readback, Tensor};
+
+/// What stays the same from step to step.
+pub struct StepSpec<'a> {
+    pub model: &'a Nemesis,
+    pub seed: u64,
+    /// The σ values a micro-batch's noise is drawn from.
+    pub noise_levels: &'a [f64],
+    /// The maximum global gradient norm.
+    pub clip: f64,
+}
+
+/// A step that has been queued; `wait` gives its metrics.
+pub struct PendingStep {
+    /// The step's number, from 1.
+    pub number: u64,
+    /// The noise σ of the last micro-batch.
+    pub sigma: f64,
+    pub epoch: u64,
+    pub lr: f64,
+    /// Superpatches in the step (all micro-batches).
+    pub superpatches: usize,
+    losses: Vec<Readback>,
+    sses: Vec<Readback>,
+    /// `[norm, clip factor]`.
+    clip: Readback,
+    values: usize,
+}
+
+/// A finished step's metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct StepValues {
+    /// The mean of the micro-batches' masked losses.
+    pub loss: f64,
+    /// The mean of the micro-batches' PSNRs.
+    pub psnr: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl PendingStep {
+    /// Waits for the step on its device and reads its metrics back. A loss
+    /// or norm that is not finite comes back as it is (the device skipped
+    /// the update then; the caller decides what to say).
+    pub fn wait(self) -> Result<StepValues> {
+        let n = self.losses.len().max(1) as f64;
+        let mut loss = 0.0;
+        for l in self.losses {
+            loss += first(l.wait()?)?;
+        }
+        let mut psnr = 0.0;
+        for s in self.sses {
+            psnr += crate::ops::psnr_from_sse(first(s.wait()?)?, self.values)?;
+        }
+        let grad_norm = first(self.clip.wait()?)?;
+        Ok(StepValues {
+            loss: loss / n,
+            psnr: psnr / n,
+            grad_norm,
+        })
+    }
+}
+
+fn first(v: Vec<f64>) -> Result<f64> {
+    v.first()
+        .copied()
+        .ok_or_else(|| Error::invalid("step", "an empty metric came back"))
+}
+
+/// Queues step `step` (from 0) over `batches` (one per micro-batch) with
+/// learning rate `lr`: noise, masks and dropout drawn from the step's
+/// streams, gradients added over the micro-batches, clipped, one AdamW
+/// update, gradients cleared. Where the model lives on a device, the
+/// batches are raw HU (`BatchData::HuI16`) expanded there.
+pub fn queue_step(
+    spec: &StepSpec,
+    store: &mut ParamStore,
+    opt: &mut AdamW,
+    step: u64,
+    lr: f64,
+    batches: Vec<Batch>,
+) -> Result<PendingStep> {
+    let c = spec.model.config();
+    let accum = batches.len();
+    if accum == 0 || spec.noise_levels.is_empty() {
+        return Err(Error::invalid(
+            "step",
+            "a step needs a batch and at least one noise level",
+        ));
+    }
+    let device: Option<SharedDevice> = store.iter().next().and_then(|(_, p)| p.value.shared_device());
+    let mut pending = PendingStep {
+        number: step + 1,
+        sigma: 0.0,
+        epoch: 0,
+        lr,
+        superpatches: 0,
+        losses: Vec::with_capacity(accum),
+        sses: Vec::with_capacity(accum),
+        clip: Readback::Ready(Vec::new()),
+        values: 0,
+    };
+    for (micro, batch) in batches.into_iter().enumerate() {
+        let b = batch.shape[0];
+        pending.epoch = batch.position.epoch;
+        pending.superpatches += b;
+        let levels = spec.noise_levels;
+        let noise_rng = RngStream::new(spec.seed, stream_id(Purpose::Noise, step, 0));
+        pending.sigma = levels[noise_rng.bits(micro as u64) as usize % levels.len()];
+        let noise = RngStream::new(spec.seed, stream_id(Purpose::Noise, step, 1 + micro as u64));
+        let mask = DualMask::sample(
+            c,
+            b,
+            RngStream::new(spec.seed, stream_id(Purpose::Mask, step, micro as u64)),
+        );
+        let dropout = Dropout::new(c.dropout, spec.seed, step * accum as u64 + micro as u64);
+        let tape = Tape::new();
+        let out = match (batch.data, &device) {
+            // On a device: the raw HU crops go up as i16 and one kernel
+            // windows, adds the noise (the same draws as `add_noise`),
+            // patchifies and gathers the visible tokens; a second call
+            // without noise makes the clean target.
+            (BatchData::HuI16(hu), Some(dev)) => {
+                let (size, patch) = (c.superpatch_size, c.patch_size);
+                let up = gpu::upload_hu(dev, &hu)?;
+                let visible = gpu::superpatch_input(&up, b, size, patch, mask.ids_keep(), pending.sigma, noise)?;
+                let all: Vec<usize> = (0..b).flat_map(|_| 0..c.num_tokens()).collect();
+                let target = gpu::superpatch_input(&up, b, size, patch, &all, 0.0, noise)?;
+                spec.model
+                    .forward_tokens(&tape, store, &tape.constant(visible), target, &mask, Some(&dropout))?
+            }
+            (BatchData::F32(values), _) => {
+                let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
+                let noisy = add_noise(&clean, pending.sigma, noise)?;
+                spec.model
+                    .forward_train(&tape, store, &noisy, &clean, &mask, Some(&dropout))?
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "step",
+                    "the loader made batches of the wrong kind for this device",
+                ))
+            }
+        };
+        pending.losses.push(out.loss.value().read_later()?);
+        pending.sses.push(out.sse.read_later()?);
+        pending.values = out.pred.value().numel();
+        let scaled = if accum > 1 {
+            tape.scale(&out.loss, 1.0 / accum as f64)?
+        } else {
+            out.loss
+        };
+        tape.backward(&scaled, store)?;
+    }
+    // The clip: on a device it is computed and used there; on the host a
+    // norm that is not finite skips the update just as the device does.
+    let clip = match device_clip(store, spec.clip)? {
+        Some(t) => {
+            pending.clip = t.read_later()?;
+            Clip::Device(t)
+        }
+        None => {
+            let norm = grad_norm(store);
+            let factor = if norm.is_finite() {
+                clip_factor(norm, spec.clip)
+            } else {
+                f64::NAN
+            };
+            pending.clip = Readback::Ready(vec![norm, factor]);
+            Clip::Factor(factor)
+        }
+    };
+    opt.update_with(store, lr, &clip)?;
+    store.zero_grad();
+    Ok(pending)
+}
