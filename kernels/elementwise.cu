@@ -57,6 +57,20 @@ extern "C" __global__ void column_sums(const float* g, float* out, uint64_t rows
     }
 }
 
+// The first of two fixed-order passes for many rows: block (x, y) sums rows
+// [y·chunk, min((y + 1)·chunk, rows)) of its columns in row order into
+// partial[y·cols + c]; column_sums over the gridDim.y partial rows finishes.
+// One thread per column walking every row would leave a wide GPU idle.
+extern "C" __global__ void column_partials(const float* g, float* partial, uint64_t rows, uint64_t cols,
+                                           uint64_t chunk) {
+    uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    uint64_t r0 = blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    float s = 0.0f;
+    for (uint64_t r = r0; r < r1; ++r) s += g[r * cols + c];
+    partial[blockIdx.y * cols + c] = s;
+}
+
 extern "C" __global__ void sigmoid_backward(const float* g, const float* y, float* dx, uint64_t n) {
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
         dx[i] = g[i] * y[i] * (1.0f - y[i]);

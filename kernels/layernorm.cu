@@ -85,3 +85,56 @@ extern "C" __global__ void layer_norm_backward_dwdb(const float* g, const float*
         db[c] = sb;
     }
 }
+
+// layer_norm_backward_dwdb in two fixed-order passes for many rows: block
+// (x, y) sums rows [y·chunk, min((y + 1)·chunk, rows)) of its columns into
+// pw[y·cols + c] and pb[y·cols + c]; column_sums over the partial rows
+// finishes each.
+extern "C" __global__ void layer_norm_dwdb_partials(const float* g, const float* x, const float* mean,
+                                                    const float* rstd, float* pw, float* pb, int rows, int cols,
+                                                    int chunk) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    int r0 = blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    float sw = 0.0f, sb = 0.0f;
+    for (int r = r0; r < r1; ++r) {
+        float gv = g[(uint64_t)r * cols + c];
+        sw += gv * (x[(uint64_t)r * cols + c] - mean[r]) * rstd[r];
+        sb += gv;
+    }
+    pw[(uint64_t)blockIdx.y * cols + c] = sw;
+    pb[(uint64_t)blockIdx.y * cols + c] = sb;
+}
+
+// The residual and the layer norm after it in one pass: s = x + k·a (kept:
+// the next residual and the backward read it), y = LN(s)·w + b, with the
+// row statistics saved as layer_norm_forward saves them. One block per row.
+extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a, float k, const float* w,
+                                                  const float* b, float* s, float* y, float* mean, float* rstd,
+                                                  int rows, int cols, float eps) {
+    NEMESIS_DYNAMIC_SHARED(float, buf);
+    int row = blockIdx.x;
+    if (row >= rows) return;
+    const float* xr = x + (uint64_t)row * cols;
+    const float* ar = a + (uint64_t)row * cols;
+    float* sr = s + (uint64_t)row * cols;
+    float t = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = xr[c] + k * ar[c];
+        sr[c] = v;
+        t += v;
+    }
+    float mu = block_sum(t, buf) / cols;
+    float q = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = sr[c] - mu;
+        q += d * d;
+    }
+    float rs = 1.0f / sqrtf(block_sum(q, buf) / cols + eps);
+    float* yr = y + (uint64_t)row * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = (sr[c] - mu) * rs * w[c] + b[c];
+    if (threadIdx.x == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}

@@ -267,6 +267,49 @@ pub fn run(shared: &SharedDevice, seed: u64) -> Result<Vec<CheckRow>> {
 fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'static str, String, f64)) -> Result<()> {
     let up = |v: &[f32], shape: Vec<usize>| Tensor::from_vec(v.to_vec(), shape)?.to_device(dev);
     let host = |t: Tensor| -> Result<Vec<f32>> { t.to_cpu()?.to_vec() };
+    // Column reductions over enough rows to split into chunks (two
+    // fixed-order passes), and the fused residual + layer norm.
+    for (k, (rows, cols)) in [(300usize, 24usize), (1000, 192)].into_iter().enumerate() {
+        let at = 30_000_000 + 100_000 * k as u64;
+        let (x, a, g) = (
+            values(rows * cols, r, at, 2.0),
+            values(rows * cols, r, at + 30_000, 2.0),
+            values(rows * cols, r, at + 60_000, 1.0),
+        );
+        let w: Vec<f32> = values(cols, r, at + 90_000, 1.0).iter().map(|v| v + 1.0).collect();
+        let b = values(cols, r, at + 95_000, 1.0);
+        let case = format!("{rows}×{cols}, in chunks");
+        let (tx, ta, tg) = (
+            up(&x, vec![rows, cols])?,
+            up(&a, vec![rows, cols])?,
+            up(&g, vec![rows, cols])?,
+        );
+        let (tw, tb) = (up(&w, vec![cols])?, up(&b, vec![cols])?);
+        push(
+            "column_partials",
+            case.clone(),
+            rel(
+                &host(gpu::column_sums(&tg, cols)?)?,
+                &elementwise::reduce_broadcast(&g, cols),
+            ),
+        );
+        let (sum, y, mean, rstd) = gpu::add_layer_norm(&tx, &ta, 0.5, &tw, &tb, 1e-6)?;
+        let want_sum: Vec<f32> = x.iter().zip(&a).map(|(x, a)| x + 0.5 * a).collect();
+        let (want_y, stats) = layer_norm::forward(&want_sum, &w, &b, cols, 1e-6);
+        push(
+            "add_layer_norm_forward",
+            format!("{case}, x + ½a"),
+            rel(&host(sum)?, &want_sum).max(rel(&host(y)?, &want_y)),
+        );
+        let ts = up(&want_sum, vec![rows, cols])?;
+        let (_, dw, db) = gpu::layer_norm_backward(&tg, &ts, &tw, &mean, &rstd)?;
+        let (_, ww, wb) = layer_norm::backward(&g, &want_sum, &w, &stats, cols);
+        push(
+            "layer_norm_dwdb_partials",
+            case,
+            rel(&host(dw)?, &ww).max(rel(&host(db)?, &wb)),
+        );
+    }
     for (k, (rows, cols)) in [(1usize, 1usize), (7, 13), (33, 64)].into_iter().enumerate() {
         let n = rows * cols;
         let at = 20_000_000 + 100_000 * k as u64;

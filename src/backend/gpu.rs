@@ -199,14 +199,51 @@ pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
     if cols == 0 || g.numel() % cols != 0 {
         return Err(Error::invalid(OP, "values are not whole rows"));
     }
-    let out = empty(&dev, [cols])?;
+    let rows = g.numel() / cols;
+    let (chunks, chunk) = row_chunks(&dev, rows);
+    if chunks == 1 {
+        return column_sums_kernel(&dev, g, cols);
+    }
+    let partial = empty(&dev, [chunks, cols])?;
+    dev.launch(
+        "column_partials",
+        &column_grid(cols, chunks),
+        &[arg(OP, g)?, arg(OP, &partial)?, u64a(rows), u64a(cols), u64a(chunk)],
+    )?;
+    column_sums_kernel(&dev, &partial, cols)
+}
+
+/// Column sums with one thread per column walking the rows in order.
+fn column_sums_kernel(dev: &SharedDevice, g: &Tensor, cols: usize) -> Result<Tensor> {
+    const OP: &str = "column_sums";
+    let out = empty(dev, [cols])?;
     pointwise(
-        &dev,
+        dev,
         OP,
         cols,
         &[arg(OP, g)?, arg(OP, &out)?, u64a(g.numel() / cols), u64a(cols)],
     )?;
     Ok(out)
+}
+
+/// How a column reduction over `rows` rows is split: `(chunks, rows per
+/// chunk)`, at least 64 rows a chunk and at most 256 chunks on a GPU (a
+/// few on the emulator, which runs blocks one after another). The split
+/// fixes the order of the additions, so results do not depend on scheduling.
+fn row_chunks(dev: &SharedDevice, rows: usize) -> (usize, usize) {
+    let cap = if dev.kind() == Device::Emu { 4 } else { 256 };
+    let chunks = rows.div_ceil(64).clamp(1, cap);
+    let chunk = rows.div_ceil(chunks).max(1);
+    (rows.div_ceil(chunk).max(1), chunk)
+}
+
+/// The grid of a chunked column pass: `THREADS` columns by one chunk a block.
+fn column_grid(cols: usize, chunks: usize) -> Launch {
+    Launch {
+        grid: [cols.div_ceil(THREADS as usize).max(1) as u32, chunks as u32, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: 0,
+    }
 }
 
 /// `c·x`.
@@ -386,11 +423,7 @@ pub fn layer_norm_backward(
     let dev = device_of(OP, &[g, x, w, mean, rstd])?;
     let cols = w.numel();
     let rows = x.numel() / cols.max(1);
-    let (dx, dw, db) = (
-        empty(&dev, x.shape().clone())?,
-        empty(&dev, [cols])?,
-        empty(&dev, [cols])?,
-    );
+    let dx = empty(&dev, x.shape().clone())?;
     dev.launch(
         "layer_norm_backward_dx",
         &Launch::linear(rows as u32, 128, 4 * 4),
@@ -405,22 +438,100 @@ pub fn layer_norm_backward(
             i32a(cols),
         ],
     )?;
-    pointwise(
-        &dev,
-        "layer_norm_backward_dwdb",
-        cols,
+    let (chunks, chunk) = row_chunks(&dev, rows);
+    if chunks == 1 {
+        let (dw, db) = (empty(&dev, [cols])?, empty(&dev, [cols])?);
+        pointwise(
+            &dev,
+            "layer_norm_backward_dwdb",
+            cols,
+            &[
+                arg(OP, g)?,
+                arg(OP, x)?,
+                arg(OP, mean)?,
+                arg(OP, rstd)?,
+                arg(OP, &dw)?,
+                arg(OP, &db)?,
+                i32a(rows),
+                i32a(cols),
+            ],
+        )?;
+        return Ok((dx, dw, db));
+    }
+    let (pw, pb) = (empty(&dev, [chunks, cols])?, empty(&dev, [chunks, cols])?);
+    dev.launch(
+        "layer_norm_dwdb_partials",
+        &column_grid(cols, chunks),
         &[
             arg(OP, g)?,
             arg(OP, x)?,
             arg(OP, mean)?,
             arg(OP, rstd)?,
-            arg(OP, &dw)?,
-            arg(OP, &db)?,
+            arg(OP, &pw)?,
+            arg(OP, &pb)?,
             i32a(rows),
             i32a(cols),
+            i32a(chunk),
         ],
     )?;
-    Ok((dx, dw, db))
+    Ok((
+        dx,
+        column_sums_kernel(&dev, &pw, cols)?,
+        column_sums_kernel(&dev, &pb, cols)?,
+    ))
+}
+
+/// The residual and the layer norm after it in one kernel: `(s, y, mean,
+/// rstd)` with `s = x + k·a` and `y = layer_norm(s)`, the statistics as
+/// `layer_norm` returns them (so `layer_norm_backward` on `s` applies).
+pub fn add_layer_norm(
+    x: &Tensor,
+    a: &Tensor,
+    k: f64,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    const OP: &str = "add_layer_norm_forward";
+    let dev = device_of(OP, &[x, a, w, b])?;
+    if x.shape() != a.shape() {
+        return Err(Error::shape_mismatch(
+            OP,
+            x.shape(),
+            a.shape(),
+            "the residual operands differ",
+        ));
+    }
+    let cols = w.numel();
+    if cols == 0 || x.numel() % cols != 0 {
+        return Err(Error::invalid(OP, "values are not whole rows"));
+    }
+    let rows = x.numel() / cols;
+    let (sum, y, mean, rstd) = (
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, x.shape().clone())?,
+        empty(&dev, [rows])?,
+        empty(&dev, [rows])?,
+    );
+    dev.launch(
+        OP,
+        &Launch::linear(rows as u32, 128, 4 * 4),
+        &[
+            arg(OP, x)?,
+            arg(OP, a)?,
+            Arg::F32(k as f32),
+            arg(OP, w)?,
+            arg(OP, b)?,
+            arg(OP, &sum)?,
+            arg(OP, &y)?,
+            arg(OP, &mean)?,
+            arg(OP, &rstd)?,
+            i32a(rows),
+            i32a(cols),
+            Arg::F32(eps as f32),
+        ],
+    )?;
+    Ok((sum, y, mean, rstd))
 }
 
 // ---- attention --------------------------------------------------------------

@@ -229,6 +229,45 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
         gpu::layer_norm_backward(&y, &x, &lw, &mean, &rstd).map(|_| ())
     })?;
     row("layer norm", "layernorm", "bwd", t, 0.0, 12.0 * (rows * e) as f64, r);
+    // The residual and the norm after it in one pass (reads x, a; writes s, y)
+    // against the two kernels it replaces.
+    let t = time(dev, iters, || {
+        gpu::add_layer_norm(&x, &y, 0.5, &lw, &lb, 1e-5).map(|_| ())
+    })?;
+    row(
+        "residual + layer norm, fused",
+        "add_layer_norm",
+        "fwd",
+        t,
+        0.0,
+        16.0 * (rows * e) as f64,
+        r,
+    );
+    let t = time(dev, iters, || {
+        let s = gpu::add(&gpu::scale(&y, 0.5)?, &x)?;
+        gpu::layer_norm(&s, &lw, &lb, 1e-5).map(|_| ())
+    })?;
+    row(
+        "residual + layer norm, 3 kernels",
+        "unfused",
+        "fwd",
+        t,
+        0.0,
+        16.0 * (rows * e) as f64,
+        r,
+    );
+    // A bias gradient: the column sums of rows × 3E (two fixed-order passes).
+    let gq = random(dev, rows * 3 * e, 12)?;
+    let t = time(dev, iters, || gpu::column_sums(&gq, 3 * e).map(|_| ()))?;
+    row(
+        "bias gradient (QKV)",
+        "column_partials",
+        "bwd",
+        t,
+        0.0,
+        4.0 * (rows * 3 * e) as f64,
+        r,
+    );
     let h = random(dev, rows * ffn, 9)?;
     let t = time(dev, iters, || gpu::gelu(&h).map(|_| ()))?;
     row("GELU (FFN width)", "gelu", "fwd", t, 0.0, 8.0 * (rows * ffn) as f64, r);

@@ -89,7 +89,7 @@ pub fn run(a: &CheckArgs) -> Result<()> {
             }));
         }
     }
-    println!("{:<22} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
+    println!("{:<24} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
     let mut misses = 0;
     for r in &rows {
         let ok = r.ok();
@@ -100,7 +100,7 @@ pub fn run(a: &CheckArgs) -> Result<()> {
             "—".into()
         };
         println!(
-            "{:<22} {:<44} {:>12.3e} {:>9}  {}",
+            "{:<24} {:<44} {:>12.3e} {:>9}  {}",
             r.kernel,
             r.case,
             r.rel_err,

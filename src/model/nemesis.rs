@@ -163,6 +163,21 @@ impl Nemesis {
         tape.layer_norm(x, &w, &b, LN_EPS)
     }
 
+    /// `(s, layer_norm(s))` with `s = x + k·a` and the norm `prefix`.
+    fn add_layer_norm(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        prefix: &str,
+        x: &Var,
+        a: &Var,
+        k: f64,
+    ) -> Result<(Var, Var)> {
+        let w = self.p(tape, store, &format!("{prefix}.weight"))?;
+        let b = self.p(tape, store, &format!("{prefix}.bias"))?;
+        tape.add_layer_norm(x, a, k, &w, &b, LN_EPS)
+    }
+
     fn dropout(&self, tape: &Tape, x: &Var, d: Option<&Dropout>) -> Result<Var> {
         match d {
             Some(d) if d.p > 0.0 => tape.dropout(x, d.p, d.next()),
@@ -178,7 +193,7 @@ impl Nemesis {
             .is_some_and(|(_, p)| p.value.device_storage().is_some())
     }
 
-    /// `x + ½(MHA_spatial(h) + MHA_depth(h))` with both streams in one pass,
+    /// `MHA_spatial(h) + MHA_depth(h)` with both streams in one pass,
     /// for devices: their QKV projections as one GEMM (weights stacked,
     /// rows × 6E), both attentions over that matrix in place, and their
     /// output projections with the ½ merge as one GEMM over the concatenated
@@ -191,7 +206,6 @@ impl Nemesis {
         tape: &Tape,
         store: &ParamStore,
         prefix: &str,
-        x: &Var,
         h: &Var,
         grid: (usize, usize, usize),
         heads: usize,
@@ -225,11 +239,15 @@ impl Nemesis {
             1,
         )?;
         let b_out = tape.add(&p(format!("{sp}.out_proj.bias"))?, &p(format!("{dp}.out_proj.bias"))?)?;
-        let merged = tape.scale(&tape.linear(&heads_out, &w_out, Some(&b_out))?, 0.5)?;
-        tape.add(x, &merged)
+        // Both streams' output projections summed; the ½ is applied where
+        // the residual is added (`add_layer_norm`).
+        tape.linear(&heads_out, &w_out, Some(&b_out))
     }
 
-    /// SPEC 5.4 on `x` (`B·T·L × E` rows of a `B × T × L` grid).
+    /// SPEC 5.4 on `x + f` (`B·T·L × E` rows of a `B × T × L` grid; `f`
+    /// the previous block's unadded FFN output, or none). Returns the
+    /// block's output as `(x', f')`, its sum `x' + f'` left to the next
+    /// layer norm, which adds it in the same pass (`add_layer_norm`).
     #[allow(clippy::too_many_arguments)]
     fn matb(
         &self,
@@ -237,14 +255,18 @@ impl Nemesis {
         store: &ParamStore,
         prefix: &str,
         x: &Var,
+        f: Option<&Var>,
         grid: (usize, usize, usize),
         heads: usize,
         dropout: Option<&Dropout>,
-    ) -> Result<Var> {
+    ) -> Result<(Var, Var)> {
         let (b, t, l) = grid;
-        let h = self.layer_norm(tape, store, &format!("{prefix}.norm1"), x)?;
-        let x = if self.on_device(store) {
-            self.matb_attention_fused(tape, store, prefix, x, &h, grid, heads, dropout)?
+        let (x, h) = match f {
+            Some(f) => self.add_layer_norm(tape, store, &format!("{prefix}.norm1"), x, f, 1.0)?,
+            None => (x.clone(), self.layer_norm(tape, store, &format!("{prefix}.norm1"), x)?),
+        };
+        let both = if self.on_device(store) {
+            self.matb_attention_fused(tape, store, prefix, &h, grid, heads, dropout)?
         } else {
             // The CPU reference: the two streams as written in SPEC 5.4.
             let os = self.mha(
@@ -265,15 +287,49 @@ impl Nemesis {
                 heads,
                 dropout,
             )?;
-            let both = tape.add(&os, &od)?;
-            tape.add(x, &tape.scale(&both, 0.5)?)?
+            tape.add(&os, &od)?
         };
-        let x = self.layer_norm(tape, store, &format!("{prefix}.norm2"), &x)?;
+        // x + ½(both), then norm2: one pass on a device.
+        let (_, x) = self.add_layer_norm(tape, store, &format!("{prefix}.norm2"), &x, &both, 0.5)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
         let f = self.dropout(tape, &tape.gelu(&f)?, dropout)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;
         let f = self.dropout(tape, &f, dropout)?;
-        tape.add(&x, &f)
+        Ok((x, f))
+    }
+
+    /// A stack of blocks and the layer norm `norm` after it.
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        stack: &str,
+        depth: usize,
+        x: Var,
+        grid: (usize, usize, usize),
+        heads: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
+        let (mut x, mut f) = (x, None);
+        for i in 0..depth {
+            let (x2, f2) = self.matb(
+                tape,
+                store,
+                &format!("{stack}.blocks.{i}"),
+                &x,
+                f.as_ref(),
+                grid,
+                heads,
+                dropout,
+            )?;
+            (x, f) = (x2, Some(f2));
+        }
+        let norm = format!("{stack}.norm");
+        match f {
+            Some(f) => Ok(self.add_layer_norm(tape, store, &norm, &x, &f, 1.0)?.1),
+            None => self.layer_norm(tape, store, &norm, &x),
+        }
     }
 
     /// SPEC 5.1: visible patch vectors `B × Nv × P` → `H0`, `B × Nv × E`.
@@ -343,20 +399,9 @@ impl Nemesis {
         let h0 = self.patch_embed(tape, store, patches, dropout)?;
         let pe = tape.constant(self.place(store, self.pe_rows(mask.ids_keep(), b, dtype)?)?);
         let s = self.p(tape, store, "encoder.pe_scale")?;
-        let mut x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
+        let x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
         let grid = (b, mask.slices(), mask.per_slice());
-        for i in 0..c.depth {
-            x = self.matb(
-                tape,
-                store,
-                &format!("encoder.blocks.{i}"),
-                &x,
-                grid,
-                c.num_heads,
-                dropout,
-            )?;
-        }
-        let x = self.layer_norm(tape, store, "encoder.norm", &x)?;
+        let x = self.blocks(tape, store, "encoder", c.depth, x, grid, c.num_heads, dropout)?;
         tape.reshape(&x, [b, nv, e])
     }
 
@@ -381,20 +426,10 @@ impl Nemesis {
         let s = tape.param_as(store, dec_id, enc_scale)?;
         let pe = tape.constant(self.place(store, Tensor::from_f64_slice(&self.pe, [n, e], dtype)?)?);
         let y = tape.scatter_rows_add_pe(latent, mask.ids_keep(), n, &fill, &pe, &s)?;
-        let mut x = tape.reshape(&y, [b * n, e])?;
+        let x = tape.reshape(&y, [b * n, e])?;
         let grid = (b, c.grid()[0], c.plane_tokens());
-        for i in 0..c.decoder_depth {
-            x = self.matb(
-                tape,
-                store,
-                &format!("decoder.blocks.{i}"),
-                &x,
-                grid,
-                c.decoder_num_heads,
-                dropout,
-            )?;
-        }
-        let x = self.layer_norm(tape, store, "decoder.norm", &x)?;
+        let heads = c.decoder_num_heads;
+        let x = self.blocks(tape, store, "decoder", c.decoder_depth, x, grid, heads, dropout)?;
         let x = self.linear(tape, store, "decoder.head", &x)?;
         tape.reshape(&x, [b, n, p])
     }

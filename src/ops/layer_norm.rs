@@ -6,27 +6,73 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
+/// The checks of a layer norm over `x`'s last dimension; gives its width.
+fn check(op: &'static str, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<usize> {
+    let cols = x.shape().last();
+    if x.shape().rank() == 0 || cols == 0 {
+        return Err(Error::bad_shape(op, x.shape(), "needs a non-empty last dimension"));
+    }
+    for p in [w, b] {
+        if p.shape().dims() != [cols] {
+            return Err(Error::shape_mismatch(
+                op,
+                x.shape(),
+                p.shape(),
+                format!("weight and bias must be [{cols}]"),
+            ));
+        }
+    }
+    if eps.is_nan() || eps < 0.0 {
+        return Err(Error::invalid(op, format!("eps must be ≥ 0, got {eps}")));
+    }
+    Ok(cols)
+}
+
 impl Tape {
+    /// A residual and the layer norm after it: `(s, layer_norm(s))` with
+    /// `s = x + k·a`. On a device one kernel makes both, recorded as the
+    /// add and the norm they are (so the backward is theirs); on the host,
+    /// the plain ops (`scale` when `k ≠ 1`, `add`, `layer_norm`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_layer_norm(&self, x: &Var, a: &Var, k: f64, w: &Var, b: &Var, eps: f64) -> Result<(Var, Var)> {
+        const OP: &str = "add_layer_norm";
+        if !on_device(&[x, a, w, b]) || x.shape() != a.shape() {
+            let a = if k == 1.0 { a.clone() } else { self.scale(a, k)? };
+            let s = self.add(x, &a)?;
+            let y = self.layer_norm(&s, w, b, eps)?;
+            return Ok((s, y));
+        }
+        check(OP, x, w, b, eps)?;
+        same_dtype(OP, &[x, a, w, b])?;
+        let (s, y, mean, rstd) = gpu::add_layer_norm(x.value(), a.value(), k, w.value(), b.value(), eps)?;
+        let sum = self.record(
+            s.clone(),
+            &[x, a],
+            backward_fn("add", move |g, needs| {
+                let da = match (needs[1], k == 1.0) {
+                    (false, _) => None,
+                    (true, true) => Some(g.clone()),
+                    (true, false) => Some(gpu::scale(g, k)?),
+                };
+                Ok(vec![needs[0].then(|| g.clone()), da])
+            }),
+        );
+        let wv = w.value().clone();
+        let y = self.record(
+            y,
+            &[&sum, w, b],
+            backward_fn("layer_norm", move |g, _| {
+                let (dx, dw, db) = gpu::layer_norm_backward(g, &s, &wv, &mean, &rstd)?;
+                Ok(vec![Some(dx), Some(dw), Some(db)])
+            }),
+        );
+        Ok((sum, y))
+    }
+
     /// LayerNorm over the last dimension with affine `w`, `b` (both `[C]`).
     pub fn layer_norm(&self, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {
         const OP: &str = "layer_norm";
-        let cols = x.shape().last();
-        if x.shape().rank() == 0 || cols == 0 {
-            return Err(Error::bad_shape(OP, x.shape(), "needs a non-empty last dimension"));
-        }
-        for p in [w, b] {
-            if p.shape().dims() != [cols] {
-                return Err(Error::shape_mismatch(
-                    OP,
-                    x.shape(),
-                    p.shape(),
-                    format!("weight and bias must be [{cols}]"),
-                ));
-            }
-        }
-        if eps.is_nan() || eps < 0.0 {
-            return Err(Error::invalid(OP, format!("eps must be ≥ 0, got {eps}")));
-        }
+        let cols = check(OP, x, w, b, eps)?;
         let dtype = same_dtype(OP, &[x, w, b])?;
         if on_device(&[x, w, b]) {
             let (y, mean, rstd) = gpu::layer_norm(x.value(), w.value(), b.value(), eps)?;
