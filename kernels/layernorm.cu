@@ -22,8 +22,11 @@ __device__ __forceinline__ float block_sum(float v, float* buf) {
 }
 
 // y = (x - mean) / sqrt(var + eps) * w + b; saves mean and 1/sigma per row.
+// With `with16`, y16 gets y rounded to bf16 as well: the copy a
+// mixed-precision GEMM reads next, without a pass of its own.
 extern "C" __global__ void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,
-                                              float* rstd, int rows, int cols, float eps) {
+                                              float* rstd, int rows, int cols, float eps, uint16_t* y16,
+                                              int with16) {
     NEMESIS_DYNAMIC_SHARED(float, buf);
     int row = blockIdx.x;
     if (row >= rows) return;
@@ -38,7 +41,11 @@ extern "C" __global__ void layer_norm_forward(const float* x, const float* w, co
     }
     float rs = 1.0f / sqrtf(block_sum(q, buf) / cols + eps);
     float* yr = y + (uint64_t)row * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = (xr[c] - mu) * rs * w[c] + b[c];
+        yr[c] = v;
+        if (with16) y16[(uint64_t)row * cols + c] = to_bf16(v);
+    }
     if (threadIdx.x == 0) {
         mean[row] = mu;
         rstd[row] = rs;
@@ -108,10 +115,11 @@ extern "C" __global__ void layer_norm_dwdb_partials(const float* g, const float*
 
 // The residual and the layer norm after it in one pass: s = x + k·a (kept:
 // the next residual and the backward read it), y = LN(s)·w + b, with the
-// row statistics saved as layer_norm_forward saves them. One block per row.
+// row statistics saved as layer_norm_forward saves them, and y16 as there.
+// One block per row.
 extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a, float k, const float* w,
                                                   const float* b, float* s, float* y, float* mean, float* rstd,
-                                                  int rows, int cols, float eps) {
+                                                  int rows, int cols, float eps, uint16_t* y16, int with16) {
     NEMESIS_DYNAMIC_SHARED(float, buf);
     int row = blockIdx.x;
     if (row >= rows) return;
@@ -132,7 +140,11 @@ extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a
     }
     float rs = 1.0f / sqrtf(block_sum(q, buf) / cols + eps);
     float* yr = y + (uint64_t)row * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = (sr[c] - mu) * rs * w[c] + b[c];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = (sr[c] - mu) * rs * w[c] + b[c];
+        yr[c] = v;
+        if (with16) y16[(uint64_t)row * cols + c] = to_bf16(v);
+    }
     if (threadIdx.x == 0) {
         mean[row] = mu;
         rstd[row] = rs;

@@ -41,9 +41,10 @@ __device__ __forceinline__ int multi_tensor_of(const uint64_t* starts, int count
     return lo;
 }
 
-// AdamW over every parameter in one launch: table[4t .. 4t+3] hold the device
-// addresses of tensor t's weight, gradient and two moments; the update is
-// adamw_step's.
+// AdamW over every parameter in one launch: table[5t .. 5t+3] hold the device
+// addresses of tensor t's weight, gradient and two moments, and table[5t+4]
+// that of the weight's bf16 copy (0 when none is kept), rewritten from the
+// new weight; the update is adamw_step's.
 // The clip factor is read from the device (clip[1], as clip_factor writes
 // it); when it is NaN (the gradient norm was not finite) nothing changes, so
 // a diverged step never reaches the weights even though the host learns of
@@ -57,17 +58,20 @@ extern "C" __global__ void adamw_multi(const uint64_t* table, const uint64_t* st
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
         int t = multi_tensor_of(starts, count, i);
         uint64_t j = i - starts[t];
-        float* w = (float*)table[4 * t];
-        const float* g = (const float*)table[4 * t + 1];
-        float* m = (float*)table[4 * t + 2];
-        float* v = (float*)table[4 * t + 3];
+        float* w = (float*)table[5 * t];
+        const float* g = (const float*)table[5 * t + 1];
+        float* m = (float*)table[5 * t + 2];
+        float* v = (float*)table[5 * t + 3];
+        uint16_t* w16 = (uint16_t*)table[5 * t + 4];
         float gi = g[j] * clip;
         float wi = w[j] * (1.0f - lr * weight_decay);
         float mi = beta1 * m[j] + (1.0f - beta1) * gi;
         float vi = beta2 * v[j] + (1.0f - beta2) * gi * gi;
         m[j] = mi;
         v[j] = vi;
-        w[j] = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        float wn = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        w[j] = wn;
+        if (w16) w16[j] = to_bf16(wn);
     }
 }
 

@@ -189,3 +189,35 @@ mod queued {
         }
     }
 }
+
+#[test]
+fn layer_norms_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
+    use nemesis::backend::gpu;
+    use nemesis::rng::RngStream;
+    use nemesis::Tensor;
+
+    let dev: SharedDevice = Arc::new(EmuDevice::mixed());
+    let (rows, cols) = (37, 48);
+    let mut v = vec![0.0f32; 4 * rows * cols];
+    RngStream::new(5, 6).fill_uniform(0, &mut v);
+    let t = |k: usize, n: usize, shape: Vec<usize>| {
+        Tensor::from_vec(v[k * rows * cols..k * rows * cols + n].to_vec(), shape)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap()
+    };
+    let (x, a) = (t(0, rows * cols, vec![rows, cols]), t(1, rows * cols, vec![rows, cols]));
+    let (w, b) = (t(2, cols, vec![cols]), t(3, cols, vec![cols]));
+    let (y1, _, _) = gpu::layer_norm(&x, &w, &b, 1e-6).unwrap();
+    let (_, y2, _, _) = gpu::add_layer_norm(&x, &a, 0.5, &w, &b, 1e-6).unwrap();
+    for y in [y1, y2] {
+        let values = y.to_cpu().unwrap().to_vec::<f32>().unwrap();
+        let bits = gpu::bf16_bits(&y).unwrap();
+        let wrong = values
+            .iter()
+            .zip(&bits)
+            .filter(|(v, b)| half::bf16::from_f32(**v).to_bits() != **b)
+            .count();
+        assert_eq!(wrong, 0, "the kernel's bf16 copy differs from its f32 output rounded");
+    }
+}

@@ -474,7 +474,22 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
         }
         push("adamw_multi", "NaN clip factor: no change".into(), moved);
         opt.update_clipped(&mut store, 1e-3, clip)?;
+        // The largest weight keeps a bf16 copy (as a mixed-precision GEMM
+        // leaves it); the update must rewrite it from the new values.
+        let last = sizes.len() - 1;
+        gpu::bf16_bits(&on_dev[last][0])?;
         gpu::adamw_multi(&rows, &s, &clip_dev)?;
+        let new_w = host(on_dev[last][0].clone())?;
+        let stale = gpu::bf16_bits(&on_dev[last][0])?
+            .iter()
+            .zip(&new_w)
+            .filter(|(b, w)| **b != half::bf16::from_f32(**w).to_bits())
+            .count();
+        push(
+            "adamw_multi",
+            format!("bf16 copy rewritten ({stale} of {} stale)", new_w.len()),
+            if stale == 0 { 0.0 } else { 1.0 },
+        );
         let mut worst = 0.0f64;
         for (k, (_, p)) in store.iter().enumerate() {
             worst = worst

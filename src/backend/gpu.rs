@@ -52,14 +52,7 @@ pub fn empty(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
     let len = shape.numel();
     let buf = dev.alloc(len * 4)?;
-    Tensor::from_device(
-        DeviceStorage {
-            dev: dev.clone(),
-            buf,
-            len,
-        },
-        shape,
-    )
+    Tensor::from_device(DeviceStorage::new(dev.clone(), buf, len), shape)
 }
 
 /// A tensor of zeros on `dev`.
@@ -116,18 +109,55 @@ fn product(
         Some(t) => Some(&storage(OP, t)?.buf),
         None => None,
     };
-    let g = Gemm {
-        bf16: dev.mixed_precision(),
-        ..g
-    };
-    dev.gemm(
-        &g,
-        &storage(OP, a)?.buf,
-        &storage(OP, b)?.buf,
-        &storage(OP, &y)?.buf,
-        bias,
-    )?;
+    if dev.mixed_precision() {
+        // Both operands as their bf16 copies (made once per tensor).
+        let g = Gemm {
+            bf16: true,
+            bf16_inputs: true,
+            ..g
+        };
+        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, &storage(OP, &y)?.buf, bias)?;
+    } else {
+        dev.gemm(
+            &g,
+            &storage(OP, a)?.buf,
+            &storage(OP, b)?.buf,
+            &storage(OP, &y)?.buf,
+            bias,
+        )?;
+    }
     Ok(y)
+}
+
+/// The bf16 copy of a device tensor's values, made (one `f32_to_bf16` pass)
+/// the first time it is asked for and kept with the values.
+fn bf16_copy(t: &Tensor) -> Result<&super::device::Buffer> {
+    const OP: &str = "f32_to_bf16";
+    let s = storage(OP, t)?;
+    if let Some(b) = s.bf16.get() {
+        return Ok(b);
+    }
+    let b = s.dev.alloc(s.len * 2)?;
+    s.dev.launch(
+        OP,
+        &spread(&s.dev, s.len),
+        &[Arg::Buf(&s.buf), Arg::Buf(&b), u64a(s.len)],
+    )?;
+    if let Err(b) = s.bf16.set(b) {
+        s.dev.free(&b);
+    }
+    s.bf16
+        .get()
+        .ok_or_else(|| Error::invalid(OP, "the bf16 copy was not kept"))
+}
+
+/// The bf16 copy of `t` as raw bits (made if it is not there yet), for checks.
+pub fn bf16_bits(t: &Tensor) -> Result<Vec<u16>> {
+    let s = storage("bf16_bits", t)?;
+    let b = bf16_copy(t)?;
+    let mut out = vec![0u16; s.len];
+    s.dev.download(b, bytemuck::cast_slice_mut(&mut out))?;
+    Ok(out)
 }
 
 /// The gradients of `linear`: `(dx, dW, db)`, each when asked for.
@@ -393,6 +423,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tenso
         empty(&dev, [rows])?,
         empty(&dev, [rows])?,
     );
+    let y16 = Bf16Out::new(&dev, &y)?;
     dev.launch(
         OP,
         &Launch::linear(rows as u32, 128, 4 * 4),
@@ -406,9 +437,60 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tenso
             i32a(rows),
             i32a(cols),
             Arg::F32(eps as f32),
+            y16.arg(OP, &y)?,
+            y16.flag(),
         ],
     )?;
+    y16.keep(&y)?;
     Ok((y, mean, rstd))
+}
+
+/// A bf16 copy a kernel writes beside its f32 output when the device runs
+/// in mixed precision (the output feeds a GEMM), kept with the output as a
+/// GEMM would keep it. Without mixed precision the kernel is told not to.
+struct Bf16Out(Option<super::device::Buffer>, SharedDevice);
+
+impl Drop for Bf16Out {
+    fn drop(&mut self) {
+        // Not handed over (the launch failed): free it.
+        if let Some(b) = self.0.take() {
+            self.1.free(&b);
+        }
+    }
+}
+
+impl Bf16Out {
+    fn new(dev: &SharedDevice, y: &Tensor) -> Result<Self> {
+        let buf = if dev.mixed_precision() {
+            Some(dev.alloc(y.numel() * 2)?)
+        } else {
+            None
+        };
+        Ok(Bf16Out(buf, dev.clone()))
+    }
+
+    /// The buffer argument (the output itself, unused, when there is none).
+    fn arg<'a>(&'a self, op: &'static str, y: &'a Tensor) -> Result<Arg<'a>> {
+        match &self.0 {
+            Some(b) => Ok(Arg::Buf(b)),
+            None => arg(op, y),
+        }
+    }
+
+    fn flag(&self) -> Arg<'static> {
+        Arg::I32(i32::from(self.0.is_some()))
+    }
+
+    /// Hands the copy to `y`'s storage.
+    fn keep(mut self, y: &Tensor) -> Result<()> {
+        if let Some(b) = self.0.take() {
+            let s = storage("bf16 copy", y)?;
+            if let Err(b) = s.bf16.set(b) {
+                s.dev.free(&b);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `(dx, dw, db)` from the saved statistics.
@@ -513,6 +595,7 @@ pub fn add_layer_norm(
         empty(&dev, [rows])?,
         empty(&dev, [rows])?,
     );
+    let y16 = Bf16Out::new(&dev, &y)?;
     dev.launch(
         OP,
         &Launch::linear(rows as u32, 128, 4 * 4),
@@ -529,8 +612,11 @@ pub fn add_layer_norm(
             i32a(rows),
             i32a(cols),
             Arg::F32(eps as f32),
+            y16.arg(OP, &y)?,
+            y16.flag(),
         ],
     )?;
+    y16.keep(&y)?;
     Ok((sum, y, mean, rstd))
 }
 
@@ -1191,9 +1277,19 @@ struct MultiTable<'d> {
 }
 
 fn multi_table<'d>(dev: &'d SharedDevice, op: &'static str, rows: &[Vec<&Tensor>]) -> Result<MultiTable<'d>> {
+    multi_table_with(dev, op, rows, |_| Ok(None))
+}
+
+/// `multi_table` with one more address per row when `extra` gives one.
+fn multi_table_with<'d>(
+    dev: &'d SharedDevice,
+    op: &'static str,
+    rows: &[Vec<&Tensor>],
+    extra: impl Fn(usize) -> Result<Option<u64>>,
+) -> Result<MultiTable<'d>> {
     let mut table = Vec::new();
     let mut starts = vec![0u64];
-    for row in rows {
+    for (k, row) in rows.iter().enumerate() {
         let n = row[0].numel();
         for t in row {
             if t.numel() != n {
@@ -1204,6 +1300,9 @@ fn multi_table<'d>(dev: &'d SharedDevice, op: &'static str, rows: &[Vec<&Tensor>
                 return Err(Error::invalid(op, "operands live on different devices"));
             }
             table.push(dev.address(&s.buf)?);
+        }
+        if let Some(a) = extra(k)? {
+            table.push(a);
         }
         starts.push(starts[starts.len() - 1] + n as u64);
     }
@@ -1284,7 +1383,14 @@ pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep, clip_norm: &Tensor) -
         return Err(Error::bad_shape(OP, clip_norm.shape(), "[norm, clip factor] expected"));
     }
     let rows: Vec<Vec<&Tensor>> = params.iter().map(|p| p.to_vec()).collect();
-    let t = multi_table(&dev, OP, &rows)?;
+    // A fifth address per parameter: its weight's bf16 copy, rewritten by
+    // the update so it stays the copy of the new values (0: none kept).
+    let t = multi_table_with(&dev, OP, &rows, |k| {
+        Ok(Some(match storage(OP, params[k][0])?.bf16.get() {
+            Some(b) => dev.address(b)?,
+            None => 0,
+        }))
+    })?;
     let bc1 = 1.0 - s.betas.0.powi(s.t as i32);
     let bc2 = 1.0 - s.betas.1.powi(s.t as i32);
     let f = |x: f64| Arg::F32(x as f32);

@@ -125,6 +125,8 @@ pub fn layer_norm_forward(
             Arg::I32(rows as i32),
             Arg::I32(cols as i32),
             Arg::F32(eps),
+            y.arg(),
+            Arg::I32(0),
         ],
     )?;
     Ok((y.to_vec()?, mean.to_vec()?, rstd.to_vec()?))

@@ -193,11 +193,7 @@ impl Tensor {
             Storage::Device(d) => download(d)?,
         };
         let buf = dev.alloc(host.len() * 4)?;
-        let storage = DeviceStorage {
-            dev: dev.clone(),
-            buf,
-            len: host.len(),
-        };
+        let storage = DeviceStorage::new(dev.clone(), buf, host.len());
         dev.upload(&storage.buf, bytemuck::cast_slice(&host))?;
         Tensor::from_device(storage, self.shape.clone())
     }

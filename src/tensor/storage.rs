@@ -40,6 +40,23 @@ pub struct DeviceStorage {
     pub(crate) dev: SharedDevice,
     pub(crate) buf: Buffer,
     pub(crate) len: usize,
+    /// The same values rounded to bf16 (nearest even), for mixed-precision
+    /// GEMMs: made by the first GEMM that reads them (or written by the
+    /// kernel that made the values), then reused while the values live, so
+    /// an activation or weight read by a forward GEMM and again by its
+    /// backward is rounded once. The one in-place update, AdamW's, rewrites it.
+    pub(crate) bf16: std::sync::OnceLock<Buffer>,
+}
+
+impl DeviceStorage {
+    pub(crate) fn new(dev: SharedDevice, buf: Buffer, len: usize) -> Self {
+        DeviceStorage {
+            dev,
+            buf,
+            len,
+            bf16: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for DeviceStorage {
@@ -51,6 +68,9 @@ impl std::fmt::Debug for DeviceStorage {
 impl Drop for DeviceStorage {
     fn drop(&mut self) {
         self.dev.free(&self.buf);
+        if let Some(b) = self.bf16.get() {
+            self.dev.free(b);
+        }
     }
 }
 
