@@ -27,6 +27,37 @@ extern "C" __global__ void dropout_forward(const float* x, float* y, uint64_t n,
     }
 }
 
+// GELU then inverted dropout in one pass (the FFN's hidden activation): the
+// arithmetic of gelu_forward then dropout_forward, value for value (p = 0
+// keeps everything, no draws). With `with16`, y16 gets y rounded to bf16
+// (the copy the next GEMM reads).
+extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64_t n, double p, RngStream s,
+                                                uint16_t* y16, int with16) {
+    float keep = (float)(1.0 / (1.0 - p));
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        float gv = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        float out = gv;
+        if (p > 0.0) out = ((double)rng_uniform(s, i) >= p) ? gv * keep : 0.0f;
+        y[i] = out;
+        if (with16) y16[i] = to_bf16(out);
+    }
+}
+
+// Its gradient: dropout's mask on g, then GELU's derivative, in one pass.
+extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x, float* dx, uint64_t n, double p,
+                                                 RngStream s) {
+    float keep = (float)(1.0 / (1.0 - p));
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        if (p > 0.0) gi = ((double)rng_uniform(s, i) >= p) ? gi * keep : 0.0f;
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dx[i] = gi * (cdf + v * pdf);
+    }
+}
+
 // (1 - a)·x + a·y with a read from device memory (sigmoid(alpha)).
 extern "C" __global__ void gate_mix_forward(const float* x, const float* y, const float* a, float* out, uint64_t n) {
     float av = a[0];

@@ -99,7 +99,7 @@ __device__ __forceinline__ void load_rows(typename Elem<BF16>::T* dst, const flo
 
 template <bool BF16>
 __device__ void flash_forward_impl(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e, double p,
-                                   RngStream rng) {
+                                   RngStream rng, uint16_t* out16, int with16) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
     const int s = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -171,12 +171,17 @@ __device__ void flash_forward_impl(const float* qkv, float* out, float* lse, Seq
     for (int r = 0; r < 2; ++r) {
         int i = q0 + warp * 16 + g + 8 * r;
         if (i >= l.len) continue;
-        float* orow = out + (uint64_t)seq_row(l, s, i) * e + h * dh;
+        uint64_t base = (uint64_t)seq_row(l, s, i) * e + h * dh;
+        float* orow = out + base;
 #pragma unroll
         for (int n = 0; n < FLASH_MAX_NT; ++n)
             for (int q = 0; q < 2; ++q) {
                 int c = n * 8 + 2 * t + q;
-                if (n < nt && c < dh) orow[c] = o[n][2 * r + q] / l_run[r];
+                if (n < nt && c < dh) {
+                    float v = o[n][2 * r + q] / l_run[r];
+                    orow[c] = v;
+                    if (with16) out16[base + c] = to_bf16(v);
+                }
             }
         if (t == 0) lse[((uint64_t)s * heads + h) * l.len + i] = m_run[r] + logf(l_run[r]);
     }
@@ -359,13 +364,13 @@ __device__ void flash_backward_dkv_impl(const float* qkv, const float* out, cons
 }
 
 extern "C" __global__ void flash_forward_f32(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                             double p, RngStream rng) {
-    flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng);
+                                             double p, RngStream rng, uint16_t* out16, int with16) {
+    flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng, out16, with16);
 }
 
 extern "C" __global__ void flash_forward_bf16(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                              double p, RngStream rng) {
-    flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng);
+                                              double p, RngStream rng, uint16_t* out16, int with16) {
+    flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng, out16, with16);
 }
 
 extern "C" __global__ void flash_backward_dq_f32(const float* qkv, const float* out, const float* dout,

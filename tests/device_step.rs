@@ -191,7 +191,7 @@ mod queued {
 }
 
 #[test]
-fn layer_norms_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
+fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     use nemesis::backend::gpu;
     use nemesis::rng::RngStream;
     use nemesis::Tensor;
@@ -210,7 +210,12 @@ fn layer_norms_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     let (w, b) = (t(2, cols, vec![cols]), t(3, cols, vec![cols]));
     let (y1, _, _) = gpu::layer_norm(&x, &w, &b, 1e-6).unwrap();
     let (_, y2, _, _) = gpu::add_layer_norm(&x, &a, 0.5, &w, &b, 1e-6).unwrap();
-    for y in [y1, y2] {
+    let y3 = gpu::gelu_dropout(&x, 0.1, RngStream::new(7, 8)).unwrap();
+    // Attention over 37 rows of a 48-wide QKV (E = 16, two heads of 8).
+    let qkv = x.reshape([rows, cols]).unwrap();
+    let layout = nemesis::tensor::SeqLayout::contiguous(1, rows);
+    let (y4, _) = gpu::attention(&qkv, layout, 2, None).unwrap();
+    for y in [y1, y2, y3, y4] {
         let values = y.to_cpu().unwrap().to_vec::<f32>().unwrap();
         let bits = gpu::bf16_bits(&y).unwrap();
         let wrong = values

@@ -267,6 +267,36 @@ pub fn run(shared: &SharedDevice, seed: u64) -> Result<Vec<CheckRow>> {
 fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'static str, String, f64)) -> Result<()> {
     let up = |v: &[f32], shape: Vec<usize>| Tensor::from_vec(v.to_vec(), shape)?.to_device(dev);
     let host = |t: Tensor| -> Result<Vec<f32>> { t.to_cpu()?.to_vec() };
+    // GELU + dropout in one kernel against the two ops on the host.
+    for (k, p) in [0.0f64, 0.1].into_iter().enumerate() {
+        let n = 5000;
+        let at = 29_000_000 + 100_000 * k as u64;
+        let (x, g) = (values(n, r, at, 3.0), values(n, r, at + 30_000, 1.0));
+        let drop = RngStream::new(11, 12 + k as u64);
+        let tape = Tape::new();
+        let xv = tape.input(Tensor::from_vec(x.clone(), [n])?, true);
+        let y = tape.gelu(&xv)?;
+        let y = if p > 0.0 { tape.dropout(&y, p, drop)? } else { y };
+        let want_y = y.value().to_vec::<f32>()?;
+        let grads = tape.backward_with(&y, Tensor::from_vec(g.clone(), [n])?, &mut ParamStore::new())?;
+        let want_dx = grads
+            .get(&xv)
+            .map(|t| t.to_vec::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        let (tx, tg) = (up(&x, vec![n])?, up(&g, vec![n])?);
+        let case = format!("n={n}, p={p}");
+        push(
+            "gelu_dropout_forward",
+            case.clone(),
+            rel(&host(gpu::gelu_dropout(&tx, p, drop)?)?, &want_y),
+        );
+        push(
+            "gelu_dropout_backward",
+            case,
+            rel(&host(gpu::gelu_dropout_backward(&tg, &tx, p, drop)?)?, &want_dx),
+        );
+    }
     // Column reductions over enough rows to split into chunks (two
     // fixed-order passes), and the fused residual + layer norm.
     for (k, (rows, cols)) in [(300usize, 24usize), (1000, 192)].into_iter().enumerate() {

@@ -346,6 +346,52 @@ pub fn dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
     Ok(y)
 }
 
+/// `dropout(gelu(x))` in one kernel (`p = 0`: no dropout), with the bf16
+/// copy for the next GEMM in mixed precision.
+pub fn gelu_dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
+    const OP: &str = "gelu_dropout_forward";
+    let dev = device_of(OP, &[x])?;
+    let y = empty(&dev, x.shape().clone())?;
+    let y16 = Bf16Out::new(&dev, &y)?;
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[
+            arg(OP, x)?,
+            arg(OP, &y)?,
+            u64a(x.numel()),
+            Arg::F64(p),
+            Arg::Rng(rng),
+            y16.arg(OP, &y)?,
+            y16.flag(),
+        ],
+    )?;
+    y16.keep(&y)?;
+    Ok(y)
+}
+
+/// The gradient of `gelu_dropout` with respect to `x`.
+pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
+    const OP: &str = "gelu_dropout_backward";
+    let dev = device_of(OP, &[g, x])?;
+    let dx = empty(&dev, x.shape().clone())?;
+    pointwise(
+        &dev,
+        OP,
+        x.numel(),
+        &[
+            arg(OP, g)?,
+            arg(OP, x)?,
+            arg(OP, &dx)?,
+            u64a(x.numel()),
+            Arg::F64(p),
+            Arg::Rng(rng),
+        ],
+    )?;
+    Ok(dx)
+}
+
 /// `(1 − a)·x + a·y`, `a` a one-element device tensor.
 pub fn gate_mix(x: &Tensor, y: &Tensor, a: &Tensor) -> Result<Tensor> {
     const OP: &str = "gate_mix_forward";
@@ -724,7 +770,9 @@ pub fn attention_with(
         *l = e;
     }
     let y = empty(&dev, ys)?;
-    let lse = attention_into(kernel, qkv, layout, heads, dropout, &y)?;
+    let y16 = Bf16Out::new(&dev, &y)?;
+    let lse = attention_into(kernel, qkv, layout, heads, dropout, &y, &y16)?;
+    y16.keep(&y)?;
     Ok((y, lse))
 }
 
@@ -737,6 +785,7 @@ fn attention_into(
     heads: usize,
     dropout: Option<(f64, RngStream)>,
     y: &Tensor,
+    y16: &Bf16Out,
 ) -> Result<Tensor> {
     const OP: &str = "attention_forward";
     let dev = device_of(OP, &[qkv, y])?;
@@ -753,6 +802,8 @@ fn attention_into(
         i32a(e),
         Arg::F64(p),
         Arg::Rng(rng),
+        y16.arg(OP, y)?,
+        y16.flag(),
     ];
     let [name, _, _] = kernel.names();
     match kernel {
@@ -873,8 +924,10 @@ pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream) -> Result<(Tensor, [Te
     let e = six_e / 6;
     let qv = qkv.reshape([2 * rows, 3 * e])?;
     let y = empty(&dev, [2 * rows, e])?;
-    let la = attention_into(kernel, &qv, a.layout.interleaved(2, 0), a.heads, a.dropout, &y)?;
-    let lb = attention_into(kernel, &qv, b.layout.interleaved(2, 1), b.heads, b.dropout, &y)?;
+    let y16 = Bf16Out::new(&dev, &y)?;
+    let la = attention_into(kernel, &qv, a.layout.interleaved(2, 0), a.heads, a.dropout, &y, &y16)?;
+    let lb = attention_into(kernel, &qv, b.layout.interleaved(2, 1), b.heads, b.dropout, &y, &y16)?;
+    y16.keep(&y)?;
     Ok((y.reshape([rows, 2 * e])?, [la, lb]))
 }
 

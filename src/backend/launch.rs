@@ -267,6 +267,8 @@ pub fn attention_forward(
             Arg::I32(e as i32),
             Arg::F64(p),
             Arg::Rng(rng),
+            out.arg(),
+            Arg::I32(0),
         ],
     )?;
     Ok((out.to_vec()?, lse.to_vec()?))

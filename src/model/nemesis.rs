@@ -292,7 +292,8 @@ impl Nemesis {
         // x + ½(both), then norm2: one pass on a device.
         let (_, x) = self.add_layer_norm(tape, store, &format!("{prefix}.norm2"), &x, &both, 0.5)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
-        let f = self.dropout(tape, &tape.gelu(&f)?, dropout)?;
+        let drop = dropout.filter(|d| d.p > 0.0).map(|d| (d.p, d.next()));
+        let f = tape.gelu_dropout(&f, drop)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;
         let f = self.dropout(tape, &f, dropout)?;
         Ok((x, f))

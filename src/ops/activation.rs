@@ -3,6 +3,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, softmax};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::rng::RngStream;
 use crate::tensor::Tensor;
 use crate::with_dtype;
 
@@ -30,6 +31,33 @@ impl Tape {
                 )?)]))
             }),
         ))
+    }
+
+    /// `dropout(gelu(x))` with dropout `(p, stream)` when given (the FFN's
+    /// hidden activation). One kernel each way on a device; on the host the
+    /// two ops.
+    pub fn gelu_dropout(&self, x: &Var, dropout: Option<(f64, RngStream)>) -> Result<Var> {
+        const OP: &str = "gelu_dropout";
+        let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(OP, format!("probability must be in [0, 1), got {p}")));
+        }
+        if on_device(&[x]) {
+            let xv = x.value().clone();
+            return Ok(self.record(
+                gpu::gelu_dropout(&xv, p, rng)?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(gpu::gelu_dropout_backward(g, &xv, p, rng)?)])
+                }),
+            ));
+        }
+        let y = self.gelu(x)?;
+        if p > 0.0 {
+            self.dropout(&y, p, rng)
+        } else {
+            Ok(y)
+        }
     }
 
     pub fn sigmoid(&self, x: &Var) -> Result<Var> {
