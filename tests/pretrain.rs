@@ -117,6 +117,20 @@ fn the_loss_falls_over_30_steps() {
     assert!(last < 0.8 * first, "loss {first} → {last}");
     assert_eq!(val.len(), 2);
     assert!(val[1]["val_loss"].as_f64().unwrap() < val[0]["val_loss"].as_f64().unwrap() * 1.05);
+    // Every step's rate is its own (no step credited with another's time,
+    // e.g. around a validation): all within 5× of the median.
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut rates: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["superpatches_per_s"].as_f64())
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    assert!(
+        rates[0] > median / 5.0 && rates[rates.len() - 1] < median * 5.0,
+        "step rates {rates:?}"
+    );
     for f in [
         "config.json",
         "curves.png",

@@ -34,6 +34,8 @@ pub struct PendingStep {
     pub lr: f64,
     /// Superpatches in the step (all micro-batches).
     pub superpatches: usize,
+    /// When queueing began.
+    pub queued_at: std::time::Instant,
     losses: Vec<Readback>,
     sses: Vec<Readback>,
     /// `[norm, clip factor]`.
@@ -109,6 +111,7 @@ pub fn queue_step(
         epoch: 0,
         lr,
         superpatches: 0,
+        queued_at: std::time::Instant::now(),
         losses: Vec::with_capacity(accum),
         sses: Vec::with_capacity(accum),
         clip: Readback::Ready(Vec::new()),

@@ -391,8 +391,17 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     };
     let mut pending: Option<PendingStep> = None;
     let mut last_report = Instant::now();
+    // Only a GPU works behind the host's back; the CPU and the emulator have
+    // finished a step when it is queued, so it is read at once.
+    let deferred = opts
+        .device
+        .as_ref()
+        .is_some_and(|d| d.kind() == crate::tensor::Device::Cuda);
     let mut report = |p: PendingStep, last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
         let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
+        // From when the step could start: its queueing, or the end of the
+        // step before when it was queued behind that one.
+        let began = p.queued_at.max(last_report);
         let v = p.wait()?;
         if !v.loss.is_finite() {
             return Err(nan_error(number, "loss", v.loss, last_ckpt));
@@ -401,7 +410,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             return Err(nan_error(number, "gradient norm", v.grad_norm, last_ckpt));
         }
         let now = Instant::now();
-        let dt = now.duration_since(last_report).as_secs_f64().max(1e-9);
+        let dt = now.duration_since(began).as_secs_f64().max(1e-9);
         last_report = now;
         let m = StepMetrics {
             loss: v.loss,
@@ -433,7 +442,9 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         let queued = queue_step(&spec, &mut store, &mut opt, step, lr, batches)?;
         meta.position = plan.advance(last_position, 1);
         meta.step += 1;
-        if let Some(prev) = pending.replace(queued) {
+        if !deferred {
+            report(queued, &last_ckpt, obs)?;
+        } else if let Some(prev) = pending.replace(queued) {
             report(prev, &last_ckpt, obs)?;
         }
 
