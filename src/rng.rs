@@ -80,6 +80,7 @@ impl RngStream {
     }
 
     /// The block of four words that holds values `4·block … 4·block + 3`.
+    #[inline]
     pub fn block(&self, block: u64) -> [u32; 4] {
         let ctr = [
             block as u32,
@@ -136,16 +137,25 @@ impl RngStream {
             .for_each(|(c, chunk)| self.fill_words_seq(start + (c * CHUNK) as u64, chunk, &f));
     }
 
+    /// One Philox block per four values: the values before the first block
+    /// boundary, then whole blocks (the last one possibly cut short).
+    #[inline]
     fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4], usize) -> f32) {
-        let mut block = u64::MAX;
-        let mut w = [0u32; 4];
-        for (i, v) in out.iter_mut().enumerate() {
-            let idx = start + i as u64;
-            if idx / 4 != block {
-                block = idx / 4;
-                w = self.block(block);
+        let lead = (((4 - start % 4) % 4) as usize).min(out.len());
+        let (head, rest) = out.split_at_mut(lead);
+        if !head.is_empty() {
+            let w = self.block(start / 4);
+            let first = (start % 4) as usize;
+            for (k, v) in head.iter_mut().enumerate() {
+                *v = f(&w, first + k);
             }
-            *v = f(&w, (idx % 4) as usize);
+        }
+        let first_block = (start + lead as u64) / 4;
+        for (b, quad) in rest.chunks_mut(4).enumerate() {
+            let w = self.block(first_block + b as u64);
+            for (lane, v) in quad.iter_mut().enumerate() {
+                *v = f(&w, lane);
+            }
         }
     }
 }
@@ -226,6 +236,36 @@ mod tests {
         assert!(mean.abs() < 1e-2, "mean {mean}");
         assert!((var - 1.0).abs() < 2e-2, "var {var}");
         assert!((kurt - 3.0).abs() < 0.1, "kurtosis {kurt}");
+    }
+
+    #[test]
+    fn fills_equal_the_draws_by_index_at_any_start_and_length() {
+        let s = RngStream::new(77, 3);
+        for start in 0..9u64 {
+            for len in 0..12usize {
+                let (mut u, mut n) = (vec![0.0f32; len], vec![0.0f32; len]);
+                s.fill_uniform(start, &mut u);
+                s.fill_normal(start, &mut n);
+                for i in 0..len {
+                    assert_eq!(
+                        u[i],
+                        s.uniform(start + i as u64),
+                        "uniform start {start} len {len} at {i}"
+                    );
+                    assert_eq!(
+                        n[i],
+                        s.normal(start + i as u64),
+                        "normal start {start} len {len} at {i}"
+                    );
+                }
+            }
+        }
+        // Past the parallel chunk size, with a start inside a block.
+        let mut big = vec![0.0f32; 70_001];
+        s.fill_uniform(3, &mut big);
+        for i in [0usize, 1, 32_767, 32_768, 65_536, 70_000] {
+            assert_eq!(big[i], s.uniform(3 + i as u64), "at {i}");
+        }
     }
 
     #[test]
