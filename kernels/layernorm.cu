@@ -21,19 +21,15 @@ __device__ __forceinline__ float block_sum(float v, float* buf) {
     return total;
 }
 
-// y = (x - mean) / sqrt(var + eps) * w + b; saves mean and 1/sigma per row.
-// With `with16`, y16 gets y rounded to bf16 as well: the copy a
-// mixed-precision GEMM reads next, without a pass of its own.
-extern "C" __global__ void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,
-                                              float* rstd, int rows, int cols, float eps, uint16_t* y16,
-                                              int with16) {
-    NEMESIS_DYNAMIC_SHARED(float, buf);
-    int row = blockIdx.x;
-    if (row >= rows) return;
-    const float* xr = x + (uint64_t)row * cols;
-    float s = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
-    float mu = block_sum(s, buf) / cols;
+// The rest of a layer norm of row `row` once each thread holds `part`, its
+// share of the row's sum over the values `xr` (each thread reads back only
+// the columns it summed): mean, variance, y = x̂·w + b, the statistics, and
+// with `with16` y rounded to bf16 into y16 as well (the copy a
+// mixed-precision GEMM reads next, without a pass of its own).
+__device__ __forceinline__ void norm_row(const float* xr, float part, const float* w, const float* b, float* y,
+                                         float* mean, float* rstd, int row, int cols, float eps, uint16_t* y16,
+                                         int with16, float* buf) {
+    float mu = block_sum(part, buf) / cols;
     float q = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float d = xr[c] - mu;
@@ -50,6 +46,20 @@ extern "C" __global__ void layer_norm_forward(const float* x, const float* w, co
         mean[row] = mu;
         rstd[row] = rs;
     }
+}
+
+// y = (x - mean) / sqrt(var + eps) * w + b; saves mean and 1/sigma per row
+// (and y16, see norm_row). One block per row.
+extern "C" __global__ void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,
+                                              float* rstd, int rows, int cols, float eps, uint16_t* y16,
+                                              int with16) {
+    NEMESIS_DYNAMIC_SHARED(float, buf);
+    int row = blockIdx.x;
+    if (row >= rows) return;
+    const float* xr = x + (uint64_t)row * cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+    norm_row(xr, s, w, b, y, mean, rstd, row, cols, eps, y16, with16, buf);
 }
 
 // dx per row (one block per row): dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)).
@@ -115,8 +125,7 @@ extern "C" __global__ void layer_norm_dwdb_partials(const float* g, const float*
 
 // The residual and the layer norm after it in one pass: s = x + k·a (kept:
 // the next residual and the backward read it), y = LN(s)·w + b, with the
-// row statistics saved as layer_norm_forward saves them, and y16 as there.
-// One block per row.
+// row statistics and y16 as layer_norm_forward. One block per row.
 extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a, float k, const float* w,
                                                   const float* b, float* s, float* y, float* mean, float* rstd,
                                                   int rows, int cols, float eps, uint16_t* y16, int with16) {
@@ -132,21 +141,5 @@ extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a
         sr[c] = v;
         t += v;
     }
-    float mu = block_sum(t, buf) / cols;
-    float q = 0.0f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float d = sr[c] - mu;
-        q += d * d;
-    }
-    float rs = 1.0f / sqrtf(block_sum(q, buf) / cols + eps);
-    float* yr = y + (uint64_t)row * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = (sr[c] - mu) * rs * w[c] + b[c];
-        yr[c] = v;
-        if (with16) y16[(uint64_t)row * cols + c] = to_bf16(v);
-    }
-    if (threadIdx.x == 0) {
-        mean[row] = mu;
-        rstd[row] = rs;
-    }
+    norm_row(sr, t, w, b, y, mean, rstd, row, cols, eps, y16, with16, buf);
 }

@@ -462,31 +462,46 @@ pub fn sum(x: &Tensor) -> Result<Tensor> {
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "layer_norm_forward";
     let dev = device_of(OP, &[x, w, b])?;
+    norm_forward(&dev, OP, &[arg(OP, x)?], w, b, None, x.shape(), eps)
+}
+
+/// A layer-norm forward kernel (one block of 128 per row): its `lead`
+/// arguments, `w`, `b`, the `extra` output if any, then `y`, the statistics,
+/// the sizes, `eps` and the bf16 copy of `y` (written in mixed precision).
+#[allow(clippy::too_many_arguments)]
+fn norm_forward(
+    dev: &SharedDevice,
+    op: &'static str,
+    lead: &[Arg],
+    w: &Tensor,
+    b: &Tensor,
+    extra: Option<&Tensor>,
+    shape: &Shape,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let cols = w.numel();
-    let rows = x.numel() / cols.max(1);
-    let (y, mean, rstd) = (
-        empty(&dev, x.shape().clone())?,
-        empty(&dev, [rows])?,
-        empty(&dev, [rows])?,
-    );
-    let y16 = Bf16Out::new(&dev, &y)?;
-    dev.launch(
-        OP,
-        &Launch::linear(rows as u32, 128, 4 * 4),
-        &[
-            arg(OP, x)?,
-            arg(OP, w)?,
-            arg(OP, b)?,
-            arg(OP, &y)?,
-            arg(OP, &mean)?,
-            arg(OP, &rstd)?,
-            i32a(rows),
-            i32a(cols),
-            Arg::F32(eps as f32),
-            y16.arg(OP, &y)?,
-            y16.flag(),
-        ],
-    )?;
+    if cols == 0 || shape.numel() % cols != 0 {
+        return Err(Error::invalid(op, "values are not whole rows"));
+    }
+    let rows = shape.numel() / cols;
+    let (y, mean, rstd) = (empty(dev, shape.clone())?, empty(dev, [rows])?, empty(dev, [rows])?);
+    let y16 = Bf16Out::new(dev, &y)?;
+    let mut args = lead.to_vec();
+    args.extend([arg(op, w)?, arg(op, b)?]);
+    if let Some(t) = extra {
+        args.push(arg(op, t)?);
+    }
+    args.extend([
+        arg(op, &y)?,
+        arg(op, &mean)?,
+        arg(op, &rstd)?,
+        i32a(rows),
+        i32a(cols),
+        Arg::F32(eps as f32),
+        y16.arg(op, &y)?,
+        y16.flag(),
+    ]);
+    dev.launch(op, &Launch::linear(rows as u32, 128, 4 * 4), &args)?;
     y16.keep(&y)?;
     Ok((y, mean, rstd))
 }
@@ -630,39 +645,9 @@ pub fn add_layer_norm(
             "the residual operands differ",
         ));
     }
-    let cols = w.numel();
-    if cols == 0 || x.numel() % cols != 0 {
-        return Err(Error::invalid(OP, "values are not whole rows"));
-    }
-    let rows = x.numel() / cols;
-    let (sum, y, mean, rstd) = (
-        empty(&dev, x.shape().clone())?,
-        empty(&dev, x.shape().clone())?,
-        empty(&dev, [rows])?,
-        empty(&dev, [rows])?,
-    );
-    let y16 = Bf16Out::new(&dev, &y)?;
-    dev.launch(
-        OP,
-        &Launch::linear(rows as u32, 128, 4 * 4),
-        &[
-            arg(OP, x)?,
-            arg(OP, a)?,
-            Arg::F32(k as f32),
-            arg(OP, w)?,
-            arg(OP, b)?,
-            arg(OP, &sum)?,
-            arg(OP, &y)?,
-            arg(OP, &mean)?,
-            arg(OP, &rstd)?,
-            i32a(rows),
-            i32a(cols),
-            Arg::F32(eps as f32),
-            y16.arg(OP, &y)?,
-            y16.flag(),
-        ],
-    )?;
-    y16.keep(&y)?;
+    let sum = empty(&dev, x.shape().clone())?;
+    let lead = [arg(OP, x)?, arg(OP, a)?, Arg::F32(k as f32)];
+    let (y, mean, rstd) = norm_forward(&dev, OP, &lead, w, b, Some(&sum), x.shape(), eps)?;
     Ok((sum, y, mean, rstd))
 }
 
