@@ -168,19 +168,25 @@ __device__ void flash_forward_impl(const float* qkv, float* out, float* lse, Seq
         __syncwarp();
     }
     for (int r = 0; r < 2; ++r) l_run[r] = quad_sum(l_run[r]);
+    // Every loop here fully unrolled, so the accumulators stay in registers
+    // (ptxas reports no stack frame; a rolled loop indexing o[][] would put
+    // it in local memory).
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
         int i = q0 + warp * 16 + g + 8 * r;
         if (i >= l.len) continue;
         uint64_t base = (uint64_t)seq_row(l, s, i) * e + h * dh;
         float* orow = out + base;
+        uint16_t* orow16 = out16 + base;
 #pragma unroll
         for (int n = 0; n < FLASH_MAX_NT; ++n)
+#pragma unroll
             for (int q = 0; q < 2; ++q) {
                 int c = n * 8 + 2 * t + q;
                 if (n < nt && c < dh) {
                     float v = o[n][2 * r + q] / l_run[r];
                     orow[c] = v;
-                    if (with16) out16[base + c] = to_bf16(v);
+                    if (with16) orow16[c] = to_bf16(v);
                 }
             }
         if (t == 0) lse[((uint64_t)s * heads + h) * l.len + i] = m_run[r] + logf(l_run[r]);

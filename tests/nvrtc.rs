@@ -84,5 +84,36 @@ fn flash_kernel_resources() {
             assert!(c.log.contains(k), "{arch}: no ptxas report for {k}:\n{}", c.log);
         }
         assert!(c.log.contains("registers"), "{}", c.log);
+        // The forward and dQ kernels keep their accumulators in registers:
+        // no stack frame (a rolled loop over the accumulator array once put
+        // 288 bytes of it in local memory).
+        for k in [
+            "flash_forward_bf16",
+            "flash_forward_f32",
+            "flash_backward_dq_bf16",
+            "flash_backward_dq_f32",
+        ] {
+            let report = ptxas_report(&c.log, k);
+            assert!(
+                report.contains(" 0 bytes stack frame"),
+                "{arch}: {k} uses local memory:\n{report}"
+            );
+        }
     }
+}
+
+/// The lines ptxas prints for entry function `kernel`.
+fn ptxas_report(log: &str, kernel: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in log.lines() {
+        if line.contains("Compiling entry function") {
+            inside = line.contains(&format!("'{kernel}'"));
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
