@@ -433,13 +433,16 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     };
     while meta.step < total {
         let step = meta.step;
+        // A step's time includes waiting for its batches.
+        let t0 = Instant::now();
         let mut batches = Vec::with_capacity(c.accum);
         for _ in 0..c.accum {
             batches.push(loader.next_batch()?);
         }
         let last_position = batches[batches.len() - 1].position;
         let lr = schedule.lr(step);
-        let queued = queue_step(&spec, &mut store, &mut opt, step, lr, batches)?;
+        let mut queued = queue_step(&spec, &mut store, &mut opt, step, lr, batches)?;
+        queued.queued_at = t0;
         meta.position = plan.advance(last_position, 1);
         meta.step += 1;
         if !deferred {
