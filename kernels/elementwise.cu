@@ -44,9 +44,10 @@ extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64
     }
 }
 
-// Its gradient: dropout's mask on g, then GELU's derivative, in one pass.
+// Its gradient: dropout's mask on g, then GELU's derivative, in one pass;
+// dx16 as y16 above (dx is the upstream gradient of the FFN's first GEMM).
 extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x, float* dx, uint64_t n, double p,
-                                                 RngStream s) {
+                                                 RngStream s, uint16_t* dx16, int with16) {
     float keep = (float)(1.0 / (1.0 - p));
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         float gi = g[i];
@@ -54,7 +55,9 @@ extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x,
         float v = x[i];
         float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dx[i] = gi * (cdf + v * pdf);
+        float d = gi * (cdf + v * pdf);
+        dx[i] = d;
+        if (with16) dx16[i] = to_bf16(d);
     }
 }
 

@@ -211,11 +211,15 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     let (y1, _, _) = gpu::layer_norm(&x, &w, &b, 1e-6).unwrap();
     let (_, y2, _, _) = gpu::add_layer_norm(&x, &a, 0.5, &w, &b, 1e-6).unwrap();
     let y3 = gpu::gelu_dropout(&x, 0.1, RngStream::new(7, 8)).unwrap();
+    let y5 = gpu::gelu_dropout_backward(&a, &x, 0.1, RngStream::new(7, 8)).unwrap();
+    let mask: Vec<f32> = (0..rows).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let one = Tensor::scalar(1.0, nemesis::DType::F32);
+    let y6 = gpu::masked_mse_backward(&x, &a, &mask, cols, &one).unwrap();
     // Attention over 37 rows of a 48-wide QKV (E = 16, two heads of 8).
     let qkv = x.reshape([rows, cols]).unwrap();
     let layout = nemesis::tensor::SeqLayout::contiguous(1, rows);
     let (y4, _) = gpu::attention(&qkv, layout, 2, None).unwrap();
-    for y in [y1, y2, y3, y4] {
+    for y in [y1, y2, y3, y4, y5, y6] {
         let values = y.to_cpu().unwrap().to_vec::<f32>().unwrap();
         let bits = gpu::bf16_bits(&y).unwrap();
         let wrong = values

@@ -376,6 +376,8 @@ pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream) -> 
     const OP: &str = "gelu_dropout_backward";
     let dev = device_of(OP, &[g, x])?;
     let dx = empty(&dev, x.shape().clone())?;
+    // dx is what both backward GEMMs of the FFN's first linear read.
+    let dx16 = Bf16Out::new(&dev, &dx)?;
     pointwise(
         &dev,
         OP,
@@ -387,8 +389,11 @@ pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream) -> 
             u64a(x.numel()),
             Arg::F64(p),
             Arg::Rng(rng),
+            dx16.arg(OP, &dx)?,
+            dx16.flag(),
         ],
     )?;
+    dx16.keep(&dx)?;
     Ok(dx)
 }
 
@@ -1249,6 +1254,7 @@ pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usiz
     let w: Vec<f32> = token_weights(mask).iter().map(|&w| w as f32).collect();
     let dw = DeviceVec::from_slice(&*dev, &w)?;
     let grad = empty(&dev, pred.shape().clone())?;
+    let grad16 = Bf16Out::new(&dev, &grad)?;
     pointwise(
         &dev,
         OP,
@@ -1261,8 +1267,11 @@ pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usiz
             arg(OP, &g)?,
             i32a(mask.len()),
             i32a(p),
+            grad16.arg(OP, &grad)?,
+            grad16.flag(),
         ],
     )?;
+    grad16.keep(&grad)?;
     Ok(grad)
 }
 

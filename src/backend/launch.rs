@@ -517,7 +517,17 @@ pub fn masked_mse(
     dev.launch(
         "masked_mse_backward",
         &pointwise(pred.len()),
-        &[dp.arg(), dt.arg(), dwt.arg(), grad.arg(), dg.arg(), tk, pk],
+        &[
+            dp.arg(),
+            dt.arg(),
+            dwt.arg(),
+            grad.arg(),
+            dg.arg(),
+            tk,
+            pk,
+            grad.arg(),
+            Arg::I32(0),
+        ],
     )?;
     let (loss, sse) = (loss.to_vec::<f32>()?[0] as f64, sse.to_vec::<f32>()?[0] as f64);
     Ok((loss, sse, grad.to_vec()?))
