@@ -349,52 +349,34 @@ pub fn dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
 /// `dropout(gelu(x))` in one kernel (`p = 0`: no dropout), with the bf16
 /// copy for the next GEMM in mixed precision.
 pub fn gelu_dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
-    const OP: &str = "gelu_dropout_forward";
-    let dev = device_of(OP, &[x])?;
-    let y = empty(&dev, x.shape().clone())?;
-    let y16 = Bf16Out::new(&dev, &y)?;
-    pointwise(
-        &dev,
-        OP,
-        x.numel(),
-        &[
-            arg(OP, x)?,
-            arg(OP, &y)?,
-            u64a(x.numel()),
-            Arg::F64(p),
-            Arg::Rng(rng),
-            y16.arg(OP, &y)?,
-            y16.flag(),
-        ],
-    )?;
-    y16.keep(&y)?;
-    Ok(y)
+    gelu_dropout_kernel("gelu_dropout_forward", &[x], p, rng)
 }
 
-/// The gradient of `gelu_dropout` with respect to `x`.
+/// The gradient of `gelu_dropout` with respect to `x`, with its bf16 copy
+/// in mixed precision (both backward GEMMs of the FFN's first linear read it).
 pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
-    const OP: &str = "gelu_dropout_backward";
-    let dev = device_of(OP, &[g, x])?;
-    let dx = empty(&dev, x.shape().clone())?;
-    // dx is what both backward GEMMs of the FFN's first linear read.
-    let dx16 = Bf16Out::new(&dev, &dx)?;
-    pointwise(
-        &dev,
-        OP,
-        x.numel(),
-        &[
-            arg(OP, g)?,
-            arg(OP, x)?,
-            arg(OP, &dx)?,
-            u64a(x.numel()),
-            Arg::F64(p),
-            Arg::Rng(rng),
-            dx16.arg(OP, &dx)?,
-            dx16.flag(),
-        ],
-    )?;
-    dx16.keep(&dx)?;
-    Ok(dx)
+    gelu_dropout_kernel("gelu_dropout_backward", &[g, x], p, rng)
+}
+
+/// The two GELU + dropout kernels: `(inputs…, out, n, p, stream, out16, with16)`,
+/// `out` shaped as the last input.
+fn gelu_dropout_kernel(op: &'static str, inputs: &[&Tensor], p: f64, rng: RngStream) -> Result<Tensor> {
+    let dev = device_of(op, inputs)?;
+    let x = inputs[inputs.len() - 1];
+    let y = empty(&dev, x.shape().clone())?;
+    let y16 = Bf16Out::new(&dev, &y)?;
+    let mut args = inputs.iter().map(|t| arg(op, t)).collect::<Result<Vec<_>>>()?;
+    args.extend([
+        arg(op, &y)?,
+        u64a(x.numel()),
+        Arg::F64(p),
+        Arg::Rng(rng),
+        y16.arg(op, &y)?,
+        y16.flag(),
+    ]);
+    pointwise(&dev, op, x.numel(), &args)?;
+    y16.keep(&y)?;
+    Ok(y)
 }
 
 /// `(1 − a)·x + a·y`, `a` a one-element device tensor.
