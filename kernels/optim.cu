@@ -13,21 +13,28 @@ extern "C" __global__ void grad_sq_partials(const float* g, float* partial, uint
     block_tree_sum(s, buf, partial);
 }
 
-// AdamW as torch.optim.AdamW, with the clip factor applied to the gradient:
-// w ← w·(1 − lr·wd); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
-// w ← w − (lr/bc1)·m / (√v/√bc2 + eps).
+// AdamW as torch.optim.AdamW for one value, with the clip factor applied to
+// the gradient: w ← w·(1 − lr·wd); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
+// w ← w − (lr/bc1)·m / (√v/√bc2 + eps). Returns the new weight.
+__device__ __forceinline__ float adamw_value(float* w, float g, float* m, float* v, float lr, float beta1, float beta2,
+                                             float eps, float weight_decay, float bc1, float bc2_sqrt, float clip) {
+    float gi = g * clip;
+    float wi = *w * (1.0f - lr * weight_decay);
+    float mi = beta1 * *m + (1.0f - beta1) * gi;
+    float vi = beta2 * *v + (1.0f - beta2) * gi * gi;
+    *m = mi;
+    *v = vi;
+    float wn = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    *w = wn;
+    return wn;
+}
+
+// AdamW over one tensor (adamw_value per element).
 extern "C" __global__ void adamw_step(float* w, const float* g, float* m, float* v, uint64_t n, float lr, float beta1,
                                       float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
                                       float clip) {
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-        float gi = g[i] * clip;
-        float wi = w[i] * (1.0f - lr * weight_decay);
-        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    }
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        adamw_value(w + i, g[i], m + i, v + i, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, clip);
 }
 
 // The tensor holding flat index i of a multi-tensor launch: starts[t] is the
@@ -44,7 +51,7 @@ __device__ __forceinline__ int multi_tensor_of(const uint64_t* starts, int count
 // AdamW over every parameter in one launch: table[5t .. 5t+3] hold the device
 // addresses of tensor t's weight, gradient and two moments, and table[5t+4]
 // that of the weight's bf16 copy (0 when none is kept), rewritten from the
-// new weight; the update is adamw_step's.
+// new weight; the update is adamw_value's.
 // The clip factor is read from the device (clip[1], as clip_factor writes
 // it); when it is NaN (the gradient norm was not finite) nothing changes, so
 // a diverged step never reaches the weights even though the host learns of
@@ -63,14 +70,7 @@ extern "C" __global__ void adamw_multi(const uint64_t* table, const uint64_t* st
         float* m = (float*)table[5 * t + 2];
         float* v = (float*)table[5 * t + 3];
         uint16_t* w16 = (uint16_t*)table[5 * t + 4];
-        float gi = g[j] * clip;
-        float wi = w[j] * (1.0f - lr * weight_decay);
-        float mi = beta1 * m[j] + (1.0f - beta1) * gi;
-        float vi = beta2 * v[j] + (1.0f - beta2) * gi * gi;
-        m[j] = mi;
-        v[j] = vi;
-        float wn = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
-        w[j] = wn;
+        float wn = adamw_value(w + j, g[j], m + j, v + j, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, clip);
         if (w16) w16[j] = to_bf16(wn);
     }
 }

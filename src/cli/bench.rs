@@ -146,7 +146,7 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::data::{Batch, BatchData, Position};
     use crate::model::{init_params, training_flops, Nemesis};
     use crate::tensor::DType;
-    use crate::train::{queue_step, AdamW, AdamWConfig, PendingStep, StepSpec};
+    use crate::train::{queue_step, read_deferred, AdamW, AdamWConfig, PendingStep, StepSpec};
 
     let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
@@ -206,9 +206,8 @@ fn step(a: &StepArgs) -> Result<()> {
         );
         Ok(())
     };
-    // A GPU works on this step while the previous one is read; the CPU and
-    // the emulator have done the work by the time it is queued.
-    let deferred = dev.as_ref().is_some_and(|d| d.kind() == crate::tensor::Device::Cuda);
+    // A GPU works on this step while the previous one is read.
+    let deferred = read_deferred(dev.as_ref());
     for s in 0..=a.steps as u64 {
         let queued = queue_step(&spec, &mut store, &mut opt, s, 1e-4, vec![batch.clone()])?;
         if deferred {

@@ -513,8 +513,7 @@ impl Nemesis {
         let latent = self.encoder(tape, store, visible, mask, dropout)?;
         let pred = self.decoder(tape, store, &latent, mask, dropout)?;
         let target = tape.constant(target);
-        let loss = tape.masked_mse(&pred, &target, &mask.mask_tensor(dtype))?;
-        let sse = crate::ops::sum_sq_err(pred.value(), target.value())?;
+        let (loss, sse) = tape.masked_mse_with_sse(&pred, &target, &mask.mask_tensor(dtype))?;
         Ok(MaeOutput {
             pred,
             loss,

@@ -30,6 +30,13 @@ impl Tape {
     /// against `target`, averaged over the tokens where `mask` (`B × N`, 1 =
     /// masked) is set, or over all tokens when none is. A 0-d result.
     pub fn masked_mse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<Var> {
+        Ok(self.masked_mse_with_sse(pred, target, mask)?.0)
+    }
+
+    /// `masked_mse` and the sum of squared errors over every value (0-d,
+    /// for the PSNR; not recorded), from the same pass over `pred` and
+    /// `target` on a device. The error stays where the operands live.
+    pub fn masked_mse_with_sse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<(Var, Tensor)> {
         const OP: &str = "masked_mse";
         check_pair(OP, pred.value(), target.value())?;
         let ps = pred.shape();
@@ -47,9 +54,9 @@ impl Tape {
             // The loss stays on the device (0-d): nothing in the step waits
             // for the host; the trainer reads it back later.
             let m: Vec<f32> = mask.to_f64_vec().iter().map(|&v| v as f32).collect();
-            let (l, _) = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
+            let (l, sse) = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
             let (pv, tv) = (pred.value().clone(), target.value().clone());
-            return Ok(self.record(
+            let loss = self.record(
                 l,
                 &[pred, target],
                 backward_fn(OP, move |g, needs| {
@@ -57,7 +64,8 @@ impl Tape {
                     let dt = if needs[1] { Some(gpu::scale(&d, -1.0)?) } else { None };
                     Ok(vec![Some(d), dt])
                 }),
-            ));
+            );
+            return Ok((loss, sse));
         }
         let mask = mask.to_dtype(dtype);
         let l = with_dtype!(dtype, T => loss::masked_mse(
@@ -67,8 +75,9 @@ impl Tape {
             p,
         ));
         let y = Tensor::scalar(l, dtype);
+        let sse = sum_sq_err(pred.value(), target.value())?;
         let (pv, tv) = (pred.value().clone(), target.value().clone());
-        Ok(self.record(
+        let loss = self.record(
             y,
             &[pred, target],
             backward_fn(OP, move |g, needs| {
@@ -89,7 +98,8 @@ impl Tape {
                     Ok(vec![Some(Tensor::from_vec(d, pv.shape())?), dt])
                 })
             }),
-        ))
+        );
+        Ok((loss, sse))
     }
 }
 

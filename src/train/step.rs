@@ -34,8 +34,6 @@ pub struct PendingStep {
     pub lr: f64,
     /// Superpatches in the step (all micro-batches).
     pub superpatches: usize,
-    /// When queueing began.
-    pub queued_at: std::time::Instant,
     losses: Vec<Readback>,
     sses: Vec<Readback>,
     /// `[norm, clip factor]`.
@@ -77,6 +75,13 @@ impl PendingStep {
     }
 }
 
+/// Whether steps on `device` should be read after the next one is queued:
+/// only a GPU works behind the host; the CPU and the emulator have finished
+/// a step when it is queued, so deferring would only shift the timing.
+pub fn read_deferred(device: Option<&SharedDevice>) -> bool {
+    device.is_some_and(|d| d.kind() == crate::tensor::Device::Cuda)
+}
+
 fn first(v: Vec<f64>) -> Result<f64> {
     v.first()
         .copied()
@@ -111,7 +116,6 @@ pub fn queue_step(
         epoch: 0,
         lr,
         superpatches: 0,
-        queued_at: std::time::Instant::now(),
         losses: Vec::with_capacity(accum),
         sses: Vec::with_capacity(accum),
         clip: Readback::Ready(Vec::new()),

@@ -14,7 +14,7 @@ use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
 use super::state::{load_state, prune, save, Latest, StateMeta};
-use super::step::{queue_step, PendingStep, StepSpec};
+use super::step::{queue_step, read_deferred, PendingStep, StepSpec};
 use crate::autograd::{ParamStore, Tape};
 use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
 use crate::error::{Error, Result};
@@ -389,48 +389,45 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         noise_levels: &c.noise_levels,
         clip: c.clip,
     };
-    let mut pending: Option<PendingStep> = None;
+    // A queued step and when it began (its batches' wait included).
+    let mut pending: Option<(PendingStep, Instant)> = None;
     let mut last_report = Instant::now();
-    // Only a GPU works behind the host's back; the CPU and the emulator have
-    // finished a step when it is queued, so it is read at once.
-    let deferred = opts
-        .device
-        .as_ref()
-        .is_some_and(|d| d.kind() == crate::tensor::Device::Cuda);
-    let mut report = |p: PendingStep, last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
-        let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
-        // From when the step could start: its queueing, or the end of the
-        // step before when it was queued behind that one.
-        let began = p.queued_at.max(last_report);
-        let v = p.wait()?;
-        if !v.loss.is_finite() {
-            return Err(nan_error(number, "loss", v.loss, last_ckpt));
-        }
-        if !v.grad_norm.is_finite() {
-            return Err(nan_error(number, "gradient norm", v.grad_norm, last_ckpt));
-        }
-        let now = Instant::now();
-        let dt = now.duration_since(began).as_secs_f64().max(1e-9);
-        last_report = now;
-        let m = StepMetrics {
-            loss: v.loss,
-            psnr: v.psnr,
-            lr,
-            grad_norm: v.grad_norm,
-            sigma,
-            superpatches_per_s: superpatches as f64 / dt,
+    let deferred = read_deferred(opts.device.as_ref());
+    let mut report =
+        |(p, t0): (PendingStep, Instant), last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
+            let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
+            // From when the step could start: its queueing, or the end of the
+            // step before when it was queued behind that one.
+            let began = t0.max(last_report);
+            let v = p.wait()?;
+            if !v.loss.is_finite() {
+                return Err(nan_error(number, "loss", v.loss, last_ckpt));
+            }
+            if !v.grad_norm.is_finite() {
+                return Err(nan_error(number, "gradient norm", v.grad_norm, last_ckpt));
+            }
+            let now = Instant::now();
+            let dt = now.duration_since(began).as_secs_f64().max(1e-9);
+            last_report = now;
+            let m = StepMetrics {
+                loss: v.loss,
+                psnr: v.psnr,
+                lr,
+                grad_norm: v.grad_norm,
+                sigma,
+                superpatches_per_s: superpatches as f64 / dt,
+            };
+            append_jsonl(
+                &metrics,
+                &json!({
+                    "kind": "train", "step": number, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
+                    "lr": lr, "grad_norm": m.grad_norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
+                    "time": elapsed0 + started.elapsed().as_secs_f64(),
+                }),
+            )?;
+            obs.step(number, total, &m);
+            Ok(())
         };
-        append_jsonl(
-            &metrics,
-            &json!({
-                "kind": "train", "step": number, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
-                "lr": lr, "grad_norm": m.grad_norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
-                "time": elapsed0 + started.elapsed().as_secs_f64(),
-            }),
-        )?;
-        obs.step(number, total, &m);
-        Ok(())
-    };
     while meta.step < total {
         let step = meta.step;
         // A step's time includes waiting for its batches.
@@ -441,8 +438,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         }
         let last_position = batches[batches.len() - 1].position;
         let lr = schedule.lr(step);
-        let mut queued = queue_step(&spec, &mut store, &mut opt, step, lr, batches)?;
-        queued.queued_at = t0;
+        let queued = (queue_step(&spec, &mut store, &mut opt, step, lr, batches)?, t0);
         meta.position = plan.advance(last_position, 1);
         meta.step += 1;
         if !deferred {
