@@ -60,6 +60,8 @@ fn check_runs_every_kernel_on_the_emulator() {
         "f32_to_bf16",
         "fp32 tiny b=1 all gradients together",
         "bf16 tiny b=1 all gradients together",
+        "fp32 tiny b=1, 4 steps (2 replayed): losses",
+        "bf16 tiny b=1, 4 steps: weights after",
     ] {
         assert!(text.contains(k), "{k} missing:\n{text}");
     }

@@ -804,3 +804,80 @@ pub fn attention_kernels(
     }
     Ok(rows)
 }
+
+/// Step graphs (backend/graph.rs) on `dev`: four training steps of the
+/// `tiny` model at `batch` (dropout on, a learning rate and a batch that change every
+/// step) run call by call, and the same four with the third and fourth
+/// replayed from the graph recorded in the second. Rows: the losses and
+/// the weights after the four steps, graphed against plain. The kernels are
+/// deterministic, so anything but equality means a replay ran with a stale
+/// value; a run where no step was replayed fails.
+pub fn step_graphs(dev: &super::device::SharedDevice, batch: usize, seed: u64) -> Result<Vec<CheckRow>> {
+    use crate::data::{Batch, BatchData, Position};
+    use crate::model::{init_params, Nemesis};
+    use crate::train::{AdamW, AdamWConfig, StepGraphs, StepSpec};
+    let mut c = ModelConfig::tiny();
+    c.dropout = 0.1;
+    let model = Nemesis::new(c.clone())?;
+    let [d, h, w] = c.superpatch_size;
+    let spec = StepSpec {
+        model: &model,
+        seed,
+        noise_levels: &[0.0, 0.05, 0.1],
+        clip: 0.5,
+    };
+    let steps = 4u64;
+    let run = |graphs: bool| -> Result<(Vec<f32>, Vec<f32>, u64)> {
+        let mut store = init_params(&c, seed, crate::tensor::DType::F32)?.to_device(dev)?;
+        let mut opt = AdamW::new(
+            AdamWConfig {
+                betas: (0.9, 0.95),
+                eps: 1e-8,
+                weight_decay: 0.05,
+            },
+            &store,
+        );
+        let mut g = StepGraphs::new(graphs);
+        let mut pending = Vec::new();
+        for s in 0..steps {
+            let hu: Vec<i16> = values(batch * d * h * w, RngStream::new(seed, 0x6A), s * 1_000_000, 600.0)
+                .iter()
+                .map(|v| v.round() as i16)
+                .collect();
+            let batch = Batch {
+                position: Position::default(),
+                shape: [batch, 1, d, h, w],
+                data: BatchData::HuI16(hu),
+                sources: Vec::new(),
+            };
+            let lr = 1e-3 * (s + 1) as f64 / steps as f64;
+            pending.push(g.queue(&spec, &mut store, &mut opt, s, lr, vec![batch])?);
+        }
+        let mut losses = Vec::new();
+        for p in pending {
+            losses.push(p.wait()?.loss as f32);
+        }
+        let mut weights = Vec::new();
+        for (_, p) in store.to_cpu()?.iter() {
+            weights.extend(p.value.to_vec::<f32>()?);
+        }
+        Ok((losses, weights, g.replays()))
+    };
+    let (want_loss, want_w, _) = run(false)?;
+    let (loss, w, replays) = run(true)?;
+    let judged = |e: f64| if replays == steps - 2 { e } else { f64::INFINITY };
+    Ok(vec![
+        CheckRow {
+            kernel: "step graph",
+            case: format!("tiny b={batch}, 4 steps ({replays} replayed): losses"),
+            rel_err: judged(rel(&loss, &want_loss)),
+            limit: 0.0,
+        },
+        CheckRow {
+            kernel: "step graph",
+            case: format!("tiny b={batch}, 4 steps: weights after"),
+            rel_err: judged(rel(&w, &want_w)),
+            limit: 0.0,
+        },
+    ])
+}

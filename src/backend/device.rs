@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::graph::GraphCounts;
 use crate::error::Result;
 use crate::rng::RngStream;
 use crate::tensor::{Device, SeqLayout};
@@ -50,7 +51,7 @@ pub enum Arg<'a> {
 }
 
 /// `C ← α·op(A)·op(B) + β·C` on row-major f32 buffers, `op` a transpose or not.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub m: usize,
     pub n: usize,
@@ -107,10 +108,25 @@ pub trait DeviceApi {
     /// The device address of a buffer, for the address tables of the
     /// multi-tensor kernels (valid while the buffer lives).
     fn address(&self, buf: &Buffer) -> Result<u64>;
+
+    /// Step graphs (backend/graph.rs): starts recording the device calls
+    /// that follow, which still run as usual.
+    fn graph_record(&self) -> Result<()>;
+    /// Ends the recording and builds the graph; says what it holds.
+    fn graph_build(&self) -> Result<GraphCounts>;
+    /// Starts a replay: the calls that follow are matched with the
+    /// recording and nothing reaches the device until `graph_launch`.
+    fn graph_replay(&self) -> Result<()>;
+    /// Ends a replay and runs it: uploads, the graph, then the downloads.
+    fn graph_launch(&self) -> Result<()>;
+    /// Leaves a replay that failed; nothing of it has run.
+    fn graph_abandon(&self);
+    /// Forgets the graph and frees the memory it held.
+    fn graph_drop(&self);
 }
 
 /// A copy to the host started by `DeviceApi::download_later`.
-pub trait PendingDownload {
+pub trait PendingDownload: Send {
     /// Waits for the copy (and everything queued before it) and gives the bytes.
     fn wait(self: Box<Self>) -> Result<Vec<u8>>;
 }

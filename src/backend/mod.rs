@@ -4,7 +4,8 @@
 //! `emu` (the kernels compiled for the host), `gpu` (each op on
 //! device tensors, against the trait), `launch` (host-side launchers
 //! written once against the trait), `nvrtc` and `cuda_probe` (CUDA libraries
-//! loaded at run time), `check` (kernels against the reference).
+//! loaded at run time), `check` (kernels against the reference), `graph` (a step recorded
+//! once and replayed as one unit).
 
 pub mod check;
 pub mod cpu;
@@ -13,6 +14,7 @@ pub mod cuda_probe;
 pub mod device;
 pub mod emu;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;

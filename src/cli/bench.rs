@@ -32,7 +32,8 @@ pub struct StepArgs {
     pub model: super::model_source::ModelSource,
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    /// Timed steps (after one untimed warm-up step).
+    /// Timed steps (after the untimed warm-up: one step, or two with step
+    /// graphs, the second being recorded).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = super::device::DeviceArg::Auto)]
@@ -40,6 +41,10 @@ pub struct StepArgs {
     /// Mixed precision on a device (bf16 GEMM operands).
     #[arg(long)]
     pub bf16: bool,
+    /// On a device, run every step call by call instead of replaying a
+    /// recorded step graph.
+    #[arg(long)]
+    pub no_graphs: bool,
 }
 
 #[derive(Args, Debug)]
@@ -138,7 +143,7 @@ fn data(a: &DataArgs) -> Result<()> {
 }
 
 /// The median wall time of full training steps on random superpatches:
-/// the trainer's own step (`queue_step`), timed between the completions
+/// the trainer's own step (`StepGraphs::queue`), timed between the completions
 /// of successive steps. On a device each step is queued before the previous
 /// one's metrics are read, as in `pretrain`, so the figure is the steady
 /// state of a run.
@@ -146,7 +151,7 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::data::{Batch, BatchData, Position};
     use crate::model::{init_params, training_flops, Nemesis};
     use crate::tensor::DType;
-    use crate::train::{queue_step, read_deferred, AdamW, AdamWConfig, PendingStep, StepSpec};
+    use crate::train::{read_deferred, AdamW, AdamWConfig, PendingStep, StepGraphs, StepSpec};
 
     let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
@@ -187,6 +192,9 @@ fn step(a: &StepArgs) -> Result<()> {
         noise_levels: &[0.03],
         clip: 1.0,
     };
+    let mut graphs = StepGraphs::new(!a.no_graphs);
+    // Steps before the timed ones: the first, and with graphs the recorded one.
+    let warmup: u64 = if dev.is_some() && !a.no_graphs { 2 } else { 1 };
     let mut times = Vec::with_capacity(a.steps);
     let mut last = Instant::now();
     let mut pending: Option<PendingStep> = None;
@@ -196,20 +204,23 @@ fn step(a: &StepArgs) -> Result<()> {
         let now = Instant::now();
         let dt = now.duration_since(last).as_secs_f64();
         last = now;
-        if s > 0 {
+        if s >= warmup {
             times.push(dt);
         }
         eprintln!(
             "step {s}: {dt:.3} s, loss {:.4}{}",
             v.loss,
-            if s == 0 { " (warm-up)" } else { "" }
+            if s < warmup { " (warm-up)" } else { "" }
         );
         Ok(())
     };
     // A GPU works on this step while the previous one is read.
     let deferred = read_deferred(dev.as_ref());
-    for s in 0..=a.steps as u64 {
-        let queued = queue_step(&spec, &mut store, &mut opt, s, 1e-4, vec![batch.clone()])?;
+    for s in 0..a.steps as u64 + warmup {
+        let queued = graphs.queue(&spec, &mut store, &mut opt, s, 1e-4, vec![batch.clone()])?;
+        if let Some(w) = graphs.warning.take() {
+            eprintln!("{w}");
+        }
         if deferred {
             if let Some(prev) = pending.replace(queued) {
                 finish(prev, &mut times)?;
@@ -253,5 +264,16 @@ fn step(a: &StepArgs) -> Result<()> {
         a.batch as f64 / median,
         flops / median / 1e9
     );
+    if let Some(g) = graphs.counts() {
+        println!(
+            "step graph: {} kernel launches and {} GEMMs a step in one launch ({} allocations, {} uploads, {:.1} MiB held); {} steps replayed",
+            g.launches,
+            g.gemms,
+            g.allocs,
+            g.uploads,
+            g.arena_bytes as f64 / (1 << 20) as f64,
+            graphs.replays()
+        );
+    }
     Ok(())
 }

@@ -81,6 +81,11 @@ pub fn run(a: &CheckArgs) -> Result<()> {
     )?);
     for mixed in [false, true] {
         let dev = if mixed { mixed_dev.clone() } else { dev.clone() };
+        eprintln!("check: step graphs, {}", if mixed { "bf16" } else { "fp32" });
+        rows.extend(check::step_graphs(&dev, a.batch, seed)?.into_iter().map(|mut r| {
+            r.case = format!("{} {}", if mixed { "bf16" } else { "fp32" }, r.case);
+            r
+        }));
         for p in a.steps.iter().filter(|p| p.as_str() != "none") {
             eprintln!("check: {p} training step, {}", if mixed { "bf16" } else { "fp32" });
             rows.extend(check::training_step(&dev, p, a.batch, seed)?.into_iter().map(|mut r| {

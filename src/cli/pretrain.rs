@@ -87,6 +87,10 @@ pub struct PretrainArgs {
     /// f32 weights and optimizer state.
     #[arg(long)]
     pub bf16: bool,
+    /// On a device, run every step call by call instead of replaying a
+    /// recorded step graph (one launch a step) from the third step on.
+    #[arg(long)]
+    pub no_graphs: bool,
 }
 
 impl PretrainArgs {
@@ -259,6 +263,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
             stop_at: a.stop_at,
             interrupt,
             device,
+            graphs: !a.no_graphs,
         },
         &mut bar,
     )?;

@@ -14,5 +14,5 @@ pub use config::TrainConfig;
 pub use pictures::{curves_png, reconstruction_png, Curve};
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};
-pub use step::{queue_step, read_deferred, PendingStep, StepSpec, StepValues};
+pub use step::{queue_step, read_deferred, PendingStep, StepGraphs, StepSpec, StepValues};
 pub use trainer::{run, run_cache, Observer, RunOptions, RunReport, Start, StepMetrics};

@@ -8,6 +8,7 @@ use super::adamw::{clip_factor, device_clip, grad_norm, AdamW, Clip};
 use crate::autograd::{ParamStore, Tape};
 use crate::backend::device::SharedDevice;
 use crate::backend::gpu;
+use crate::backend::graph::GraphCounts;
 use crate::data::{Batch, BatchData};
 use crate::error::{Error, Result};
 use crate::model::{add_noise, Dropout, DualMask, Nemesis};
@@ -194,4 +195,139 @@ pub fn queue_step(
     opt.update_with(store, lr, &clip)?;
     store.zero_grad();
     Ok(pending)
+}
+
+/// Steps on a device as one recorded graph (backend/graph.rs). The first
+/// step runs as usual: it makes the optimizer's state and the weights' bf16
+/// copies, which later steps only update. The second step is recorded
+/// while it runs, and every later one replays it: the same host code runs,
+/// but the device only sees one graph launch, with the step's random
+/// streams, learning rate and bias corrections updated in place and its
+/// batches and token lists copied in first.
+///
+/// If the graph cannot be built, or its first replay fails before running,
+/// steps go on as before and `warning` says why. A later replay that does not
+/// match the recording is an error: it means a step changed shape, which a
+/// fixed configuration never does.
+pub struct StepGraphs {
+    on: bool,
+    done: u64,
+    device: Option<SharedDevice>,
+    counts: Option<GraphCounts>,
+    replays: u64,
+    /// Why graphs were switched off during the run, to tell the user.
+    pub warning: Option<String>,
+}
+
+impl StepGraphs {
+    /// `on`: use graphs where the parameters live on a device.
+    pub fn new(on: bool) -> Self {
+        StepGraphs {
+            on,
+            done: 0,
+            device: None,
+            counts: None,
+            replays: 0,
+            warning: None,
+        }
+    }
+
+    /// What the recorded step holds, once there is one.
+    pub fn counts(&self) -> Option<GraphCounts> {
+        self.counts
+    }
+
+    /// Steps replayed from the graph so far.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    fn off(&mut self, why: String) {
+        if let Some(dev) = self.device.take() {
+            dev.graph_drop();
+        }
+        self.counts = None;
+        self.on = false;
+        self.warning = Some(why);
+    }
+
+    /// `queue_step`, recorded or replayed as described above.
+    pub fn queue(
+        &mut self,
+        spec: &StepSpec,
+        store: &mut ParamStore,
+        opt: &mut AdamW,
+        step: u64,
+        lr: f64,
+        batches: Vec<Batch>,
+    ) -> Result<PendingStep> {
+        let device: Option<SharedDevice> = store.iter().next().and_then(|(_, p)| p.value.shared_device());
+        let dev = match (&device, self.on) {
+            (Some(d), true) => d.clone(),
+            _ => return queue_step(spec, store, opt, step, lr, batches),
+        };
+        self.done += 1;
+        if self.done == 1 {
+            return queue_step(spec, store, opt, step, lr, batches);
+        }
+        if self.counts.is_none() {
+            dev.graph_record()?;
+            self.device = Some(dev.clone());
+            let queued = queue_step(spec, store, opt, step, lr, batches);
+            let pending = match queued {
+                Ok(p) => p,
+                Err(e) => {
+                    self.off(format!("step graphs off: the recorded step failed: {e}"));
+                    return Err(e);
+                }
+            };
+            match dev.graph_build() {
+                Ok(c) => self.counts = Some(c),
+                // The step ran as usual while it was recorded; only the
+                // graph is lost.
+                Err(e) => self.off(format!(
+                    "step graphs off: the graph could not be built ({e}); steps run as usual"
+                )),
+            }
+            return Ok(pending);
+        }
+        // The first replay keeps what it needs to run the step again as
+        // usual, should the graph fail to launch.
+        let retry = (self.replays == 0).then(|| (batches.clone(), opt.step));
+        dev.graph_replay()?;
+        let pending = match queue_step(spec, store, opt, step, lr, batches) {
+            Ok(p) => p,
+            Err(e) => {
+                dev.graph_abandon();
+                return Err(e);
+            }
+        };
+        match dev.graph_launch() {
+            Ok(()) => {
+                self.replays += 1;
+                Ok(pending)
+            }
+            Err(e) => match retry {
+                // Nothing of the step has run: run it as usual.
+                Some((batches, opt_step)) => {
+                    drop(pending);
+                    opt.step = opt_step;
+                    store.zero_grad();
+                    self.off(format!(
+                        "step graphs off: the graph did not launch ({e}); steps run as usual"
+                    ));
+                    queue_step(spec, store, opt, step, lr, batches)
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+impl Drop for StepGraphs {
+    fn drop(&mut self) {
+        if let Some(dev) = self.device.take() {
+            dev.graph_drop();
+        }
+    }
 }

@@ -14,7 +14,7 @@ use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
 use super::state::{load_state, prune, save, Latest, StateMeta};
-use super::step::{queue_step, read_deferred, PendingStep, StepSpec};
+use super::step::{read_deferred, PendingStep, StepGraphs, StepSpec};
 use crate::autograd::{ParamStore, Tape};
 use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
 use crate::error::{Error, Result};
@@ -62,6 +62,9 @@ pub struct RunOptions {
     /// Where the step runs: `None` for the CPU reference backend, else a
     /// device (CUDA, or the emulator). Checkpoints are the same either way.
     pub device: Option<crate::backend::device::SharedDevice>,
+    /// On a device, replay a recorded step graph from the third step on
+    /// (`StepGraphs`); off: every step call by call.
+    pub graphs: bool,
 }
 
 #[derive(Debug)]
@@ -393,6 +396,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let mut pending: Option<(PendingStep, Instant)> = None;
     let mut last_report = Instant::now();
     let deferred = read_deferred(opts.device.as_ref());
+    let mut graphs = StepGraphs::new(opts.graphs);
     let mut report =
         |(p, t0): (PendingStep, Instant), last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
             let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
@@ -438,7 +442,10 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         }
         let last_position = batches[batches.len() - 1].position;
         let lr = schedule.lr(step);
-        let queued = (queue_step(&spec, &mut store, &mut opt, step, lr, batches)?, t0);
+        let queued = (graphs.queue(&spec, &mut store, &mut opt, step, lr, batches)?, t0);
+        if let Some(w) = graphs.warning.take() {
+            obs.message(&w);
+        }
         meta.position = plan.advance(last_position, 1);
         meta.step += 1;
         if !deferred {

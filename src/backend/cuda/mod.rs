@@ -22,6 +22,7 @@ mod lt;
 
 use super::cuda_probe::{probe, CudaProbe};
 use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
+use super::graph::{self, Flow, GraphCounts, Op, OwnedArg, Recorder, Replay};
 use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
 use super::nvrtc::Nvrtc;
 use crate::error::{Error, Result};
@@ -55,7 +56,23 @@ pub struct CudaDevice {
     /// Page-locked host buffers for `download_later`, reused: allocating
     /// and freeing pinned memory every step can stall the device.
     pinned: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
+    /// The step graph's recording (backend/graph.rs) and the CUDA graph
+    /// built from it.
+    graph: Mutex<Recorder>,
+    cuda_graph: Mutex<Option<BuiltGraph>>,
 }
+
+/// A CUDA graph captured from a recorded step, with the node of each
+/// recorded launch (by its index among the recorded calls), so a replay can
+/// change a launch's scalar arguments in the instantiated graph.
+struct BuiltGraph {
+    graph: cudarc::driver::CudaGraph,
+    nodes: HashMap<usize, cudarc::driver::sys::CUgraphNode>,
+}
+
+// SAFETY: the graph and its nodes are only used under the device's
+// `cuda_graph` lock, one thread at a time, as the CUDA documentation asks.
+unsafe impl Send for BuiltGraph {}
 
 /// Where compiled kernels are kept between runs.
 fn module_cache() -> PathBuf {
@@ -90,7 +107,9 @@ impl CudaDevice {
         // SAFETY: every allocation, copy and launch of this device goes to
         // `stream`, so stream order alone keeps uses and frees ordered.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own rather than the legacy default stream, which
+        // cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
         // SAFETY: only checks whether the shared library can be loaded.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::invalid(
@@ -127,6 +146,8 @@ impl CudaDevice {
             mem: Mutex::new(mem),
             functions: Mutex::new(HashMap::new()),
             pinned: Arc::new(Mutex::new(Vec::new())),
+            graph: Mutex::new(Recorder::default()),
+            cuda_graph: Mutex::new(None),
         })
     }
 
@@ -183,6 +204,167 @@ impl CudaDevice {
 }
 
 impl CudaDevice {
+    fn recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>> {
+        graph::lock(&self.graph)
+    }
+
+    /// The size of an allocation.
+    fn bytes_of(&self, id: u64) -> usize {
+        self.mem
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|s| s.len()))
+            .unwrap_or(0)
+    }
+
+    /// Captures the recorded launches and GEMMs into a CUDA graph (nothing
+    /// runs; allocations, uploads and downloads are the replay's business).
+    fn capture(&self, ops: &[Op]) -> Result<BuiltGraph> {
+        use cudarc::driver::sys;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| cuda_err("beginning a graph capture", e))?;
+        let mut nodes = HashMap::new();
+        let captured = (|| -> Result<()> {
+            for (i, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Launch { kernel, cfg, args } => {
+                        graph::with_args(args, |a| self.launch_raw(kernel, cfg, a))?;
+                        nodes.insert(i, self.last_captured_node()?);
+                    }
+                    Op::Gemm { g, a, b, c, bias } => {
+                        let buf = |id: u64| Buffer {
+                            id,
+                            bytes: self.bytes_of(id),
+                        };
+                        let bias = bias.map(buf);
+                        self.gemm_raw(g, &buf(*a), &buf(*b), &buf(*c), bias.as_ref())?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })();
+        // The capture ends whatever happened, so the stream is usable again.
+        let ended = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| cuda_err("ending a graph capture", e));
+        captured?;
+        let graph = ended?.ok_or_else(|| cuda_err("graph capture", "the captured graph is empty"))?;
+        graph.upload().map_err(|e| cuda_err("uploading the graph", e))?;
+        Ok(BuiltGraph { graph, nodes })
+    }
+
+    /// The node the last launch added to the capture: on one stream the
+    /// capture's frontier is exactly that node.
+    fn last_captured_node(&self) -> Result<cudarc::driver::sys::CUgraphNode> {
+        use cudarc::driver::sys;
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        let mut id: sys::cuuint64_t = 0;
+        let mut g: sys::CUgraph = std::ptr::null_mut();
+        let mut deps: *const sys::CUgraphNode = std::ptr::null();
+        let mut edges: *const sys::CUgraphEdgeData = std::ptr::null();
+        let mut n: usize = 0;
+        // SAFETY: every out-pointer points at a local of the declared type;
+        // the stream is ours and capturing.
+        let r = unsafe {
+            sys::cuStreamGetCaptureInfo_v3(
+                self.stream.cu_stream(),
+                &mut status,
+                &mut id,
+                &mut g,
+                &mut deps,
+                &mut edges,
+                &mut n,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(cuda_err("reading the capture's last node", r));
+        }
+        if n != 1 || deps.is_null() {
+            return Err(cuda_err(
+                "graph capture",
+                format!("{n} nodes at the capture's frontier after a launch (one expected)"),
+            ));
+        }
+        // SAFETY: the driver returned `n` = 1 valid node at `deps`.
+        Ok(unsafe { *deps })
+    }
+
+    /// New scalar arguments for one launch of the instantiated graph.
+    fn set_node_params(
+        &self,
+        cg: &BuiltGraph,
+        node: cudarc::driver::sys::CUgraphNode,
+        kernel: &str,
+        cfg: &Launch,
+        args: &[OwnedArg],
+    ) -> Result<()> {
+        use cudarc::driver::sys;
+        let func = self.function(kernel)?;
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        // Each argument's bytes, 8-byte aligned, and a pointer to each.
+        let mut values: Vec<Vec<u64>> = Vec::with_capacity(args.len());
+        for a in args {
+            let bytes: Vec<u8> = match *a {
+                OwnedArg::Buf(id) => {
+                    let slice = m
+                        .get(&id)
+                        .ok_or_else(|| Error::invalid("cuda", format!("buffer {id} is not allocated")))?;
+                    let (p, _sync) = slice.device_ptr(&self.stream);
+                    p.to_ne_bytes().to_vec()
+                }
+                OwnedArg::I32(v) => v.to_ne_bytes().to_vec(),
+                OwnedArg::U32(v) => v.to_ne_bytes().to_vec(),
+                OwnedArg::U64(v) => v.to_ne_bytes().to_vec(),
+                OwnedArg::F32(v) => v.to_ne_bytes().to_vec(),
+                OwnedArg::F64(v) => v.to_ne_bytes().to_vec(),
+                OwnedArg::Rng(r) => {
+                    let c: RngStreamC = r.into();
+                    [c.k0, c.k1, c.s0, c.s1].iter().flat_map(|w| w.to_ne_bytes()).collect()
+                }
+                OwnedArg::Layout(l) => {
+                    let c: SeqLayoutC = l.into();
+                    // SAFETY: SeqLayoutC is #[repr(C)] plain i32 fields.
+                    unsafe {
+                        std::slice::from_raw_parts(
+                            (&c as *const SeqLayoutC).cast::<u8>(),
+                            std::mem::size_of::<SeqLayoutC>(),
+                        )
+                    }
+                    .to_vec()
+                }
+            };
+            let mut words = vec![0u64; bytes.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+            values.push(words);
+        }
+        let mut ptrs: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+        let params = sys::CUDA_KERNEL_NODE_PARAMS {
+            func: func.cu_function(),
+            gridDimX: cfg.grid[0],
+            gridDimY: cfg.grid[1],
+            gridDimZ: cfg.grid[2],
+            blockDimX: cfg.block[0],
+            blockDimY: cfg.block[1],
+            blockDimZ: cfg.block[2],
+            sharedMemBytes: cfg.shared_bytes,
+            kernelParams: ptrs.as_mut_ptr(),
+            extra: std::ptr::null_mut(),
+            kern: std::ptr::null_mut(),
+            ctx: std::ptr::null_mut(),
+        };
+        // SAFETY: `node` is a kernel node of `cg`'s graph; the parameters
+        // point at values that live until the call returns (the driver
+        // copies them), in the kernel's declared order and types.
+        let r = unsafe { sys::cuGraphExecKernelNodeSetParams_v2(cg.graph.cu_graph_exec(), node, &params) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(cuda_err(&format!("updating `{kernel}` in the step graph"), r));
+        }
+        Ok(())
+    }
+
     /// The classic cuBLAS SGEMM (f32, TF32 off), used when
     /// `NEMESIS_GEMM=cublas` asks for it instead of cuBLASLt.
     fn gemm_cublas(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
@@ -290,20 +472,8 @@ enum Scalar {
     Buf(u64),
 }
 
-impl DeviceApi for CudaDevice {
-    fn name(&self) -> String {
-        format!("{} ({})", self.name, self.arch)
-    }
-
-    fn mixed_precision(&self) -> bool {
-        self.bf16
-    }
-
-    fn kind(&self) -> crate::tensor::Device {
-        crate::tensor::Device::Cuda
-    }
-
-    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+impl CudaDevice {
+    fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         // Stream-ordered and not cleared: no kernel reads memory it has not
         // written (the emulator fills fresh memory with NaN bits and every
         // check passes there), so a memset per buffer would be waste.
@@ -325,13 +495,13 @@ impl DeviceApi for CudaDevice {
         Ok(Buffer { id, bytes })
     }
 
-    fn free(&self, buf: &Buffer) {
+    fn free_raw(&self, buf: &Buffer) {
         if let Ok(mut m) = self.mem.lock() {
             m.remove(&buf.id);
         }
     }
 
-    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
+    fn upload_raw(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
         let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let slice = m.get_mut(&dst.id).ok_or_else(|| missing(dst))?;
         if src.len() > dst.bytes {
@@ -346,7 +516,7 @@ impl DeviceApi for CudaDevice {
             .map_err(|e| cuda_err("upload", e))
     }
 
-    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
+    fn download_raw(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let slice = m.get(&src.id).ok_or_else(|| missing(src))?;
         if dst.len() > src.bytes {
@@ -362,7 +532,7 @@ impl DeviceApi for CudaDevice {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
 
-    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+    fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
         let func = self.function(kernel)?;
         if cfg.shared_bytes > 48 * 1024 {
             // Above 48 KiB of dynamic shared memory a kernel must opt in.
@@ -429,7 +599,7 @@ impl DeviceApi for CudaDevice {
         Ok(())
     }
 
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
+    fn gemm_raw(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
         let elem = if g.bf16 { 2 } else { 4 };
         let input = if g.bf16_inputs { 2 } else { 4 };
         for (buf, n, size) in [(a, g.m * g.k, input), (b, g.k * g.n, input), (c, g.m * g.n, 4)] {
@@ -454,9 +624,9 @@ impl DeviceApi for CudaDevice {
             ..*g
         };
         let scratch = if g.bf16 && !g.bf16_inputs {
-            let (sa, sb) = (self.alloc(g.m * g.k * elem)?, self.alloc(g.k * g.n * elem)?);
+            let (sa, sb) = (self.alloc_raw(g.m * g.k * elem)?, self.alloc_raw(g.k * g.n * elem)?);
             for (src, dst, n) in [(a, &sa, g.m * g.k), (b, &sb, g.k * g.n)] {
-                self.launch(
+                self.launch_raw(
                     "f32_to_bf16",
                     &Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0),
                     &[Arg::Buf(src), Arg::Buf(dst), Arg::U64(n as u64)],
@@ -494,17 +664,17 @@ impl DeviceApi for CudaDevice {
         })();
         if let Some((sa, sb)) = scratch {
             // cuBLASLt has been queued on the stream; frees are stream-ordered.
-            self.free(&sa);
-            self.free(&sb);
+            self.free_raw(&sa);
+            self.free_raw(&sb);
         }
         result
     }
 
-    fn synchronize(&self) -> Result<()> {
+    fn synchronize_raw(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
 
-    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
+    fn download_later_raw(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
         if bytes > src.bytes {
             return Err(Error::invalid(
                 "download",
@@ -540,11 +710,164 @@ impl DeviceApi for CudaDevice {
             pool: self.pinned.clone(),
         }))
     }
+}
 
+impl DeviceApi for CudaDevice {
+    fn name(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+    fn mixed_precision(&self) -> bool {
+        self.bf16
+    }
+    fn kind(&self) -> crate::tensor::Device {
+        crate::tensor::Device::Cuda
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        if let Some(buf) = self.recorder()?.alloc(bytes)? {
+            return Ok(buf);
+        }
+        let buf = self.alloc_raw(bytes)?;
+        self.recorder()?.allocated(&buf);
+        Ok(buf)
+    }
+
+    fn free(&self, buf: &Buffer) {
+        if let Ok(mut r) = self.graph.lock() {
+            if r.keeps(buf) {
+                return;
+            }
+        }
+        self.free_raw(buf)
+    }
+
+    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
+        match self.recorder()?.upload(dst, src)? {
+            Flow::Run => self.upload_raw(dst, src),
+            Flow::Taken => Ok(()),
+        }
+    }
+
+    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
+        self.recorder()?.wait("a download")?;
+        self.download_raw(src, dst)
+    }
+
+    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
+        match self.recorder()?.download_later(src, bytes)? {
+            Some(p) => Ok(p),
+            None => self.download_later_raw(src, bytes),
+        }
+    }
+
+    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+        match self.recorder()?.launch(kernel, cfg, args)? {
+            Flow::Run => self.launch_raw(kernel, cfg, args),
+            Flow::Taken => Ok(()),
+        }
+    }
+
+    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
+        match self.recorder()?.gemm(g, a, b, c, bias)? {
+            Flow::Run => self.gemm_raw(g, a, b, c, bias),
+            Flow::Taken => Ok(()),
+        }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.recorder()?.wait("a synchronisation")?;
+        self.synchronize_raw()
+    }
     fn address(&self, buf: &Buffer) -> Result<u64> {
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
         let (p, _sync) = slice.device_ptr(&self.stream);
         Ok(p)
+    }
+
+    fn graph_record(&self) -> Result<()> {
+        self.recorder()?.begin_record()
+    }
+
+    fn graph_build(&self) -> Result<GraphCounts> {
+        let mut r = self.recorder()?;
+        r.end_record()?;
+        let counts = r.counts();
+        let built = self.capture(r.ops());
+        match built {
+            Ok(g) => {
+                *self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))? = Some(g);
+                Ok(counts)
+            }
+            Err(e) => {
+                let ids = r.drop_graph();
+                drop(r);
+                for id in ids {
+                    self.free_raw(&Buffer { id, bytes: 0 });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn graph_replay(&self) -> Result<()> {
+        self.recorder()?.begin_replay()
+    }
+
+    fn graph_launch(&self) -> Result<()> {
+        let mut r = self.recorder()?;
+        let replay: Replay = r.end_replay()?;
+        // Uploads first, on the stream: they land after the previous step's
+        // graph and before this one.
+        for (id, bytes) in &replay.uploads {
+            self.upload_raw(
+                &Buffer {
+                    id: *id,
+                    bytes: bytes.len(),
+                },
+                bytes,
+            )?;
+        }
+        let cg = self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))?;
+        let cg = cg.as_ref().ok_or_else(|| cuda_err("graph", "no graph was built"))?;
+        for &i in &replay.updated {
+            if let Op::Launch { kernel, cfg, args } = &r.ops()[i] {
+                let node = cg
+                    .nodes
+                    .get(&i)
+                    .copied()
+                    .ok_or_else(|| cuda_err("graph", "a launch without its node"))?;
+                self.set_node_params(cg, node, kernel, cfg, args)?;
+            }
+        }
+        cg.graph.launch().map_err(|e| cuda_err("graph launch", e))?;
+        for (id, bytes, slot) in &replay.downloads {
+            Replay::deliver(
+                slot,
+                self.download_later_raw(&Buffer { id: *id, bytes: *bytes }, *bytes),
+            );
+        }
+        Ok(())
+    }
+
+    fn graph_abandon(&self) {
+        if let Ok(mut r) = self.graph.lock() {
+            r.abandon_replay();
+        }
+    }
+
+    fn graph_drop(&self) {
+        // The graph goes first: it may still run, so wait for the stream.
+        let _ = self.stream.synchronize();
+        if let Ok(mut g) = self.cuda_graph.lock() {
+            *g = None;
+        }
+        let ids = match self.graph.lock() {
+            Ok(mut r) => r.drop_graph(),
+            Err(_) => return,
+        };
+        for id in ids {
+            self.free_raw(&Buffer { id, bytes: 0 });
+        }
     }
 }
