@@ -52,6 +52,8 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
     part bench-kernels 150 "$BIN" bench kernels --device cuda --only all --iters 20
     part ours-paper-fp32 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda
     part ours-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16
+    # The same without step graphs (every step call by call), for their effect.
+    part ours-paper-bf16-nographs 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16 --no-graphs
     if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
         part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
         for mode in eager autocast compile; do
@@ -62,7 +64,7 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
     echo
     echo "== paper preset, batch 4: step time and ratio (PyTorch time / ours)"
     ours=$(median ours-paper-bf16)
-    for run in ours-paper-fp32 ours-paper-bf16 torch-paper-eager torch-paper-autocast torch-paper-compile; do
+    for run in ours-paper-fp32 ours-paper-bf16 ours-paper-bf16-nographs torch-paper-eager torch-paper-autocast torch-paper-compile; do
         t=$(median "$run")
         if [ -n "$t" ] && [ -n "$ours" ]; then
             printf '%-24s %8s s   ours bf16 is %sx faster\n' "$run" "$t" "$(awk -v a="$t" -v b="$ours" 'BEGIN{printf "%.2f", a/b}')"
