@@ -11,7 +11,7 @@ use nemesis::data::{Batch, BatchData, Position};
 use nemesis::model::{init_params, ModelConfig, Nemesis};
 use nemesis::rng::RngStream;
 use nemesis::tensor::DType;
-use nemesis::train::{AdamW, AdamWConfig, StepGraphs, StepSpec, StepValues};
+use nemesis::train::{AdamW, StepGraphs, StepSpec, StepValues, TrainConfig};
 
 fn config() -> ModelConfig {
     let mut c = ModelConfig::tiny();
@@ -34,14 +34,7 @@ fn batch(c: &ModelConfig, b: usize, k: u64) -> Batch {
 }
 
 fn optimizer(store: &ParamStore) -> AdamW {
-    AdamW::new(
-        AdamWConfig {
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.05,
-        },
-        store,
-    )
+    AdamW::new(TrainConfig::default().adamw(), store)
 }
 
 struct Run {

@@ -139,6 +139,12 @@ impl ParamStore {
         self.params[id.0].grad = None;
     }
 
+    /// The device the parameters live on (`None`: the CPU), as the first
+    /// one says (a store is moved to a device whole).
+    pub fn shared_device(&self) -> Option<crate::backend::device::SharedDevice> {
+        self.iter().next().and_then(|(_, p)| p.value.shared_device())
+    }
+
     pub fn zero_grad(&mut self) {
         self.params.iter_mut().for_each(|p| p.grad = None);
     }

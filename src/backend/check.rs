@@ -815,7 +815,7 @@ pub fn attention_kernels(
 pub fn step_graphs(dev: &super::device::SharedDevice, batch: usize, seed: u64) -> Result<Vec<CheckRow>> {
     use crate::data::{Batch, BatchData, Position};
     use crate::model::{init_params, Nemesis};
-    use crate::train::{AdamW, AdamWConfig, StepGraphs, StepSpec};
+    use crate::train::{AdamW, StepGraphs, StepSpec};
     let mut c = ModelConfig::tiny();
     c.dropout = 0.1;
     let model = Nemesis::new(c.clone())?;
@@ -829,14 +829,7 @@ pub fn step_graphs(dev: &super::device::SharedDevice, batch: usize, seed: u64) -
     let steps = 4u64;
     let run = |graphs: bool| -> Result<(Vec<f32>, Vec<f32>, u64)> {
         let mut store = init_params(&c, seed, crate::tensor::DType::F32)?.to_device(dev)?;
-        let mut opt = AdamW::new(
-            AdamWConfig {
-                betas: (0.9, 0.95),
-                eps: 1e-8,
-                weight_decay: 0.05,
-            },
-            &store,
-        );
+        let mut opt = AdamW::new(crate::train::TrainConfig::default().adamw(), &store);
         let mut g = StepGraphs::new(graphs);
         let mut pending = Vec::new();
         for s in 0..steps {

@@ -151,7 +151,7 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::data::{Batch, BatchData, Position};
     use crate::model::{init_params, training_flops, Nemesis};
     use crate::tensor::DType;
-    use crate::train::{read_deferred, AdamW, AdamWConfig, PendingStep, StepGraphs, StepSpec};
+    use crate::train::{read_deferred, AdamW, PendingStep, StepGraphs, StepSpec};
 
     let dev = super::device::select(a.device, a.bf16)?;
     if a.batch == 0 || a.steps == 0 {
@@ -163,14 +163,8 @@ fn step(a: &StepArgs) -> Result<()> {
     if let Some(d) = &dev {
         store = store.to_device(d)?;
     }
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.05,
-        },
-        &store,
-    );
+    // The recipe's optimizer (SPEC defaults).
+    let mut opt = AdamW::new(crate::train::TrainConfig::default().adamw(), &store);
     let [d, h, w] = c.superpatch_size;
     let mut x = vec![0.0f32; a.batch * d * h * w];
     RngStream::new(1, 1).fill_uniform(0, &mut x);

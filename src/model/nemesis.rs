@@ -97,7 +97,7 @@ impl Nemesis {
 
     /// `t` moved to the device the parameters live on (a no-op on the CPU).
     fn place(&self, store: &ParamStore, t: Tensor) -> Result<Tensor> {
-        match store.iter().next().and_then(|(_, p)| p.value.shared_device()) {
+        match store.shared_device() {
             Some(dev) => t.to_device(&dev),
             None => Ok(t),
         }

@@ -393,7 +393,7 @@ pub fn run(o: &ProbeOptions, config: ModelConfig, encoder: ParamStore) -> Result
                     .flat_map(|&t| src[t * e..(t + 1) * e].iter().copied())
                     .collect();
                 let x = Tensor::from_vec(v, [idx.len(), e])?;
-                let x = match store.iter().next().and_then(|(_, p)| p.value.shared_device()) {
+                let x = match store.shared_device() {
                     Some(dev) => x.to_device(&dev)?,
                     None => x,
                 };

@@ -123,7 +123,7 @@ impl AdamW {
             return Err(Error::invalid("AdamW", "the optimizer state belongs to another model"));
         }
         self.step += 1;
-        let dev = store.iter().next().and_then(|(_, p)| p.value.shared_device());
+        let dev = store.shared_device();
         if let Some(dev) = dev {
             return self.update_device(store, lr, clip, &dev);
         }

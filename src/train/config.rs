@@ -71,6 +71,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The optimizer's settings of this recipe.
+    pub fn adamw(&self) -> super::AdamWConfig {
+        super::AdamWConfig {
+            betas: (self.betas[0], self.betas[1]),
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     /// The recipe with a preset's model.
     pub fn with_preset(name: &str) -> Result<Self> {
         Ok(TrainConfig {

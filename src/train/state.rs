@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::adamw::{AdamW, AdamWConfig};
+use super::adamw::AdamW;
 use super::config::TrainConfig;
 use crate::autograd::ParamStore;
 use crate::data::Position;
@@ -93,14 +93,7 @@ pub fn load_state(path: &Path, store: &ParamStore) -> Result<(AdamW, StateMeta)>
         .ok_or_else(|| Error::format(path, "not a training-state file (no `state` metadata)"))?;
     let meta: StateMeta = serde_json::from_str(json).map_err(|e| Error::format(path, format!("state ({e})")))?;
     let c = &meta.config;
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            betas: (c.betas[0], c.betas[1]),
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-        },
-        store,
-    );
+    let mut opt = AdamW::new(c.adamw(), store);
     opt.step = meta.step;
     for (k, (_, p)) in store.iter().enumerate() {
         for (prefix, dst) in [("m", &mut opt.m[k]), ("v", &mut opt.v[k])] {

@@ -110,7 +110,7 @@ pub fn queue_step(
             "a step needs a batch and at least one noise level",
         ));
     }
-    let device: Option<SharedDevice> = store.iter().next().and_then(|(_, p)| p.value.shared_device());
+    let device = store.shared_device();
     let mut pending = PendingStep {
         number: step + 1,
         sigma: 0.0,
@@ -261,10 +261,8 @@ impl StepGraphs {
         lr: f64,
         batches: Vec<Batch>,
     ) -> Result<PendingStep> {
-        let device: Option<SharedDevice> = store.iter().next().and_then(|(_, p)| p.value.shared_device());
-        let dev = match (&device, self.on) {
-            (Some(d), true) => d.clone(),
-            _ => return queue_step(spec, store, opt, step, lr, batches),
+        let Some(dev) = store.shared_device().filter(|_| self.on) else {
+            return queue_step(spec, store, opt, step, lr, batches);
         };
         self.done += 1;
         if self.done == 1 {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::adamw::{AdamW, AdamWConfig};
+use super::adamw::AdamW;
 use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
 use super::schedule::Schedule;
@@ -287,14 +287,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 Start::Init(w) => load_checkpoint_for(w, &c.model, DType::F32)?,
                 _ => init_params(&c.model, c.seed, DType::F32)?,
             };
-            let opt = AdamW::new(
-                AdamWConfig {
-                    betas: (c.betas[0], c.betas[1]),
-                    eps: c.eps,
-                    weight_decay: c.weight_decay,
-                },
-                &store,
-            );
+            let opt = AdamW::new(c.adamw(), &store);
             let meta = StateMeta {
                 step: 0,
                 position: Position::default(),

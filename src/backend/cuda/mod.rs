@@ -21,8 +21,8 @@ use cudarc::nvrtc::Ptx;
 mod lt;
 
 use super::cuda_probe::{probe, CudaProbe};
-use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
-use super::graph::{self, Flow, GraphCounts, Op, OwnedArg, Recorder, Replay};
+use super::device::{Arg, Buffer, Gemm, Launch, PendingDownload};
+use super::graph::{self, Op, OwnedArg, RawDevice, Recorder};
 use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
 use super::nvrtc::Nvrtc;
 use crate::error::{Error, Result};
@@ -204,19 +204,6 @@ impl CudaDevice {
 }
 
 impl CudaDevice {
-    fn recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>> {
-        graph::lock(&self.graph)
-    }
-
-    /// The size of an allocation.
-    fn bytes_of(&self, id: u64) -> usize {
-        self.mem
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&id).map(|s| s.len()))
-            .unwrap_or(0)
-    }
-
     /// Captures the recorded launches and GEMMs into a CUDA graph (nothing
     /// runs; allocations, uploads and downloads are the replay's business).
     fn capture(&self, ops: &[Op]) -> Result<BuiltGraph> {
@@ -225,26 +212,10 @@ impl CudaDevice {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .map_err(|e| cuda_err("beginning a graph capture", e))?;
         let mut nodes = HashMap::new();
-        let captured = (|| -> Result<()> {
-            for (i, op) in ops.iter().enumerate() {
-                match op {
-                    Op::Launch { kernel, cfg, args } => {
-                        graph::with_args(args, |a| self.launch_raw(kernel, cfg, a))?;
-                        nodes.insert(i, self.last_captured_node()?);
-                    }
-                    Op::Gemm { g, a, b, c, bias } => {
-                        let buf = |id: u64| Buffer {
-                            id,
-                            bytes: self.bytes_of(id),
-                        };
-                        let bias = bias.map(buf);
-                        self.gemm_raw(g, &buf(*a), &buf(*b), &buf(*c), bias.as_ref())?;
-                    }
-                    _ => {}
-                }
-            }
+        let captured = graph::run_calls(self, ops, |i| {
+            nodes.insert(i, self.last_captured_node()?);
             Ok(())
-        })();
+        });
         // The capture ends whatever happened, so the stream is usable again.
         let ended = self
             .stream
@@ -421,7 +392,7 @@ impl CudaDevice {
         match bias {
             Some(bias) => {
                 let n = (g.m * g.n) as u64;
-                self.launch(
+                self.launch_raw(
                     "add_broadcast",
                     &Launch::linear(((n as usize).div_ceil(256)).min(65_535) as u32, 256, 0),
                     &[
@@ -472,7 +443,38 @@ enum Scalar {
     Buf(u64),
 }
 
-impl CudaDevice {
+impl RawDevice for CudaDevice {
+    fn name(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    fn mixed_precision(&self) -> bool {
+        self.bf16
+    }
+
+    fn kind(&self) -> crate::tensor::Device {
+        crate::tensor::Device::Cuda
+    }
+
+    fn address(&self, buf: &Buffer) -> Result<u64> {
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+        let (p, _sync) = slice.device_ptr(&self.stream);
+        Ok(p)
+    }
+
+    fn recorder(&self) -> &Mutex<Recorder> {
+        &self.graph
+    }
+
+    fn bytes_of(&self, id: u64) -> usize {
+        self.mem
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|s| s.len()))
+            .unwrap_or(0)
+    }
+
     fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         // Stream-ordered and not cleared: no kernel reads memory it has not
         // written (the emulator fills fresh memory with NaN bits and every
@@ -710,128 +712,18 @@ impl CudaDevice {
             pool: self.pinned.clone(),
         }))
     }
-}
 
-impl DeviceApi for CudaDevice {
-    fn name(&self) -> String {
-        format!("{} ({})", self.name, self.arch)
-    }
-    fn mixed_precision(&self) -> bool {
-        self.bf16
-    }
-    fn kind(&self) -> crate::tensor::Device {
-        crate::tensor::Device::Cuda
+    fn build_graph(&self, ops: &[Op]) -> Result<()> {
+        let g = self.capture(ops)?;
+        *self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))? = Some(g);
+        Ok(())
     }
 
-    fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        if let Some(buf) = self.recorder()?.alloc(bytes)? {
-            return Ok(buf);
-        }
-        let buf = self.alloc_raw(bytes)?;
-        self.recorder()?.allocated(&buf);
-        Ok(buf)
-    }
-
-    fn free(&self, buf: &Buffer) {
-        if let Ok(mut r) = self.graph.lock() {
-            if r.keeps(buf) {
-                return;
-            }
-        }
-        self.free_raw(buf)
-    }
-
-    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
-        match self.recorder()?.upload(dst, src)? {
-            Flow::Run => self.upload_raw(dst, src),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        self.recorder()?.wait("a download")?;
-        self.download_raw(src, dst)
-    }
-
-    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
-        match self.recorder()?.download_later(src, bytes)? {
-            Some(p) => Ok(p),
-            None => self.download_later_raw(src, bytes),
-        }
-    }
-
-    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
-        match self.recorder()?.launch(kernel, cfg, args)? {
-            Flow::Run => self.launch_raw(kernel, cfg, args),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        match self.recorder()?.gemm(g, a, b, c, bias)? {
-            Flow::Run => self.gemm_raw(g, a, b, c, bias),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.recorder()?.wait("a synchronisation")?;
-        self.synchronize_raw()
-    }
-    fn address(&self, buf: &Buffer) -> Result<u64> {
-        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
-        let (p, _sync) = slice.device_ptr(&self.stream);
-        Ok(p)
-    }
-
-    fn graph_record(&self) -> Result<()> {
-        self.recorder()?.begin_record()
-    }
-
-    fn graph_build(&self) -> Result<GraphCounts> {
-        let mut r = self.recorder()?;
-        r.end_record()?;
-        let counts = r.counts();
-        let built = self.capture(r.ops());
-        match built {
-            Ok(g) => {
-                *self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))? = Some(g);
-                Ok(counts)
-            }
-            Err(e) => {
-                let ids = r.drop_graph();
-                drop(r);
-                for id in ids {
-                    self.free_raw(&Buffer { id, bytes: 0 });
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn graph_replay(&self) -> Result<()> {
-        self.recorder()?.begin_replay()
-    }
-
-    fn graph_launch(&self) -> Result<()> {
-        let mut r = self.recorder()?;
-        let replay: Replay = r.end_replay()?;
-        // Uploads first, on the stream: they land after the previous step's
-        // graph and before this one.
-        for (id, bytes) in &replay.uploads {
-            self.upload_raw(
-                &Buffer {
-                    id: *id,
-                    bytes: bytes.len(),
-                },
-                bytes,
-            )?;
-        }
+    fn run_graph(&self, ops: &[Op], updated: &[usize]) -> Result<()> {
         let cg = self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))?;
         let cg = cg.as_ref().ok_or_else(|| cuda_err("graph", "no graph was built"))?;
-        for &i in &replay.updated {
-            if let Op::Launch { kernel, cfg, args } = &r.ops()[i] {
+        for &i in updated {
+            if let Some(Op::Launch { kernel, cfg, args }) = ops.get(i) {
                 let node = cg
                     .nodes
                     .get(&i)
@@ -840,34 +732,14 @@ impl DeviceApi for CudaDevice {
                 self.set_node_params(cg, node, kernel, cfg, args)?;
             }
         }
-        cg.graph.launch().map_err(|e| cuda_err("graph launch", e))?;
-        for (id, bytes, slot) in &replay.downloads {
-            Replay::deliver(
-                slot,
-                self.download_later_raw(&Buffer { id: *id, bytes: *bytes }, *bytes),
-            );
-        }
-        Ok(())
+        cg.graph.launch().map_err(|e| cuda_err("graph launch", e))
     }
 
-    fn graph_abandon(&self) {
-        if let Ok(mut r) = self.graph.lock() {
-            r.abandon_replay();
-        }
-    }
-
-    fn graph_drop(&self) {
-        // The graph goes first: it may still run, so wait for the stream.
+    fn drop_built_graph(&self) {
+        // The graph may still be running: wait for the stream first.
         let _ = self.stream.synchronize();
         if let Ok(mut g) = self.cuda_graph.lock() {
             *g = None;
-        }
-        let ids = match self.graph.lock() {
-            Ok(mut r) => r.drop_graph(),
-            Err(_) => return,
-        };
-        for id in ids {
-            self.free_raw(&Buffer { id, bytes: 0 });
         }
     }
 }

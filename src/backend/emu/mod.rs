@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::cpu::gemm::{gemm, MatRef};
-use crate::backend::device::{Arg, Buffer, DeviceApi, Downloaded, Gemm, Launch, PendingDownload};
-use crate::backend::graph::{self, Flow, GraphCounts, Op, Recorder, Replay};
+use crate::backend::device::{Arg, Buffer, Downloaded, Gemm, Launch, PendingDownload};
+use crate::backend::graph::{self, Op, RawDevice, Recorder};
 use crate::backend::kernels::{RngStreamC, SeqLayoutC};
 use crate::error::{Error, Result};
 
@@ -86,19 +86,6 @@ impl EmuDevice {
         Ok(())
     }
 
-    fn recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>> {
-        graph::lock(&self.graph)
-    }
-
-    /// The size of an allocation (its bytes rounded up to 16).
-    fn bytes_of(&self, id: u64) -> usize {
-        self.mem
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&id).map(|v| v.len() * 16))
-            .unwrap_or(0)
-    }
-
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Vec<u128>>>> {
         self.mem
             .lock()
@@ -110,7 +97,37 @@ fn missing(buf: &Buffer) -> Error {
     Error::invalid("emulator", format!("buffer {} is not allocated on this device", buf.id))
 }
 
-impl EmuDevice {
+impl RawDevice for EmuDevice {
+    fn name(&self) -> String {
+        "emulator (CUDA kernels compiled for the host)".into()
+    }
+
+    fn mixed_precision(&self) -> bool {
+        self.bf16
+    }
+
+    fn kind(&self) -> crate::tensor::Device {
+        crate::tensor::Device::Emu
+    }
+
+    fn address(&self, buf: &Buffer) -> Result<u64> {
+        // Host memory: the block never moves while it is allocated.
+        Ok(self.lock()?.get(&buf.id).ok_or_else(|| missing(buf))?.as_ptr() as u64)
+    }
+
+    fn recorder(&self) -> &Mutex<Recorder> {
+        &self.graph
+    }
+
+    /// The size of an allocation (its bytes rounded up to 16).
+    fn bytes_of(&self, id: u64) -> usize {
+        self.mem
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|v| v.len() * 16))
+            .unwrap_or(0)
+    }
+
     fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         // Fresh memory is all ones bits (NaN as f32), so a value a kernel
@@ -241,146 +258,17 @@ impl EmuDevice {
         self.waits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
 
-impl DeviceApi for EmuDevice {
-    fn name(&self) -> String {
-        "emulator (CUDA kernels compiled for the host)".into()
-    }
-    fn mixed_precision(&self) -> bool {
-        self.bf16
-    }
-    fn kind(&self) -> crate::tensor::Device {
-        crate::tensor::Device::Emu
-    }
-
-    fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        if let Some(buf) = self.recorder()?.alloc(bytes)? {
-            return Ok(buf);
-        }
-        let buf = self.alloc_raw(bytes)?;
-        self.recorder()?.allocated(&buf);
-        Ok(buf)
-    }
-
-    fn free(&self, buf: &Buffer) {
-        if let Ok(mut r) = self.graph.lock() {
-            if r.keeps(buf) {
-                return;
-            }
-        }
-        self.free_raw(buf)
-    }
-
-    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
-        match self.recorder()?.upload(dst, src)? {
-            Flow::Run => self.upload_raw(dst, src),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        self.recorder()?.wait("a download")?;
-        self.download_raw(src, dst)
-    }
-
-    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
-        match self.recorder()?.download_later(src, bytes)? {
-            Some(p) => Ok(p),
-            None => self.download_later_raw(src, bytes),
-        }
-    }
-
-    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
-        match self.recorder()?.launch(kernel, cfg, args)? {
-            Flow::Run => self.launch_raw(kernel, cfg, args),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        match self.recorder()?.gemm(g, a, b, c, bias)? {
-            Flow::Run => self.gemm_raw(g, a, b, c, bias),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.recorder()?.wait("a synchronisation")?;
-        self.synchronize_raw()
-    }
-    fn address(&self, buf: &Buffer) -> Result<u64> {
-        // Host memory: the block never moves while it is allocated.
-        Ok(self.lock()?.get(&buf.id).ok_or_else(|| missing(buf))?.as_ptr() as u64)
-    }
-
-    fn graph_record(&self) -> Result<()> {
-        self.recorder()?.begin_record()
-    }
-
-    fn graph_build(&self) -> Result<GraphCounts> {
+    fn build_graph(&self, _ops: &[Op]) -> Result<()> {
         // The recorded list is the emulator's graph.
-        let mut r = self.recorder()?;
-        r.end_record()?;
-        Ok(r.counts())
-    }
-
-    fn graph_replay(&self) -> Result<()> {
-        self.recorder()?.begin_replay()
-    }
-
-    fn graph_launch(&self) -> Result<()> {
-        let mut r = self.recorder()?;
-        let replay: Replay = r.end_replay()?;
-        for (id, bytes) in &replay.uploads {
-            self.upload_raw(
-                &Buffer {
-                    id: *id,
-                    bytes: bytes.len(),
-                },
-                bytes,
-            )?;
-        }
-        // The graph: every recorded launch and GEMM in order, with the
-        // arguments as the replay left them.
-        for op in r.ops() {
-            match op {
-                Op::Launch { kernel, cfg, args } => {
-                    graph::with_args(args, |a| self.launch_raw(kernel, cfg, a))?;
-                }
-                Op::Gemm { g, a, b, c, bias } => {
-                    let buf = |id: u64| Buffer {
-                        id,
-                        bytes: self.bytes_of(id),
-                    };
-                    let bias = bias.map(buf);
-                    self.gemm_raw(g, &buf(*a), &buf(*b), &buf(*c), bias.as_ref())?;
-                }
-                _ => {}
-            }
-        }
-        for (id, bytes, slot) in &replay.downloads {
-            Replay::deliver(
-                slot,
-                self.download_later_raw(&Buffer { id: *id, bytes: *bytes }, *bytes),
-            );
-        }
         Ok(())
     }
 
-    fn graph_abandon(&self) {
-        if let Ok(mut r) = self.graph.lock() {
-            r.abandon_replay();
-        }
+    fn run_graph(&self, ops: &[Op], _updated: &[usize]) -> Result<()> {
+        // Every recorded launch and GEMM in order, with the arguments as the
+        // replay left them.
+        graph::run_calls(self, ops, |_| Ok(()))
     }
 
-    fn graph_drop(&self) {
-        let ids = match self.graph.lock() {
-            Ok(mut r) => r.drop_graph(),
-            Err(_) => return,
-        };
-        for id in ids {
-            self.free_raw(&Buffer { id, bytes: 0 });
-        }
-    }
+    fn drop_built_graph(&self) {}
 }
