@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::graph::GraphCounts;
+use super::graph::{GraphCounts, MemoryUse};
 use crate::error::Result;
 use crate::rng::RngStream;
 use crate::tensor::{Device, SeqLayout};
@@ -93,6 +93,10 @@ pub trait DeviceApi {
     /// Whether GEMMs take bf16 operands (mixed precision) rather than f32.
     fn mixed_precision(&self) -> bool;
     fn alloc(&self, bytes: usize) -> Result<Buffer>;
+    /// An allocation whose first write is an upload. A step graph may hand
+    /// a plain allocation memory that an earlier call of the step used,
+    /// but never this one: its upload happens before the graph runs.
+    fn alloc_for_upload(&self, bytes: usize) -> Result<Buffer>;
     fn free(&self, buf: &Buffer);
     fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()>;
     fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()>;
@@ -108,6 +112,11 @@ pub trait DeviceApi {
     /// The device address of a buffer, for the address tables of the
     /// multi-tensor kernels (valid while the buffer lives).
     fn address(&self, buf: &Buffer) -> Result<u64>;
+
+    /// The memory this device has allocated for us, now and at most since
+    /// the last `reset_peak`.
+    fn memory(&self) -> MemoryUse;
+    fn reset_peak(&self);
 
     /// Step graphs (backend/graph.rs): starts recording the device calls
     /// that follow, which still run as usual.
@@ -149,7 +158,7 @@ pub struct DeviceVec<'d> {
 impl<'d> DeviceVec<'d> {
     pub fn from_slice<T: bytemuck::Pod>(dev: &'d dyn DeviceApi, v: &[T]) -> Result<Self> {
         let bytes: &[u8] = bytemuck::cast_slice(v);
-        let buf = dev.alloc(bytes.len())?;
+        let buf = dev.alloc_for_upload(bytes.len())?;
         dev.upload(&buf, bytes)?;
         Ok(DeviceVec { dev, buf })
     }

@@ -58,8 +58,9 @@ pub fn empty(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
 /// A tensor of zeros on `dev`.
 pub fn zeros(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
-    let t = empty(dev, shape.clone())?;
     let z = vec![0f32; shape.numel()];
+    let buf = dev.alloc_for_upload(z.len() * 4)?;
+    let t = Tensor::from_device(DeviceStorage::new(dev.clone(), buf, z.len()), shape)?;
     dev.upload(&storage("zeros", &t)?.buf, bytemuck::cast_slice(&z))?;
     Ok(t)
 }
@@ -1460,7 +1461,7 @@ impl Drop for HuBatch {
 }
 
 pub fn upload_hu(dev: &SharedDevice, hu: &[i16]) -> Result<HuBatch> {
-    let buf = dev.alloc(hu.len() * 2)?;
+    let buf = dev.alloc_for_upload(hu.len() * 2)?;
     let batch = HuBatch {
         dev: dev.clone(),
         buf,

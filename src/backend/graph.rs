@@ -183,6 +183,20 @@ impl Replay {
     }
 }
 
+/// A buffer of the graph's memory.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    bytes: usize,
+    /// Its owner has let go of it.
+    released: bool,
+    /// Another allocation of the recording may take it once released: not
+    /// when it is uploaded into (the upload moves before the graph) or read
+    /// back (the download moves after it).
+    reusable: bool,
+    /// It has been handed out more than once in the recording.
+    reused: bool,
+}
+
 /// What a device call should do after the recorder has seen it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -197,9 +211,16 @@ pub struct Recorder {
     phase: Phase,
     ops: Vec<Op>,
     cursor: usize,
-    /// Buffers the recording allocated, and whether their owner has let go.
-    arena: HashMap<u64, bool>,
+    /// Buffers the recording allocated.
+    arena: HashMap<u64, Held>,
+    /// While recording: buffers let go of that a later allocation of the
+    /// same size may take, by size.
+    spare: HashMap<usize, Vec<u64>>,
     arena_bytes: usize,
+    /// Bytes allocated through the device now, and the most at any time
+    /// since the last `reset_peak`.
+    live: usize,
+    peak: usize,
     replay: Option<Replay>,
     /// A graph has been recorded (and not dropped).
     recorded: bool,
@@ -212,7 +233,10 @@ impl Default for Recorder {
             ops: Vec::new(),
             cursor: 0,
             arena: HashMap::new(),
+            spare: HashMap::new(),
             arena_bytes: 0,
+            live: 0,
+            peak: 0,
             replay: None,
             recorded: false,
         }
@@ -240,6 +264,7 @@ impl Recorder {
         }
         self.phase = Phase::Off;
         self.recorded = true;
+        self.spare.clear();
         Ok(())
     }
 
@@ -270,7 +295,7 @@ impl Recorder {
         if self.phase != Phase::Off || !self.recorded {
             return Err(err("there is no recorded step to replay"));
         }
-        if let Some(id) = self.arena.iter().find(|(_, released)| !**released).map(|(id, _)| *id) {
+        if let Some(id) = self.arena.iter().find(|(_, h)| !h.released).map(|(id, _)| *id) {
             return Err(err(format!(
                 "buffer {id} of the recorded step is still in use outside it, so the step cannot be replayed"
             )));
@@ -311,8 +336,8 @@ impl Recorder {
             self.replay = None;
             // Whatever the abandoned replay handed out has been dropped or
             // will be; the graph's memory stays the graph's.
-            for released in self.arena.values_mut() {
-                *released = true;
+            for h in self.arena.values_mut() {
+                h.released = true;
             }
         }
     }
@@ -326,11 +351,28 @@ impl Recorder {
         self.replay = None;
         self.recorded = false;
         self.arena_bytes = 0;
-        self.arena
-            .drain()
-            .filter(|(_, released)| *released)
-            .map(|(id, _)| id)
-            .collect()
+        let mut ids = Vec::new();
+        self.spare.clear();
+        for (id, h) in self.arena.drain() {
+            if h.released {
+                self.live = self.live.saturating_sub(h.bytes);
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// The device memory in use now and at most, as seen through the recorder.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            live: self.live,
+            peak: self.peak,
+        }
+    }
+
+    /// Starts a new peak from what is in use now.
+    pub fn reset_peak(&mut self) {
+        self.peak = self.live;
     }
 
     /// The next recorded call of a replay, which must be of the kind `what`.
@@ -354,45 +396,87 @@ impl Recorder {
         ))
     }
 
-    /// An allocation: during a replay the recorded buffer (`Some`).
-    pub fn alloc(&mut self, bytes: usize) -> Result<Option<Buffer>> {
-        if self.phase != Phase::Replaying {
-            return Ok(None);
-        }
-        let i = self.next("an allocation")?;
-        match self.ops[i] {
-            Op::Alloc { id, bytes: b } if b == bytes => {
-                let released = self
+    /// An allocation: during a replay the recorded buffer; while recording,
+    /// a buffer of the graph let go of earlier in the step, when there is one
+    /// of the size and `for_upload` is false (`None`: the device allocates).
+    pub fn alloc(&mut self, bytes: usize, for_upload: bool) -> Result<Option<Buffer>> {
+        match self.phase {
+            Phase::Off => Ok(None),
+            Phase::Recording => {
+                if for_upload {
+                    return Ok(None);
+                }
+                let Some(id) = self.spare.get_mut(&bytes).and_then(|v| v.pop()) else {
+                    return Ok(None);
+                };
+                let h = self
                     .arena
                     .get_mut(&id)
                     .ok_or_else(|| err("a recorded buffer is gone"))?;
-                *released = false;
+                h.released = false;
+                h.reused = true;
+                self.ops.push(Op::Alloc { id, bytes });
                 Ok(Some(Buffer { id, bytes }))
             }
-            _ => Err(self.mismatch(i, format!("an allocation of {bytes} bytes"))),
+            Phase::Replaying => {
+                let i = self.next("an allocation")?;
+                match self.ops[i] {
+                    Op::Alloc { id, bytes: b } if b == bytes => {
+                        let h = self
+                            .arena
+                            .get_mut(&id)
+                            .ok_or_else(|| err("a recorded buffer is gone"))?;
+                        if !h.released {
+                            return Err(err(format!(
+                                "buffer {id} is taken again before its owner let go, so the step cannot be replayed"
+                            )));
+                        }
+                        h.released = false;
+                        Ok(Some(Buffer { id, bytes }))
+                    }
+                    _ => Err(self.mismatch(i, format!("an allocation of {bytes} bytes"))),
+                }
+            }
         }
     }
 
     /// A buffer the device has just allocated (kept when recording).
     pub fn allocated(&mut self, buf: &Buffer) {
+        self.live += buf.bytes;
+        self.peak = self.peak.max(self.live);
         if self.phase == Phase::Recording {
             self.ops.push(Op::Alloc {
                 id: buf.id,
                 bytes: buf.bytes,
             });
-            self.arena.insert(buf.id, false);
+            self.arena.insert(
+                buf.id,
+                Held {
+                    bytes: buf.bytes,
+                    released: false,
+                    reusable: true,
+                    reused: false,
+                },
+            );
             self.arena_bytes += buf.bytes;
         }
     }
 
-    /// A free: `true` when the graph keeps the buffer (it is not freed).
+    /// A free: `true` when the graph keeps the buffer (it is not freed);
+    /// otherwise the device frees it now.
     pub fn keeps(&mut self, buf: &Buffer) -> bool {
         match self.arena.get_mut(&buf.id) {
-            Some(released) => {
-                *released = true;
+            Some(h) => {
+                h.released = true;
+                if self.phase == Phase::Recording && h.reusable {
+                    self.spare.entry(h.bytes).or_default().push(buf.id);
+                }
                 true
             }
-            None => false,
+            None => {
+                self.live = self.live.saturating_sub(buf.bytes);
+                false
+            }
         }
     }
 
@@ -400,10 +484,18 @@ impl Recorder {
         match self.phase {
             Phase::Off => Ok(Flow::Run),
             Phase::Recording => {
-                if !self.arena.contains_key(&dst.id) {
-                    return Err(err(
-                        "an upload into memory allocated before the step: a replay could not repeat it in order",
-                    ));
+                match self.arena.get_mut(&dst.id) {
+                    Some(h) if !h.reused => h.reusable = false,
+                    Some(_) => {
+                        return Err(err(
+                            "an upload into memory used earlier in the step (allocate it with `alloc_for_upload`)",
+                        ))
+                    }
+                    None => {
+                        return Err(err(
+                            "an upload into memory allocated before the step: a replay could not repeat it in order",
+                        ))
+                    }
                 }
                 self.ops.push(Op::Upload {
                     dst: dst.id,
@@ -507,6 +599,10 @@ impl Recorder {
         match self.phase {
             Phase::Off => Ok(None),
             Phase::Recording => {
+                // Read after the graph: nothing later in the step may take it.
+                if let Some(h) = self.arena.get_mut(&src.id) {
+                    h.reusable = false;
+                }
                 self.ops.push(Op::Download { src: src.id, bytes });
                 Ok(None)
             }
@@ -535,6 +631,14 @@ impl Recorder {
             ))),
         }
     }
+}
+
+/// Device memory allocated through the recorder, in bytes (the device's
+/// own scratch, such as cuBLASLt's workspace, is not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub live: usize,
+    pub peak: usize,
 }
 
 /// What a recorded step holds.
@@ -611,6 +715,16 @@ pub fn run_calls<D: RawDevice + ?Sized>(
     Ok(())
 }
 
+fn alloc_through<D: RawDevice + ?Sized>(d: &D, bytes: usize, for_upload: bool) -> Result<Buffer> {
+    let mut r = lock(d.recorder())?;
+    if let Some(buf) = r.alloc(bytes, for_upload)? {
+        return Ok(buf);
+    }
+    let buf = d.alloc_raw(bytes)?;
+    r.allocated(&buf);
+    Ok(buf)
+}
+
 impl<T: RawDevice> DeviceApi for T {
     fn name(&self) -> String {
         RawDevice::name(self)
@@ -625,13 +739,11 @@ impl<T: RawDevice> DeviceApi for T {
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        let mut r = lock(self.recorder())?;
-        if let Some(buf) = r.alloc(bytes)? {
-            return Ok(buf);
-        }
-        let buf = self.alloc_raw(bytes)?;
-        r.allocated(&buf);
-        Ok(buf)
+        alloc_through(self, bytes, false)
+    }
+
+    fn alloc_for_upload(&self, bytes: usize) -> Result<Buffer> {
+        alloc_through(self, bytes, true)
     }
 
     fn free(&self, buf: &Buffer) {
@@ -683,6 +795,16 @@ impl<T: RawDevice> DeviceApi for T {
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
         RawDevice::address(self, buf)
+    }
+
+    fn memory(&self) -> MemoryUse {
+        self.recorder().lock().map(|r| r.memory()).unwrap_or_default()
+    }
+
+    fn reset_peak(&self) {
+        if let Ok(mut r) = self.recorder().lock() {
+            r.reset_peak();
+        }
     }
 
     fn graph_record(&self) -> Result<()> {
@@ -806,7 +928,7 @@ mod tests {
         // The owner lets go; a replay hands the same buffer back.
         assert!(r.keeps(&buf(1)));
         r.begin_replay().unwrap();
-        assert_eq!(r.alloc(64).unwrap(), Some(buf(1)));
+        assert_eq!(r.alloc(64, false).unwrap(), Some(buf(1)));
         assert_eq!(r.upload(&buf(1), &[3; 8]).unwrap(), Flow::Taken);
         assert_eq!(
             r.launch("k", &cfg, &[Arg::Buf(&buf(1)), Arg::F32(0.25)]).unwrap(),
@@ -821,13 +943,30 @@ mod tests {
         assert!(r.begin_replay().is_err());
         r.keeps(&buf(1));
         r.begin_replay().unwrap();
-        r.alloc(64).unwrap();
+        r.alloc(64, false).unwrap();
         r.upload(&buf(1), &[0; 8]).unwrap();
         let e = r.launch("k", &cfg, &[Arg::Buf(&buf(2)), Arg::F32(0.5)]).unwrap_err();
         assert!(e.to_string().contains("cannot be replayed"), "{e}");
         r.abandon_replay();
         // Dropping the graph frees what it held.
         assert_eq!(r.drop_graph(), vec![1]);
+    }
+
+    #[test]
+    fn the_graph_holds_its_memory_until_it_is_dropped() {
+        let mut r = Recorder::default();
+        r.allocated(&buf(1));
+        assert!(!r.keeps(&buf(1)));
+        r.begin_record().unwrap();
+        r.allocated(&buf(2));
+        r.allocated(&buf(3));
+        r.end_record().unwrap();
+        assert!(r.keeps(&buf(2)) && r.keeps(&buf(3)));
+        // Let go of, but still held by the graph.
+        assert_eq!(r.memory(), MemoryUse { live: 128, peak: 128 });
+        r.reset_peak();
+        assert_eq!(r.drop_graph().len(), 2);
+        assert_eq!(r.memory(), MemoryUse { live: 0, peak: 128 });
     }
 
     #[test]

@@ -226,6 +226,8 @@ fn step(a: &StepArgs) -> Result<()> {
     if let Some(p) = pending.take() {
         finish(p, &mut times)?;
     }
+    // Before the rate measurement below allocates its own matrices.
+    let peak = dev.as_ref().map(|d| d.memory().peak);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = training_flops(&c).forward_backward() as f64 * a.batch as f64;
@@ -258,6 +260,12 @@ fn step(a: &StepArgs) -> Result<()> {
         a.batch as f64 / median,
         flops / median / 1e9
     );
+    if let Some(peak) = peak {
+        println!(
+            "device memory: peak {:.1} MiB allocated (weights, optimizer state, the steps and any step graph)",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
     if let Some(g) = graphs.counts() {
         println!(
             "step graph: {} kernel launches and {} GEMMs a step in one launch ({} allocations, {} uploads, {:.1} MiB held); {} steps replayed",

@@ -192,7 +192,7 @@ impl Tensor {
             Storage::Cpu(CpuStorage::F64(v)) => v.iter().map(|&x| x as f32).collect(),
             Storage::Device(d) => download(d)?,
         };
-        let buf = dev.alloc(host.len() * 4)?;
+        let buf = dev.alloc_for_upload(host.len() * 4)?;
         let storage = DeviceStorage::new(dev.clone(), buf, host.len());
         dev.upload(&storage.buf, bytemuck::cast_slice(&host))?;
         Tensor::from_device(storage, self.shape.clone())
