@@ -6,10 +6,12 @@
 // This is the correct, simple kernel; the fast flash kernel replaces it later.
 #include "common.cuh"
 
-// With `with16`, out16 gets the output rounded to bf16 as well (the copy the
-// output projection's mixed-precision GEMM reads).
+// With `out16mode` (OUT16_BOTH), out16 gets the output rounded to bf16 as
+// well (the copy the output projection's mixed-precision GEMM reads). The
+// output accumulates in `out`, so this kernel always writes it: it is never
+// asked for the bf16 copy alone.
 extern "C" __global__ void attention_forward(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                             double p, RngStream rng, uint16_t* out16, int with16) {
+                                             double p, RngStream rng, uint16_t* out16, int out16mode) {
     int dh = e / heads;
     int seqs = l.outer_count * l.inner_count;
     uint64_t total = (uint64_t)seqs * heads * l.len;
@@ -39,7 +41,7 @@ extern "C" __global__ void attention_forward(const float* qkv, float* out, float
             float pr = expf(d * scale - m) / z * attn_keep(rng, p, heads, s, h, i, j, l.len);
             for (int c = 0; c < dh; ++c) o[c] += pr * v[c];
         }
-        if (with16) {
+        if (out16mode != OUT16_NONE) {
             uint16_t* o16 = out16 + (uint64_t)seq_row(l, s, i) * e + h * dh;
             for (int c = 0; c < dh; ++c) o16[c] = to_bf16(o[c]);
         }

@@ -134,3 +134,14 @@ __device__ __forceinline__ uint16_t to_bf16(float x) {
 }
 
 __device__ __forceinline__ float from_bf16(uint16_t b) { return __uint_as_float((uint32_t)b << 16); }
+
+// Where a kernel writes an output that may also be a mixed-precision GEMM's
+// operand (its `out16` argument): f32 only; f32 and the bf16 copy beside
+// it; the bf16 copy alone (an output only GEMMs read, stored as bf16).
+#define OUT16_NONE 0
+#define OUT16_BOTH 1
+#define OUT16_ONLY 2
+
+// A value read from f32 or from bf16 bits (an input stored as bf16 alone).
+__device__ __forceinline__ float as_f32(float v) { return v; }
+__device__ __forceinline__ float as_f32(uint16_t b) { return from_bf16(b); }

@@ -29,25 +29,26 @@ extern "C" __global__ void dropout_forward(const float* x, float* y, uint64_t n,
 
 // GELU then inverted dropout in one pass (the FFN's hidden activation): the
 // arithmetic of gelu_forward then dropout_forward, value for value (p = 0
-// keeps everything, no draws). With `with16`, y16 gets y rounded to bf16
-// (the copy the next GEMM reads).
+// keeps everything, no draws). y goes to y and/or y16 by `out16` (the
+// OUT16_* modes of common.cuh; y16 is the copy the next GEMM reads).
 extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64_t n, double p, RngStream s,
-                                                uint16_t* y16, int with16) {
+                                                uint16_t* y16, int out16) {
     float keep = (float)(1.0 / (1.0 - p));
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         float v = x[i];
         float gv = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         float out = gv;
         if (p > 0.0) out = ((double)rng_uniform(s, i) >= p) ? gv * keep : 0.0f;
-        y[i] = out;
-        if (with16) y16[i] = to_bf16(out);
+        if (out16 != OUT16_ONLY) y[i] = out;
+        if (out16 != OUT16_NONE) y16[i] = to_bf16(out);
     }
 }
 
 // Its gradient: dropout's mask on g, then GELU's derivative, in one pass;
-// dx16 as y16 above (dx is the upstream gradient of the FFN's first GEMM).
+// dx and dx16 as y and y16 above (dx is the upstream gradient of the FFN's
+// first GEMM).
 extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x, float* dx, uint64_t n, double p,
-                                                 RngStream s, uint16_t* dx16, int with16) {
+                                                 RngStream s, uint16_t* dx16, int out16) {
     float keep = (float)(1.0 / (1.0 - p));
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         float gi = g[i];
@@ -56,8 +57,8 @@ extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x,
         float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
         float d = gi * (cdf + v * pdf);
-        dx[i] = d;
-        if (with16) dx16[i] = to_bf16(d);
+        if (out16 != OUT16_ONLY) dx[i] = d;
+        if (out16 != OUT16_NONE) dx16[i] = to_bf16(d);
     }
 }
 
@@ -81,14 +82,37 @@ extern "C" __global__ void add_broadcast(const float* x, const float* b, float* 
         y[i] = x[i] + b[i % cols];
 }
 
+// A column reduction's input is f32, or bf16 bits (a gradient stored as
+// bf16 alone, whose bias gradient sums the bf16 values): as_f32 reads both.
+template <typename T>
+__device__ __forceinline__ void column_sums_impl(const T* g, float* out, uint64_t rows, uint64_t cols) {
+    for (uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; c < cols; c += (uint64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (uint64_t r = 0; r < rows; ++r) s += as_f32(g[r * cols + c]);
+        out[c] = s;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void column_partials_impl(const T* g, float* partial, uint64_t rows, uint64_t cols,
+                                                     uint64_t chunk) {
+    uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    uint64_t r0 = blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    float s = 0.0f;
+    for (uint64_t r = r0; r < r1; ++r) s += as_f32(g[r * cols + c]);
+    partial[blockIdx.y * cols + c] = s;
+}
+
 // The gradient of the repeated operand: column sums over the rows, one
 // thread per column summing in row order (no atomics).
 extern "C" __global__ void column_sums(const float* g, float* out, uint64_t rows, uint64_t cols) {
-    for (uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; c < cols; c += (uint64_t)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        for (uint64_t r = 0; r < rows; ++r) s += g[r * cols + c];
-        out[c] = s;
-    }
+    column_sums_impl(g, out, rows, cols);
+}
+
+// The same over bf16 values.
+extern "C" __global__ void column_sums_bf16(const uint16_t* g, float* out, uint64_t rows, uint64_t cols) {
+    column_sums_impl(g, out, rows, cols);
 }
 
 // The first of two fixed-order passes for many rows: block (x, y) sums rows
@@ -97,12 +121,13 @@ extern "C" __global__ void column_sums(const float* g, float* out, uint64_t rows
 // One thread per column walking every row would leave a wide GPU idle.
 extern "C" __global__ void column_partials(const float* g, float* partial, uint64_t rows, uint64_t cols,
                                            uint64_t chunk) {
-    uint64_t c = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    uint64_t r0 = blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-    float s = 0.0f;
-    for (uint64_t r = r0; r < r1; ++r) s += g[r * cols + c];
-    partial[blockIdx.y * cols + c] = s;
+    column_partials_impl(g, partial, rows, cols, chunk);
+}
+
+// The same over bf16 values.
+extern "C" __global__ void column_partials_bf16(const uint16_t* g, float* partial, uint64_t rows, uint64_t cols,
+                                                uint64_t chunk) {
+    column_partials_impl(g, partial, rows, cols, chunk);
 }
 
 extern "C" __global__ void sigmoid_backward(const float* g, const float* y, float* dx, uint64_t n) {
@@ -151,5 +176,13 @@ extern "C" __global__ void block_sums(const float* x, float* partial, uint64_t n
 extern "C" __global__ void f32_to_bf16(const float* x, uint16_t* y, uint64_t n) {
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         y[i] = to_bf16(x[i]);
+    }
+}
+
+// bf16 bits → f32 (exact): the values of a tensor stored as bf16 alone, for
+// a reader other than a GEMM.
+extern "C" __global__ void bf16_to_f32(const uint16_t* x, float* y, uint64_t n) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        y[i] = from_bf16(x[i]);
     }
 }

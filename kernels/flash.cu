@@ -99,7 +99,7 @@ __device__ __forceinline__ void load_rows(typename Elem<BF16>::T* dst, const flo
 
 template <bool BF16>
 __device__ void flash_forward_impl(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e, double p,
-                                   RngStream rng, uint16_t* out16, int with16) {
+                                   RngStream rng, uint16_t* out16, int out16mode) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
     const int s = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -185,16 +185,19 @@ __device__ void flash_forward_impl(const float* qkv, float* out, float* lse, Seq
                 int c = n * 8 + 2 * t + q;
                 if (n < nt && c < dh) {
                     float v = o[n][2 * r + q] / l_run[r];
-                    orow[c] = v;
-                    if (with16) orow16[c] = to_bf16(v);
+                    if (out16mode != OUT16_ONLY) orow[c] = v;
+                    if (out16mode != OUT16_NONE) orow16[c] = to_bf16(v);
                 }
             }
         if (t == 0) lse[((uint64_t)s * heads + h) * l.len + i] = m_run[r] + logf(l_run[r]);
     }
 }
 
-// D_i = dO_i · O_i and the saved log-sum-exp for `count` rows from `first`.
-__device__ __forceinline__ void load_row_stats(float* sd, float* sl, const float* out, const float* dout,
+// D_i = dO_i · O_i and the saved log-sum-exp for `count` rows from `first`
+// (O in f32, or in bf16 for the bf16 kernels: the copy the output
+// projection reads, which may be all there is of it).
+template <typename OT>
+__device__ __forceinline__ void load_row_stats(float* sd, float* sl, const OT* out, const float* dout,
                                                const float* lse, SeqLayout l, int s, int h, int heads, int e,
                                                int first, int count) {
     int dh = e / heads;
@@ -203,7 +206,7 @@ __device__ __forceinline__ void load_row_stats(float* sd, float* sl, const float
         float d = 0.0f, ls = 0.0f;
         if (i < l.len) {
             uint64_t base = (uint64_t)seq_row(l, s, i) * e + h * dh;
-            for (int c = 0; c < dh; ++c) d += dout[base + c] * out[base + c];
+            for (int c = 0; c < dh; ++c) d += dout[base + c] * as_f32(out[base + c]);
             ls = lse[((uint64_t)s * heads + h) * l.len + i];
         }
         sd[r] = d;
@@ -211,8 +214,8 @@ __device__ __forceinline__ void load_row_stats(float* sd, float* sl, const float
     }
 }
 
-template <bool BF16>
-__device__ void flash_backward_dq_impl(const float* qkv, const float* out, const float* dout, const float* lse,
+template <bool BF16, typename OT>
+__device__ void flash_backward_dq_impl(const float* qkv, const OT* out, const float* dout, const float* lse,
                                        float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
@@ -281,8 +284,8 @@ __device__ void flash_backward_dq_impl(const float* qkv, const float* out, const
     }
 }
 
-template <bool BF16>
-__device__ void flash_backward_dkv_impl(const float* qkv, const float* out, const float* dout, const float* lse,
+template <bool BF16, typename OT>
+__device__ void flash_backward_dkv_impl(const float* qkv, const OT* out, const float* dout, const float* lse,
                                         float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
@@ -370,13 +373,13 @@ __device__ void flash_backward_dkv_impl(const float* qkv, const float* out, cons
 }
 
 extern "C" __global__ void flash_forward_f32(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                             double p, RngStream rng, uint16_t* out16, int with16) {
-    flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng, out16, with16);
+                                             double p, RngStream rng, uint16_t* out16, int out16mode) {
+    flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng, out16, out16mode);
 }
 
 extern "C" __global__ void flash_forward_bf16(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                              double p, RngStream rng, uint16_t* out16, int with16) {
-    flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng, out16, with16);
+                                              double p, RngStream rng, uint16_t* out16, int out16mode) {
+    flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng, out16, out16mode);
 }
 
 extern "C" __global__ void flash_backward_dq_f32(const float* qkv, const float* out, const float* dout,
@@ -385,7 +388,7 @@ extern "C" __global__ void flash_backward_dq_f32(const float* qkv, const float* 
     flash_backward_dq_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
 }
 
-extern "C" __global__ void flash_backward_dq_bf16(const float* qkv, const float* out, const float* dout,
+extern "C" __global__ void flash_backward_dq_bf16(const float* qkv, const uint16_t* out, const float* dout,
                                                   const float* lse, float* dqkv, SeqLayout l, int heads, int e,
                                                   double p, RngStream rng) {
     flash_backward_dq_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
@@ -397,7 +400,7 @@ extern "C" __global__ void flash_backward_dkv_f32(const float* qkv, const float*
     flash_backward_dkv_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
 }
 
-extern "C" __global__ void flash_backward_dkv_bf16(const float* qkv, const float* out, const float* dout,
+extern "C" __global__ void flash_backward_dkv_bf16(const float* qkv, const uint16_t* out, const float* dout,
                                                    const float* lse, float* dqkv, SeqLayout l, int heads, int e,
                                                    double p, RngStream rng) {
     flash_backward_dkv_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);

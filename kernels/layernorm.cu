@@ -23,12 +23,13 @@ __device__ __forceinline__ float block_sum(float v, float* buf) {
 
 // The rest of a layer norm of row `row` once each thread holds `part`, its
 // share of the row's sum over the values `xr` (each thread reads back only
-// the columns it summed): mean, variance, y = x̂·w + b, the statistics, and
-// with `with16` y rounded to bf16 into y16 as well (the copy a
-// mixed-precision GEMM reads next, without a pass of its own).
+// the columns it summed): mean, variance, y = x̂·w + b and the statistics.
+// `out16` says where y goes (the OUT16_* modes of common.cuh): f32 into y,
+// rounded to bf16 into y16 as well (the copy a mixed-precision GEMM reads
+// next, without a pass of its own), or into y16 alone when only GEMMs read it.
 __device__ __forceinline__ void norm_row(const float* xr, float part, const float* w, const float* b, float* y,
                                          float* mean, float* rstd, int row, int cols, float eps, uint16_t* y16,
-                                         int with16, float* buf) {
+                                         int out16, float* buf) {
     float mu = block_sum(part, buf) / cols;
     float q = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -39,8 +40,8 @@ __device__ __forceinline__ void norm_row(const float* xr, float part, const floa
     float* yr = y + (uint64_t)row * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = (xr[c] - mu) * rs * w[c] + b[c];
-        yr[c] = v;
-        if (with16) y16[(uint64_t)row * cols + c] = to_bf16(v);
+        if (out16 != OUT16_ONLY) yr[c] = v;
+        if (out16 != OUT16_NONE) y16[(uint64_t)row * cols + c] = to_bf16(v);
     }
     if (threadIdx.x == 0) {
         mean[row] = mu;
@@ -52,14 +53,14 @@ __device__ __forceinline__ void norm_row(const float* xr, float part, const floa
 // (and y16, see norm_row). One block per row.
 extern "C" __global__ void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,
                                               float* rstd, int rows, int cols, float eps, uint16_t* y16,
-                                              int with16) {
+                                              int out16) {
     NEMESIS_DYNAMIC_SHARED(float, buf);
     int row = blockIdx.x;
     if (row >= rows) return;
     const float* xr = x + (uint64_t)row * cols;
     float s = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
-    norm_row(xr, s, w, b, y, mean, rstd, row, cols, eps, y16, with16, buf);
+    norm_row(xr, s, w, b, y, mean, rstd, row, cols, eps, y16, out16, buf);
 }
 
 // dx per row (one block per row): dx = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)).
@@ -128,7 +129,7 @@ extern "C" __global__ void layer_norm_dwdb_partials(const float* g, const float*
 // row statistics and y16 as layer_norm_forward. One block per row.
 extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a, float k, const float* w,
                                                   const float* b, float* s, float* y, float* mean, float* rstd,
-                                                  int rows, int cols, float eps, uint16_t* y16, int with16) {
+                                                  int rows, int cols, float eps, uint16_t* y16, int out16) {
     NEMESIS_DYNAMIC_SHARED(float, buf);
     int row = blockIdx.x;
     if (row >= rows) return;
@@ -141,5 +142,5 @@ extern "C" __global__ void add_layer_norm_forward(const float* x, const float* a
         sr[c] = v;
         t += v;
     }
-    norm_row(sr, t, w, b, y, mean, rstd, row, cols, eps, y16, with16, buf);
+    norm_row(sr, t, w, b, y, mean, rstd, row, cols, eps, y16, out16, buf);
 }

@@ -50,16 +50,16 @@ extern "C" __global__ void masked_mse_reduce(const float* e, const float* sq, co
 // mask[n] / Σ mask (or 1 / tokens when nothing is masked), computed by the
 // caller, and the upstream gradient g read from the device (g[0]), so the
 // backward pass never waits for the host.
-// With `with16`, grad16 gets the gradient rounded to bf16 as well (what the
-// decoder head's backward GEMMs read).
+// The gradient goes to grad and/or grad16 by `out16` (the OUT16_* modes of
+// common.cuh; grad16 is what the decoder head's backward GEMMs read).
 extern "C" __global__ void masked_mse_backward(const float* pred, const float* target, const float* weight, float* grad,
-                                               const float* g, int tokens, int p, uint16_t* grad16, int with16) {
+                                               const float* g, int tokens, int p, uint16_t* grad16, int out16) {
     uint64_t total = (uint64_t)tokens * p;
     float g0 = g[0];
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total; i += (uint64_t)gridDim.x * blockDim.x) {
         float d = g0 * weight[i / p] * 2.0f * (pred[i] - target[i]) / (float)p;
-        grad[i] = d;
-        if (with16) grad16[i] = to_bf16(d);
+        if (out16 != OUT16_ONLY) grad[i] = d;
+        if (out16 != OUT16_NONE) grad16[i] = to_bf16(d);
     }
 }
 

@@ -194,9 +194,11 @@ mod queued {
 fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     use nemesis::backend::gpu;
     use nemesis::rng::RngStream;
+    use nemesis::tensor::Readers;
     use nemesis::Tensor;
 
-    let dev: SharedDevice = Arc::new(EmuDevice::mixed());
+    let emu = Arc::new(EmuDevice::mixed());
+    let dev: SharedDevice = emu.clone();
     let (rows, cols) = (37, 48);
     let mut v = vec![0.0f32; 4 * rows * cols];
     RngStream::new(5, 6).fill_uniform(0, &mut v);
@@ -208,25 +210,59 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     };
     let (x, a) = (t(0, rows * cols, vec![rows, cols]), t(1, rows * cols, vec![rows, cols]));
     let (w, b) = (t(2, cols, vec![cols]), t(3, cols, vec![cols]));
-    let (y1, _, _) = gpu::layer_norm(&x, &w, &b, 1e-6).unwrap();
-    let (_, y2, _, _) = gpu::add_layer_norm(&x, &a, 0.5, &w, &b, 1e-6).unwrap();
-    let y3 = gpu::gelu_dropout(&x, 0.1, RngStream::new(7, 8)).unwrap();
-    let y5 = gpu::gelu_dropout_backward(&a, &x, 0.1, RngStream::new(7, 8)).unwrap();
     let mask: Vec<f32> = (0..rows).map(|i| (i % 3 == 0) as u8 as f32).collect();
     let one = Tensor::scalar(1.0, nemesis::DType::F32);
-    let y6 = gpu::masked_mse_backward(&x, &a, &mask, cols, &one).unwrap();
+    // Each producer whose output may be a GEMM operand, for both readers.
+    let outputs = |r: Readers| -> Vec<Tensor> {
+        vec![
+            gpu::layer_norm(&x, &w, &b, 1e-6, r).unwrap().0,
+            gpu::add_layer_norm(&x, &a, 0.5, &w, &b, 1e-6, r).unwrap().1,
+            gpu::gelu_dropout(&x, 0.1, RngStream::new(7, 8), r).unwrap(),
+            gpu::gelu_dropout_backward(&a, &x, 0.1, RngStream::new(7, 8), r).unwrap(),
+            gpu::masked_mse_backward(&x, &a, &mask, cols, &one, r).unwrap(),
+        ]
+    };
+    let mut both = outputs(Readers::Any);
     // Attention over 37 rows of a 48-wide QKV (E = 16, two heads of 8).
     let qkv = x.reshape([rows, cols]).unwrap();
     let layout = nemesis::tensor::SeqLayout::contiguous(1, rows);
-    let (y4, _) = gpu::attention(&qkv, layout, 2, None).unwrap();
-    for y in [y1, y2, y3, y4, y5, y6] {
+    both.push(gpu::attention(&qkv, layout, 2, None).unwrap().0);
+    let mut kept = Vec::new();
+    for y in &both {
+        assert!(!y.device_storage().unwrap().is_bf16_only());
         let values = y.to_cpu().unwrap().to_vec::<f32>().unwrap();
-        let bits = gpu::bf16_bits(&y).unwrap();
+        let bits = gpu::bf16_bits(y).unwrap();
         let wrong = values
             .iter()
             .zip(&bits)
             .filter(|(v, b)| half::bf16::from_f32(**v).to_bits() != **b)
             .count();
         assert_eq!(wrong, 0, "the kernel's bf16 copy differs from its f32 output rounded");
+        kept.push(bits);
     }
+    assert_eq!(emu.kernel_runs("bf16_to_f32"), 0);
+    // Read by GEMMs alone: the same bf16 bits, and no f32 values (half the
+    // bytes of the copy, a third of both) until something else asks; then
+    // they are widened once, exactly.
+    let alone = outputs(Readers::Gemms);
+    for (k, y) in alone.iter().enumerate() {
+        let s = y.device_storage().unwrap();
+        assert!(s.is_bf16_only(), "output {k} kept f32 values");
+        assert_eq!(s.bytes(), 2 * y.numel());
+        assert_eq!(gpu::bf16_bits(y).unwrap(), kept[k], "output {k}: other bf16 bits");
+        let widened = y.to_cpu().unwrap().to_vec::<f32>().unwrap();
+        let exact = widened
+            .iter()
+            .zip(&kept[k])
+            .all(|(w, b)| w.to_bits() == half::bf16::from_bits(*b).to_f32().to_bits());
+        assert!(exact, "output {k}: widened values are not the bf16 values");
+        assert!(!s.is_bf16_only() && s.bytes() == 6 * y.numel());
+    }
+    assert_eq!(emu.kernel_runs("bf16_to_f32"), alone.len() as u64);
+    // An f32 device never stores bf16 alone.
+    let f32dev: SharedDevice = Arc::new(EmuDevice::new());
+    let xf = x.to_cpu().unwrap().to_device(&f32dev).unwrap();
+    let y = gpu::gelu_dropout(&xf, 0.0, RngStream::new(1, 2), Readers::Gemms).unwrap();
+    let s = y.device_storage().unwrap();
+    assert!(!s.is_bf16_only() && s.bytes() == 4 * y.numel());
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::{rand_tensor, rel_err};
 use nemesis::autograd::{ParamStore, Tape};
+use nemesis::tensor::Readers;
 use nemesis::{DType, Error, Tensor};
 
 fn store_with_linear() -> (ParamStore, nemesis::autograd::ParamId, nemesis::autograd::ParamId) {
@@ -182,7 +183,7 @@ fn attention_pair_equals_two_attentions_and_concat_splits_its_gradient() {
     let tape = Tape::new();
     let (xs, xd) = (tape.input(qs.clone(), true), tape.input(qd.clone(), true));
     let fused = tape
-        .attention_pair(&tape.concat(&xs, &xd, 1).unwrap(), &sa, &sb)
+        .attention_pair(&tape.concat(&xs, &xd, 1).unwrap(), &sa, &sb, Readers::Any)
         .unwrap();
     let gf = tape.backward_with(&fused, g.clone(), &mut store).unwrap();
 
@@ -205,7 +206,7 @@ fn attention_pair_equals_two_attentions_and_concat_splits_its_gradient() {
     // Shapes that do not fit are errors, not panics.
     let tape3 = Tape::new();
     let bad = tape3.input(rand_tensor([rows, 5 * e], 24, DType::F64), false);
-    assert!(tape3.attention_pair(&bad, &sa, &sb).is_err());
+    assert!(tape3.attention_pair(&bad, &sa, &sb, Readers::Any).is_err());
     assert!(tape3
         .concat(&bad, &tape3.input(rand_tensor([rows + 1, e], 25, DType::F64), false), 1)
         .is_err());

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::model::{add_noise, patchify, DualMask, ModelConfig};
 use crate::ops::{AttentionOptions, AttnDropout};
 use crate::rng::RngStream;
-use crate::tensor::{SeqLayout, Tensor};
+use crate::tensor::{Readers, SeqLayout, Tensor};
 
 /// fp32 against the CPU reference (ENGINEERING.md, "Numerics").
 pub const FP32_LIMIT: f64 = 1e-4;
@@ -289,12 +289,15 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
         push(
             "gelu_dropout_forward",
             case.clone(),
-            rel(&host(gpu::gelu_dropout(&tx, p, drop)?)?, &want_y),
+            rel(&host(gpu::gelu_dropout(&tx, p, drop, Readers::Any)?)?, &want_y),
         );
         push(
             "gelu_dropout_backward",
             case,
-            rel(&host(gpu::gelu_dropout_backward(&tg, &tx, p, drop)?)?, &want_dx),
+            rel(
+                &host(gpu::gelu_dropout_backward(&tg, &tx, p, drop, Readers::Any)?)?,
+                &want_dx,
+            ),
         );
     }
     // Column reductions over enough rows to split into chunks (two
@@ -323,7 +326,7 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
                 &elementwise::reduce_broadcast(&g, cols),
             ),
         );
-        let (sum, y, mean, rstd) = gpu::add_layer_norm(&tx, &ta, 0.5, &tw, &tb, 1e-6)?;
+        let (sum, y, mean, rstd) = gpu::add_layer_norm(&tx, &ta, 0.5, &tw, &tb, 1e-6, Readers::Any)?;
         let want_sum: Vec<f32> = x.iter().zip(&a).map(|(x, a)| x + 0.5 * a).collect();
         let (want_y, stats) = layer_norm::forward(&want_sum, &w, &b, cols, 1e-6);
         push(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch, SharedDevice};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
-use crate::tensor::{Device, DeviceStorage, SeqLayout, Shape, Tensor};
+use crate::tensor::{Device, DeviceStorage, Readers, SeqLayout, Shape, Tensor};
 
 /// Threads per block of the pointwise kernels.
 const THREADS: u32 = 256;
@@ -44,7 +44,41 @@ fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<SharedDevice> {
 }
 
 fn arg<'a>(op: &'static str, t: &'a Tensor) -> Result<Arg<'a>> {
-    Ok(Arg::Buf(&storage(op, t)?.buf))
+    Ok(Arg::Buf(values(op, t)?))
+}
+
+/// The f32 values of `t` (widened from its bf16 copy if it is stored as
+/// bf16 alone).
+fn values<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a super::device::Buffer> {
+    storage_values(storage(op, t)?)
+}
+
+/// The f32 values of a device storage. A tensor stored as bf16 alone
+/// (`Readers::Gemms`) is widened once (`bf16_to_f32`, exact) the first time
+/// a reader other than a GEMM asks, and keeps both from then on.
+pub fn storage_values(s: &DeviceStorage) -> Result<&super::device::Buffer> {
+    const OP: &str = "bf16_to_f32";
+    if let Some(b) = s.f32.get() {
+        return Ok(b);
+    }
+    let b16 = s
+        .bf16
+        .get()
+        .ok_or_else(|| Error::invalid(OP, "a device tensor holds no values"))?;
+    let b = s.dev.alloc(s.len * 4)?;
+    let launched = s
+        .dev
+        .launch(OP, &spread(&s.dev, s.len), &[Arg::Buf(b16), Arg::Buf(&b), u64a(s.len)]);
+    if let Err(e) = launched {
+        s.dev.free(&b);
+        return Err(e);
+    }
+    if let Err(b) = s.f32.set(b) {
+        s.dev.free(&b);
+    }
+    s.f32
+        .get()
+        .ok_or_else(|| Error::invalid(OP, "the widened values were not kept"))
 }
 
 /// A fresh (uninitialised) f32 tensor on `dev`.
@@ -61,7 +95,7 @@ pub fn zeros(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Tensor> {
     let z = vec![0f32; shape.numel()];
     let buf = dev.alloc_for_upload(z.len() * 4)?;
     let t = Tensor::from_device(DeviceStorage::new(dev.clone(), buf, z.len()), shape)?;
-    dev.upload(&storage("zeros", &t)?.buf, bytemuck::cast_slice(&z))?;
+    dev.upload(values("zeros", &t)?, bytemuck::cast_slice(&z))?;
     Ok(t)
 }
 
@@ -107,7 +141,7 @@ fn product(
     const OP: &str = "gemm";
     let y = empty(dev, shape)?;
     let bias = match bias {
-        Some(t) => Some(&storage(OP, t)?.buf),
+        Some(t) => Some(values(OP, t)?),
         None => None,
     };
     if dev.mixed_precision() {
@@ -117,15 +151,9 @@ fn product(
             bf16_inputs: true,
             ..g
         };
-        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, &storage(OP, &y)?.buf, bias)?;
+        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, values(OP, &y)?, bias)?;
     } else {
-        dev.gemm(
-            &g,
-            &storage(OP, a)?.buf,
-            &storage(OP, b)?.buf,
-            &storage(OP, &y)?.buf,
-            bias,
-        )?;
+        dev.gemm(&g, values(OP, a)?, values(OP, b)?, values(OP, &y)?, bias)?;
     }
     Ok(y)
 }
@@ -138,12 +166,15 @@ fn bf16_copy(t: &Tensor) -> Result<&super::device::Buffer> {
     if let Some(b) = s.bf16.get() {
         return Ok(b);
     }
+    let x = storage_values(s)?;
     let b = s.dev.alloc(s.len * 2)?;
-    s.dev.launch(
-        OP,
-        &spread(&s.dev, s.len),
-        &[Arg::Buf(&s.buf), Arg::Buf(&b), u64a(s.len)],
-    )?;
+    let launched = s
+        .dev
+        .launch(OP, &spread(&s.dev, s.len), &[Arg::Buf(x), Arg::Buf(&b), u64a(s.len)]);
+    if let Err(e) = launched {
+        s.dev.free(&b);
+        return Err(e);
+    }
     if let Err(b) = s.bf16.set(b) {
         s.dev.free(&b);
     }
@@ -232,27 +263,45 @@ pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
     }
     let rows = g.numel() / cols;
     let (chunks, chunk) = row_chunks(&dev, rows);
+    // A gradient stored as bf16 alone (one only GEMMs otherwise read) is
+    // summed from its bf16 values, as the GEMMs see it.
+    let s = storage(OP, g)?;
+    let (input, bf16) = match (s.f32.get(), s.bf16.get()) {
+        (None, Some(b)) => (b, true),
+        _ => (values(OP, g)?, false),
+    };
     if chunks == 1 {
-        return column_sums_kernel(&dev, g, cols);
+        return column_sums_kernel(&dev, input, bf16, rows, cols);
     }
     let partial = empty(&dev, [chunks, cols])?;
     dev.launch(
-        "column_partials",
+        if bf16 {
+            "column_partials_bf16"
+        } else {
+            "column_partials"
+        },
         &column_grid(cols, chunks),
-        &[arg(OP, g)?, arg(OP, &partial)?, u64a(rows), u64a(cols), u64a(chunk)],
+        &[Arg::Buf(input), arg(OP, &partial)?, u64a(rows), u64a(cols), u64a(chunk)],
     )?;
-    column_sums_kernel(&dev, &partial, cols)
+    column_sums_kernel(&dev, values(OP, &partial)?, false, chunks, cols)
 }
 
-/// Column sums with one thread per column walking the rows in order.
-fn column_sums_kernel(dev: &SharedDevice, g: &Tensor, cols: usize) -> Result<Tensor> {
+/// Column sums of `rows × cols` values (f32, or bf16 bits) with one thread
+/// per column walking the rows in order.
+fn column_sums_kernel(
+    dev: &SharedDevice,
+    g: &super::device::Buffer,
+    bf16: bool,
+    rows: usize,
+    cols: usize,
+) -> Result<Tensor> {
     const OP: &str = "column_sums";
     let out = empty(dev, [cols])?;
     pointwise(
         dev,
-        OP,
+        if bf16 { "column_sums_bf16" } else { OP },
         cols,
-        &[arg(OP, g)?, arg(OP, &out)?, u64a(g.numel() / cols), u64a(cols)],
+        &[Arg::Buf(g), arg(OP, &out)?, u64a(rows), u64a(cols)],
     )?;
     Ok(out)
 }
@@ -348,36 +397,35 @@ pub fn dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
 }
 
 /// `dropout(gelu(x))` in one kernel (`p = 0`: no dropout), with the bf16
-/// copy for the next GEMM in mixed precision.
-pub fn gelu_dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
-    gelu_dropout_kernel("gelu_dropout_forward", &[x], p, rng)
+/// copy for the next GEMM in mixed precision (alone, if only GEMMs read it).
+pub fn gelu_dropout(x: &Tensor, p: f64, rng: RngStream, readers: Readers) -> Result<Tensor> {
+    gelu_dropout_kernel("gelu_dropout_forward", &[x], p, rng, readers)
 }
 
 /// The gradient of `gelu_dropout` with respect to `x`, with its bf16 copy
-/// in mixed precision (both backward GEMMs of the FFN's first linear read it).
-pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
-    gelu_dropout_kernel("gelu_dropout_backward", &[g, x], p, rng)
+/// in mixed precision (in the FFN both backward GEMMs of its first linear
+/// read it, and nothing else: `Readers::Gemms`).
+pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream, readers: Readers) -> Result<Tensor> {
+    gelu_dropout_kernel("gelu_dropout_backward", &[g, x], p, rng, readers)
 }
 
-/// The two GELU + dropout kernels: `(inputs…, out, n, p, stream, out16, with16)`,
+/// The two GELU + dropout kernels: `(inputs…, out, n, p, stream, out16, mode)`,
 /// `out` shaped as the last input.
-fn gelu_dropout_kernel(op: &'static str, inputs: &[&Tensor], p: f64, rng: RngStream) -> Result<Tensor> {
+fn gelu_dropout_kernel(
+    op: &'static str,
+    inputs: &[&Tensor],
+    p: f64,
+    rng: RngStream,
+    readers: Readers,
+) -> Result<Tensor> {
     let dev = device_of(op, inputs)?;
     let x = inputs[inputs.len() - 1];
-    let y = empty(&dev, x.shape().clone())?;
-    let y16 = Bf16Out::new(&dev, &y)?;
+    let y = Output::new(&dev, x.shape().clone(), readers)?;
     let mut args = inputs.iter().map(|t| arg(op, t)).collect::<Result<Vec<_>>>()?;
-    args.extend([
-        arg(op, &y)?,
-        u64a(x.numel()),
-        Arg::F64(p),
-        Arg::Rng(rng),
-        y16.arg(op, &y)?,
-        y16.flag(),
-    ]);
+    args.extend([y.y(op)?, u64a(x.numel()), Arg::F64(p), Arg::Rng(rng)]);
+    args.extend(y.y16(op)?);
     pointwise(&dev, op, x.numel(), &args)?;
-    y16.keep(&y)?;
-    Ok(y)
+    Ok(y.t)
 }
 
 /// `(1 − a)·x + a·y`, `a` a one-element device tensor.
@@ -446,16 +494,17 @@ pub fn sum(x: &Tensor) -> Result<Tensor> {
 
 // ---- layer norm -------------------------------------------------------------
 
-/// Layer norm over the last dimension: `(y, mean, rstd)`.
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+/// Layer norm over the last dimension: `(y, mean, rstd)`; `y` as bf16
+/// alone in mixed precision when only GEMMs read it.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, readers: Readers) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "layer_norm_forward";
     let dev = device_of(OP, &[x, w, b])?;
-    norm_forward(&dev, OP, &[arg(OP, x)?], w, b, None, x.shape(), eps)
+    norm_forward(&dev, OP, &[arg(OP, x)?], w, b, None, x.shape(), eps, readers)
 }
 
 /// A layer-norm forward kernel (one block of 128 per row): its `lead`
 /// arguments, `w`, `b`, the `extra` output if any, then `y`, the statistics,
-/// the sizes, `eps` and the bf16 copy of `y` (written in mixed precision).
+/// the sizes, `eps` and `y`'s bf16 copy and mode (`Output`).
 #[allow(clippy::too_many_arguments)]
 fn norm_forward(
     dev: &SharedDevice,
@@ -466,79 +515,95 @@ fn norm_forward(
     extra: Option<&Tensor>,
     shape: &Shape,
     eps: f64,
+    readers: Readers,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let cols = w.numel();
     if cols == 0 || shape.numel() % cols != 0 {
         return Err(Error::invalid(op, "values are not whole rows"));
     }
     let rows = shape.numel() / cols;
-    let (y, mean, rstd) = (empty(dev, shape.clone())?, empty(dev, [rows])?, empty(dev, [rows])?);
-    let y16 = Bf16Out::new(dev, &y)?;
+    let (y, mean, rstd) = (
+        Output::new(dev, shape.clone(), readers)?,
+        empty(dev, [rows])?,
+        empty(dev, [rows])?,
+    );
     let mut args = lead.to_vec();
     args.extend([arg(op, w)?, arg(op, b)?]);
     if let Some(t) = extra {
         args.push(arg(op, t)?);
     }
     args.extend([
-        arg(op, &y)?,
+        y.y(op)?,
         arg(op, &mean)?,
         arg(op, &rstd)?,
         i32a(rows),
         i32a(cols),
         Arg::F32(eps as f32),
-        y16.arg(op, &y)?,
-        y16.flag(),
     ]);
+    args.extend(y.y16(op)?);
     dev.launch(op, &Launch::linear(rows as u32, 128, 4 * 4), &args)?;
-    y16.keep(&y)?;
-    Ok((y, mean, rstd))
+    Ok((y.t, mean, rstd))
 }
 
-/// A bf16 copy a kernel writes beside its f32 output when the device runs
-/// in mixed precision (the output feeds a GEMM), kept with the output as a
-/// GEMM would keep it. Without mixed precision the kernel is told not to.
-struct Bf16Out(Option<super::device::Buffer>, SharedDevice);
-
-impl Drop for Bf16Out {
-    fn drop(&mut self) {
-        // Not handed over (the launch failed): free it.
-        if let Some(b) = self.0.take() {
-            self.1.free(&b);
-        }
-    }
+/// Whether outputs only GEMMs read are stored as bf16 alone in mixed
+/// precision (the default). `NEMESIS_BF16_ACTIVATIONS=0` keeps their f32
+/// values beside the copy, as before, so the two can be measured side by side.
+pub fn bf16_alone() -> bool {
+    std::env::var("NEMESIS_BF16_ACTIVATIONS").map_or(true, |v| v.trim() != "0")
 }
 
-impl Bf16Out {
-    fn new(dev: &SharedDevice, y: &Tensor) -> Result<Self> {
-        let buf = if dev.mixed_precision() {
-            Some(dev.alloc(y.numel() * 2)?)
-        } else {
-            None
-        };
-        Ok(Bf16Out(buf, dev.clone()))
-    }
+/// A kernel's output that a mixed-precision GEMM may read next: f32 values
+/// alone (f32 device), f32 with the bf16 copy written in the same pass
+/// (mixed precision), or the bf16 copy alone (mixed precision, and only
+/// GEMMs read it: `Readers::Gemms`). Such kernels take `(…, y, …, y16,
+/// out16)`: `out16` is the mode (kernels/common.cuh `OUT16_*`), and a
+/// pointer the mode leaves unwritten is given the other buffer.
+struct Output {
+    t: Tensor,
+    mode: i32,
+}
 
-    /// The buffer argument (the output itself, unused, when there is none).
-    fn arg<'a>(&'a self, op: &'static str, y: &'a Tensor) -> Result<Arg<'a>> {
-        match &self.0 {
-            Some(b) => Ok(Arg::Buf(b)),
-            None => arg(op, y),
-        }
-    }
-
-    fn flag(&self) -> Arg<'static> {
-        Arg::I32(i32::from(self.0.is_some()))
-    }
-
-    /// Hands the copy to `y`'s storage.
-    fn keep(mut self, y: &Tensor) -> Result<()> {
-        if let Some(b) = self.0.take() {
-            let s = storage("bf16 copy", y)?;
-            if let Err(b) = s.bf16.set(b) {
-                s.dev.free(&b);
+impl Output {
+    fn new(dev: &SharedDevice, shape: impl Into<Shape>, readers: Readers) -> Result<Self> {
+        let shape = shape.into();
+        let len = shape.numel();
+        let (storage, mode) = match (dev.mixed_precision(), readers) {
+            (false, _) => (DeviceStorage::new(dev.clone(), dev.alloc(len * 4)?, len), 0),
+            (true, Readers::Gemms) if bf16_alone() => {
+                (DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), 2)
             }
+            (true, _) => {
+                let s = DeviceStorage::new(dev.clone(), dev.alloc(len * 4)?, len);
+                if let Err(b) = s.bf16.set(dev.alloc(len * 2)?) {
+                    dev.free(&b);
+                }
+                (s, 1)
+            }
+        };
+        Ok(Output {
+            t: Tensor::from_device(storage, shape)?,
+            mode,
+        })
+    }
+
+    fn bufs(&self, op: &'static str) -> Result<(&super::device::Buffer, &super::device::Buffer)> {
+        let s = storage(op, &self.t)?;
+        match (s.f32.get(), s.bf16.get()) {
+            (Some(v), Some(c)) => Ok((v, c)),
+            (Some(v), None) => Ok((v, v)),
+            (None, Some(c)) => Ok((c, c)),
+            (None, None) => Err(Error::invalid(op, "an output with no buffer")),
         }
-        Ok(())
+    }
+
+    /// The f32 output argument.
+    fn y(&self, op: &'static str) -> Result<Arg<'_>> {
+        Ok(Arg::Buf(self.bufs(op)?.0))
+    }
+
+    /// The trailing `(y16, out16)` arguments.
+    fn y16(&self, op: &'static str) -> Result<[Arg<'_>; 2]> {
+        Ok([Arg::Buf(self.bufs(op)?.1), Arg::I32(self.mode)])
     }
 }
 
@@ -607,8 +672,8 @@ pub fn layer_norm_backward(
     )?;
     Ok((
         dx,
-        column_sums_kernel(&dev, &pw, cols)?,
-        column_sums_kernel(&dev, &pb, cols)?,
+        column_sums_kernel(&dev, values(OP, &pw)?, false, chunks, cols)?,
+        column_sums_kernel(&dev, values(OP, &pb)?, false, chunks, cols)?,
     ))
 }
 
@@ -622,6 +687,7 @@ pub fn add_layer_norm(
     w: &Tensor,
     b: &Tensor,
     eps: f64,
+    readers: Readers,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     const OP: &str = "add_layer_norm_forward";
     let dev = device_of(OP, &[x, a, w, b])?;
@@ -635,7 +701,7 @@ pub fn add_layer_norm(
     }
     let sum = empty(&dev, x.shape().clone())?;
     let lead = [arg(OP, x)?, arg(OP, a)?, Arg::F32(k as f32)];
-    let (y, mean, rstd) = norm_forward(&dev, OP, &lead, w, b, Some(&sum), x.shape(), eps)?;
+    let (y, mean, rstd) = norm_forward(&dev, OP, &lead, w, b, Some(&sum), x.shape(), eps, readers)?;
     Ok((sum, y, mean, rstd))
 }
 
@@ -742,11 +808,9 @@ pub fn attention_with(
     if let Some(l) = ys.last_mut() {
         *l = e;
     }
-    let y = empty(&dev, ys)?;
-    let y16 = Bf16Out::new(&dev, &y)?;
-    let lse = attention_into(kernel, qkv, layout, heads, dropout, &y, &y16)?;
-    y16.keep(&y)?;
-    Ok((y, lse))
+    let y = Output::new(&dev, ys, Readers::Any)?;
+    let lse = attention_into(kernel, qkv, layout, heads, dropout, &y)?;
+    Ok((y.t, lse))
 }
 
 /// The attention forward of the sequences of `layout` into rows of `y`
@@ -757,26 +821,26 @@ fn attention_into(
     layout: SeqLayout,
     heads: usize,
     dropout: Option<(f64, RngStream)>,
-    y: &Tensor,
-    y16: &Bf16Out,
+    y: &Output,
 ) -> Result<Tensor> {
     const OP: &str = "attention_forward";
-    let dev = device_of(OP, &[qkv, y])?;
+    let dev = device_of(OP, &[qkv, &y.t])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let n_lse = layout.num_seqs() * heads * layout.len;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
     let lse = empty(&dev, [n_lse])?;
+    let [y16, mode] = y.y16(OP)?;
     let args = [
         arg(OP, qkv)?,
-        arg(OP, y)?,
+        y.y(OP)?,
         arg(OP, &lse)?,
         Arg::Layout(layout),
         i32a(heads),
         i32a(e),
         Arg::F64(p),
         Arg::Rng(rng),
-        y16.arg(OP, y)?,
-        y16.flag(),
+        y16,
+        mode,
     ];
     let [name, _, _] = kernel.names();
     match kernel {
@@ -848,9 +912,16 @@ fn attention_backward_into(
     let dev = device_of(OP, &[g, qkv, y, lse, d])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
+    // The bf16 kernels read O as the bf16 copy the output projection reads
+    // (all there is of it when it is stored as bf16 alone).
+    let out = if kernel == AttentionKernel::FlashBf16 {
+        bf16_copy(y)?
+    } else {
+        values(OP, y)?
+    };
     let args = [
         arg(OP, qkv)?,
-        arg(OP, y)?,
+        Arg::Buf(out),
         arg(OP, g)?,
         arg(OP, lse)?,
         arg(OP, d)?,
@@ -889,19 +960,24 @@ pub struct Stream {
 /// Both MATB streams over one `rows × 6E` QKV matrix (the fused projection
 /// of both streams: stream a in columns 0..3E, b in 3E..6E), into one
 /// `rows × 2E` output (a's heads, then b's): the input of one fused output
-/// projection. Returns the output and each stream's log-sum-exp.
-pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream) -> Result<(Tensor, [Tensor; 2])> {
+/// projection. Returns the output and each stream's log-sum-exp. With
+/// `Readers::Gemms` the bf16 flash kernels store the output as bf16 alone
+/// (their backward reads that copy; the plain kernels accumulate in f32).
+pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream, readers: Readers) -> Result<(Tensor, [Tensor; 2])> {
     let dev = device_of("attention pair", &[qkv])?;
     let kernel = AttentionKernel::for_device(&dev);
     let (rows, six_e) = (qkv.dims()[0], qkv.dims()[1]);
     let e = six_e / 6;
     let qv = qkv.reshape([2 * rows, 3 * e])?;
-    let y = empty(&dev, [2 * rows, e])?;
-    let y16 = Bf16Out::new(&dev, &y)?;
-    let la = attention_into(kernel, &qv, a.layout.interleaved(2, 0), a.heads, a.dropout, &y, &y16)?;
-    let lb = attention_into(kernel, &qv, b.layout.interleaved(2, 1), b.heads, b.dropout, &y, &y16)?;
-    y16.keep(&y)?;
-    Ok((y.reshape([rows, 2 * e])?, [la, lb]))
+    let readers = if kernel == AttentionKernel::FlashBf16 {
+        readers
+    } else {
+        Readers::Any
+    };
+    let y = Output::new(&dev, [2 * rows, e], readers)?;
+    let la = attention_into(kernel, &qv, a.layout.interleaved(2, 0), a.heads, a.dropout, &y)?;
+    let lb = attention_into(kernel, &qv, b.layout.interleaved(2, 1), b.heads, b.dropout, &y)?;
+    Ok((y.t.reshape([rows, 2 * e])?, [la, lb]))
 }
 
 /// The gradient of `attention_pair` with respect to its `rows × 6E` input.
@@ -1220,7 +1296,14 @@ pub fn sum_sq_err(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 /// `d loss / d pred` for the upstream gradient `g` (one element; a host
 /// value is uploaded, a device one read there).
-pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize, g: &Tensor) -> Result<Tensor> {
+pub fn masked_mse_backward(
+    pred: &Tensor,
+    target: &Tensor,
+    mask: &[f32],
+    p: usize,
+    g: &Tensor,
+    readers: Readers,
+) -> Result<Tensor> {
     const OP: &str = "masked_mse_backward";
     let dev = device_of(OP, &[pred, target])?;
     if g.numel() != 1 {
@@ -1236,8 +1319,8 @@ pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usiz
     };
     let w: Vec<f32> = token_weights(mask).iter().map(|&w| w as f32).collect();
     let dw = DeviceVec::from_slice(&*dev, &w)?;
-    let grad = empty(&dev, pred.shape().clone())?;
-    let grad16 = Bf16Out::new(&dev, &grad)?;
+    let grad = Output::new(&dev, pred.shape().clone(), readers)?;
+    let [grad16, mode] = grad.y16(OP)?;
     pointwise(
         &dev,
         OP,
@@ -1246,16 +1329,15 @@ pub fn masked_mse_backward(pred: &Tensor, target: &Tensor, mask: &[f32], p: usiz
             arg(OP, pred)?,
             arg(OP, target)?,
             dw.arg(),
-            arg(OP, &grad)?,
+            grad.y(OP)?,
             arg(OP, &g)?,
             i32a(mask.len()),
             i32a(p),
-            grad16.arg(OP, &grad)?,
-            grad16.flag(),
+            grad16,
+            mode,
         ],
     )?;
-    grad16.keep(&grad)?;
-    Ok(grad)
+    Ok(grad.t)
 }
 
 /// Mean over the middle axis of `outer × n × inner`.
@@ -1329,7 +1411,7 @@ fn multi_table_with<'d>(
             if !Arc::ptr_eq(&s.dev, dev) {
                 return Err(Error::invalid(op, "operands live on different devices"));
             }
-            table.push(dev.address(&s.buf)?);
+            table.push(dev.address(storage_values(s)?)?);
         }
         if let Some(a) = extra(k)? {
             table.push(a);

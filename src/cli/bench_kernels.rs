@@ -12,7 +12,7 @@ use crate::backend::device::{Arg, Gemm, Launch, SharedDevice};
 use crate::backend::gpu::{self, AttentionKernel};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
-use crate::tensor::{SeqLayout, Tensor};
+use crate::tensor::{Readers, SeqLayout, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelSet {
@@ -114,7 +114,7 @@ pub(super) fn reference_rates(dev: &SharedDevice, quick: bool) -> Result<(f64, f
     let len = if quick { 1 << 12 } else { 1 << 28 };
     let x = random(dev, len, 1)?;
     let y = gpu::empty(dev, [len])?;
-    let (xs, ys) = (x.device_storage().map(|d| &d.buf), y.device_storage().map(|d| &d.buf));
+    let (xs, ys) = (device_values(&x)?, device_values(&y)?);
     let (Some(xs), Some(ys)) = (xs, ys) else {
         return Err(Error::invalid(
             "bench kernels",
@@ -192,6 +192,11 @@ fn row(name: &str, kernel: &str, pass: &str, t: f64, flops: f64, bytes: f64, r: 
     );
 }
 
+/// The f32 buffer of a device tensor (none for a host tensor).
+fn device_values(t: &Tensor) -> Result<Option<&crate::backend::device::Buffer>> {
+    t.device_storage().map(gpu::storage_values).transpose()
+}
+
 /// The rest of a paper-preset step at batch 4: the decoder's 16 384 rows of
 /// E = 768 (FFN 1024), the QKV projection, the input of 4 × 128³, AdamW over
 /// every parameter. (TFLOP/s for GEMMs, GB/s for the memory-bound kernels.)
@@ -207,14 +212,14 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
         };
         let y = gpu::empty(dev, [rows, 3 * e])?;
         let (Some(xs), Some(ws), Some(ys), Some(bs)) = (
-            x.device_storage(),
-            w.device_storage(),
-            y.device_storage(),
-            b.device_storage(),
+            device_values(&x)?,
+            device_values(&w)?,
+            device_values(&y)?,
+            device_values(&b)?,
         ) else {
             return Err(Error::invalid("bench kernels", "operands are not on the device"));
         };
-        let t = time(dev, iters, || dev.gemm(&g, &xs.buf, &ws.buf, &ys.buf, Some(&bs.buf)))?;
+        let t = time(dev, iters, || dev.gemm(&g, xs, ws, ys, Some(bs)))?;
         let flops = 2.0 * (rows * 3 * e * e) as f64;
         let bytes = 4.0 * (rows * e + 3 * e * e + rows * 3 * e) as f64;
         let label = if bf16 { "cuBLASLt bf16" } else { "cuBLASLt f32" };
@@ -222,8 +227,10 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
     }
     let lw = random(dev, e, 7)?;
     let lb = random(dev, e, 8)?;
-    let (y, mean, rstd) = gpu::layer_norm(&x, &lw, &lb, 1e-5)?;
-    let t = time(dev, iters, || gpu::layer_norm(&x, &lw, &lb, 1e-5).map(|_| ()))?;
+    let (y, mean, rstd) = gpu::layer_norm(&x, &lw, &lb, 1e-5, Readers::Any)?;
+    let t = time(dev, iters, || {
+        gpu::layer_norm(&x, &lw, &lb, 1e-5, Readers::Any).map(|_| ())
+    })?;
     row("layer norm", "layernorm", "fwd", t, 0.0, 8.0 * (rows * e) as f64, r);
     let t = time(dev, iters, || {
         gpu::layer_norm_backward(&y, &x, &lw, &mean, &rstd).map(|_| ())
@@ -232,7 +239,7 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
     // The residual and the norm after it in one pass (reads x, a; writes s, y)
     // against the two kernels it replaces.
     let t = time(dev, iters, || {
-        gpu::add_layer_norm(&x, &y, 0.5, &lw, &lb, 1e-5).map(|_| ())
+        gpu::add_layer_norm(&x, &y, 0.5, &lw, &lb, 1e-5, Readers::Any).map(|_| ())
     })?;
     row(
         "residual + layer norm, fused",
@@ -245,7 +252,7 @@ fn other_rows(dev: &SharedDevice, quick: bool, iters: usize, r: Rates) -> Result
     );
     let t = time(dev, iters, || {
         let s = gpu::add(&gpu::scale(&y, 0.5)?, &x)?;
-        gpu::layer_norm(&s, &lw, &lb, 1e-5).map(|_| ())
+        gpu::layer_norm(&s, &lw, &lb, 1e-5, Readers::Any).map(|_| ())
     })?;
     row(
         "residual + layer norm, 3 kernels",

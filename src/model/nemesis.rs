@@ -11,7 +11,7 @@ use crate::autograd::{ParamStore, Tape, Var};
 use crate::error::{Error, Result};
 use crate::ops::{AttentionOptions, AttnDropout, MhaParams};
 use crate::rng::{stream_id, Purpose, RngStream};
-use crate::tensor::{DType, SeqLayout, Tensor};
+use crate::tensor::{DType, Readers, SeqLayout, Tensor};
 
 const LN_EPS: f64 = 1e-5;
 
@@ -157,13 +157,16 @@ impl Nemesis {
         tape.linear(x, &w, Some(&b))
     }
 
-    fn layer_norm(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var) -> Result<Var> {
+    /// The layer norm `prefix`; `readers` say who reads its output (a
+    /// mixed-precision device keeps one only GEMMs read as bf16 alone).
+    fn layer_norm(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var, readers: Readers) -> Result<Var> {
         let w = self.p(tape, store, &format!("{prefix}.weight"))?;
         let b = self.p(tape, store, &format!("{prefix}.bias"))?;
-        tape.layer_norm(x, &w, &b, LN_EPS)
+        tape.layer_norm_read_by(x, &w, &b, LN_EPS, readers)
     }
 
     /// `(s, layer_norm(s))` with `s = x + k·a` and the norm `prefix`.
+    #[allow(clippy::too_many_arguments)]
     fn add_layer_norm(
         &self,
         tape: &Tape,
@@ -172,10 +175,11 @@ impl Nemesis {
         x: &Var,
         a: &Var,
         k: f64,
+        readers: Readers,
     ) -> Result<(Var, Var)> {
         let w = self.p(tape, store, &format!("{prefix}.weight"))?;
         let b = self.p(tape, store, &format!("{prefix}.bias"))?;
-        tape.add_layer_norm(x, a, k, &w, &b, LN_EPS)
+        tape.add_layer_norm(x, a, k, &w, &b, LN_EPS, readers)
     }
 
     fn dropout(&self, tape: &Tape, x: &Var, d: Option<&Dropout>) -> Result<Var> {
@@ -232,7 +236,8 @@ impl Nemesis {
             heads,
             dropout: dropout.and_then(|d| d.attention()),
         };
-        let heads_out = tape.attention_pair(&qkv, &spatial, &depth)?;
+        // The heads feed the output projection's GEMM alone.
+        let heads_out = tape.attention_pair(&qkv, &spatial, &depth, Readers::Gemms)?;
         let w_out = tape.concat(
             &p(format!("{sp}.out_proj.weight"))?,
             &p(format!("{dp}.out_proj.weight"))?,
@@ -261,9 +266,13 @@ impl Nemesis {
         dropout: Option<&Dropout>,
     ) -> Result<(Var, Var)> {
         let (b, t, l) = grid;
+        // norm1's output feeds the QKV projections alone: GEMMs only (bf16
+        // alone in mixed precision), as are the FFN's hidden activation and
+        // the gradient it hands back. (norm2's output is also the residual.)
+        let norm1 = format!("{prefix}.norm1");
         let (x, h) = match f {
-            Some(f) => self.add_layer_norm(tape, store, &format!("{prefix}.norm1"), x, f, 1.0)?,
-            None => (x.clone(), self.layer_norm(tape, store, &format!("{prefix}.norm1"), x)?),
+            Some(f) => self.add_layer_norm(tape, store, &norm1, x, f, 1.0, Readers::Gemms)?,
+            None => (x.clone(), self.layer_norm(tape, store, &norm1, x, Readers::Gemms)?),
         };
         let both = if self.on_device(store) {
             self.matb_attention_fused(tape, store, prefix, &h, grid, heads, dropout)?
@@ -290,16 +299,18 @@ impl Nemesis {
             tape.add(&os, &od)?
         };
         // x + ½(both), then norm2: one pass on a device.
-        let (_, x) = self.add_layer_norm(tape, store, &format!("{prefix}.norm2"), &x, &both, 0.5)?;
+        let norm2 = format!("{prefix}.norm2");
+        let (_, x) = self.add_layer_norm(tape, store, &norm2, &x, &both, 0.5, Readers::Any)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
         let drop = dropout.filter(|d| d.p > 0.0).map(|d| (d.p, d.next()));
-        let f = tape.gelu_dropout(&f, drop)?;
+        let f = tape.gelu_dropout(&f, drop, Readers::Gemms)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;
         let f = self.dropout(tape, &f, dropout)?;
         Ok((x, f))
     }
 
-    /// A stack of blocks and the layer norm `norm` after it.
+    /// A stack of blocks and the layer norm `norm` after it, whose output
+    /// `readers` read.
     #[allow(clippy::too_many_arguments)]
     fn blocks(
         &self,
@@ -311,6 +322,7 @@ impl Nemesis {
         grid: (usize, usize, usize),
         heads: usize,
         dropout: Option<&Dropout>,
+        readers: Readers,
     ) -> Result<Var> {
         let (mut x, mut f) = (x, None);
         for i in 0..depth {
@@ -328,8 +340,8 @@ impl Nemesis {
         }
         let norm = format!("{stack}.norm");
         match f {
-            Some(f) => Ok(self.add_layer_norm(tape, store, &norm, &x, &f, 1.0)?.1),
-            None => self.layer_norm(tape, store, &norm, &x),
+            Some(f) => Ok(self.add_layer_norm(tape, store, &norm, &x, &f, 1.0, readers)?.1),
+            None => self.layer_norm(tape, store, &norm, &x, readers),
         }
     }
 
@@ -366,6 +378,7 @@ impl Nemesis {
             store,
             &format!("{a}.norm_qkv"),
             &tape.reshape(&z, [g * (pd + k), te])?,
+            Readers::Any,
         )?;
         let att = self.mha(
             tape,
@@ -402,7 +415,18 @@ impl Nemesis {
         let s = self.p(tape, store, "encoder.pe_scale")?;
         let x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
         let grid = (b, mask.slices(), mask.per_slice());
-        let x = self.blocks(tape, store, "encoder", c.depth, x, grid, c.num_heads, dropout)?;
+        // The latent goes on to the decoder's scatter (and to `encode`).
+        let x = self.blocks(
+            tape,
+            store,
+            "encoder",
+            c.depth,
+            x,
+            grid,
+            c.num_heads,
+            dropout,
+            Readers::Any,
+        )?;
         tape.reshape(&x, [b, nv, e])
     }
 
@@ -430,7 +454,18 @@ impl Nemesis {
         let x = tape.reshape(&y, [b * n, e])?;
         let grid = (b, c.grid()[0], c.plane_tokens());
         let heads = c.decoder_num_heads;
-        let x = self.blocks(tape, store, "decoder", c.decoder_depth, x, grid, heads, dropout)?;
+        // The decoder's final norm feeds the head's GEMM alone.
+        let x = self.blocks(
+            tape,
+            store,
+            "decoder",
+            c.decoder_depth,
+            x,
+            grid,
+            heads,
+            dropout,
+            Readers::Gemms,
+        )?;
         let x = self.linear(tape, store, "decoder.head", &x)?;
         tape.reshape(&x, [b, n, p])
     }
@@ -513,7 +548,9 @@ impl Nemesis {
         let latent = self.encoder(tape, store, visible, mask, dropout)?;
         let pred = self.decoder(tape, store, &latent, mask, dropout)?;
         let target = tape.constant(target);
-        let (loss, sse) = tape.masked_mse_with_sse(&pred, &target, &mask.mask_tensor(dtype))?;
+        // `pred` is the decoder head's output: its gradient feeds that
+        // linear's two backward GEMMs and nothing else.
+        let (loss, sse) = tape.masked_mse_with_sse(&pred, &target, &mask.mask_tensor(dtype), Readers::Gemms)?;
         Ok(MaeOutput {
             pred,
             loss,

@@ -4,7 +4,7 @@ use crate::backend::cpu::{elementwise, softmax};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
-use crate::tensor::Tensor;
+use crate::tensor::{Readers, Tensor};
 use crate::with_dtype;
 
 impl Tape {
@@ -36,7 +36,7 @@ impl Tape {
     /// `dropout(gelu(x))` with dropout `(p, stream)` when given (the FFN's
     /// hidden activation). One kernel each way on a device; on the host the
     /// two ops.
-    pub fn gelu_dropout(&self, x: &Var, dropout: Option<(f64, RngStream)>) -> Result<Var> {
+    pub fn gelu_dropout(&self, x: &Var, dropout: Option<(f64, RngStream)>, readers: Readers) -> Result<Var> {
         const OP: &str = "gelu_dropout";
         let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
         if !(0.0..1.0).contains(&p) {
@@ -45,10 +45,10 @@ impl Tape {
         if on_device(&[x]) {
             let xv = x.value().clone();
             return Ok(self.record(
-                gpu::gelu_dropout(&xv, p, rng)?,
+                gpu::gelu_dropout(&xv, p, rng, readers)?,
                 &[x],
                 backward_fn(OP, move |g, _| {
-                    Ok(vec![Some(gpu::gelu_dropout_backward(g, &xv, p, rng)?)])
+                    Ok(vec![Some(gpu::gelu_dropout_backward(g, &xv, p, rng, readers)?)])
                 }),
             ));
         }

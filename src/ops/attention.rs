@@ -4,7 +4,7 @@ use crate::backend::cpu::attention::{self, AttnShape};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::tensor::{SeqLayout, Tensor};
+use crate::tensor::{Readers, SeqLayout, Tensor};
 use crate::with_dtype;
 
 pub use crate::backend::cpu::attention::AttnDropout;
@@ -124,7 +124,15 @@ impl Tape {
     /// (`rows × 6E`: stream `a`'s q, k, v in columns 0..3E, `b`'s in
     /// 3E..6E), giving `rows × 2E` (a's output, then b's): what one fused
     /// output projection reads. The same arithmetic as two `attention` calls.
-    pub fn attention_pair(&self, qkv: &Var, a: &AttentionOptions, b: &AttentionOptions) -> Result<Var> {
+    /// `readers`: who reads the output (with `Readers::Gemms` a device's
+    /// bf16 flash kernels store it as bf16 alone).
+    pub fn attention_pair(
+        &self,
+        qkv: &Var,
+        a: &AttentionOptions,
+        b: &AttentionOptions,
+        readers: Readers,
+    ) -> Result<Var> {
         const OP: &str = "attention_pair";
         let s = qkv.shape();
         if s.rank() != 2 || s.last() == 0 || s.last() % 6 != 0 {
@@ -175,7 +183,7 @@ impl Tape {
                 heads: b.heads,
                 dropout: db.map(|d| (d.p, d.rng)),
             };
-            let (y, lse) = gpu::attention_pair(qkv.value(), ga, gb)?;
+            let (y, lse) = gpu::attention_pair(qkv.value(), ga, gb, readers)?;
             let (qv, yv) = (qkv.value().clone(), y.clone());
             return Ok(self.record(
                 y,

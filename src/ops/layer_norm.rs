@@ -3,7 +3,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layer_norm;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Readers, Tensor};
 use crate::with_dtype;
 
 /// The checks of a layer norm over `x`'s last dimension; gives its width.
@@ -33,18 +33,28 @@ impl Tape {
     /// `s = x + k·a`. On a device one kernel makes both, recorded as the
     /// add and the norm they are (so the backward is theirs); on the host,
     /// the plain ops (`scale` when `k ≠ 1`, `add`, `layer_norm`).
+    /// `readers`: who reads the norm's output (`layer_norm_read_by`).
     #[allow(clippy::too_many_arguments)]
-    pub fn add_layer_norm(&self, x: &Var, a: &Var, k: f64, w: &Var, b: &Var, eps: f64) -> Result<(Var, Var)> {
+    pub fn add_layer_norm(
+        &self,
+        x: &Var,
+        a: &Var,
+        k: f64,
+        w: &Var,
+        b: &Var,
+        eps: f64,
+        readers: Readers,
+    ) -> Result<(Var, Var)> {
         const OP: &str = "add_layer_norm";
         if !on_device(&[x, a, w, b]) || x.shape() != a.shape() {
             let a = if k == 1.0 { a.clone() } else { self.scale(a, k)? };
             let s = self.add(x, &a)?;
-            let y = self.layer_norm(&s, w, b, eps)?;
+            let y = self.layer_norm_read_by(&s, w, b, eps, readers)?;
             return Ok((s, y));
         }
         check(OP, x, w, b, eps)?;
         same_dtype(OP, &[x, a, w, b])?;
-        let (s, y, mean, rstd) = gpu::add_layer_norm(x.value(), a.value(), k, w.value(), b.value(), eps)?;
+        let (s, y, mean, rstd) = gpu::add_layer_norm(x.value(), a.value(), k, w.value(), b.value(), eps, readers)?;
         let sum = self.record(
             s.clone(),
             &[x, a],
@@ -71,11 +81,18 @@ impl Tape {
 
     /// LayerNorm over the last dimension with affine `w`, `b` (both `[C]`).
     pub fn layer_norm(&self, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {
+        self.layer_norm_read_by(x, w, b, eps, Readers::Any)
+    }
+
+    /// `layer_norm` whose output only `readers` read: with `Readers::Gemms`
+    /// a mixed-precision device stores it as bf16 alone (its backward needs
+    /// the input, not the output). The host keeps f32.
+    pub fn layer_norm_read_by(&self, x: &Var, w: &Var, b: &Var, eps: f64, readers: Readers) -> Result<Var> {
         const OP: &str = "layer_norm";
         let cols = check(OP, x, w, b, eps)?;
         let dtype = same_dtype(OP, &[x, w, b])?;
         if on_device(&[x, w, b]) {
-            let (y, mean, rstd) = gpu::layer_norm(x.value(), w.value(), b.value(), eps)?;
+            let (y, mean, rstd) = gpu::layer_norm(x.value(), w.value(), b.value(), eps, readers)?;
             let (xv, wv) = (x.value().clone(), w.value().clone());
             return Ok(self.record(
                 y,

@@ -3,7 +3,7 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, loss};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Readers, Tensor};
 use crate::with_dtype;
 
 fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
@@ -30,13 +30,21 @@ impl Tape {
     /// against `target`, averaged over the tokens where `mask` (`B × N`, 1 =
     /// masked) is set, or over all tokens when none is. A 0-d result.
     pub fn masked_mse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<Var> {
-        Ok(self.masked_mse_with_sse(pred, target, mask)?.0)
+        Ok(self.masked_mse_with_sse(pred, target, mask, Readers::Any)?.0)
     }
 
     /// `masked_mse` and the sum of squared errors over every value (0-d,
     /// for the PSNR; not recorded), from the same pass over `pred` and
     /// `target` on a device. The error stays where the operands live.
-    pub fn masked_mse_with_sse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<(Var, Tensor)> {
+    /// `pred_grad` says who reads the gradient handed to `pred` (on a
+    /// mixed-precision device: stored as bf16 alone for GEMMs only).
+    pub fn masked_mse_with_sse(
+        &self,
+        pred: &Var,
+        target: &Var,
+        mask: &Tensor,
+        pred_grad: Readers,
+    ) -> Result<(Var, Tensor)> {
         const OP: &str = "masked_mse";
         check_pair(OP, pred.value(), target.value())?;
         let ps = pred.shape();
@@ -60,7 +68,9 @@ impl Tape {
                 l,
                 &[pred, target],
                 backward_fn(OP, move |g, needs| {
-                    let d = gpu::masked_mse_backward(&pv, &tv, &m, p, g)?;
+                    // The target's gradient is made from it: keep f32 then.
+                    let readers = if needs[1] { Readers::Any } else { pred_grad };
+                    let d = gpu::masked_mse_backward(&pv, &tv, &m, p, g, readers)?;
                     let dt = if needs[1] { Some(gpu::scale(&d, -1.0)?) } else { None };
                     Ok(vec![Some(d), dt])
                 }),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub use dtype::{DType, Element};
 pub use layout::SeqLayout;
 pub use shape::Shape;
-pub use storage::{CpuStorage, Device, DeviceStorage, Storage};
+pub use storage::{CpuStorage, Device, DeviceStorage, Readers, Storage};
 
 use crate::backend::device::SharedDevice;
 
@@ -193,8 +193,8 @@ impl Tensor {
             Storage::Device(d) => download(d)?,
         };
         let buf = dev.alloc_for_upload(host.len() * 4)?;
+        dev.upload(&buf, bytemuck::cast_slice(&host))?;
         let storage = DeviceStorage::new(dev.clone(), buf, host.len());
-        dev.upload(&storage.buf, bytemuck::cast_slice(&host))?;
         Tensor::from_device(storage, self.shape.clone())
     }
 
@@ -281,7 +281,10 @@ impl Tensor {
     /// device: the copy is queued behind the work that makes them.
     pub fn read_later(&self) -> Result<Readback> {
         match self.device_storage() {
-            Some(d) => Ok(Readback::Pending(d.dev.download_later(&d.buf, d.len * 4)?)),
+            Some(d) => {
+                let values = crate::backend::gpu::storage_values(d)?;
+                Ok(Readback::Pending(d.dev.download_later(values, d.len * 4)?))
+            }
             None => Ok(Readback::Ready(self.to_f64_vec())),
         }
     }
@@ -289,6 +292,9 @@ impl Tensor {
 
 fn download(d: &DeviceStorage) -> Result<Vec<f32>> {
     let mut v = vec![0f32; d.len];
-    d.dev.download(&d.buf, bytemuck::cast_slice_mut(&mut v))?;
+    d.dev.download(
+        crate::backend::gpu::storage_values(d)?,
+        bytemuck::cast_slice_mut(&mut v),
+    )?;
     Ok(v)
 }

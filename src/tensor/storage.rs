@@ -34,12 +34,16 @@ pub enum CpuStorage {
     F64(Vec<f64>),
 }
 
-/// `len` f32 values in a device buffer, freed when the last tensor sharing
-/// them drops.
+/// `len` values on a device, freed when the last tensor sharing them drops:
+/// as f32, as f32 with a bf16 copy, or (mixed precision, an activation only
+/// GEMMs read) as bf16 alone.
 pub struct DeviceStorage {
     pub(crate) dev: SharedDevice,
-    pub(crate) buf: Buffer,
     pub(crate) len: usize,
+    /// The values as f32. A tensor stored as bf16 alone has none until
+    /// something other than a GEMM asks for them (`gpu::values` widens the
+    /// copy then, once).
+    pub(crate) f32: std::sync::OnceLock<Buffer>,
     /// The same values rounded to bf16 (nearest even), for mixed-precision
     /// GEMMs: made by the first GEMM that reads them (or written by the
     /// kernel that made the values), then reused while the values live, so
@@ -49,29 +53,67 @@ pub struct DeviceStorage {
 }
 
 impl DeviceStorage {
+    /// f32 values in `buf`.
     pub(crate) fn new(dev: SharedDevice, buf: Buffer, len: usize) -> Self {
         DeviceStorage {
             dev,
-            buf,
             len,
+            f32: std::sync::OnceLock::from(buf),
             bf16: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Values held as bf16 bits in `buf` alone.
+    pub(crate) fn bf16_only(dev: SharedDevice, buf: Buffer, len: usize) -> Self {
+        DeviceStorage {
+            dev,
+            len,
+            f32: std::sync::OnceLock::new(),
+            bf16: std::sync::OnceLock::from(buf),
+        }
+    }
+
+    /// Whether the values are held as bf16 alone (no f32 made yet).
+    pub fn is_bf16_only(&self) -> bool {
+        self.f32.get().is_none()
+    }
+
+    /// Device bytes held: the f32 values and the bf16 copy, where kept.
+    pub fn bytes(&self) -> usize {
+        self.f32.get().map_or(0, |b| b.bytes) + self.bf16.get().map_or(0, |b| b.bytes)
     }
 }
 
 impl std::fmt::Debug for DeviceStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceStorage({} f32 on {})", self.len, self.dev.kind())
+        let form = match (self.f32.get().is_some(), self.bf16.get().is_some()) {
+            (true, false) => "f32",
+            (true, true) => "f32 + bf16",
+            _ => "bf16",
+        };
+        write!(f, "DeviceStorage({} {form} on {})", self.len, self.dev.kind())
     }
 }
 
 impl Drop for DeviceStorage {
     fn drop(&mut self) {
-        self.dev.free(&self.buf);
+        if let Some(b) = self.f32.get() {
+            self.dev.free(b);
+        }
         if let Some(b) = self.bf16.get() {
             self.dev.free(b);
         }
     }
+}
+
+/// Who reads an op's output. In mixed precision an output only GEMMs read
+/// (as their bf16 operand) is stored as bf16 alone: a layer norm before a
+/// projection, the FFN's hidden activation, the gradients the FFN's first
+/// linear takes. Anything else keeps f32 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    Any,
+    Gemms,
 }
 
 impl Storage {

@@ -49,6 +49,9 @@ pub struct EmuDevice {
     /// Calls that make the host wait for the device (`download`,
     /// `synchronize`), counted so tests can show a step never does.
     waits: AtomicU64,
+    /// Kernel runs by name, so tests can show what a step launches (and
+    /// that it never widens a bf16-only activation, say).
+    runs: Mutex<HashMap<String, u64>>,
     mem: Mutex<HashMap<u64, Vec<u128>>>,
     /// The step graph: recorded calls, replayed by running them again.
     graph: Mutex<Recorder>,
@@ -71,6 +74,12 @@ impl EmuDevice {
     /// How many times the host has waited for this device so far.
     pub fn host_waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
+    }
+
+    /// How many times `kernel` has run on this device so far (a recorded
+    /// step's kernels count at each replay).
+    pub fn kernel_runs(&self, kernel: &str) -> u64 {
+        self.runs.lock().map_or(0, |r| r.get(kernel).copied().unwrap_or(0))
     }
 
     fn copy_out(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
@@ -169,6 +178,9 @@ impl RawDevice for EmuDevice {
     }
 
     fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+        if let Ok(mut r) = self.runs.lock() {
+            *r.entry(kernel.to_string()).or_default() += 1;
+        }
         let mut m = self.lock()?;
         let mut raw = Vec::with_capacity(args.len());
         for a in args {
