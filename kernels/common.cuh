@@ -145,3 +145,9 @@ __device__ __forceinline__ float from_bf16(uint16_t b) { return __uint_as_float(
 // A value read from f32 or from bf16 bits (an input stored as bf16 alone).
 __device__ __forceinline__ float as_f32(float v) { return v; }
 __device__ __forceinline__ float as_f32(uint16_t b) { return from_bf16(b); }
+
+// Writes v at y[i] and/or y16[i] by `mode` (OUT16_*).
+__device__ __forceinline__ void put_out(float* y, uint16_t* y16, int mode, uint64_t i, float v) {
+    if (mode != OUT16_ONLY) y[i] = v;
+    if (mode != OUT16_NONE) y16[i] = to_bf16(v);
+}

@@ -30,12 +30,15 @@ extern "C" __global__ void dropout_forward(const float* x, float* y, uint64_t n,
 // GELU then inverted dropout in one pass (the FFN's hidden activation): the
 // arithmetic of gelu_forward then dropout_forward, value for value (p = 0
 // keeps everything, no draws). y goes to y and/or y16 by `out16` (the
-// OUT16_* modes of common.cuh; y16 is the copy the next GEMM reads).
-extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64_t n, double p, RngStream s,
-                                                uint16_t* y16, int out16) {
+// OUT16_* modes of common.cuh; y16 is the copy the next GEMM reads). x is
+// f32, or bf16 bits in the _bf16 kernels (the FFN's first projection
+// stored as bf16 alone).
+template <typename XT>
+__device__ __forceinline__ void gelu_dropout_forward_impl(const XT* x, float* y, uint64_t n, double p, RngStream s,
+                                                          uint16_t* y16, int out16) {
     float keep = (float)(1.0 / (1.0 - p));
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-        float v = x[i];
+        float v = as_f32(x[i]);
         float gv = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         float out = gv;
         if (p > 0.0) out = ((double)rng_uniform(s, i) >= p) ? gv * keep : 0.0f;
@@ -46,20 +49,41 @@ extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64
 
 // Its gradient: dropout's mask on g, then GELU's derivative, in one pass;
 // dx and dx16 as y and y16 above (dx is the upstream gradient of the FFN's
-// first GEMM).
-extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x, float* dx, uint64_t n, double p,
-                                                 RngStream s, uint16_t* dx16, int out16) {
+// first GEMM), x as above.
+template <typename XT>
+__device__ __forceinline__ void gelu_dropout_backward_impl(const float* g, const XT* x, float* dx, uint64_t n,
+                                                           double p, RngStream s, uint16_t* dx16, int out16) {
     float keep = (float)(1.0 / (1.0 - p));
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
         float gi = g[i];
         if (p > 0.0) gi = ((double)rng_uniform(s, i) >= p) ? gi * keep : 0.0f;
-        float v = x[i];
+        float v = as_f32(x[i]);
         float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
         float d = gi * (cdf + v * pdf);
         if (out16 != OUT16_ONLY) dx[i] = d;
         if (out16 != OUT16_NONE) dx16[i] = to_bf16(d);
     }
+}
+
+extern "C" __global__ void gelu_dropout_forward(const float* x, float* y, uint64_t n, double p, RngStream s,
+                                                uint16_t* y16, int out16) {
+    gelu_dropout_forward_impl(x, y, n, p, s, y16, out16);
+}
+
+extern "C" __global__ void gelu_dropout_forward_bf16(const uint16_t* x, float* y, uint64_t n, double p, RngStream s,
+                                                     uint16_t* y16, int out16) {
+    gelu_dropout_forward_impl(x, y, n, p, s, y16, out16);
+}
+
+extern "C" __global__ void gelu_dropout_backward(const float* g, const float* x, float* dx, uint64_t n, double p,
+                                                 RngStream s, uint16_t* dx16, int out16) {
+    gelu_dropout_backward_impl(g, x, dx, n, p, s, dx16, out16);
+}
+
+extern "C" __global__ void gelu_dropout_backward_bf16(const float* g, const uint16_t* x, float* dx, uint64_t n,
+                                                      double p, RngStream s, uint16_t* dx16, int out16) {
+    gelu_dropout_backward_impl(g, x, dx, n, p, s, dx16, out16);
 }
 
 // (1 - a)·x + a·y with a read from device memory (sigmoid(alpha)).

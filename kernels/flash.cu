@@ -86,19 +86,20 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // Loads `count` rows (from `first`) of sequence s, columns off..off+dh of a
-// row of width `width`, into a tile of `count` × dp (zero-padded).
-template <bool BF16>
-__device__ __forceinline__ void load_rows(typename Elem<BF16>::T* dst, const float* src, SeqLayout l, int s,
+// row of width `width` (f32, or bf16 bits), into a tile of `count` × dp
+// (zero-padded).
+template <bool BF16, typename ST>
+__device__ __forceinline__ void load_rows(typename Elem<BF16>::T* dst, const ST* src, SeqLayout l, int s,
                                           int first, int count, int width, int off, int dh, int dp) {
     for (int x = threadIdx.x; x < count * dp; x += blockDim.x) {
         int r = x / dp, c = x % dp, i = first + r;
-        float v = (i < l.len && c < dh) ? src[(uint64_t)seq_row(l, s, i) * width + off + c] : 0.0f;
+        float v = (i < l.len && c < dh) ? as_f32(src[(uint64_t)seq_row(l, s, i) * width + off + c]) : 0.0f;
         dst[x] = Elem<BF16>::put(v);
     }
 }
 
-template <bool BF16>
-__device__ void flash_forward_impl(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e, double p,
+template <bool BF16, typename QT>
+__device__ void flash_forward_impl(const QT* qkv, float* out, float* lse, SeqLayout l, int heads, int e, double p,
                                    RngStream rng, uint16_t* out16, int out16mode) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
@@ -214,9 +215,10 @@ __device__ __forceinline__ void load_row_stats(float* sd, float* sl, const OT* o
     }
 }
 
-template <bool BF16, typename OT>
-__device__ void flash_backward_dq_impl(const float* qkv, const OT* out, const float* dout, const float* lse,
-                                       float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
+template <bool BF16, typename QT, typename OT>
+__device__ void flash_backward_dq_impl(const QT* qkv, const OT* out, const float* dout, const float* lse,
+                                       float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng,
+                                       uint16_t* dqkv16, int out16mode) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
     const int s = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -271,22 +273,26 @@ __device__ void flash_backward_dq_impl(const float* qkv, const OT* out, const fl
                     mma_tile(dq[n], sds + kk, FLASH_TILE, 1, sk + kk * dp + n * 8, dp, 1);
         __syncwarp();
     }
+    // Fully unrolled, so dq[][] stays in registers.
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
         int i = q0 + warp * 16 + g + 8 * r;
         if (i >= l.len) continue;
-        float* row = dqkv + (uint64_t)seq_row(l, s, i) * 3 * e + h * dh;
+        uint64_t at = (uint64_t)seq_row(l, s, i) * 3 * e + h * dh;
 #pragma unroll
         for (int n = 0; n < FLASH_MAX_NT; ++n)
+#pragma unroll
             for (int q = 0; q < 2; ++q) {
                 int c = n * 8 + 2 * t + q;
-                if (n < nt && c < dh) row[c] = dq[n][2 * r + q] * scale;
+                if (n < nt && c < dh) put_out(dqkv, dqkv16, out16mode, at + c, dq[n][2 * r + q] * scale);
             }
     }
 }
 
-template <bool BF16, typename OT>
-__device__ void flash_backward_dkv_impl(const float* qkv, const OT* out, const float* dout, const float* lse,
-                                        float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng) {
+template <bool BF16, typename QT, typename OT>
+__device__ void flash_backward_dkv_impl(const QT* qkv, const OT* out, const float* dout, const float* lse,
+                                        float* dqkv, SeqLayout l, int heads, int e, double p, RngStream rng,
+                                        uint16_t* dqkv16, int out16mode) {
     typedef typename Elem<BF16>::T T;
     const int dh = e / heads, dp = (dh + 15) & ~15, nt = dp / 8;
     const int s = blockIdx.x / heads, h = blockIdx.x % heads;
@@ -356,52 +362,58 @@ __device__ void flash_backward_dkv_impl(const float* qkv, const OT* out, const f
                     mma_tile(dk[n], sps + kk, FLASH_TILE, 1, sq + kk * dp + n * 8, dp, 1);
         __syncwarp();
     }
+    // Fully unrolled, so dk[][] and dv[][] stay in registers.
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
         int j = k0 + warp * 16 + g + 8 * r;
         if (j >= l.len) continue;
-        float* row = dqkv + (uint64_t)seq_row(l, s, j) * 3 * e + e + h * dh;
+        uint64_t at = (uint64_t)seq_row(l, s, j) * 3 * e + e + h * dh;
 #pragma unroll
         for (int n = 0; n < FLASH_MAX_NT; ++n)
+#pragma unroll
             for (int q = 0; q < 2; ++q) {
                 int c = n * 8 + 2 * t + q;
                 if (n < nt && c < dh) {
-                    row[c] = dk[n][2 * r + q] * scale;
-                    row[e + c] = dv[n][2 * r + q];
+                    put_out(dqkv, dqkv16, out16mode, at + c, dk[n][2 * r + q] * scale);
+                    put_out(dqkv, dqkv16, out16mode, at + e + c, dv[n][2 * r + q]);
                 }
             }
     }
 }
 
+// The entry points. The bf16 kernels read Q, K, V and O as bf16 (the
+// copies the GEMMs around them read or write; all there is of them when
+// they are stored as bf16 alone) and write dQKV by `out16mode` (OUT16_*).
 extern "C" __global__ void flash_forward_f32(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
                                              double p, RngStream rng, uint16_t* out16, int out16mode) {
     flash_forward_impl<false>(qkv, out, lse, l, heads, e, p, rng, out16, out16mode);
 }
 
-extern "C" __global__ void flash_forward_bf16(const float* qkv, float* out, float* lse, SeqLayout l, int heads, int e,
-                                              double p, RngStream rng, uint16_t* out16, int out16mode) {
+extern "C" __global__ void flash_forward_bf16(const uint16_t* qkv, float* out, float* lse, SeqLayout l, int heads,
+                                              int e, double p, RngStream rng, uint16_t* out16, int out16mode) {
     flash_forward_impl<true>(qkv, out, lse, l, heads, e, p, rng, out16, out16mode);
 }
 
 extern "C" __global__ void flash_backward_dq_f32(const float* qkv, const float* out, const float* dout,
                                                  const float* lse, float* dqkv, SeqLayout l, int heads, int e,
-                                                 double p, RngStream rng) {
-    flash_backward_dq_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+                                                 double p, RngStream rng, uint16_t* dqkv16, int out16mode) {
+    flash_backward_dq_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng, dqkv16, out16mode);
 }
 
-extern "C" __global__ void flash_backward_dq_bf16(const float* qkv, const uint16_t* out, const float* dout,
+extern "C" __global__ void flash_backward_dq_bf16(const uint16_t* qkv, const uint16_t* out, const float* dout,
                                                   const float* lse, float* dqkv, SeqLayout l, int heads, int e,
-                                                  double p, RngStream rng) {
-    flash_backward_dq_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+                                                  double p, RngStream rng, uint16_t* dqkv16, int out16mode) {
+    flash_backward_dq_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng, dqkv16, out16mode);
 }
 
 extern "C" __global__ void flash_backward_dkv_f32(const float* qkv, const float* out, const float* dout,
                                                   const float* lse, float* dqkv, SeqLayout l, int heads, int e,
-                                                  double p, RngStream rng) {
-    flash_backward_dkv_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+                                                  double p, RngStream rng, uint16_t* dqkv16, int out16mode) {
+    flash_backward_dkv_impl<false>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng, dqkv16, out16mode);
 }
 
-extern "C" __global__ void flash_backward_dkv_bf16(const float* qkv, const uint16_t* out, const float* dout,
+extern "C" __global__ void flash_backward_dkv_bf16(const uint16_t* qkv, const uint16_t* out, const float* dout,
                                                    const float* lse, float* dqkv, SeqLayout l, int heads, int e,
-                                                   double p, RngStream rng) {
-    flash_backward_dkv_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng);
+                                                   double p, RngStream rng, uint16_t* dqkv16, int out16mode) {
+    flash_backward_dkv_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng, dqkv16, out16mode);
 }

@@ -244,7 +244,7 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     // Read by GEMMs alone: the same bf16 bits, and no f32 values (half the
     // bytes of the copy, a third of both) until something else asks; then
     // they are widened once, exactly.
-    let alone = outputs(Readers::Gemms);
+    let alone = outputs(Readers::Bf16);
     for (k, y) in alone.iter().enumerate() {
         let s = y.device_storage().unwrap();
         assert!(s.is_bf16_only(), "output {k} kept f32 values");
@@ -259,10 +259,37 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
         assert!(!s.is_bf16_only() && s.bytes() == 6 * y.numel());
     }
     assert_eq!(emu.kernel_runs("bf16_to_f32"), alone.len() as u64);
+    // GELU + dropout read an input stored as bf16 alone (the FFN's first
+    // projection) as the same values held in f32: the same bits out.
+    let h = gpu::layer_norm(&x, &w, &b, 1e-6, Readers::Bf16).unwrap().0;
+    let h32 = h.to_cpu().unwrap().to_device(&dev).unwrap();
+    let h = gpu::layer_norm(&x, &w, &b, 1e-6, Readers::Bf16).unwrap().0;
+    let before = emu.kernel_runs("gelu_dropout_forward_bf16");
+    for p in [0.0, 0.2] {
+        let (r1, r2) = (RngStream::new(3, 4), RngStream::new(3, 4));
+        let from16 = gpu::gelu_dropout(&h, p, r1, Readers::Any).unwrap();
+        let from32 = gpu::gelu_dropout(&h32, p, r2, Readers::Any).unwrap();
+        let g16 = gpu::gelu_dropout_backward(&a, &h, p, r1, Readers::Any).unwrap();
+        let g32 = gpu::gelu_dropout_backward(&a, &h32, p, r2, Readers::Any).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.to_cpu()
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&from16), bits(&from32), "GELU of a bf16 input, p = {p}");
+        assert_eq!(bits(&g16), bits(&g32), "GELU gradient at a bf16 input, p = {p}");
+    }
+    assert!(h.device_storage().unwrap().is_bf16_only(), "the bf16 input was widened");
+    assert_eq!(emu.kernel_runs("gelu_dropout_forward_bf16"), before + 2);
+    assert_eq!(emu.kernel_runs("gelu_dropout_backward_bf16"), 2);
     // An f32 device never stores bf16 alone.
     let f32dev: SharedDevice = Arc::new(EmuDevice::new());
     let xf = x.to_cpu().unwrap().to_device(&f32dev).unwrap();
-    let y = gpu::gelu_dropout(&xf, 0.0, RngStream::new(1, 2), Readers::Gemms).unwrap();
+    let y = gpu::gelu_dropout(&xf, 0.0, RngStream::new(1, 2), Readers::Bf16).unwrap();
     let s = y.device_storage().unwrap();
     assert!(!s.is_bf16_only() && s.bytes() == 4 * y.numel());
 }

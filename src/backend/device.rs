@@ -66,6 +66,10 @@ pub struct Gemm {
     /// A and B already hold bf16 values (raw bits), so no rounding pass
     /// runs; implies `bf16`. For measuring the matrix rate.
     pub bf16_inputs: bool,
+    /// C is written as bf16 (nearest even) once the f32 sums and the bias
+    /// are done: an output whose readers all take bf16 values. Needs
+    /// `beta == 0` (C is not read).
+    pub bf16_out: bool,
 }
 
 impl Gemm {
@@ -81,6 +85,7 @@ impl Gemm {
             beta: 0.0,
             bf16: false,
             bf16_inputs: false,
+            bf16_out: false,
         }
     }
 }

@@ -54,7 +54,7 @@ fn values<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a super::device::Buff
 }
 
 /// The f32 values of a device storage. A tensor stored as bf16 alone
-/// (`Readers::Gemms`) is widened once (`bf16_to_f32`, exact) the first time
+/// (`Readers::Bf16`) is widened once (`bf16_to_f32`, exact) the first time
 /// a reader other than a GEMM asks, and keeps both from then on.
 pub fn storage_values(s: &DeviceStorage) -> Result<&super::device::Buffer> {
     const OP: &str = "bf16_to_f32";
@@ -115,8 +115,9 @@ fn pointwise(dev: &SharedDevice, name: &str, n: usize, args: &[Arg]) -> Result<(
 // ---- linear algebra -------------------------------------------------------
 
 /// `y = x·Wᵀ + b` (`W` is `out × in`), the bias fused into the GEMM; bf16
-/// operands when the device runs in mixed precision.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// operands when the device runs in mixed precision, and `y` written as
+/// bf16 alone then if only bf16 readers take it.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, readers: Readers) -> Result<Tensor> {
     const OP: &str = "linear";
     let dev = device_of(OP, &[x, w])?;
     let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
@@ -125,7 +126,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if let Some(l) = ys.last_mut() {
         *l = out_f;
     }
-    product(&dev, Gemm::new(rows, out_f, in_f, false, true), x, w, b, ys)
+    product(&dev, Gemm::new(rows, out_f, in_f, false, true), x, w, b, ys, readers)
 }
 
 /// `op(a)·op(b)` (+ `bias` on every row) into a fresh tensor of `shape`, in
@@ -137,8 +138,27 @@ fn product(
     b: &Tensor,
     bias: Option<&Tensor>,
     shape: impl Into<Shape>,
+    readers: Readers,
 ) -> Result<Tensor> {
     const OP: &str = "gemm";
+    let shape = shape.into();
+    if dev.mixed_precision() && readers == Readers::Bf16 && bf16_alone() {
+        let len = shape.numel();
+        let y = Tensor::from_device(DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), shape)?;
+        let g = Gemm {
+            bf16: true,
+            bf16_inputs: true,
+            bf16_out: true,
+            ..g
+        };
+        let bias = bias.map(|t| values(OP, t)).transpose()?;
+        let out = storage(OP, &y)?
+            .bf16
+            .get()
+            .ok_or_else(|| Error::invalid(OP, "the bf16 output is missing"))?;
+        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, out, bias)?;
+        return Ok(y);
+    }
     let y = empty(dev, shape)?;
     let bias = match bias {
         Some(t) => Some(values(OP, t)?),
@@ -202,12 +222,12 @@ pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor, needs: [bool; 3]) -> 
     if needs[0] {
         // dx = g·W
         let gm = Gemm::new(rows, in_f, out_f, false, false);
-        out[0] = Some(product(&dev, gm, g, w, None, x.shape().clone())?);
+        out[0] = Some(product(&dev, gm, g, w, None, x.shape().clone(), Readers::Any)?);
     }
     if needs[1] {
         // dW = gᵀ·x
         let gm = Gemm::new(out_f, in_f, rows, true, false);
-        out[1] = Some(product(&dev, gm, g, x, None, w.shape().clone())?);
+        out[1] = Some(product(&dev, gm, g, x, None, w.shape().clone(), Readers::Any)?);
     }
     if needs[2] {
         out[2] = Some(column_sums(g, out_f)?);
@@ -399,32 +419,58 @@ pub fn dropout(x: &Tensor, p: f64, rng: RngStream) -> Result<Tensor> {
 /// `dropout(gelu(x))` in one kernel (`p = 0`: no dropout), with the bf16
 /// copy for the next GEMM in mixed precision (alone, if only GEMMs read it).
 pub fn gelu_dropout(x: &Tensor, p: f64, rng: RngStream, readers: Readers) -> Result<Tensor> {
-    gelu_dropout_kernel("gelu_dropout_forward", &[x], p, rng, readers)
+    gelu_dropout_kernel(
+        ["gelu_dropout_forward", "gelu_dropout_forward_bf16"],
+        &[x],
+        p,
+        rng,
+        readers,
+    )
 }
 
 /// The gradient of `gelu_dropout` with respect to `x`, with its bf16 copy
 /// in mixed precision (in the FFN both backward GEMMs of its first linear
-/// read it, and nothing else: `Readers::Gemms`).
+/// read it, and nothing else: `Readers::Bf16`).
 pub fn gelu_dropout_backward(g: &Tensor, x: &Tensor, p: f64, rng: RngStream, readers: Readers) -> Result<Tensor> {
-    gelu_dropout_kernel("gelu_dropout_backward", &[g, x], p, rng, readers)
+    gelu_dropout_kernel(
+        ["gelu_dropout_backward", "gelu_dropout_backward_bf16"],
+        &[g, x],
+        p,
+        rng,
+        readers,
+    )
 }
 
 /// The two GELU + dropout kernels: `(inputs…, out, n, p, stream, out16, mode)`,
-/// `out` shaped as the last input.
+/// `out` shaped as the last input, `x`; `names`: the kernel for an f32 `x`
+/// and for one stored as bf16 alone (the FFN's first projection).
 fn gelu_dropout_kernel(
-    op: &'static str,
+    names: [&'static str; 2],
     inputs: &[&Tensor],
     p: f64,
     rng: RngStream,
     readers: Readers,
 ) -> Result<Tensor> {
+    let op = names[0];
     let dev = device_of(op, inputs)?;
     let x = inputs[inputs.len() - 1];
     let y = Output::new(&dev, x.shape().clone(), readers)?;
-    let mut args = inputs.iter().map(|t| arg(op, t)).collect::<Result<Vec<_>>>()?;
+    let (lead, _) = inputs.split_at(inputs.len() - 1);
+    let mut args = lead.iter().map(|t| arg(op, t)).collect::<Result<Vec<_>>>()?;
+    let xs = storage(op, x)?;
+    let name = match (xs.f32.get(), xs.bf16.get()) {
+        (None, Some(b)) => {
+            args.push(Arg::Buf(b));
+            names[1]
+        }
+        _ => {
+            args.push(arg(op, x)?);
+            op
+        }
+    };
     args.extend([y.y(op)?, u64a(x.numel()), Arg::F64(p), Arg::Rng(rng)]);
     args.extend(y.y16(op)?);
-    pointwise(&dev, op, x.numel(), &args)?;
+    pointwise(&dev, name, x.numel(), &args)?;
     Ok(y.t)
 }
 
@@ -555,7 +601,7 @@ pub fn bf16_alone() -> bool {
 /// A kernel's output that a mixed-precision GEMM may read next: f32 values
 /// alone (f32 device), f32 with the bf16 copy written in the same pass
 /// (mixed precision), or the bf16 copy alone (mixed precision, and only
-/// GEMMs read it: `Readers::Gemms`). Such kernels take `(…, y, …, y16,
+/// GEMMs read it: `Readers::Bf16`). Such kernels take `(…, y, …, y16,
 /// out16)`: `out16` is the mode (kernels/common.cuh `OUT16_*`), and a
 /// pointer the mode leaves unwritten is given the other buffer.
 struct Output {
@@ -569,7 +615,7 @@ impl Output {
         let len = shape.numel();
         let (storage, mode) = match (dev.mixed_precision(), readers) {
             (false, _) => (DeviceStorage::new(dev.clone(), dev.alloc(len * 4)?, len), 0),
-            (true, Readers::Gemms) if bf16_alone() => {
+            (true, Readers::Bf16) if bf16_alone() => {
                 (DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), 2)
             }
             (true, _) => {
@@ -583,6 +629,15 @@ impl Output {
         Ok(Output {
             t: Tensor::from_device(storage, shape)?,
             mode,
+        })
+    }
+
+    /// An f32 output with no bf16 copy, whatever the precision (a kernel
+    /// that writes f32 only; a GEMM makes the copy if one reads it).
+    fn f32(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Self> {
+        Ok(Output {
+            t: empty(dev, shape)?,
+            mode: 0,
         })
     }
 
@@ -813,6 +868,16 @@ pub fn attention_with(
     Ok((y.t, lse))
 }
 
+/// The QKV argument of an attention kernel: the bf16 flash kernels read the
+/// bf16 copy (the QKV GEMM's own output when it is stored as bf16 alone).
+fn qkv_arg<'a>(op: &'static str, kernel: AttentionKernel, qkv: &'a Tensor) -> Result<Arg<'a>> {
+    Ok(Arg::Buf(if kernel == AttentionKernel::FlashBf16 {
+        bf16_copy(qkv)?
+    } else {
+        values(op, qkv)?
+    }))
+}
+
 /// The attention forward of the sequences of `layout` into rows of `y`
 /// (other rows untouched); returns the log-sum-exp.
 fn attention_into(
@@ -831,7 +896,7 @@ fn attention_into(
     let lse = empty(&dev, [n_lse])?;
     let [y16, mode] = y.y16(OP)?;
     let args = [
-        arg(OP, qkv)?,
+        qkv_arg(OP, kernel, qkv)?,
         y.y(OP)?,
         arg(OP, &lse)?,
         Arg::Layout(layout),
@@ -890,9 +955,19 @@ pub fn attention_backward_with(
     dropout: Option<(f64, RngStream)>,
 ) -> Result<Tensor> {
     let dev = device_of("attention_backward", &[qkv])?;
-    let d = empty(&dev, qkv.shape().clone())?;
+    let d = qkv_grad(&dev, kernel, qkv.shape().clone(), Readers::Any)?;
     attention_backward_into(kernel, g, qkv, y, lse, layout, heads, dropout, &d)?;
-    Ok(d)
+    Ok(d.t)
+}
+
+/// The QKV gradient's output: the flash kernels write f32, its bf16 copy
+/// or the copy alone (`readers`); the plain ones f32 only.
+fn qkv_grad(dev: &SharedDevice, kernel: AttentionKernel, shape: impl Into<Shape>, readers: Readers) -> Result<Output> {
+    if kernel == AttentionKernel::Plain {
+        Output::f32(dev, shape)
+    } else {
+        Output::new(dev, shape, readers)
+    }
 }
 
 /// The QKV gradient of the sequences of `layout` into rows of `d`.
@@ -906,10 +981,10 @@ fn attention_backward_into(
     layout: SeqLayout,
     heads: usize,
     dropout: Option<(f64, RngStream)>,
-    d: &Tensor,
+    d: &Output,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    let dev = device_of(OP, &[g, qkv, y, lse, d])?;
+    let dev = device_of(OP, &[g, qkv, y, lse, &d.t])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
     // The bf16 kernels read O as the bf16 copy the output projection reads
@@ -919,12 +994,12 @@ fn attention_backward_into(
     } else {
         values(OP, y)?
     };
-    let args = [
-        arg(OP, qkv)?,
+    let mut args = vec![
+        qkv_arg(OP, kernel, qkv)?,
         Arg::Buf(out),
         arg(OP, g)?,
         arg(OP, lse)?,
-        arg(OP, d)?,
+        d.y(OP)?,
         Arg::Layout(layout),
         i32a(heads),
         i32a(e),
@@ -939,6 +1014,7 @@ fn attention_backward_into(
             pointwise(&dev, dkv, lse.numel(), &args)?;
         }
         _ => {
+            args.extend(d.y16(OP)?);
             let dh = check_head_dim(OP, e, heads)?;
             let cfg = flash_launch(layout, heads, dh, kernel == AttentionKernel::FlashBf16, true);
             dev.launch(dq, &cfg, &args)?;
@@ -961,7 +1037,7 @@ pub struct Stream {
 /// of both streams: stream a in columns 0..3E, b in 3E..6E), into one
 /// `rows × 2E` output (a's heads, then b's): the input of one fused output
 /// projection. Returns the output and each stream's log-sum-exp. With
-/// `Readers::Gemms` the bf16 flash kernels store the output as bf16 alone
+/// `Readers::Bf16` the bf16 flash kernels store the output as bf16 alone
 /// (their backward reads that copy; the plain kernels accumulate in f32).
 pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream, readers: Readers) -> Result<(Tensor, [Tensor; 2])> {
     let dev = device_of("attention pair", &[qkv])?;
@@ -980,7 +1056,9 @@ pub fn attention_pair(qkv: &Tensor, a: Stream, b: Stream, readers: Readers) -> R
     Ok((y.t.reshape([rows, 2 * e])?, [la, lb]))
 }
 
-/// The gradient of `attention_pair` with respect to its `rows × 6E` input.
+/// The gradient of `attention_pair` with respect to its `rows × 6E` input;
+/// with `Readers::Bf16` the bf16 flash kernels write it as bf16 alone (the
+/// QKV projection's backward GEMMs and bias sum read it).
 pub fn attention_pair_backward(
     g: &Tensor,
     qkv: &Tensor,
@@ -988,6 +1066,7 @@ pub fn attention_pair_backward(
     lse: &[Tensor; 2],
     a: Stream,
     b: Stream,
+    readers: Readers,
 ) -> Result<Tensor> {
     let dev = device_of("attention pair backward", &[g, qkv, y])?;
     let kernel = AttentionKernel::for_device(&dev);
@@ -998,7 +1077,7 @@ pub fn attention_pair_backward(
         y.reshape([2 * rows, e])?,
         g.reshape([2 * rows, e])?,
     );
-    let d = empty(&dev, [2 * rows, 3 * e])?;
+    let d = qkv_grad(&dev, kernel, [2 * rows, 3 * e], readers)?;
     attention_backward_into(
         kernel,
         &gv,
@@ -1021,7 +1100,7 @@ pub fn attention_pair_backward(
         b.dropout,
         &d,
     )?;
-    d.reshape([rows, 6 * e])
+    d.t.reshape([rows, 6 * e])
 }
 
 /// `[a | b]` along `axis` of two 2-d tensors (or two 1-d ones, axis 0).

@@ -224,7 +224,10 @@ impl Nemesis {
             0,
         )?;
         let b_in = tape.concat(&p(format!("{sp}.in_proj_bias"))?, &p(format!("{dp}.in_proj_bias"))?, 0)?;
-        let qkv = tape.linear(h, &w_in, Some(&b_in))?;
+        // The QKV projection's output is read by the attention kernels
+        // alone: the bf16 flash kernels take bf16 (and hand back a bf16
+        // gradient, which only this projection's backward reads).
+        let qkv = tape.linear_read_by(h, &w_in, Some(&b_in), Readers::Bf16)?;
         // Dropout streams in the order of the unfused code: spatial, then depth.
         let spatial = AttentionOptions {
             layout: SeqLayout::spatial(b, t, l),
@@ -236,8 +239,9 @@ impl Nemesis {
             heads,
             dropout: dropout.and_then(|d| d.attention()),
         };
-        // The heads feed the output projection's GEMM alone.
-        let heads_out = tape.attention_pair(&qkv, &spatial, &depth, Readers::Gemms)?;
+        // The heads feed the output projection's GEMM alone (and the
+        // attention backward, which reads them as bf16 too).
+        let heads_out = tape.attention_pair(&qkv, &spatial, &depth, Readers::Bf16)?;
         let w_out = tape.concat(
             &p(format!("{sp}.out_proj.weight"))?,
             &p(format!("{dp}.out_proj.weight"))?,
@@ -271,8 +275,8 @@ impl Nemesis {
         // the gradient it hands back. (norm2's output is also the residual.)
         let norm1 = format!("{prefix}.norm1");
         let (x, h) = match f {
-            Some(f) => self.add_layer_norm(tape, store, &norm1, x, f, 1.0, Readers::Gemms)?,
-            None => (x.clone(), self.layer_norm(tape, store, &norm1, x, Readers::Gemms)?),
+            Some(f) => self.add_layer_norm(tape, store, &norm1, x, f, 1.0, Readers::Bf16)?,
+            None => (x.clone(), self.layer_norm(tape, store, &norm1, x, Readers::Bf16)?),
         };
         let both = if self.on_device(store) {
             self.matb_attention_fused(tape, store, prefix, &h, grid, heads, dropout)?
@@ -301,9 +305,16 @@ impl Nemesis {
         // x + ½(both), then norm2: one pass on a device.
         let norm2 = format!("{prefix}.norm2");
         let (_, x) = self.add_layer_norm(tape, store, &norm2, &x, &both, 0.5, Readers::Any)?;
-        let f = self.linear(tape, store, &format!("{prefix}.ffn.0"), &x)?;
+        // The FFN's first projection feeds GELU + dropout alone, which reads
+        // it as bf16 when it is stored so.
+        let ffn0 = format!("{prefix}.ffn.0");
+        let (w0, b0) = (
+            self.p(tape, store, &format!("{ffn0}.weight"))?,
+            self.p(tape, store, &format!("{ffn0}.bias"))?,
+        );
+        let f = tape.linear_read_by(&x, &w0, Some(&b0), Readers::Bf16)?;
         let drop = dropout.filter(|d| d.p > 0.0).map(|d| (d.p, d.next()));
-        let f = tape.gelu_dropout(&f, drop, Readers::Gemms)?;
+        let f = tape.gelu_dropout(&f, drop, Readers::Bf16)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;
         let f = self.dropout(tape, &f, dropout)?;
         Ok((x, f))
@@ -464,7 +475,7 @@ impl Nemesis {
             grid,
             heads,
             dropout,
-            Readers::Gemms,
+            Readers::Bf16,
         )?;
         let x = self.linear(tape, store, "decoder.head", &x)?;
         tape.reshape(&x, [b, n, p])
@@ -550,7 +561,7 @@ impl Nemesis {
         let target = tape.constant(target);
         // `pred` is the decoder head's output: its gradient feeds that
         // linear's two backward GEMMs and nothing else.
-        let (loss, sse) = tape.masked_mse_with_sse(&pred, &target, &mask.mask_tensor(dtype), Readers::Gemms)?;
+        let (loss, sse) = tape.masked_mse_with_sse(&pred, &target, &mask.mask_tensor(dtype), Readers::Bf16)?;
         Ok(MaeOutput {
             pred,
             loss,

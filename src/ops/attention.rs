@@ -124,8 +124,9 @@ impl Tape {
     /// (`rows × 6E`: stream `a`'s q, k, v in columns 0..3E, `b`'s in
     /// 3E..6E), giving `rows × 2E` (a's output, then b's): what one fused
     /// output projection reads. The same arithmetic as two `attention` calls.
-    /// `readers`: who reads the output (with `Readers::Gemms` a device's
-    /// bf16 flash kernels store it as bf16 alone).
+    /// `readers`: who reads the output and the gradient handed back to
+    /// `qkv` (with `Readers::Bf16` a device's bf16 flash kernels store both
+    /// as bf16 alone).
     pub fn attention_pair(
         &self,
         qkv: &Var,
@@ -189,7 +190,9 @@ impl Tape {
                 y,
                 &[qkv],
                 backward_fn(OP, move |g, _| {
-                    Ok(vec![Some(gpu::attention_pair_backward(g, &qv, &yv, &lse, ga, gb)?)])
+                    Ok(vec![Some(gpu::attention_pair_backward(
+                        g, &qv, &yv, &lse, ga, gb, readers,
+                    )?)])
                 }),
             ));
         }

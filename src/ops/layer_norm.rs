@@ -84,7 +84,7 @@ impl Tape {
         self.layer_norm_read_by(x, w, b, eps, Readers::Any)
     }
 
-    /// `layer_norm` whose output only `readers` read: with `Readers::Gemms`
+    /// `layer_norm` whose output only `readers` read: with `Readers::Bf16`
     /// a mixed-precision device stores it as bf16 alone (its backward needs
     /// the input, not the output). The host keeps f32.
     pub fn layer_norm_read_by(&self, x: &Var, w: &Var, b: &Var, eps: f64, readers: Readers) -> Result<Var> {

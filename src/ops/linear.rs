@@ -7,12 +7,18 @@ use crate::backend::cpu::gemm::{gemm, matmul, MatRef};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Readers, Tensor};
 use crate::with_dtype;
 
 impl Tape {
     /// `y = x·Wᵀ + b` over the last dimension of `x`; `W` is `out × in` (PyTorch's layout).
     pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.linear_read_by(x, w, b, Readers::Any)
+    }
+
+    /// `linear` whose output only `readers` read: with `Readers::Bf16` a
+    /// mixed-precision device's GEMM writes it as bf16 alone.
+    pub fn linear_read_by(&self, x: &Var, w: &Var, b: Option<&Var>, readers: Readers) -> Result<Var> {
         const OP: &str = "linear";
         let (xs, ws) = (x.shape().clone(), w.shape().clone());
         if ws.rank() != 2 {
@@ -41,7 +47,7 @@ impl Tape {
         }
         let dtype = same_dtype(OP, &inputs)?;
         if on_device(&inputs) {
-            let y = gpu::linear(x.value(), w.value(), b.map(|b| b.value()))?;
+            let y = gpu::linear(x.value(), w.value(), b.map(|b| b.value()), readers)?;
             let (xv, wv) = (x.value().clone(), w.value().clone());
             return Ok(self.record(
                 y,

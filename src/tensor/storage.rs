@@ -106,14 +106,16 @@ impl Drop for DeviceStorage {
     }
 }
 
-/// Who reads an op's output. In mixed precision an output only GEMMs read
-/// (as their bf16 operand) is stored as bf16 alone: a layer norm before a
-/// projection, the FFN's hidden activation, the gradients the FFN's first
-/// linear takes. Anything else keeps f32 values.
+/// Who reads an op's output. In mixed precision an output whose readers
+/// all take its bf16 values (mixed-precision GEMMs, the bf16 flash
+/// attention kernels) is stored as bf16 alone: the layer norm before the
+/// QKV projections, the QKV projections themselves, the attention heads,
+/// the FFN's hidden activation, and the gradients those GEMMs take.
+/// Anything else (the residual stream, what an f32 kernel reads) keeps f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readers {
     Any,
-    Gemms,
+    Bf16,
 }
 
 impl Storage {

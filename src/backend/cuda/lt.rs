@@ -45,7 +45,8 @@ impl Lt {
     }
 
     /// Runs `g` on raw device pointers. `a` and `b` hold bf16 values when
-    /// `g.bf16`, else f32; `c` and `bias` are f32.
+    /// `g.bf16`, else f32; `c` is bf16 when `g.bf16_out`, else f32; `bias`
+    /// is f32.
     ///
     /// # Safety
     /// Every pointer must address enough device memory for the shapes in `g`
@@ -75,7 +76,12 @@ impl Lt {
         let (a_rows, a_cols) = if g.trans_a { (m, k) } else { (k, m) };
         let first = Layout::new(operand_t, b_rows, b_cols)?;
         let second = Layout::new(operand_t, a_rows, a_cols)?;
-        let out = Layout::new(op_t, n, m)?;
+        let out_t = if g.bf16_out {
+            sys::cudaDataType_t::CUDA_R_16BF
+        } else {
+            op_t
+        };
+        let out = Layout::new(out_t, n, m)?;
         let desc = Desc::new()?;
         let op = |t: bool| {
             if t {
@@ -116,7 +122,10 @@ impl Lt {
         let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc.0, first.0, second.0, out.0, out.0, pref.0)
             .map_err(|e| {
                 lt_err(
-                    &format!("no algorithm for {}×{}×{} (bf16 {})", g.m, g.n, g.k, g.bf16),
+                    &format!(
+                        "no algorithm for {}×{}×{} (bf16 {}, bf16 out {})",
+                        g.m, g.n, g.k, g.bf16, g.bf16_out
+                    ),
                     e,
                 )
             })?;

@@ -602,9 +602,15 @@ impl RawDevice for CudaDevice {
     }
 
     fn gemm_raw(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
+        // Whether the bf16-output fallback has been reported (once a run).
+        static BF16_OUT_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let elem = if g.bf16 { 2 } else { 4 };
         let input = if g.bf16_inputs { 2 } else { 4 };
-        for (buf, n, size) in [(a, g.m * g.k, input), (b, g.k * g.n, input), (c, g.m * g.n, 4)] {
+        if g.bf16_out && g.beta != 0.0 {
+            return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
+        }
+        let out = if g.bf16_out { 2 } else { 4 };
+        for (buf, n, size) in [(a, g.m * g.k, input), (b, g.k * g.n, input), (c, g.m * g.n, out)] {
             if buf.bytes < n * size {
                 return Err(Error::invalid(
                     "gemm",
@@ -638,7 +644,7 @@ impl RawDevice for CudaDevice {
         } else {
             None
         };
-        let result = (|| {
+        let run = |g: &Gemm, c: &Buffer| -> Result<()> {
             let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
             let ptr = |buf: &Buffer| -> Result<u64> {
                 let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
@@ -663,7 +669,28 @@ impl RawDevice for CudaDevice {
                     self.stream.cu_stream() as _,
                 )
             }
-        })();
+        };
+        let result = match run(g, c) {
+            // No cuBLASLt algorithm writes bf16 with this bias type here:
+            // f32 into scratch, then one rounding pass.
+            Err(e) if g.bf16_out => {
+                if !BF16_OUT_FALLBACK.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("warning: cuBLASLt refused a bf16 output ({e}); such GEMMs write f32 and round it");
+                }
+                let n = g.m * g.n;
+                let f = self.alloc_raw(n * 4)?;
+                let r = run(&Gemm { bf16_out: false, ..*g }, &f).and_then(|_| {
+                    self.launch_raw(
+                        "f32_to_bf16",
+                        &Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0),
+                        &[Arg::Buf(&f), Arg::Buf(c), Arg::U64(n as u64)],
+                    )
+                });
+                self.free_raw(&f);
+                r
+            }
+            r => r,
+        };
         if let Some((sa, sb)) = scratch {
             // cuBLASLt has been queued on the stream; frees are stream-ordered.
             self.free_raw(&sa);

@@ -236,7 +236,10 @@ impl RawDevice for EmuDevice {
         let elems = |n: usize| if g.bf16_inputs { n.div_ceil(2) } else { n };
         need(a, elems(g.m * g.k))?;
         need(b, elems(g.k * g.n))?;
-        need(c, g.m * g.n)?;
+        if g.bf16_out && g.beta != 0.0 {
+            return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
+        }
+        need(c, if g.bf16_out { (g.m * g.n).div_ceil(2) } else { g.m * g.n })?;
         let am = if g.trans_a {
             MatRef::rm(&av, g.k, g.m).t()
         } else {
@@ -255,13 +258,24 @@ impl RawDevice for EmuDevice {
             }
             None => None,
         };
-        let cm = m.get_mut(&c.id).ok_or_else(|| missing(c))?;
-        let cs = &mut bytemuck::cast_slice_mut::<u128, f32>(cm)[..g.m * g.n];
-        gemm(g.alpha, am, bm, g.beta, cs, g.n, 1);
-        if let Some(bias) = bias {
-            for row in cs.chunks_mut(g.n.max(1)) {
-                row.iter_mut().zip(&bias).for_each(|(c, b)| *c += b);
+        let finish = |cs: &mut [f32]| {
+            gemm(g.alpha, am, bm, g.beta, cs, g.n, 1);
+            if let Some(bias) = &bias {
+                for row in cs.chunks_mut(g.n.max(1)) {
+                    row.iter_mut().zip(bias).for_each(|(c, b)| *c += b);
+                }
             }
+        };
+        let cm = m.get_mut(&c.id).ok_or_else(|| missing(c))?;
+        if g.bf16_out {
+            let mut cs = vec![0f32; g.m * g.n];
+            finish(&mut cs);
+            let out = &mut bytemuck::cast_slice_mut::<u128, u16>(cm)[..g.m * g.n];
+            out.iter_mut()
+                .zip(&cs)
+                .for_each(|(o, v)| *o = half::bf16::from_f32(*v).to_bits());
+        } else {
+            finish(&mut bytemuck::cast_slice_mut::<u128, f32>(cm)[..g.m * g.n]);
         }
         Ok(())
     }
