@@ -54,6 +54,9 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
     part ours-paper-bf16 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16
     # The same without step graphs (every step call by call), for their effect.
     part ours-paper-bf16-nographs 120 "$BIN" bench step --preset paper --batch 4 --steps 5 --device cuda --bf16 --no-graphs
+    # And keeping f32 values beside every bf16 activation, for what storing
+    # bf16 alone buys (time and the device memory peak).
+    part ours-paper-bf16-f32kept 90 env NEMESIS_BF16_ACTIVATIONS=0 "$BIN" bench step --preset paper --batch 4 --steps 3 --device cuda --bf16
     if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
         part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
         for mode in eager autocast compile; do
@@ -64,7 +67,7 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
     echo
     echo "== paper preset, batch 4: step time and ratio (PyTorch time / ours)"
     ours=$(median ours-paper-bf16)
-    for run in ours-paper-fp32 ours-paper-bf16 ours-paper-bf16-nographs torch-paper-eager torch-paper-autocast torch-paper-compile; do
+    for run in ours-paper-fp32 ours-paper-bf16 ours-paper-bf16-nographs ours-paper-bf16-f32kept torch-paper-eager torch-paper-autocast torch-paper-compile; do
         t=$(median "$run")
         if [ -n "$t" ] && [ -n "$ours" ]; then
             printf '%-24s %8s s   ours bf16 is %sx faster\n' "$run" "$t" "$(awk -v a="$t" -v b="$ours" 'BEGIN{printf "%.2f", a/b}')"
@@ -72,6 +75,8 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
             printf '%-24s %8s\n' "$run" "${t:-n/a}"
         fi
     done
+    grep -H 'device memory: peak' "$OUT"/ours-paper-*.log 2>/dev/null
+    grep -h 'cuBLASLt refused' "$OUT"/*.log 2>/dev/null | head -n 1
 fi
 echo
 echo "== summary"

@@ -65,20 +65,33 @@ pub fn storage_values(s: &DeviceStorage) -> Result<&super::device::Buffer> {
         .bf16
         .get()
         .ok_or_else(|| Error::invalid(OP, "a device tensor holds no values"))?;
-    let b = s.dev.alloc(s.len * 4)?;
-    let launched = s
-        .dev
-        .launch(OP, &spread(&s.dev, s.len), &[Arg::Buf(b16), Arg::Buf(&b), u64a(s.len)]);
+    convert_once(s, OP, b16, 4, &s.f32)
+}
+
+/// Fills `cell` of `s` (once; a second writer's buffer is freed) with a new
+/// buffer of `elem` bytes a value that `kernel(src, new, len)` writes.
+fn convert_once<'a>(
+    s: &'a DeviceStorage,
+    kernel: &'static str,
+    src: &super::device::Buffer,
+    elem: usize,
+    cell: &'a std::sync::OnceLock<super::device::Buffer>,
+) -> Result<&'a super::device::Buffer> {
+    let b = s.dev.alloc(s.len * elem)?;
+    let launched = s.dev.launch(
+        kernel,
+        &spread(&s.dev, s.len),
+        &[Arg::Buf(src), Arg::Buf(&b), u64a(s.len)],
+    );
     if let Err(e) = launched {
         s.dev.free(&b);
         return Err(e);
     }
-    if let Err(b) = s.f32.set(b) {
+    if let Err(b) = cell.set(b) {
         s.dev.free(&b);
     }
-    s.f32
-        .get()
-        .ok_or_else(|| Error::invalid(OP, "the widened values were not kept"))
+    cell.get()
+        .ok_or_else(|| Error::invalid(kernel, "the converted values were not kept"))
 }
 
 /// A fresh (uninitialised) f32 tensor on `dev`.
@@ -186,21 +199,7 @@ fn bf16_copy(t: &Tensor) -> Result<&super::device::Buffer> {
     if let Some(b) = s.bf16.get() {
         return Ok(b);
     }
-    let x = storage_values(s)?;
-    let b = s.dev.alloc(s.len * 2)?;
-    let launched = s
-        .dev
-        .launch(OP, &spread(&s.dev, s.len), &[Arg::Buf(x), Arg::Buf(&b), u64a(s.len)]);
-    if let Err(e) = launched {
-        s.dev.free(&b);
-        return Err(e);
-    }
-    if let Err(b) = s.bf16.set(b) {
-        s.dev.free(&b);
-    }
-    s.bf16
-        .get()
-        .ok_or_else(|| Error::invalid(OP, "the bf16 copy was not kept"))
+    convert_once(s, OP, storage_values(s)?, 2, &s.bf16)
 }
 
 /// The bf16 copy of `t` as raw bits (made if it is not there yet), for checks.

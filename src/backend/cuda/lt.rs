@@ -1,6 +1,6 @@
 //! GEMMs through cuBLASLt: f32 with compute type `32F` (no TF32, for
-//! verification) or bf16 operands with f32 accumulation and output (mixed
-//! precision), with the bias epilogue fused. Row-major `C = op(A)·op(B)` is
+//! verification) or bf16 operands with f32 accumulation (mixed precision)
+//! and an f32 or bf16 output, with the f32 bias epilogue fused. Row-major `C = op(A)·op(B)` is
 //! column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so B goes first and keeps its own
 //! transpose flag.
 //!
