@@ -154,10 +154,8 @@ fn product(
     readers: Readers,
 ) -> Result<Tensor> {
     const OP: &str = "gemm";
-    let shape = shape.into();
-    if dev.mixed_precision() && readers == Readers::Bf16 && bf16_alone() {
-        let len = shape.numel();
-        let y = Tensor::from_device(DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), shape)?;
+    if stores_bf16_alone(dev, readers) {
+        let y = Output::bf16_alone(dev, shape)?;
         let g = Gemm {
             bf16: true,
             bf16_inputs: true,
@@ -165,12 +163,8 @@ fn product(
             ..g
         };
         let bias = bias.map(|t| values(OP, t)).transpose()?;
-        let out = storage(OP, &y)?
-            .bf16
-            .get()
-            .ok_or_else(|| Error::invalid(OP, "the bf16 output is missing"))?;
-        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, out, bias)?;
-        return Ok(y);
+        dev.gemm(&g, bf16_copy(a)?, bf16_copy(b)?, y.bufs(OP)?.1, bias)?;
+        return Ok(y.t);
     }
     let y = empty(dev, shape)?;
     let bias = match bias {
@@ -284,10 +278,9 @@ pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
     let (chunks, chunk) = row_chunks(&dev, rows);
     // A gradient stored as bf16 alone (one only GEMMs otherwise read) is
     // summed from its bf16 values, as the GEMMs see it.
-    let s = storage(OP, g)?;
-    let (input, bf16) = match (s.f32.get(), s.bf16.get()) {
-        (None, Some(b)) => (b, true),
-        _ => (values(OP, g)?, false),
+    let (input, bf16) = match storage(OP, g)?.bf16_alone() {
+        Some(b) => (b, true),
+        None => (values(OP, g)?, false),
     };
     if chunks == 1 {
         return column_sums_kernel(&dev, input, bf16, rows, cols);
@@ -456,13 +449,12 @@ fn gelu_dropout_kernel(
     let y = Output::new(&dev, x.shape().clone(), readers)?;
     let (lead, _) = inputs.split_at(inputs.len() - 1);
     let mut args = lead.iter().map(|t| arg(op, t)).collect::<Result<Vec<_>>>()?;
-    let xs = storage(op, x)?;
-    let name = match (xs.f32.get(), xs.bf16.get()) {
-        (None, Some(b)) => {
+    let name = match storage(op, x)?.bf16_alone() {
+        Some(b) => {
             args.push(Arg::Buf(b));
             names[1]
         }
-        _ => {
+        None => {
             args.push(arg(op, x)?);
             op
         }
@@ -597,6 +589,11 @@ pub fn bf16_alone() -> bool {
     std::env::var("NEMESIS_BF16_ACTIVATIONS").map_or(true, |v| v.trim() != "0")
 }
 
+/// Whether an output `readers` take is stored as bf16 alone on `dev`.
+fn stores_bf16_alone(dev: &SharedDevice, readers: Readers) -> bool {
+    dev.mixed_precision() && readers == Readers::Bf16 && bf16_alone()
+}
+
 /// A kernel's output that a mixed-precision GEMM may read next: f32 values
 /// alone (f32 device), f32 with the bf16 copy written in the same pass
 /// (mixed precision), or the bf16 copy alone (mixed precision, and only
@@ -610,24 +607,27 @@ struct Output {
 
 impl Output {
     fn new(dev: &SharedDevice, shape: impl Into<Shape>, readers: Readers) -> Result<Self> {
+        if stores_bf16_alone(dev, readers) {
+            return Self::bf16_alone(dev, shape);
+        }
+        let out = Self::f32(dev, shape)?;
+        if !dev.mixed_precision() {
+            return Ok(out);
+        }
+        let s = storage("output", &out.t)?;
+        if let Err(b) = s.bf16.set(dev.alloc(s.len * 2)?) {
+            dev.free(&b);
+        }
+        Ok(Output { t: out.t, mode: 1 })
+    }
+
+    /// An output held as bf16 alone.
+    fn bf16_alone(dev: &SharedDevice, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         let len = shape.numel();
-        let (storage, mode) = match (dev.mixed_precision(), readers) {
-            (false, _) => (DeviceStorage::new(dev.clone(), dev.alloc(len * 4)?, len), 0),
-            (true, Readers::Bf16) if bf16_alone() => {
-                (DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), 2)
-            }
-            (true, _) => {
-                let s = DeviceStorage::new(dev.clone(), dev.alloc(len * 4)?, len);
-                if let Err(b) = s.bf16.set(dev.alloc(len * 2)?) {
-                    dev.free(&b);
-                }
-                (s, 1)
-            }
-        };
         Ok(Output {
-            t: Tensor::from_device(storage, shape)?,
-            mode,
+            t: Tensor::from_device(DeviceStorage::bf16_only(dev.clone(), dev.alloc(len * 2)?, len), shape)?,
+            mode: 2,
         })
     }
 
@@ -867,13 +867,14 @@ pub fn attention_with(
     Ok((y.t, lse))
 }
 
-/// The QKV argument of an attention kernel: the bf16 flash kernels read the
-/// bf16 copy (the QKV GEMM's own output when it is stored as bf16 alone).
-fn qkv_arg<'a>(op: &'static str, kernel: AttentionKernel, qkv: &'a Tensor) -> Result<Arg<'a>> {
+/// A QKV or O argument of an attention kernel: the bf16 flash kernels read
+/// the bf16 copy (all there is of it when it is stored as bf16 alone), the
+/// others the f32 values.
+fn attention_input<'a>(op: &'static str, kernel: AttentionKernel, t: &'a Tensor) -> Result<Arg<'a>> {
     Ok(Arg::Buf(if kernel == AttentionKernel::FlashBf16 {
-        bf16_copy(qkv)?
+        bf16_copy(t)?
     } else {
-        values(op, qkv)?
+        values(op, t)?
     }))
 }
 
@@ -895,7 +896,7 @@ fn attention_into(
     let lse = empty(&dev, [n_lse])?;
     let [y16, mode] = y.y16(OP)?;
     let args = [
-        qkv_arg(OP, kernel, qkv)?,
+        attention_input(OP, kernel, qkv)?,
         y.y(OP)?,
         arg(OP, &lse)?,
         Arg::Layout(layout),
@@ -986,16 +987,9 @@ fn attention_backward_into(
     let dev = device_of(OP, &[g, qkv, y, lse, &d.t])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
-    // The bf16 kernels read O as the bf16 copy the output projection reads
-    // (all there is of it when it is stored as bf16 alone).
-    let out = if kernel == AttentionKernel::FlashBf16 {
-        bf16_copy(y)?
-    } else {
-        values(OP, y)?
-    };
     let mut args = vec![
-        qkv_arg(OP, kernel, qkv)?,
-        Arg::Buf(out),
+        attention_input(OP, kernel, qkv)?,
+        attention_input(OP, kernel, y)?,
         arg(OP, g)?,
         arg(OP, lse)?,
         d.y(OP)?,

@@ -152,9 +152,14 @@ impl Nemesis {
     }
 
     fn linear(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var) -> Result<Var> {
+        self.linear_read_by(tape, store, prefix, x, Readers::Any)
+    }
+
+    /// The linear `prefix`, whose output only `readers` read.
+    fn linear_read_by(&self, tape: &Tape, store: &ParamStore, prefix: &str, x: &Var, readers: Readers) -> Result<Var> {
         let w = self.p(tape, store, &format!("{prefix}.weight"))?;
         let b = self.p(tape, store, &format!("{prefix}.bias"))?;
-        tape.linear(x, &w, Some(&b))
+        tape.linear_read_by(x, &w, Some(&b), readers)
     }
 
     /// The layer norm `prefix`; `readers` say who reads its output (a
@@ -307,12 +312,7 @@ impl Nemesis {
         let (_, x) = self.add_layer_norm(tape, store, &norm2, &x, &both, 0.5, Readers::Any)?;
         // The FFN's first projection feeds GELU + dropout alone, which reads
         // it as bf16 when it is stored so.
-        let ffn0 = format!("{prefix}.ffn.0");
-        let (w0, b0) = (
-            self.p(tape, store, &format!("{ffn0}.weight"))?,
-            self.p(tape, store, &format!("{ffn0}.bias"))?,
-        );
-        let f = tape.linear_read_by(&x, &w0, Some(&b0), Readers::Bf16)?;
+        let f = self.linear_read_by(tape, store, &format!("{prefix}.ffn.0"), &x, Readers::Bf16)?;
         let drop = dropout.filter(|d| d.p > 0.0).map(|d| (d.p, d.next()));
         let f = tape.gelu_dropout(&f, drop, Readers::Bf16)?;
         let f = self.linear(tape, store, &format!("{prefix}.ffn.3"), &f)?;

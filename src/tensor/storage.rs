@@ -78,6 +78,11 @@ impl DeviceStorage {
         self.f32.get().is_none()
     }
 
+    /// The bf16 buffer of values held as bf16 alone (none when f32 is there).
+    pub(crate) fn bf16_alone(&self) -> Option<&Buffer> {
+        self.f32.get().is_none().then(|| self.bf16.get()).flatten()
+    }
+
     /// Device bytes held: the f32 values and the bf16 copy, where kept.
     pub fn bytes(&self) -> usize {
         self.f32.get().map_or(0, |b| b.bytes) + self.bf16.get().map_or(0, |b| b.bytes)
