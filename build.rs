@@ -42,23 +42,27 @@ fn kernels_of(file: &str, src: &str) -> Vec<Kernel> {
     out
 }
 
-fn rust_type(c: &str) -> &'static str {
+/// How a C parameter type crosses from Rust: its Rust FFI type, the
+/// argument kind (`kernels::ParamKind`), and its size in bytes in the
+/// kernel's parameter block (checked by static_assert in the emulator's
+/// build, and against the CUDA graph node packing by tests/kernel_params.rs).
+fn param_type(c: &str) -> (&'static str, &'static str, usize) {
     match c {
-        "const float*" => "*const f32",
-        "float*" => "*mut f32",
-        "const int*" => "*const i32",
-        "int*" => "*mut i32",
-        "const int16_t*" => "*const i16",
-        "const uint16_t*" => "*const u16",
-        "uint16_t*" => "*mut u16",
-        "const uint64_t*" => "*const u64",
-        "int" => "i32",
-        "float" => "f32",
-        "double" => "f64",
-        "uint64_t" => "u64",
-        "uint32_t" => "u32",
-        "RngStream" => "crate::backend::kernels::RngStreamC",
-        "SeqLayout" => "crate::backend::kernels::SeqLayoutC",
+        "const float*" => ("*const f32", "Ptr", 8),
+        "float*" => ("*mut f32", "Ptr", 8),
+        "const int*" => ("*const i32", "Ptr", 8),
+        "int*" => ("*mut i32", "Ptr", 8),
+        "const int16_t*" => ("*const i16", "Ptr", 8),
+        "const uint16_t*" => ("*const u16", "Ptr", 8),
+        "uint16_t*" => ("*mut u16", "Ptr", 8),
+        "const uint64_t*" => ("*const u64", "Ptr", 8),
+        "int" => ("i32", "I32", 4),
+        "float" => ("f32", "F32", 4),
+        "double" => ("f64", "F64", 8),
+        "uint64_t" => ("u64", "U64", 8),
+        "uint32_t" => ("u32", "U32", 4),
+        "RngStream" => ("crate::backend::kernels::RngStreamC", "Rng", 16),
+        "SeqLayout" => ("crate::backend::kernels::SeqLayoutC", "Layout", 28),
         other => panic!("kernel parameter type `{other}` has no Rust mapping in build.rs"),
     }
 }
@@ -93,6 +97,14 @@ fn main() {
         let src = std::fs::read_to_string(kdir.join(f)).expect("kernel source");
         kernels.extend(kernels_of(f, &src));
     }
+    // The emulator's own self-tests (kernels/emu/selftest.cu): kernels that
+    // break a GPU rule on purpose, so tests can show the emulator catches
+    // it. Never given to NVRTC.
+    let selftest = kdir.join("emu").join("selftest.cu");
+    let selftest_kernels = kernels_of(
+        "emu/selftest.cu",
+        &std::fs::read_to_string(&selftest).expect("kernels/emu/selftest.cu"),
+    );
 
     // Sources for NVRTC.
     let mut rs = String::new();
@@ -119,12 +131,68 @@ fn main() {
         let _ = writeln!(rs, "    ({:?}, {:?}),", k.file, k.name);
     }
     let _ = writeln!(rs, "];");
+    let _ = writeln!(
+        rs,
+        "/// Every kernel's parameters as declared (the emulator's self-tests too):\n\
+         /// (kernel, [(C type, name, kind, bytes)]).\n\
+         pub const SIGNATURES: &[(&str, &[Param])] = &["
+    );
+    for k in kernels.iter().chain(&selftest_kernels) {
+        let params: Vec<String> = k
+            .params
+            .iter()
+            .map(|(t, n)| {
+                let (_, kind, bytes) = param_type(t);
+                format!("Param {{ ctype: {t:?}, name: {n:?}, kind: ParamKind::{kind}, bytes: {bytes} }}")
+            })
+            .collect();
+        let _ = writeln!(rs, "    ({:?}, &[{}]),", k.name, params.join(", "));
+    }
+    let _ = writeln!(rs, "];");
     std::fs::write(out.join("kernel_sources.rs"), rs).expect("write kernel_sources.rs");
+
+    // Registers per thread on sm_90 (kernels/registers.sm_90: `kernel
+    // registers` lines from ptxas, kept current by tests/nvrtc.rs).
+    let mut regs = String::from(
+        "/// Registers per thread on sm_90: (kernel, registers).\npub const REGISTERS_SM90: &[(&str, u32)] = &[\n",
+    );
+    if let Ok(table) = std::fs::read_to_string(kdir.join("registers.sm_90")) {
+        for line in table
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let mut it = line.split_whitespace();
+            let (Some(k), Some(n)) = (it.next(), it.next().and_then(|n| n.parse::<u32>().ok())) else {
+                panic!("kernels/registers.sm_90: `{line}` is not `kernel registers`");
+            };
+            let _ = writeln!(regs, "    ({k:?}, {n}),");
+        }
+    }
+    regs.push_str("];\n");
+    std::fs::write(out.join("registers.rs"), regs).expect("write registers.rs");
 
     // The emulator: one translation unit with every kernel and its shim.
     let mut cpp = String::from("#define NEMESIS_EMU 1\n");
     for f in &files {
         let _ = writeln!(cpp, "#include \"{}\"", kdir.join(f).display());
+    }
+    let _ = writeln!(cpp, "#include \"{}\"", selftest.display());
+    let kernels: Vec<Kernel> = kernels.into_iter().chain(selftest_kernels).collect();
+    // The parameter sizes the Rust side packs (param_type) are the sizes
+    // the kernels declare.
+    let mut seen = std::collections::BTreeSet::new();
+    for k in &kernels {
+        for (t, _) in &k.params {
+            if seen.insert(t.clone()) {
+                let _ = writeln!(
+                    cpp,
+                    "static_assert(sizeof({t}) == {}, \"build.rs packs `{t}` as {} bytes\");",
+                    param_type(t).2,
+                    param_type(t).2
+                );
+            }
+        }
     }
     let mut ffi = String::from("extern \"C\" {\n");
     for k in &kernels {
@@ -132,16 +200,20 @@ fn main() {
         let names: Vec<&str> = k.params.iter().map(|(_, n)| n.as_str()).collect();
         let _ = writeln!(
             cpp,
-            "extern \"C\" void emu_launch_{}(const EmuLaunch* cfg, {}) {{ emu_run(cfg, [&] {{ {}({}); }}); }}",
+            "extern \"C\" const char* emu_launch_{}(const EmuLaunch* cfg, {}) {{ return emu_run(cfg, [&] {{ {}({}); }}); }}",
             k.name,
             decl.join(", "),
             k.name,
             names.join(", ")
         );
-        let rparams: Vec<String> = k.params.iter().map(|(t, n)| format!("{n}: {}", rust_type(t))).collect();
+        let rparams: Vec<String> = k
+            .params
+            .iter()
+            .map(|(t, n)| format!("{n}: {}", param_type(t).0))
+            .collect();
         let _ = writeln!(
             ffi,
-            "    /// Runs `{}` of kernels/{} on the CPU.\n    pub fn emu_launch_{}(cfg: *const EmuLaunch, {});",
+            "    /// Runs `{}` of kernels/{} on the CPU: null, or what the launch broke.\n    pub fn emu_launch_{}(cfg: *const EmuLaunch, {}) -> *const std::ffi::c_char;",
             k.name,
             k.file,
             k.name,
@@ -166,23 +238,11 @@ fn main() {
         );
         let mut call = Vec::new();
         for (i, (t, n)) in k.params.iter().enumerate() {
-            let (variant, conv) = match t.as_str() {
-                "const float*" => ("Ptr", "as *const f32"),
-                "float*" => ("Ptr", "as *mut f32"),
-                "const int*" => ("Ptr", "as *const i32"),
-                "int*" => ("Ptr", "as *mut i32"),
-                "const int16_t*" => ("Ptr", "as *const i16"),
-                "const uint16_t*" => ("Ptr", "as *const u16"),
-                "uint16_t*" => ("Ptr", "as *mut u16"),
-                "const uint64_t*" => ("Ptr", "as *const u64"),
-                "int" => ("I32", ""),
-                "float" => ("F32", ""),
-                "double" => ("F64", ""),
-                "uint64_t" => ("U64", ""),
-                "uint32_t" => ("U32", ""),
-                "RngStream" => ("Rng", ""),
-                "SeqLayout" => ("Layout", ""),
-                other => panic!("no argument kind for `{other}`"),
+            let (rtype, kind, _) = param_type(t);
+            let (variant, conv) = if kind == "Ptr" {
+                ("Ptr", format!("as {rtype}"))
+            } else {
+                (kind, String::new())
             };
             let _ = writeln!(
                 ffi,
@@ -197,12 +257,20 @@ fn main() {
         }
         let _ = writeln!(
             ffi,
-            "            emu_launch_{}(cfg, {});\n            Ok(())\n        }}",
+            "            emu_result(emu_launch_{}(cfg, {}))\n        }}",
             k.name,
             call.join(", ")
         );
     }
     ffi.push_str("        other => Err(format!(\"no kernel named `{other}`\")),\n    }\n}\n");
+    ffi.push_str(
+        "/// A shim's answer: null, or what the launch broke (a C string the\n\
+         /// emulator keeps until its next launch on this thread).\n\
+         fn emu_result(e: *const std::ffi::c_char) -> Result<(), String> {\n    \
+         if e.is_null() {\n        Ok(())\n    } else {\n        \
+         // SAFETY: a non-null answer is a NUL-terminated string owned by the emulator.\n        \
+         Err(unsafe { std::ffi::CStr::from_ptr(e) }.to_string_lossy().into_owned())\n    }\n}\n",
+    );
     let shim = out.join("emu_kernels.cpp");
     std::fs::write(&shim, cpp).expect("write emu_kernels.cpp");
     std::fs::write(out.join("emu_ffi.rs"), ffi).expect("write emu_ffi.rs");

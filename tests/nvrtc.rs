@@ -117,3 +117,62 @@ fn ptxas_report(log: &str, kernel: &str) -> String {
     }
     out
 }
+
+/// Registers per thread of every kernel, as ptxas reports them for `arch`.
+fn ptxas_registers(nvrtc: &Nvrtc, arch: &str) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for (file, src) in SOURCES {
+        let c = nvrtc
+            .compile_with(file, src, arch, &["--ptxas-options=-v"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut kernel: Option<String> = None;
+        for line in c.log.lines() {
+            if let Some(at) = line.find("Compiling entry function '") {
+                let rest = &line[at + "Compiling entry function '".len()..];
+                kernel = rest.split('\'').next().map(str::to_string);
+            } else if let (Some(k), Some(at)) = (&kernel, line.find("Used ")) {
+                let n = line[at + 5..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or_else(|| panic!("unreadable ptxas line: {line}"));
+                out.insert(k.clone(), n);
+                kernel = None;
+            }
+        }
+    }
+    out
+}
+
+/// kernels/registers.sm_90 holds what ptxas reports for every kernel on
+/// sm_90: the emulator refuses a launch whose block would need more
+/// registers than a multiprocessor has, so the table must be current.
+#[test]
+fn the_register_table_is_what_ptxas_reports() {
+    let nvrtc = match Nvrtc::load() {
+        Ok(n) => n,
+        Err(e) if std::env::var_os("NEMESIS_REQUIRE_NVRTC").is_none() => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("NEMESIS_REQUIRE_NVRTC is set: {e}"),
+    };
+    let fresh = ptxas_registers(&nvrtc, "sm_90");
+    assert_eq!(fresh.len(), KERNELS.len(), "a ptxas report for every kernel: {fresh:?}");
+    let (major, minor) = nvrtc.version().unwrap();
+    let mut table = format!(
+        "# Registers per thread on sm_90, from the ptxas report of NVRTC {major}.{minor}\n\
+         # (tests/nvrtc.rs prints this table when it is out of date).\n"
+    );
+    for (k, n) in &fresh {
+        table.push_str(&format!("{k} {n}\n"));
+    }
+    let committed: std::collections::BTreeMap<String, u32> = nemesis::backend::limits::REGISTERS_SM90
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    assert!(
+        committed == fresh,
+        "kernels/registers.sm_90 is out of date; write this into it:\n{table}"
+    );
+}

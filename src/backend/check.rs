@@ -4,7 +4,7 @@
 //! the CUDA device on a GPU.
 
 use super::cpu::{elementwise, layer_norm};
-use super::device::{DeviceApi, DeviceVec, Launch, SharedDevice};
+use super::device::{DeviceApi, DeviceVec, SharedDevice};
 use super::gpu;
 use super::launch;
 use crate::autograd::{ParamStore, Tape};
@@ -410,7 +410,7 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
         );
         dev.launch(
             "f32_to_bf16",
-            &Launch::linear(2, 64, 0),
+            &gpu::grid_stride(v.len()),
             &[dv.arg(), out.arg(), super::device::Arg::U64(v.len() as u64)],
         )?;
         let got: Vec<u16> = out.to_vec()?;

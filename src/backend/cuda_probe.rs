@@ -50,6 +50,40 @@ pub fn probe_library(name: &str) -> CudaProbe {
     }
 }
 
+type VersionFn = unsafe extern "C" fn(*mut c_int) -> c_int;
+
+/// The driver's CUDA version (`cuDriverGetVersion`: 13000 for 13.0) and
+/// which of `symbols` the driver library lacks, so a device is opened only
+/// where every driver call it makes exists (cudarc panics on a missing
+/// symbol at its first use).
+pub fn driver_api(symbols: &[&str]) -> Result<(i32, Vec<String>), String> {
+    let name = "libcuda.so.1";
+    // SAFETY: loading the driver runs only its initialisers.
+    let lib = unsafe { Library::new(name) }.map_err(|e| format!("{name}: {e}"))?;
+    let mut version: c_int = 0;
+    // SAFETY: cuDriverGetVersion has this C signature in every driver.
+    unsafe {
+        let f = lib
+            .get::<VersionFn>(b"cuDriverGetVersion\0")
+            .map_err(|e| format!("{name} lacks cuDriverGetVersion: {e}"))?;
+        let code = f(&mut version);
+        if code != 0 {
+            return Err(format!("cuDriverGetVersion returned error {code}"));
+        }
+    }
+    let missing = symbols
+        .iter()
+        .filter(|s| {
+            let mut z = s.as_bytes().to_vec();
+            z.push(0);
+            // SAFETY: only looks the symbol up; nothing is called.
+            unsafe { lib.get::<*const ()>(&z) }.is_err()
+        })
+        .map(|s| s.to_string())
+        .collect();
+    Ok((version, missing))
+}
+
 impl CudaProbe {
     /// One line for `--device` messages.
     pub fn describe(&self) -> String {
@@ -57,9 +91,7 @@ impl CudaProbe {
             CudaProbe::NoDriver(why) => format!("no CUDA driver on this machine ({why})"),
             CudaProbe::DriverError(why) => format!("the CUDA driver is present but unusable ({why})"),
             CudaProbe::Gpus(0) => "the CUDA driver sees no GPU".to_string(),
-            CudaProbe::Gpus(n) => {
-                format!("{n} GPU(s) found, but this build's CUDA launch path is not finished (issue 6)")
-            }
+            CudaProbe::Gpus(n) => format!("{n} GPU(s) found"),
         }
     }
 }

@@ -10,16 +10,16 @@ use std::sync::Arc;
 use super::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch, SharedDevice};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
-use crate::tensor::{Device, DeviceStorage, Readers, SeqLayout, Shape, Tensor};
+use crate::tensor::{DeviceStorage, Readers, SeqLayout, Shape, Tensor};
 
 /// Threads per block of the pointwise kernels.
 const THREADS: u32 = 256;
 
-/// A grid for a grid-stride kernel over `n` items. The emulator runs blocks
-/// one after another, so a few blocks cover any length there.
-fn spread(dev: &SharedDevice, n: usize) -> Launch {
-    let cap = if dev.kind() == Device::Emu { 4 } else { 65_535 };
-    Launch::linear((n.div_ceil(THREADS as usize)).clamp(1, cap) as u32, THREADS, 0)
+/// The grid of a grid-stride kernel over `n` items: a thread an item, up to
+/// 65,535 blocks (the grid-stride loop covers the rest). The same on every
+/// device, so the emulator runs the geometry a GPU runs.
+pub fn grid_stride(n: usize) -> Launch {
+    Launch::linear((n.div_ceil(THREADS as usize)).clamp(1, 65_535) as u32, THREADS, 0)
 }
 
 /// The device of `t`, or an error naming the op.
@@ -78,11 +78,9 @@ fn convert_once<'a>(
     cell: &'a std::sync::OnceLock<super::device::Buffer>,
 ) -> Result<&'a super::device::Buffer> {
     let b = s.dev.alloc(s.len * elem)?;
-    let launched = s.dev.launch(
-        kernel,
-        &spread(&s.dev, s.len),
-        &[Arg::Buf(src), Arg::Buf(&b), u64a(s.len)],
-    );
+    let launched = s
+        .dev
+        .launch(kernel, &grid_stride(s.len), &[Arg::Buf(src), Arg::Buf(&b), u64a(s.len)]);
     if let Err(e) = launched {
         s.dev.free(&b);
         return Err(e);
@@ -122,7 +120,7 @@ fn i32a(v: usize) -> Arg<'static> {
 
 /// Runs a kernel `name(args…)` over a grid for `n` items.
 fn pointwise(dev: &SharedDevice, name: &str, n: usize, args: &[Arg]) -> Result<()> {
-    dev.launch(name, &spread(dev, n), args)
+    dev.launch(name, &grid_stride(n), args)
 }
 
 // ---- linear algebra -------------------------------------------------------
@@ -275,7 +273,7 @@ pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
         return Err(Error::invalid(OP, "values are not whole rows"));
     }
     let rows = g.numel() / cols;
-    let (chunks, chunk) = row_chunks(&dev, rows);
+    let (chunks, chunk) = row_chunks(rows);
     // A gradient stored as bf16 alone (one only GEMMs otherwise read) is
     // summed from its bf16 values, as the GEMMs see it.
     let (input, bf16) = match storage(OP, g)?.bf16_alone() {
@@ -319,12 +317,11 @@ fn column_sums_kernel(
 }
 
 /// How a column reduction over `rows` rows is split: `(chunks, rows per
-/// chunk)`, at least 64 rows a chunk and at most 256 chunks on a GPU (a
-/// few on the emulator, which runs blocks one after another). The split
-/// fixes the order of the additions, so results do not depend on scheduling.
-fn row_chunks(dev: &SharedDevice, rows: usize) -> (usize, usize) {
-    let cap = if dev.kind() == Device::Emu { 4 } else { 256 };
-    let chunks = rows.div_ceil(64).clamp(1, cap);
+/// chunk)`, at least 64 rows a chunk and at most 256 chunks, on every
+/// device. The split fixes the order of the additions, so results do not
+/// depend on scheduling.
+fn row_chunks(rows: usize) -> (usize, usize) {
+    let chunks = rows.div_ceil(64).clamp(1, 256);
     let chunk = rows.div_ceil(chunks).max(1);
     (rows.div_ceil(chunk).max(1), chunk)
 }
@@ -688,7 +685,7 @@ pub fn layer_norm_backward(
             i32a(cols),
         ],
     )?;
-    let (chunks, chunk) = row_chunks(&dev, rows);
+    let (chunks, chunk) = row_chunks(rows);
     if chunks == 1 {
         let (dw, db) = (empty(&dev, [cols])?, empty(&dev, [cols])?);
         pointwise(

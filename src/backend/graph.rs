@@ -31,10 +31,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
+use super::device::{Arg, Buffer, Gemm, Launch, PendingDownload};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
-use crate::tensor::{Device, SeqLayout};
+use crate::tensor::SeqLayout;
 
 /// A kernel argument as recorded: buffers by id.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +61,39 @@ impl OwnedArg {
             Arg::Rng(r) => OwnedArg::Rng(r),
             Arg::Layout(l) => OwnedArg::Layout(l),
         }
+    }
+
+    /// The bytes the kernel's parameter block holds for this argument (a
+    /// buffer by its device address), in the layout of common.cuh's types.
+    pub fn param_bytes(&self, address: impl Fn(u64) -> Result<u64>) -> Result<Vec<u8>> {
+        use super::kernels::{RngStreamC, SeqLayoutC};
+        Ok(match *self {
+            OwnedArg::Buf(id) => address(id)?.to_ne_bytes().to_vec(),
+            OwnedArg::I32(v) => v.to_ne_bytes().to_vec(),
+            OwnedArg::U32(v) => v.to_ne_bytes().to_vec(),
+            OwnedArg::U64(v) => v.to_ne_bytes().to_vec(),
+            OwnedArg::F32(v) => v.to_ne_bytes().to_vec(),
+            OwnedArg::F64(v) => v.to_ne_bytes().to_vec(),
+            OwnedArg::Rng(r) => {
+                let c: RngStreamC = r.into();
+                [c.k0, c.k1, c.s0, c.s1].iter().flat_map(|w| w.to_ne_bytes()).collect()
+            }
+            OwnedArg::Layout(l) => {
+                let c: SeqLayoutC = l.into();
+                [
+                    c.outer_count,
+                    c.inner_count,
+                    c.outer_stride,
+                    c.inner_stride,
+                    c.len,
+                    c.step,
+                    c.offset,
+                ]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect()
+            }
+        })
     }
 
     /// Equal bit for bit (a NaN equals itself).
@@ -656,244 +689,6 @@ pub struct GraphCounts {
 /// Locks a device's recorder.
 pub fn lock(r: &Mutex<Recorder>) -> Result<std::sync::MutexGuard<'_, Recorder>> {
     r.lock().map_err(|_| err("the recorder's lock is poisoned"))
-}
-
-/// A device below its recorder: its own calls, and how it builds and runs
-/// a graph from recorded calls. Every `RawDevice` is a `DeviceApi` through
-/// one implementation (below) that puts the recorder in front of the calls.
-pub trait RawDevice {
-    fn name(&self) -> String;
-    fn kind(&self) -> Device;
-    fn mixed_precision(&self) -> bool;
-    fn address(&self, buf: &Buffer) -> Result<u64>;
-    fn recorder(&self) -> &Mutex<Recorder>;
-    /// The size of an allocation, for GEMMs run from a recording (which
-    /// keeps buffers by id).
-    fn bytes_of(&self, id: u64) -> usize;
-    fn alloc_raw(&self, bytes: usize) -> Result<Buffer>;
-    fn free_raw(&self, buf: &Buffer);
-    fn upload_raw(&self, dst: &Buffer, src: &[u8]) -> Result<()>;
-    fn download_raw(&self, src: &Buffer, dst: &mut [u8]) -> Result<()>;
-    fn download_later_raw(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>>;
-    fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()>;
-    fn gemm_raw(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()>;
-    fn synchronize_raw(&self) -> Result<()>;
-    /// Builds the device's graph from a finished recording.
-    fn build_graph(&self, ops: &[Op]) -> Result<()>;
-    /// Runs the built graph, the launches at `updated` with their new
-    /// arguments.
-    fn run_graph(&self, ops: &[Op], updated: &[usize]) -> Result<()>;
-    /// Forgets the built graph (after it has finished running).
-    fn drop_built_graph(&self);
-}
-
-/// Runs the recorded launches and GEMMs of `ops` in order on the device's
-/// own calls (nothing else: allocations, uploads and downloads belong to the
-/// replay), calling `launched(i)` after the launch at `i`.
-pub fn run_calls<D: RawDevice + ?Sized>(
-    d: &D,
-    ops: &[Op],
-    mut launched: impl FnMut(usize) -> Result<()>,
-) -> Result<()> {
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::Launch { kernel, cfg, args } => {
-                with_args(args, |a| d.launch_raw(kernel, cfg, a))?;
-                launched(i)?;
-            }
-            Op::Gemm { g, a, b, c, bias } => {
-                let buf = |id: u64| Buffer {
-                    id,
-                    bytes: d.bytes_of(id),
-                };
-                let bias = bias.map(buf);
-                d.gemm_raw(g, &buf(*a), &buf(*b), &buf(*c), bias.as_ref())?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn alloc_through<D: RawDevice + ?Sized>(d: &D, bytes: usize, for_upload: bool) -> Result<Buffer> {
-    let mut r = lock(d.recorder())?;
-    if let Some(buf) = r.alloc(bytes, for_upload)? {
-        return Ok(buf);
-    }
-    let buf = d.alloc_raw(bytes)?;
-    r.allocated(&buf);
-    Ok(buf)
-}
-
-impl<T: RawDevice> DeviceApi for T {
-    fn name(&self) -> String {
-        RawDevice::name(self)
-    }
-
-    fn kind(&self) -> Device {
-        RawDevice::kind(self)
-    }
-
-    fn mixed_precision(&self) -> bool {
-        RawDevice::mixed_precision(self)
-    }
-
-    fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        alloc_through(self, bytes, false)
-    }
-
-    fn alloc_for_upload(&self, bytes: usize) -> Result<Buffer> {
-        alloc_through(self, bytes, true)
-    }
-
-    fn free(&self, buf: &Buffer) {
-        if let Ok(mut r) = self.recorder().lock() {
-            if r.keeps(buf) {
-                return;
-            }
-        }
-        self.free_raw(buf)
-    }
-
-    fn upload(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
-        match lock(self.recorder())?.upload(dst, src)? {
-            Flow::Run => self.upload_raw(dst, src),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn download(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        lock(self.recorder())?.wait("a download")?;
-        self.download_raw(src, dst)
-    }
-
-    fn download_later(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
-        match lock(self.recorder())?.download_later(src, bytes)? {
-            Some(p) => Ok(p),
-            None => self.download_later_raw(src, bytes),
-        }
-    }
-
-    fn launch(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
-        match lock(self.recorder())?.launch(kernel, cfg, args)? {
-            Flow::Run => self.launch_raw(kernel, cfg, args),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn gemm(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        match lock(self.recorder())?.gemm(g, a, b, c, bias)? {
-            Flow::Run => self.gemm_raw(g, a, b, c, bias),
-            Flow::Taken => Ok(()),
-        }
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        lock(self.recorder())?.wait("a synchronisation")?;
-        self.synchronize_raw()
-    }
-
-    fn address(&self, buf: &Buffer) -> Result<u64> {
-        RawDevice::address(self, buf)
-    }
-
-    fn memory(&self) -> MemoryUse {
-        self.recorder().lock().map(|r| r.memory()).unwrap_or_default()
-    }
-
-    fn reset_peak(&self) {
-        if let Ok(mut r) = self.recorder().lock() {
-            r.reset_peak();
-        }
-    }
-
-    fn graph_record(&self) -> Result<()> {
-        lock(self.recorder())?.begin_record()
-    }
-
-    fn graph_build(&self) -> Result<GraphCounts> {
-        let mut r = lock(self.recorder())?;
-        r.end_record()?;
-        if let Err(e) = self.build_graph(r.ops()) {
-            let ids = r.drop_graph();
-            drop(r);
-            ids.iter().for_each(|&id| self.free_raw(&Buffer { id, bytes: 0 }));
-            return Err(e);
-        }
-        Ok(r.counts())
-    }
-
-    fn graph_replay(&self) -> Result<()> {
-        lock(self.recorder())?.begin_replay()
-    }
-
-    fn graph_launch(&self) -> Result<()> {
-        let mut r = lock(self.recorder())?;
-        let replay = r.end_replay()?;
-        // Uploads first, in stream order: after the previous step's graph,
-        // before this one.
-        for (id, bytes) in &replay.uploads {
-            self.upload_raw(
-                &Buffer {
-                    id: *id,
-                    bytes: bytes.len(),
-                },
-                bytes,
-            )?;
-        }
-        self.run_graph(r.ops(), &replay.updated)?;
-        for (id, bytes, slot) in &replay.downloads {
-            Replay::deliver(
-                slot,
-                self.download_later_raw(&Buffer { id: *id, bytes: *bytes }, *bytes),
-            );
-        }
-        Ok(())
-    }
-
-    fn graph_abandon(&self) {
-        if let Ok(mut r) = self.recorder().lock() {
-            r.abandon_replay();
-        }
-    }
-
-    fn graph_drop(&self) {
-        self.drop_built_graph();
-        let ids = match self.recorder().lock() {
-            Ok(mut r) => r.drop_graph(),
-            Err(_) => return,
-        };
-        ids.iter().for_each(|&id| self.free_raw(&Buffer { id, bytes: 0 }));
-    }
-}
-
-/// Calls `f` with recorded arguments turned back into launch arguments
-/// (each buffer by its id; its size is not needed to launch).
-fn with_args<R>(args: &[OwnedArg], f: impl FnOnce(&[Arg]) -> R) -> R {
-    let bufs: Vec<Buffer> = args
-        .iter()
-        .filter_map(|a| match a {
-            OwnedArg::Buf(id) => Some(Buffer { id: *id, bytes: 0 }),
-            _ => None,
-        })
-        .collect();
-    let mut next = bufs.iter();
-    let args: Vec<Arg> = args
-        .iter()
-        .filter_map(|a| {
-            Some(match *a {
-                OwnedArg::Buf(_) => Arg::Buf(next.next()?),
-                OwnedArg::I32(v) => Arg::I32(v),
-                OwnedArg::U32(v) => Arg::U32(v),
-                OwnedArg::U64(v) => Arg::U64(v),
-                OwnedArg::F32(v) => Arg::F32(v),
-                OwnedArg::F64(v) => Arg::F64(v),
-                OwnedArg::Rng(v) => Arg::Rng(v),
-                OwnedArg::Layout(v) => Arg::Layout(v),
-            })
-        })
-        .collect();
-    f(&args)
 }
 
 #[cfg(test)]

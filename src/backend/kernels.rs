@@ -6,6 +6,78 @@ use crate::rng::RngStream;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 
+/// The kind of value a kernel parameter takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    Ptr,
+    I32,
+    U32,
+    U64,
+    F32,
+    F64,
+    Rng,
+    Layout,
+}
+
+/// One kernel parameter as its source declares it.
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    pub ctype: &'static str,
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// Its size in the kernel's parameter block.
+    pub bytes: usize,
+}
+
+/// The kind of value an argument carries.
+pub fn arg_kind(a: &super::device::Arg) -> ParamKind {
+    use super::device::Arg;
+    match a {
+        Arg::Buf(_) => ParamKind::Ptr,
+        Arg::I32(_) => ParamKind::I32,
+        Arg::U32(_) => ParamKind::U32,
+        Arg::U64(_) => ParamKind::U64,
+        Arg::F32(_) => ParamKind::F32,
+        Arg::F64(_) => ParamKind::F64,
+        Arg::Rng(_) => ParamKind::Rng,
+        Arg::Layout(_) => ParamKind::Layout,
+    }
+}
+
+/// Checks a launch's arguments against the kernel's declared parameters:
+/// their number and each one's kind, on every device (a CUDA launch would
+/// otherwise pass whatever bytes it is given).
+pub fn check_args(kernel: &str, args: &[super::device::Arg]) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let sig = signature(kernel).ok_or_else(|| Error::invalid("launch", format!("no kernel named `{kernel}`")))?;
+    if sig.len() != args.len() {
+        return Err(Error::invalid(
+            "launch",
+            format!("`{kernel}` takes {} arguments, got {}", sig.len(), args.len()),
+        ));
+    }
+    for (i, (p, a)) in sig.iter().zip(args).enumerate() {
+        if p.kind != arg_kind(a) {
+            return Err(Error::invalid(
+                "launch",
+                format!(
+                    "`{kernel}`: argument {i} (`{} {}`) must be {:?}, got {:?}",
+                    p.ctype,
+                    p.name,
+                    p.kind,
+                    arg_kind(a)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The declared parameters of `kernel`.
+pub fn signature(kernel: &str) -> Option<&'static [Param]> {
+    SIGNATURES.iter().find(|(k, _)| *k == kernel).map(|(_, p)| *p)
+}
+
 /// A Philox stream as the kernels take it (`RngStream` of common.cuh).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,10 +7,9 @@ use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::SeqLayout;
 
-/// A small grid for pointwise kernels: enough blocks to run every
-/// grid-stride loop path.
+/// The grid of a grid-stride kernel, as the model's ops launch it.
 fn pointwise(n: usize) -> Launch {
-    Launch::linear(((n as u32).div_ceil(64)).min(4), 64, 0)
+    super::gpu::grid_stride(n)
 }
 
 fn same_len(op: &'static str, a: usize, b: usize) -> Result<()> {
@@ -403,10 +402,13 @@ pub fn scatter_mask_pe(
 
 /// Σ g² through per-block partials added in block order.
 pub fn grad_sq_sum(dev: &dyn DeviceApi, g: &[f32]) -> Result<f64> {
-    let (dg, partial) = (DeviceVec::from_slice(dev, g)?, DeviceVec::poisoned_f32(dev, 4)?);
+    // Per-block partials as the model's ops split them (256 threads, at
+    // most 256 blocks).
+    let blocks = g.len().div_ceil(256).clamp(1, 256);
+    let (dg, partial) = (DeviceVec::from_slice(dev, g)?, DeviceVec::poisoned_f32(dev, blocks)?);
     dev.launch(
         "grad_sq_partials",
-        &Launch::linear(4, 64, 64 * 4),
+        &Launch::linear(blocks as u32, 256, 256 * 4),
         &[dg.arg(), partial.arg(), Arg::U64(g.len() as u64)],
     )?;
     Ok(partial.to_vec::<f32>()?.iter().map(|&v| v as f64).sum())

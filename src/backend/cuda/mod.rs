@@ -1,30 +1,46 @@
-//! The CUDA device: the `DeviceApi` on a real GPU through cudarc (driver API
-//! and cuBLAS, loaded at run time). Kernels are compiled by NVRTC for the
+//! The CUDA device: the `RawDevice` of a real GPU through cudarc (driver
+//! API, cuBLASLt, loaded at run time). Kernels are compiled by NVRTC for the
 //! GPU's architecture on first use and cached on disk by (source hash,
-//! architecture, NVRTC version).
+//! architecture, NVRTC version); `NEMESIS_KERNEL_CACHE` names the folder,
+//! so kernels compiled elsewhere (tools/device-check.sh) are used as they are.
 //!
-//! Not yet run on a GPU: no task so far had one. `nemesis check --device
-//! cuda` is the first thing to run where one is lent.
+//! One stream carries everything, so stream order alone orders uses and
+//! frees (cudarc's per-allocation events are off). Copies to and from the
+//! host go through page-locked staging buffers and events (queue.rs,
+//! backend/staging.rs). Every raw driver call binds the context first, so
+//! a loader thread may call in. `NEMESIS_CUDA_SYNC=1` waits after every
+//! launch and GEMM and names the one that failed (kernel faults otherwise
+//! surface at a later call).
+//!
+//! Not yet run on a GPU: `tools/device-check.sh` is the first thing to run
+//! where one is lent.
+
+mod graph;
+mod lt;
+mod queue;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-mod lt;
-
-use super::cuda_probe::{probe, CudaProbe};
-use super::device::{Arg, Buffer, Gemm, Launch, PendingDownload};
-use super::graph::{self, Op, OwnedArg, RawDevice, Recorder};
+use self::graph::BuiltGraph;
+use self::queue::CudaQueue;
+use super::cuda_probe::{driver_api, probe, CudaProbe};
+use super::device::{Arg, Buffer, Gemm, Launch};
+use super::gemm_plan::ColMajor;
+use super::graph::{Op, Recorder};
 use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
+use super::limits::{self, OptIns};
 use super::nvrtc::Nvrtc;
+use super::raw::RawDevice;
+use super::staging::{HostBuf, Staging};
 use crate::error::{Error, Result};
 
 // SAFETY: both are #[repr(C)] plain data, laid out as the kernels declare them.
@@ -35,17 +51,71 @@ fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::invalid("cuda", format!("{what}: {e:?}"))
 }
 
+/// The CUDA version this build's driver bindings are written for.
+const DRIVER_VERSION: i32 = 13_000;
+
+/// Every driver entry point this device calls, itself or through cudarc,
+/// checked at open: cudarc panics at the first call of a missing one.
+const DRIVER_SYMBOLS: &[&str] = &[
+    "cuInit",
+    "cuDeviceGet",
+    "cuDeviceGetCount",
+    "cuDeviceGetAttribute",
+    "cuDeviceGetName",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxGetCurrent",
+    "cuCtxSetCurrent",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamSynchronize",
+    "cuStreamBeginCapture_v2",
+    "cuStreamEndCapture",
+    "cuStreamGetCaptureInfo_v3",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphUpload",
+    "cuGraphLaunch",
+    "cuGraphExecKernelNodeSetParams_v2",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemsetD8Async",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemHostAlloc",
+    "cuMemFreeHost",
+    "cuDeviceGetDefaultMemPool",
+    "cuMemPoolSetAttribute",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventQuery",
+    "cuEventSynchronize",
+    "cuEventDestroy_v2",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuFuncSetAttribute",
+    "cuLaunchKernel",
+    "cuGetErrorName",
+    "cuGetErrorString",
+];
+
+/// cuBLASLt's workspace (32 MiB, NVIDIA's advice for Hopper).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
 pub struct CudaDevice {
     bf16: bool,
     /// Fill fresh allocations with 0xFF bytes (NaN as f32), so a value a
     /// kernel fails to write shows up in a check (as on the emulator).
     poison: bool,
+    /// `NEMESIS_CUDA_SYNC=1`: wait after every launch and GEMM.
+    sync_each: bool,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    /// `None` when `NEMESIS_GEMM=cublas` selects the classic SGEMM.
+    /// `None` unless `NEMESIS_GEMM=cublas` selects the classic SGEMM.
+    blas: Option<CudaBlas>,
+    /// `None` when `NEMESIS_GEMM=cublas`.
     lt: Option<lt::Lt>,
-    /// cuBLASLt's workspace (32 MiB, NVIDIA's advice for Hopper).
     workspace: Buffer,
     nvrtc: Nvrtc,
     arch: String,
@@ -53,26 +123,22 @@ pub struct CudaDevice {
     next: AtomicU64,
     mem: Mutex<HashMap<u64, CudaSlice<u8>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
-    /// Page-locked host buffers for `download_later`, reused: allocating
-    /// and freeing pinned memory every step can stall the device.
-    pinned: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
+    queue: Arc<CudaQueue>,
+    staging: Staging,
+    opt_ins: OptIns,
+    /// Device scratch of the GEMMs that round f32 operands or an f32
+    /// result to bf16, grown (never inside a capture) and reused.
+    scratch: Mutex<[Option<Buffer>; 3]>,
+    /// Scratch outgrown: kept until the device closes, since a captured
+    /// graph may still address it.
+    retired: Mutex<Vec<Buffer>>,
+    /// A graph is being captured (no scratch may grow).
+    capturing: AtomicBool,
     /// The step graph's recording (backend/graph.rs) and the CUDA graph
     /// built from it.
     graph: Mutex<Recorder>,
     cuda_graph: Mutex<Option<BuiltGraph>>,
 }
-
-/// A CUDA graph captured from a recorded step, with the node of each
-/// recorded launch (by its index among the recorded calls), so a replay can
-/// change a launch's scalar arguments in the instantiated graph.
-struct BuiltGraph {
-    graph: cudarc::driver::CudaGraph,
-    nodes: HashMap<usize, cudarc::driver::sys::CUgraphNode>,
-}
-
-// SAFETY: the graph and its nodes are only used under the device's
-// `cuda_graph` lock, one thread at a time, as the CUDA documentation asks.
-unsafe impl Send for BuiltGraph {}
 
 /// Where compiled kernels are kept between runs.
 fn module_cache() -> PathBuf {
@@ -81,19 +147,66 @@ fn module_cache() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("nemesis-kernels"))
 }
 
+/// The file a compiled kernel source is cached in.
+pub fn cached_module_name(file: &str, arch: &str, nvrtc: (i32, i32)) -> String {
+    let src = super::kernels::source(file).unwrap_or_default();
+    let key = crc32fast::hash(format!("{src}{}", super::kernels::COMMON_HEADER).as_bytes());
+    format!("{file}-{key:08x}-{arch}-nvrtc{}.{}.cubin", nvrtc.0, nvrtc.1)
+}
+
+/// Compiles every kernel source for `arch` into `dir`, named as the device
+/// looks them up (so a GPU machine given the folder compiles nothing).
+/// Returns the files written.
+pub fn precompile(nvrtc: &Nvrtc, arch: &str, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let version = nvrtc.version()?;
+    let mut out = Vec::new();
+    for (file, src) in super::kernels::SOURCES {
+        let c = nvrtc.compile(file, src, arch)?;
+        let path = dir.join(cached_module_name(file, arch, version));
+        crate::io::write_atomic(&path, &c.cubin)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
 impl CudaDevice {
-    /// Opens GPU `ordinal`, after checking that the driver loads, so a
-    /// machine without CUDA gets an error rather than a panic from a
-    /// library that failed to load.
+    /// Opens GPU `ordinal`, after checking that the driver loads and has
+    /// every entry point used, and that cuBLASLt is CUDA 13's, so a machine
+    /// without a suitable CUDA gets an error rather than a panic.
     pub fn open(ordinal: usize) -> Result<Self> {
         match probe() {
             CudaProbe::Gpus(n) if n as usize > ordinal => {}
+            CudaProbe::Gpus(n) => {
+                return Err(Error::invalid(
+                    "--device cuda",
+                    format!("GPU {ordinal} was asked for; the CUDA driver sees {n}"),
+                ))
+            }
             other => {
                 return Err(Error::invalid(
                     "--device cuda",
                     format!("CUDA is not available: {}", other.describe()),
                 ))
             }
+        }
+        let (version, missing) = driver_api(DRIVER_SYMBOLS).map_err(|e| Error::invalid("--device cuda", e))?;
+        if version < DRIVER_VERSION {
+            return Err(Error::invalid(
+                "--device cuda",
+                format!(
+                    "the CUDA driver supports CUDA {}.{}, this build needs {}.{} or newer (driver 580 or later)",
+                    version / 1000,
+                    version % 1000 / 10,
+                    DRIVER_VERSION / 1000,
+                    DRIVER_VERSION % 1000 / 10
+                ),
+            ));
+        }
+        if !missing.is_empty() {
+            return Err(Error::invalid(
+                "--device cuda",
+                format!("the CUDA driver lacks {}; update the driver", missing.join(", ")),
+            ));
         }
         let nvrtc = Nvrtc::load()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("creating the context", e))?;
@@ -107,37 +220,41 @@ impl CudaDevice {
         // SAFETY: every allocation, copy and launch of this device goes to
         // `stream`, so stream order alone keeps uses and frees ordered.
         unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx)?;
         // A stream of our own rather than the legacy default stream, which
         // cannot be captured into a graph.
         let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
-        // SAFETY: only checks whether the shared library can be loaded.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::invalid(
-                "--device cuda",
-                "libcublas could not be loaded; install the CUDA toolkit's cuBLAS or set LD_LIBRARY_PATH",
-            ));
-        }
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
-        let lt = match std::env::var("NEMESIS_GEMM").as_deref() {
-            Ok("cublas") => None,
-            _ => Some(lt::Lt::new()?),
+        let (blas, lt) = match std::env::var("NEMESIS_GEMM").as_deref() {
+            Ok("cublas") => {
+                // SAFETY: only checks whether the shared library can be loaded.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err(Error::invalid(
+                        "--device cuda",
+                        "libcublas could not be loaded; install the CUDA 13 toolkit's cuBLAS or set LD_LIBRARY_PATH",
+                    ));
+                }
+                let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
+                (Some(blas), None)
+            }
+            _ => (None, Some(lt::Lt::new()?)),
         };
-        let workspace_bytes = 32 << 20;
         let ws = stream
-            .alloc_zeros::<u8>(workspace_bytes)
+            .alloc_zeros::<u8>(WORKSPACE_BYTES)
             .map_err(|e| cuda_err("cuBLASLt workspace", e))?;
         let mut mem = HashMap::new();
         mem.insert(u64::MAX, ws);
+        let queue = Arc::new(CudaQueue::new(ctx.clone(), stream.clone()));
         Ok(CudaDevice {
             bf16: false,
             poison: false,
+            sync_each: std::env::var("NEMESIS_CUDA_SYNC").is_ok_and(|v| v == "1"),
             ctx,
             stream,
             blas,
             lt,
             workspace: Buffer {
                 id: u64::MAX,
-                bytes: workspace_bytes,
+                bytes: WORKSPACE_BYTES,
             },
             nvrtc,
             arch: format!("sm_{major}{minor}"),
@@ -145,7 +262,12 @@ impl CudaDevice {
             next: AtomicU64::new(0),
             mem: Mutex::new(mem),
             functions: Mutex::new(HashMap::new()),
-            pinned: Arc::new(Mutex::new(Vec::new())),
+            staging: Staging::new(queue.clone()),
+            queue,
+            opt_ins: OptIns::default(),
+            scratch: Mutex::new([None, None, None]),
+            retired: Mutex::new(Vec::new()),
+            capturing: AtomicBool::new(false),
             graph: Mutex::new(Recorder::default()),
             cuda_graph: Mutex::new(None),
         })
@@ -163,6 +285,14 @@ impl CudaDevice {
         self
     }
 
+    /// Makes this device's context the calling thread's (every raw driver
+    /// call needs it; cudarc's safe calls do it themselves).
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the context", e))
+    }
+
     fn function(&self, kernel: &str) -> Result<CudaFunction> {
         let mut fns = self
             .functions
@@ -177,9 +307,7 @@ impl CudaDevice {
             .map(|(f, _)| *f)
             .ok_or_else(|| Error::invalid("cuda", format!("no kernel named `{kernel}`")))?;
         let src = super::kernels::source(file).ok_or_else(|| Error::invalid("cuda", format!("no source {file}")))?;
-        let (maj, min) = self.nvrtc.version()?;
-        let key = crc32fast::hash(format!("{src}{}", super::kernels::COMMON_HEADER).as_bytes());
-        let cached = module_cache().join(format!("{file}-{key:08x}-{}-nvrtc{maj}.{min}.cubin", self.arch));
+        let cached = module_cache().join(cached_module_name(file, &self.arch, self.nvrtc.version()?));
         let cubin = match std::fs::read(&cached) {
             Ok(b) if !b.is_empty() => b,
             _ => {
@@ -201,153 +329,82 @@ impl CudaDevice {
             .cloned()
             .ok_or_else(|| Error::invalid("cuda", format!("`{kernel}` missing from {file}")))
     }
-}
 
-impl CudaDevice {
-    /// Captures the recorded launches and GEMMs into a CUDA graph (nothing
-    /// runs; allocations, uploads and downloads are the replay's business).
-    fn capture(&self, ops: &[Op]) -> Result<BuiltGraph> {
-        use cudarc::driver::sys;
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(|e| cuda_err("beginning a graph capture", e))?;
-        let mut nodes = HashMap::new();
-        let captured = graph::run_calls(self, ops, |i| {
-            nodes.insert(i, self.last_captured_node()?);
-            Ok(())
-        });
-        // The capture ends whatever happened, so the stream is usable again.
-        let ended = self
-            .stream
-            .end_capture(sys::CUgraphInstantiate_flags(0))
-            .map_err(|e| cuda_err("ending a graph capture", e));
-        captured?;
-        let graph = ended?.ok_or_else(|| cuda_err("graph capture", "the captured graph is empty"))?;
-        graph.upload().map_err(|e| cuda_err("uploading the graph", e))?;
-        Ok(BuiltGraph { graph, nodes })
-    }
-
-    /// The node the last launch added to the capture: on one stream the
-    /// capture's frontier is exactly that node.
-    fn last_captured_node(&self) -> Result<cudarc::driver::sys::CUgraphNode> {
-        use cudarc::driver::sys;
-        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-        let mut id: sys::cuuint64_t = 0;
-        let mut g: sys::CUgraph = std::ptr::null_mut();
-        let mut deps: *const sys::CUgraphNode = std::ptr::null();
-        let mut edges: *const sys::CUgraphEdgeData = std::ptr::null();
-        let mut n: usize = 0;
-        // SAFETY: every out-pointer points at a local of the declared type;
-        // the stream is ours and capturing.
-        let r = unsafe {
-            sys::cuStreamGetCaptureInfo_v3(
-                self.stream.cu_stream(),
-                &mut status,
-                &mut id,
-                &mut g,
-                &mut deps,
-                &mut edges,
-                &mut n,
-            )
-        };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return Err(cuda_err("reading the capture's last node", r));
-        }
-        if n != 1 || deps.is_null() {
-            return Err(cuda_err(
-                "graph capture",
-                format!("{n} nodes at the capture's frontier after a launch (one expected)"),
-            ));
-        }
-        // SAFETY: the driver returned `n` = 1 valid node at `deps`.
-        Ok(unsafe { *deps })
-    }
-
-    /// New scalar arguments for one launch of the instantiated graph.
-    fn set_node_params(
-        &self,
-        cg: &BuiltGraph,
-        node: cudarc::driver::sys::CUgraphNode,
-        kernel: &str,
-        cfg: &Launch,
-        args: &[OwnedArg],
-    ) -> Result<()> {
-        use cudarc::driver::sys;
-        let func = self.function(kernel)?;
-        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        // Each argument's bytes, 8-byte aligned, and a pointer to each.
-        let mut values: Vec<Vec<u64>> = Vec::with_capacity(args.len());
-        for a in args {
-            let bytes: Vec<u8> = match *a {
-                OwnedArg::Buf(id) => {
-                    let slice = m
-                        .get(&id)
-                        .ok_or_else(|| Error::invalid("cuda", format!("buffer {id} is not allocated")))?;
-                    let (p, _sync) = slice.device_ptr(&self.stream);
-                    p.to_ne_bytes().to_vec()
-                }
-                OwnedArg::I32(v) => v.to_ne_bytes().to_vec(),
-                OwnedArg::U32(v) => v.to_ne_bytes().to_vec(),
-                OwnedArg::U64(v) => v.to_ne_bytes().to_vec(),
-                OwnedArg::F32(v) => v.to_ne_bytes().to_vec(),
-                OwnedArg::F64(v) => v.to_ne_bytes().to_vec(),
-                OwnedArg::Rng(r) => {
-                    let c: RngStreamC = r.into();
-                    [c.k0, c.k1, c.s0, c.s1].iter().flat_map(|w| w.to_ne_bytes()).collect()
-                }
-                OwnedArg::Layout(l) => {
-                    let c: SeqLayoutC = l.into();
-                    // SAFETY: SeqLayoutC is #[repr(C)] plain i32 fields.
-                    unsafe {
-                        std::slice::from_raw_parts(
-                            (&c as *const SeqLayoutC).cast::<u8>(),
-                            std::mem::size_of::<SeqLayoutC>(),
-                        )
-                    }
-                    .to_vec()
-                }
-            };
-            let mut words = vec![0u64; bytes.len().div_ceil(8)];
-            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-            values.push(words);
-        }
-        let mut ptrs: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
-        let params = sys::CUDA_KERNEL_NODE_PARAMS {
-            func: func.cu_function(),
-            gridDimX: cfg.grid[0],
-            gridDimY: cfg.grid[1],
-            gridDimZ: cfg.grid[2],
-            blockDimX: cfg.block[0],
-            blockDimY: cfg.block[1],
-            blockDimZ: cfg.block[2],
-            sharedMemBytes: cfg.shared_bytes,
-            kernelParams: ptrs.as_mut_ptr(),
-            extra: std::ptr::null_mut(),
-            kern: std::ptr::null_mut(),
-            ctx: std::ptr::null_mut(),
-        };
-        // SAFETY: `node` is a kernel node of `cg`'s graph; the parameters
-        // point at values that live until the call returns (the driver
-        // copies them), in the kernel's declared order and types.
-        let r = unsafe { sys::cuGraphExecKernelNodeSetParams_v2(cg.graph.cu_graph_exec(), node, &params) };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return Err(cuda_err(&format!("updating `{kernel}` in the step graph"), r));
+    /// After each launch or GEMM under `NEMESIS_CUDA_SYNC=1`: waits, so a
+    /// fault is blamed on the call that made it.
+    fn settle(&self, what: &str) -> Result<()> {
+        if self.sync_each && !self.capturing.load(Ordering::Relaxed) {
+            self.stream
+                .synchronize()
+                .map_err(|e| cuda_err(&format!("{what} (NEMESIS_CUDA_SYNC=1: it failed on the device)"), e))?;
         }
         Ok(())
     }
 
+    fn ptr_of(&self, m: &HashMap<u64, CudaSlice<u8>>, buf: &Buffer) -> Result<u64> {
+        let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+        let (p, _sync) = slice.device_ptr(&self.stream);
+        Ok(p)
+    }
+
+    /// Scratch buffer `i` of at least `bytes`, grown outside captures only.
+    fn scratch(&self, i: usize, bytes: usize) -> Result<Buffer> {
+        let mut s = self.scratch.lock().map_err(|_| cuda_err("scratch", "poisoned lock"))?;
+        if let Some(b) = &s[i] {
+            if b.bytes >= bytes {
+                return Ok(Buffer {
+                    id: b.id,
+                    bytes: b.bytes,
+                });
+            }
+        }
+        if self.capturing.load(Ordering::Relaxed) {
+            return Err(cuda_err(
+                "gemm",
+                "a GEMM needed more scratch inside a graph capture (its shape was not run before)",
+            ));
+        }
+        if let Some(old) = s[i].take() {
+            if let Ok(mut r) = self.retired.lock() {
+                r.push(old);
+            }
+        }
+        let b = self.alloc_raw(bytes.next_power_of_two())?;
+        s[i] = Some(Buffer {
+            id: b.id,
+            bytes: b.bytes,
+        });
+        Ok(b)
+    }
+
+    fn round_to_bf16(&self, src: &Buffer, dst: &Buffer, n: usize) -> Result<()> {
+        super::raw::launch_checked(
+            self,
+            "f32_to_bf16",
+            &super::gpu::grid_stride(n),
+            &[Arg::Buf(src), Arg::Buf(dst), Arg::U64(n as u64)],
+        )
+    }
+
     /// The classic cuBLAS SGEMM (f32, TF32 off), used when
     /// `NEMESIS_GEMM=cublas` asks for it instead of cuBLASLt.
-    fn gemm_cublas(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        if g.bf16 || g.bf16_inputs {
+    fn gemm_cublas(
+        &self,
+        blas: &CudaBlas,
+        g: &Gemm,
+        a: &Buffer,
+        b: &Buffer,
+        c: &Buffer,
+        bias: Option<&Buffer>,
+    ) -> Result<()> {
+        if g.bf16 || g.bf16_inputs || g.bf16_out {
             return Err(Error::invalid(
                 "gemm",
                 "bf16 GEMMs need cuBLASLt; unset NEMESIS_GEMM=cublas",
             ));
         }
         let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap
-        // the operands and keep each one's own transpose flag.
+        let cm = ColMajor::of(g);
         let op = |t: bool| {
             if t {
                 cublasOperation_t::CUBLAS_OP_T
@@ -356,16 +413,16 @@ impl CudaDevice {
             }
         };
         let cfg = GemmConfig {
-            transa: op(g.trans_b),
-            transb: op(g.trans_a),
-            m: g.n as i32,
-            n: g.m as i32,
-            k: g.k as i32,
+            transa: op(cm.trans_x),
+            transb: op(cm.trans_y),
+            m: cm.m as i32,
+            n: cm.n as i32,
+            k: cm.k as i32,
             alpha: g.alpha,
-            lda: if g.trans_b { g.k } else { g.n } as i32,
-            ldb: if g.trans_a { g.m } else { g.k } as i32,
+            lda: cm.ldx as i32,
+            ldb: cm.ldy as i32,
             beta: g.beta,
-            ldc: g.n as i32,
+            ldc: cm.ldc as i32,
         };
         let mut cs = m.remove(&c.id).ok_or_else(|| missing(c))?;
         let result = {
@@ -378,8 +435,7 @@ impl CudaDevice {
                     bv.transmute::<f32>(g.k * g.n),
                     cs.transmute_mut::<f32>(g.m * g.n),
                 ) {
-                    (Some(av), Some(bv), Some(mut cv)) => self
-                        .blas
+                    (Some(av), Some(bv), Some(mut cv)) => blas
                         .gemm(cfg, &bv, &av, &mut cv)
                         .map_err(|e| cuda_err("cuBLAS sgemm", e)),
                     _ => Err(Error::invalid("gemm", "buffers too small for f32 views")),
@@ -392,9 +448,10 @@ impl CudaDevice {
         match bias {
             Some(bias) => {
                 let n = (g.m * g.n) as u64;
-                self.launch_raw(
+                super::raw::launch_checked(
+                    self,
                     "add_broadcast",
-                    &Launch::linear(((n as usize).div_ceil(256)).min(65_535) as u32, 256, 0),
+                    &super::gpu::grid_stride(n as usize),
                     &[
                         Arg::Buf(c),
                         Arg::Buf(bias),
@@ -409,22 +466,31 @@ impl CudaDevice {
     }
 }
 
-/// A copy into pinned host memory, finished when its event is.
-struct CudaPending {
-    host: Option<PinnedHostSlice<u8>>,
-    bytes: usize,
-    pool: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
-}
-
-impl PendingDownload for CudaPending {
-    fn wait(mut self: Box<Self>) -> Result<Vec<u8>> {
-        let host = self.host.take().ok_or_else(|| cuda_err("download", "already taken"))?;
-        let out = host.as_slice().map_err(|e| cuda_err("download", e))?[..self.bytes].to_vec();
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.push(host);
-        }
-        Ok(out)
+/// The stream-ordered allocator keeps what a step freed for the next step
+/// instead of returning it to the driver at every synchronisation (its
+/// default release threshold is 0).
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local; the device is the context's.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(cuda_err("the device's memory pool", r));
     }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the attribute takes a cuuint64_t by pointer.
+    let r = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(cuda_err("the memory pool's release threshold", r));
+    }
+    Ok(())
 }
 
 fn missing(buf: &Buffer) -> Error {
@@ -458,13 +524,19 @@ impl RawDevice for CudaDevice {
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
-        let (p, _sync) = slice.device_ptr(&self.stream);
-        Ok(p)
+        self.ptr_of(&m, buf)
     }
 
     fn recorder(&self) -> &Mutex<Recorder> {
         &self.graph
+    }
+
+    fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    fn opt_ins(&self) -> &OptIns {
+        &self.opt_ins
     }
 
     fn bytes_of(&self, id: u64) -> usize {
@@ -481,8 +553,10 @@ impl RawDevice for CudaDevice {
         // check passes there), so a memset per buffer would be waste.
         // SAFETY: u8 has no invalid bit patterns; the contents are only
         // read after a kernel or copy has written them.
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| cuda_err("alloc", e))?;
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+            .map_err(|e| cuda_err(&format!("allocating {bytes} bytes"), e))?;
         if self.poison {
+            self.bind()?;
             let (ptr, _sync) = slice.device_ptr(&self.stream);
             // SAFETY: the allocation was just made on this stream and holds
             // at least `bytes` bytes; any byte pattern is valid for u8.
@@ -498,52 +572,78 @@ impl RawDevice for CudaDevice {
     }
 
     fn free_raw(&self, buf: &Buffer) {
-        if let Ok(mut m) = self.mem.lock() {
-            m.remove(&buf.id);
+        let slice = self.mem.lock().ok().and_then(|mut m| m.remove(&buf.id));
+        if let Some(slice) = slice {
+            // cudarc's free (stream-ordered) does not bind the context.
+            let _ = self.bind();
+            drop(slice);
         }
     }
 
-    fn upload_raw(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
-        let mut m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        let slice = m.get_mut(&dst.id).ok_or_else(|| missing(dst))?;
-        if src.len() > dst.bytes {
-            return Err(Error::invalid(
-                "upload",
-                format!("{} bytes into a buffer of {}", src.len(), dst.bytes),
-            ));
-        }
-        let mut view = slice.slice_mut(..src.len());
-        self.stream
-            .memcpy_htod(src, &mut view)
-            .map_err(|e| cuda_err("upload", e))
-    }
-
-    fn download_raw(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
+    fn copy_to_host(&self, src: &Buffer, dst: &HostBuf, bytes: usize) -> Result<()> {
+        use cudarc::driver::sys;
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let slice = m.get(&src.id).ok_or_else(|| missing(src))?;
-        if dst.len() > src.bytes {
+        if bytes > slice.len() {
             return Err(Error::invalid(
                 "download",
-                format!("{} bytes from a buffer of {}", dst.len(), src.bytes),
+                format!("{bytes} bytes from a buffer of {}", slice.len()),
             ));
         }
-        let view = slice.slice(..dst.len());
-        self.stream
-            .memcpy_dtoh(&view, dst)
-            .map_err(|e| cuda_err("download", e))?;
-        self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
+        let (host, cap) = self.queue.host_ptr(dst)?;
+        if bytes > cap {
+            return Err(Error::invalid("download", format!("{bytes} bytes into {cap}")));
+        }
+        let (dptr, _sync) = slice.device_ptr(&self.stream);
+        self.bind()?;
+        // SAFETY: `host` is our pinned buffer of `cap` ≥ `bytes` bytes, kept
+        // until the event recorded behind this copy is done; `dptr` holds
+        // at least `bytes` bytes; the stream is ours.
+        let r = unsafe { sys::cuMemcpyDtoHAsync_v2(host.cast(), dptr, bytes, self.stream.cu_stream()) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(cuda_err("download", r));
+        }
+        Ok(())
+    }
+
+    fn copy_from_host(&self, src: &HostBuf, dst: &Buffer, bytes: usize) -> Result<()> {
+        use cudarc::driver::sys;
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        let slice = m.get(&dst.id).ok_or_else(|| missing(dst))?;
+        if bytes > slice.len() {
+            return Err(Error::invalid(
+                "upload",
+                format!("{bytes} bytes into a buffer of {}", slice.len()),
+            ));
+        }
+        let (host, cap) = self.queue.host_ptr(src)?;
+        if bytes > cap {
+            return Err(Error::invalid("upload", format!("{bytes} bytes out of {cap}")));
+        }
+        let (dptr, _sync) = slice.device_ptr(&self.stream);
+        self.bind()?;
+        // SAFETY: `host` is our pinned buffer holding `bytes` bytes the host
+        // wrote, not written again until the event behind this copy is
+        // done; `dptr` has room for them; the stream is ours.
+        let r = unsafe { sys::cuMemcpyHtoDAsync_v2(dptr, host.cast_const().cast(), bytes, self.stream.cu_stream()) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(cuda_err("upload", r));
+        }
+        Ok(())
+    }
+
+    fn raise_shared_limit(&self, kernel: &str, bytes: u32) -> Result<()> {
+        let func = self.function(kernel)?;
+        func.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| cuda_err(&format!("{kernel}: allowing {bytes} bytes of shared memory"), e))
     }
 
     fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+        limits::check(kernel, cfg, self.opt_ins.allowed(kernel))?;
         let func = self.function(kernel)?;
-        if cfg.shared_bytes > 48 * 1024 {
-            // Above 48 KiB of dynamic shared memory a kernel must opt in.
-            func.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_bytes as i32,
-            )
-            .map_err(|e| cuda_err(&format!("{kernel}: {} bytes of shared memory", cfg.shared_bytes), e))?;
-        }
         let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
         let scalars: Vec<Scalar> = args
             .iter()
@@ -595,16 +695,15 @@ impl RawDevice for CudaDevice {
             block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
             shared_mem_bytes: cfg.shared_bytes,
         };
-        // SAFETY: the launchers size every buffer for the launch and pass
-        // arguments in the kernel's declared order and types.
+        // SAFETY: the arguments were checked against the kernel's declared
+        // parameters (kernels::check_args) and the launchers size every
+        // buffer for the launch.
         unsafe { b.launch(lc) }.map_err(|e| cuda_err(kernel, e))?;
-        Ok(())
+        drop(m);
+        self.settle(&format!("kernel `{kernel}`"))
     }
 
     fn gemm_raw(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
-        // Whether the bf16-output fallback has been reported (once a run).
-        static BF16_OUT_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let elem = if g.bf16 { 2 } else { 4 };
         let input = if g.bf16_inputs { 2 } else { 4 };
         if g.bf16_out && g.beta != 0.0 {
             return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
@@ -624,124 +723,68 @@ impl RawDevice for CudaDevice {
             }
         }
         let Some(lt) = &self.lt else {
-            return self.gemm_cublas(g, a, b, c, bias);
+            let blas = self
+                .blas
+                .as_ref()
+                .ok_or_else(|| cuda_err("gemm", "neither cuBLASLt nor cuBLAS is loaded"))?;
+            self.gemm_cublas(blas, g, a, b, c, bias)?;
+            return self.settle("a cuBLAS GEMM");
         };
-        // Mixed precision: the operands are rounded to bf16 in scratch buffers.
+        // Mixed precision: operands not yet bf16 are rounded into scratch.
         let g = &Gemm {
             bf16: g.bf16 || g.bf16_inputs,
             ..*g
         };
-        let scratch = if g.bf16 && !g.bf16_inputs {
-            let (sa, sb) = (self.alloc_raw(g.m * g.k * elem)?, self.alloc_raw(g.k * g.n * elem)?);
-            for (src, dst, n) in [(a, &sa, g.m * g.k), (b, &sb, g.k * g.n)] {
-                self.launch_raw(
-                    "f32_to_bf16",
-                    &Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0),
-                    &[Arg::Buf(src), Arg::Buf(dst), Arg::U64(n as u64)],
-                )?;
-            }
-            Some((sa, sb))
+        let (a, b) = if g.bf16 && !g.bf16_inputs {
+            let (sa, sb) = (self.scratch(0, g.m * g.k * 2)?, self.scratch(1, g.k * g.n * 2)?);
+            self.round_to_bf16(a, &sa, g.m * g.k)?;
+            self.round_to_bf16(b, &sb, g.k * g.n)?;
+            (sa, sb)
         } else {
-            None
+            (
+                Buffer {
+                    id: a.id,
+                    bytes: a.bytes,
+                },
+                Buffer {
+                    id: b.id,
+                    bytes: b.bytes,
+                },
+            )
         };
-        let run = |g: &Gemm, c: &Buffer| -> Result<()> {
+        let route = lt.prepare(g, bias.is_some(), WORKSPACE_BYTES)?;
+        let (g, target) = match route {
+            lt::Route::Direct => (
+                *g,
+                Buffer {
+                    id: c.id,
+                    bytes: c.bytes,
+                },
+            ),
+            lt::Route::F32ThenRound => (Gemm { bf16_out: false, ..*g }, self.scratch(2, g.m * g.n * 4)?),
+        };
+        {
             let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-            let ptr = |buf: &Buffer| -> Result<u64> {
-                let slice = m.get(&buf.id).ok_or_else(|| missing(buf))?;
-                let (p, _sync) = slice.device_ptr(&self.stream);
-                Ok(p)
-            };
-            let (pa, pb) = match &scratch {
-                Some((sa, sb)) => (ptr(sa)?, ptr(sb)?),
-                None => (ptr(a)?, ptr(b)?),
-            };
-            let (pc, pbias, pw) = (ptr(c)?, bias.map(&ptr).transpose()?, ptr(&self.workspace)?);
-            // SAFETY: sizes checked above; every pointer is a live allocation of this context.
-            unsafe {
-                lt.matmul(
-                    g,
-                    pa,
-                    pb,
-                    pc,
-                    pbias,
-                    pw,
-                    self.workspace.bytes,
-                    self.stream.cu_stream() as _,
-                )
-            }
-        };
-        let result = match run(g, c) {
-            // No cuBLASLt algorithm writes bf16 with this bias type here:
-            // f32 into scratch, then one rounding pass.
-            Err(e) if g.bf16_out => {
-                if !BF16_OUT_FALLBACK.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    eprintln!("warning: cuBLASLt refused a bf16 output ({e}); such GEMMs write f32 and round it");
-                }
-                let n = g.m * g.n;
-                let f = self.alloc_raw(n * 4)?;
-                let r = run(&Gemm { bf16_out: false, ..*g }, &f).and_then(|_| {
-                    self.launch_raw(
-                        "f32_to_bf16",
-                        &Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0),
-                        &[Arg::Buf(&f), Arg::Buf(c), Arg::U64(n as u64)],
-                    )
-                });
-                self.free_raw(&f);
-                r
-            }
-            r => r,
-        };
-        if let Some((sa, sb)) = scratch {
-            // cuBLASLt has been queued on the stream; frees are stream-ordered.
-            self.free_raw(&sa);
-            self.free_raw(&sb);
+            let (pa, pb, pc) = (self.ptr_of(&m, &a)?, self.ptr_of(&m, &b)?, self.ptr_of(&m, &target)?);
+            let pbias = bias.map(|x| self.ptr_of(&m, x)).transpose()?;
+            let pw = self.ptr_of(&m, &self.workspace)?;
+            self.bind()?;
+            // SAFETY: sizes checked above; every pointer is a live allocation
+            // of this context, which is current.
+            unsafe { lt.matmul(&g, pa, pb, pc, pbias, pw, WORKSPACE_BYTES, self.stream.cu_stream() as _) }?;
         }
-        result
+        if let lt::Route::F32ThenRound = route {
+            self.round_to_bf16(&target, c, g.m * g.n)?;
+        }
+        self.settle(&format!("a {}×{}×{} GEMM", g.m, g.n, g.k))
     }
 
     fn synchronize_raw(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
 
-    fn download_later_raw(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
-        if bytes > src.bytes {
-            return Err(Error::invalid(
-                "download",
-                format!("{bytes} bytes from a buffer of {}", src.bytes),
-            ));
-        }
-        let reused = {
-            let mut pool = self
-                .pinned
-                .lock()
-                .map_err(|_| cuda_err("pinned pool", "poisoned lock"))?;
-            pool.iter().position(|p| p.len() >= bytes).map(|i| pool.swap_remove(i))
-        };
-        let mut host = match reused {
-            Some(h) => h,
-            // SAFETY: the bytes are written by the copy below before `wait` reads them.
-            None => unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.max(256), 0) }
-                .map_err(|e| cuda_err("pinned host memory", e))?,
-        };
-        {
-            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-            let slice = m.get(&src.id).ok_or_else(|| missing(src))?;
-            let view = slice.slice(..bytes);
-            // cudarc records the pinned slice's own event behind the copy;
-            // `as_slice` waits on it.
-            self.stream
-                .memcpy_dtoh(&view, &mut host)
-                .map_err(|e| cuda_err("download", e))?;
-        }
-        Ok(Box::new(CudaPending {
-            host: Some(host),
-            bytes,
-            pool: self.pinned.clone(),
-        }))
-    }
-
     fn build_graph(&self, ops: &[Op]) -> Result<()> {
-        let g = self.capture(ops)?;
+        let g = graph::capture(self, ops)?;
         *self.cuda_graph.lock().map_err(|_| cuda_err("graph", "poisoned lock"))? = Some(g);
         Ok(())
     }
@@ -756,10 +799,11 @@ impl RawDevice for CudaDevice {
                     .get(&i)
                     .copied()
                     .ok_or_else(|| cuda_err("graph", "a launch without its node"))?;
-                self.set_node_params(cg, node, kernel, cfg, args)?;
+                graph::set_node_params(self, cg, node, kernel, cfg, args)?;
             }
         }
-        cg.graph.launch().map_err(|e| cuda_err("graph launch", e))
+        cg.graph.launch().map_err(|e| cuda_err("graph launch", e))?;
+        self.settle("the step graph")
     }
 
     fn drop_built_graph(&self) {

@@ -1,16 +1,36 @@
 //! The emulator device: the .cu kernels compiled for the host (see build.rs
-//! and kernels/emu/), behind the same `DeviceApi` the CUDA device implements.
-//! Blocks run one after another, the threads of a block as real threads
-//! meeting at barriers. Device memory is host memory owned by the device.
+//! and kernels/emu/), behind the same `DeviceApi` the CUDA device implements,
+//! and held to a GPU's rules where the host would let things pass:
+//!
+//! - launches: the sm_90 limits (backend/limits.rs), the shared-memory
+//!   opt-in, the production geometry the ops ask for; every block's shared
+//!   memory starts as garbage (kernels/emu/emu.cpp);
+//! - memory: each buffer between guard zones, checked after every launch
+//!   and GEMM (memory.rs);
+//! - copies: asynchronous, landing only when their event is waited on
+//!   (queue.rs);
+//! - graph capture: nothing runs, and a copy, a wait or an allocation left
+//!   unfreed inside a capture is an error, as in a CUDA stream capture.
+//!
+//! What it cannot show (speed, the memory model of concurrent blocks, the
+//! tensor cores' own rounding) the GPU runs show: docs/DESIGN.md.
+
+mod memory;
+mod queue;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use self::memory::{Block, Fill};
+pub use self::queue::EmuQueue;
 use crate::backend::cpu::gemm::{gemm, MatRef};
-use crate::backend::device::{Arg, Buffer, Downloaded, Gemm, Launch, PendingDownload};
-use crate::backend::graph::{self, Op, RawDevice, Recorder};
+use crate::backend::device::{Arg, Buffer, Gemm, Launch};
+use crate::backend::graph::{Op, Recorder};
 use crate::backend::kernels::{RngStreamC, SeqLayoutC};
+use crate::backend::limits::{self, OptIns};
+use crate::backend::raw::{run_calls, RawDevice};
+use crate::backend::staging::{HostBuf, Staging};
 use crate::error::{Error, Result};
 
 /// Launch geometry as the C++ side reads it.
@@ -20,6 +40,8 @@ pub struct EmuLaunch {
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub shared_bytes: u32,
+    /// Run only the blocks at the grid's corners (the dry run).
+    pub corners_only: u32,
 }
 
 /// An argument resolved for the C++ side: buffers become raw pointers.
@@ -41,23 +63,63 @@ mod ffi {
     include!(concat!(env!("OUT_DIR"), "/emu_ffi.rs"));
 }
 
-/// Device memory: 16-byte aligned host blocks, by id.
+/// A graph capture in progress: the allocations made inside it, and the
+/// first rule it broke.
 #[derive(Default)]
+struct Capture {
+    allocs: Vec<u64>,
+    broken: Option<String>,
+}
+
 pub struct EmuDevice {
     bf16: bool,
+    /// The paper-size dry run: memory zeroed lazily, only the blocks at
+    /// each grid's corners run, GEMMs are checked but not computed.
+    dry: bool,
     next: AtomicU64,
-    /// Calls that make the host wait for the device (`download`,
-    /// `synchronize`), counted so tests can show a step never does.
-    waits: AtomicU64,
+    /// Times the host has waited for the device (downloads, event waits,
+    /// synchronisations), counted so tests can show a step never does.
+    waits: Arc<AtomicU64>,
     /// Kernel runs by name, so tests can show what a step launches (and
     /// that it never widens a bf16-only activation, say).
     runs: Mutex<HashMap<String, u64>>,
-    mem: Mutex<HashMap<u64, Vec<u128>>>,
+    mem: Mutex<HashMap<u64, Block>>,
     /// The step graph: recorded calls, replayed by running them again.
     graph: Mutex<Recorder>,
+    queue: Arc<EmuQueue>,
+    staging: Staging,
+    opt_ins: OptIns,
+    /// The device's side of the opt-in: what each kernel has been allowed.
+    shared_allowed: Mutex<HashMap<String, u32>>,
+    capture: Mutex<Option<Capture>>,
+}
+
+impl Default for EmuDevice {
+    fn default() -> Self {
+        Self::with(false, false)
+    }
 }
 
 impl EmuDevice {
+    fn with(bf16: bool, dry: bool) -> Self {
+        let waits = Arc::new(AtomicU64::new(0));
+        let queue = Arc::new(EmuQueue::new(waits.clone()));
+        EmuDevice {
+            bf16,
+            dry,
+            next: AtomicU64::new(0),
+            waits,
+            runs: Mutex::new(HashMap::new()),
+            mem: Mutex::new(HashMap::new()),
+            graph: Mutex::new(Recorder::default()),
+            staging: Staging::new(queue.clone()),
+            queue,
+            opt_ins: OptIns::default(),
+            shared_allowed: Mutex::new(HashMap::new()),
+            capture: Mutex::new(None),
+        }
+    }
+
     /// An f32 device.
     pub fn new() -> Self {
         Self::default()
@@ -65,10 +127,15 @@ impl EmuDevice {
 
     /// A device whose GEMMs round their operands to bf16 (mixed precision).
     pub fn mixed() -> Self {
-        EmuDevice {
-            bf16: true,
-            ..Self::default()
-        }
+        Self::with(true, false)
+    }
+
+    /// A device for a dry run at sizes the emulator cannot compute: memory
+    /// is zeroed lazily, each launch runs only the blocks at its grid's
+    /// corners (where the largest indices are) and GEMMs are checked but
+    /// not computed; every rule of a launch, copy and buffer still holds.
+    pub fn dry_run(bf16: bool) -> Self {
+        Self::with(bf16, true)
     }
 
     /// How many times the host has waited for this device so far.
@@ -82,23 +149,84 @@ impl EmuDevice {
         self.runs.lock().map_or(0, |r| r.get(kernel).copied().unwrap_or(0))
     }
 
-    fn copy_out(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        let m = self.lock()?;
-        let mem = m.get(&src.id).ok_or_else(|| missing(src))?;
-        if dst.len() > src.bytes {
-            return Err(Error::invalid(
-                "download",
-                format!("{} bytes from a buffer of {}", dst.len(), src.bytes),
-            ));
-        }
-        dst.copy_from_slice(&bytemuck::cast_slice::<u128, u8>(mem)[..dst.len()]);
-        Ok(())
+    /// Every kernel launch so far, by name.
+    pub fn launches(&self) -> u64 {
+        self.runs.lock().map_or(0, |r| r.values().sum())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Vec<u128>>>> {
+    /// Runs `f` as a CUDA stream capture would see it: launches and GEMMs
+    /// are checked and kept, not run; a copy, a wait or a synchronisation is
+    /// an error, and so is an allocation made inside and not freed inside,
+    /// or a free of memory from before (the graph would free it at every
+    /// replay).
+    pub fn capture<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        {
+            let mut c = self
+                .capture
+                .lock()
+                .map_err(|_| Error::invalid("emulator", "capture lock poisoned"))?;
+            if c.is_some() {
+                return Err(Error::invalid("emulator capture", "a capture inside a capture"));
+            }
+            *c = Some(Capture::default());
+        }
+        let out = f();
+        let capture = self.capture.lock().ok().and_then(|mut c| c.take()).unwrap_or_default();
+        let out = out?;
+        if let Some(why) = capture.broken {
+            return Err(Error::invalid("emulator capture", why));
+        }
+        if !capture.allocs.is_empty() {
+            return Err(Error::invalid(
+                "emulator capture",
+                format!(
+                    "{} allocation(s) made inside the capture were not freed inside it",
+                    capture.allocs.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Block>>> {
         self.mem
             .lock()
             .map_err(|_| Error::invalid("emulator", "device memory lock poisoned"))
+    }
+
+    fn capturing(&self) -> bool {
+        self.capture.lock().map(|c| c.is_some()).unwrap_or(false)
+    }
+
+    /// An error for `what` when a graph is being captured: in a CUDA stream
+    /// capture a copy or a wait would either fail or be frozen into the graph.
+    fn not_in_capture(&self, what: &str) -> Result<()> {
+        if self.capturing() {
+            return Err(Error::invalid(
+                "emulator capture",
+                format!("{what} while a graph is being captured"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a launch or GEMM: every buffer's guard zones intact (damage
+    /// is reported once, then repaired).
+    fn check_guards(m: &mut HashMap<u64, Block>, what: &str) -> Result<()> {
+        let mut first = None;
+        for (id, b) in m.iter_mut() {
+            if let Some(at) = b.damage() {
+                first.get_or_insert(format!(
+                    "{what} wrote outside buffer {id} ({} bytes), at byte {at}",
+                    b.bytes()
+                ));
+                b.repair();
+            }
+        }
+        match first {
+            Some(why) => Err(Error::invalid("emulator", why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -121,71 +249,121 @@ impl RawDevice for EmuDevice {
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
         // Host memory: the block never moves while it is allocated.
-        Ok(self.lock()?.get(&buf.id).ok_or_else(|| missing(buf))?.as_ptr() as u64)
+        Ok(self.lock()?.get_mut(&buf.id).ok_or_else(|| missing(buf))?.ptr() as u64)
     }
 
     fn recorder(&self) -> &Mutex<Recorder> {
         &self.graph
     }
 
-    /// The size of an allocation (its bytes rounded up to 16).
+    fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    fn opt_ins(&self) -> &OptIns {
+        &self.opt_ins
+    }
+
     fn bytes_of(&self, id: u64) -> usize {
         self.mem
             .lock()
             .ok()
-            .and_then(|m| m.get(&id).map(|v| v.len() * 16))
+            .and_then(|m| m.get(&id).map(Block::bytes))
             .unwrap_or(0)
     }
 
     fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        // Fresh memory is all ones bits (NaN as f32), so a value a kernel
-        // fails to write shows up in every comparison.
-        self.lock()?.insert(id, vec![u128::MAX; bytes.div_ceil(16)]);
+        let fill = if self.dry { Fill::Lazy } else { Fill::Poison };
+        self.lock()?.insert(id, Block::new(bytes, fill));
+        if let Ok(mut c) = self.capture.lock() {
+            if let Some(c) = c.as_mut() {
+                c.allocs.push(id);
+            }
+        }
         Ok(Buffer { id, bytes })
     }
 
     fn free_raw(&self, buf: &Buffer) {
+        if let Ok(mut c) = self.capture.lock() {
+            if let Some(c) = c.as_mut() {
+                match c.allocs.iter().position(|&id| id == buf.id) {
+                    Some(i) => {
+                        c.allocs.swap_remove(i);
+                    }
+                    None => {
+                        // Freed inside the graph, it would be freed again at
+                        // every replay: refused, and the buffer kept.
+                        c.broken
+                            .get_or_insert(format!("buffer {} from before the capture was freed inside it", buf.id));
+                        return;
+                    }
+                }
+            }
+        }
         if let Ok(mut m) = self.mem.lock() {
             m.remove(&buf.id);
         }
     }
 
-    fn upload_raw(&self, dst: &Buffer, src: &[u8]) -> Result<()> {
-        let mut m = self.lock()?;
-        let mem = m.get_mut(&dst.id).ok_or_else(|| missing(dst))?;
-        if src.len() > dst.bytes {
+    fn copy_to_host(&self, src: &Buffer, dst: &HostBuf, bytes: usize) -> Result<()> {
+        self.not_in_capture("a download")?;
+        let m = self.lock()?;
+        let b = m.get(&src.id).ok_or_else(|| missing(src))?;
+        if bytes > b.bytes() {
             return Err(Error::invalid(
-                "upload",
-                format!("{} bytes into a buffer of {}", src.len(), dst.bytes),
+                "download",
+                format!("a copy of {bytes} bytes out of a buffer of {}", b.bytes()),
             ));
         }
-        bytemuck::cast_slice_mut::<u128, u8>(mem)[..src.len()].copy_from_slice(src);
+        self.queue.copy_in(dst, b.data()[..bytes].to_vec())
+    }
+
+    fn copy_from_host(&self, src: &HostBuf, dst: &Buffer, bytes: usize) -> Result<()> {
+        self.not_in_capture("an upload")?;
+        let mut m = self.lock()?;
+        let b = m.get_mut(&dst.id).ok_or_else(|| missing(dst))?;
+        if bytes > b.bytes() {
+            return Err(Error::invalid(
+                "upload",
+                format!("a copy of {bytes} bytes into a buffer of {}", b.bytes()),
+            ));
+        }
+        let data = self.queue.copy_out(src, bytes)?;
+        b.data_mut()[..bytes].copy_from_slice(&data);
         Ok(())
     }
 
-    fn download_raw(&self, src: &Buffer, dst: &mut [u8]) -> Result<()> {
-        self.waits.fetch_add(1, Ordering::Relaxed);
-        self.copy_out(src, dst)
-    }
-
-    fn download_later_raw(&self, src: &Buffer, bytes: usize) -> Result<Box<dyn PendingDownload>> {
-        // Work here is done by the time a call returns, so the copy is
-        // made now; the host never waits for queued work.
-        let mut out = vec![0u8; bytes];
-        self.copy_out(src, &mut out)?;
-        Ok(Box::new(Downloaded(out)))
+    fn raise_shared_limit(&self, kernel: &str, bytes: u32) -> Result<()> {
+        if bytes > limits::MAX_SHARED {
+            return Err(Error::invalid(
+                "launch",
+                format!(
+                    "`{kernel}` cannot be allowed {bytes} bytes of shared memory (at most {})",
+                    limits::MAX_SHARED
+                ),
+            ));
+        }
+        self.shared_allowed
+            .lock()
+            .map_err(|_| Error::invalid("emulator", "shared-memory table lock poisoned"))?
+            .insert(kernel.to_string(), bytes);
+        Ok(())
     }
 
     fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
-        if let Ok(mut r) = self.runs.lock() {
-            *r.entry(kernel.to_string()).or_default() += 1;
-        }
+        let allowed = self
+            .shared_allowed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(kernel).copied())
+            .unwrap_or(limits::DEFAULT_SHARED);
+        limits::check(kernel, cfg, allowed)?;
         let mut m = self.lock()?;
         let mut raw = Vec::with_capacity(args.len());
         for a in args {
             raw.push(match *a {
-                Arg::Buf(b) => RawArg::Ptr(m.get_mut(&b.id).ok_or_else(|| missing(b))?.as_mut_ptr() as *mut u8),
+                Arg::Buf(b) => RawArg::Ptr(m.get_mut(&b.id).ok_or_else(|| missing(b))?.ptr()),
                 Arg::I32(v) => RawArg::I32(v),
                 Arg::U32(v) => RawArg::U32(v),
                 Arg::U64(v) => RawArg::U64(v),
@@ -195,51 +373,66 @@ impl RawDevice for EmuDevice {
                 Arg::Layout(l) => RawArg::Layout(l.into()),
             });
         }
+        if self.capturing() {
+            // Captured, not run: the graph's launch runs it.
+            return Ok(());
+        }
+        if let Ok(mut r) = self.runs.lock() {
+            *r.entry(kernel.to_string()).or_default() += 1;
+        }
         let cfg = EmuLaunch {
             grid: cfg.grid,
             block: cfg.block,
             shared_bytes: cfg.shared_bytes,
+            corners_only: self.dry as u32,
         };
         // SAFETY: the pointers stay valid while the memory lock is held; the
         // launchers size every buffer for the launch they make, as a CUDA
-        // caller must.
-        unsafe { ffi::launch_by_name(kernel, &cfg, &raw) }.map_err(|e| Error::invalid("emulator launch", e))
+        // caller must, and a write past a buffer lands in its guard zone.
+        unsafe { ffi::launch_by_name(kernel, &cfg, &raw) }
+            .map_err(|e| Error::invalid("emulator launch", format!("`{kernel}`: {e}")))?;
+        Self::check_guards(&mut m, &format!("kernel `{kernel}`"))
     }
 
     fn gemm_raw(&self, g: &Gemm, a: &Buffer, b: &Buffer, c: &Buffer, bias: Option<&Buffer>) -> Result<()> {
         let mut m = self.lock()?;
+        let size = |buf: &Buffer| -> Result<usize> { Ok(m.get(&buf.id).ok_or_else(|| missing(buf))?.bytes()) };
+        let input = if g.bf16_inputs { 2 } else { 4 };
+        let out = if g.bf16_out { 2 } else { 4 };
+        for (buf, n, elem) in [(a, g.m * g.k, input), (b, g.k * g.n, input), (c, g.m * g.n, out)] {
+            if size(buf)? < n * elem {
+                return Err(Error::invalid(
+                    "gemm",
+                    format!("a buffer of {} bytes for {n} values", size(buf)?),
+                ));
+            }
+        }
+        if let Some(buf) = bias {
+            if size(buf)? < g.n * 4 {
+                return Err(Error::invalid("gemm", "the bias is shorter than a row of C"));
+            }
+        }
+        if g.bf16_out && g.beta != 0.0 {
+            return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
+        }
+        if self.capturing() || self.dry {
+            return Ok(());
+        }
         // Mixed precision as on the GPU: operands rounded to bf16, f32 sums.
-        let operand = |buf: &Buffer| -> Result<Vec<f32>> {
-            let raw = m.get(&buf.id).ok_or_else(|| missing(buf))?;
+        let operand = |buf: &Buffer, n: usize| -> Result<Vec<f32>> {
+            let raw = m.get(&buf.id).ok_or_else(|| missing(buf))?.words();
             if g.bf16_inputs {
-                let bits = bytemuck::cast_slice::<u128, u16>(raw);
+                let bits = &bytemuck::cast_slice::<u128, u16>(raw)[..n];
                 return Ok(bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect());
             }
-            let v = bytemuck::cast_slice::<u128, f32>(raw);
+            let v = &bytemuck::cast_slice::<u128, f32>(raw)[..n];
             Ok(if g.bf16 {
                 v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
             } else {
                 v.to_vec()
             })
         };
-        let (av, bv) = (operand(a)?, operand(b)?);
-        let need = |buf: &Buffer, n: usize| {
-            if buf.bytes < n * 4 {
-                Err(Error::invalid(
-                    "gemm",
-                    format!("a buffer of {} bytes for {n} values", buf.bytes),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let elems = |n: usize| if g.bf16_inputs { n.div_ceil(2) } else { n };
-        need(a, elems(g.m * g.k))?;
-        need(b, elems(g.k * g.n))?;
-        if g.bf16_out && g.beta != 0.0 {
-            return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
-        }
-        need(c, if g.bf16_out { (g.m * g.n).div_ceil(2) } else { g.m * g.n })?;
+        let (av, bv) = (operand(a, g.m * g.k)?, operand(b, g.k * g.n)?);
         let am = if g.trans_a {
             MatRef::rm(&av, g.k, g.m).t()
         } else {
@@ -252,8 +445,7 @@ impl RawDevice for EmuDevice {
         };
         let bias: Option<Vec<f32>> = match bias {
             Some(buf) => {
-                need(buf, g.n)?;
-                let v = bytemuck::cast_slice::<u128, f32>(m.get(&buf.id).ok_or_else(|| missing(buf))?);
+                let v = bytemuck::cast_slice::<u128, f32>(m.get(&buf.id).ok_or_else(|| missing(buf))?.words());
                 Some(v[..g.n].to_vec())
             }
             None => None,
@@ -266,7 +458,7 @@ impl RawDevice for EmuDevice {
                 }
             }
         };
-        let cm = m.get_mut(&c.id).ok_or_else(|| missing(c))?;
+        let cm = m.get_mut(&c.id).ok_or_else(|| missing(c))?.words_mut();
         if g.bf16_out {
             let mut cs = vec![0f32; g.m * g.n];
             finish(&mut cs);
@@ -277,23 +469,25 @@ impl RawDevice for EmuDevice {
         } else {
             finish(&mut bytemuck::cast_slice_mut::<u128, f32>(cm)[..g.m * g.n]);
         }
-        Ok(())
+        Self::check_guards(&mut m, "a GEMM")
     }
 
     fn synchronize_raw(&self) -> Result<()> {
+        self.not_in_capture("a synchronisation")?;
         self.waits.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.queue.synchronize()
     }
 
-    fn build_graph(&self, _ops: &[Op]) -> Result<()> {
-        // The recorded list is the emulator's graph.
-        Ok(())
+    fn build_graph(&self, ops: &[Op]) -> Result<()> {
+        // A capture as CUDA makes one: every recorded launch and GEMM is
+        // issued (checked, not run), and nothing else may happen meanwhile.
+        self.capture(|| run_calls(self, ops, |_| Ok(())))
     }
 
     fn run_graph(&self, ops: &[Op], _updated: &[usize]) -> Result<()> {
         // Every recorded launch and GEMM in order, with the arguments as the
         // replay left them.
-        graph::run_calls(self, ops, |_| Ok(()))
+        run_calls(self, ops, |_| Ok(()))
     }
 
     fn drop_built_graph(&self) {}
