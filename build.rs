@@ -56,6 +56,7 @@ fn param_type(c: &str) -> (&'static str, &'static str, usize) {
         "const uint16_t*" => ("*const u16", "Ptr", 8),
         "uint16_t*" => ("*mut u16", "Ptr", 8),
         "const uint64_t*" => ("*const u64", "Ptr", 8),
+        "const uint32_t*" => ("*const u32", "Ptr", 8),
         "int" => ("i32", "I32", 4),
         "float" => ("f32", "F32", 4),
         "double" => ("f64", "F64", 8),
@@ -181,6 +182,33 @@ fn main() {
     let kernels: Vec<Kernel> = kernels.into_iter().chain(selftest_kernels).collect();
     // The parameter sizes the Rust side packs (param_type) are the sizes
     // the kernels declare.
+    // The struct arguments' fields sit where the Rust side packs them
+    // (OwnedArg::param_bytes): 32-bit fields in declaration order.
+    cpp.push_str("#include <cstddef>\n");
+    for (ty, fields) in [
+        ("RngStream", &["k0", "k1", "s0", "s1"][..]),
+        (
+            "SeqLayout",
+            &[
+                "outer_count",
+                "inner_count",
+                "outer_stride",
+                "inner_stride",
+                "len",
+                "step",
+                "offset",
+            ][..],
+        ),
+    ] {
+        for (i, f) in fields.iter().enumerate() {
+            let _ = writeln!(
+                cpp,
+                "static_assert(offsetof({ty}, {f}) == {}, \"build.rs packs {ty}.{f} at byte {}\");",
+                4 * i,
+                4 * i
+            );
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for k in &kernels {
         for (t, _) in &k.params {

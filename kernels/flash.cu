@@ -54,6 +54,20 @@ __device__ __forceinline__ uint32_t pack_bf16(const uint16_t* p, int stride) {
     return (uint32_t)p[0] | ((uint32_t)p[stride] << 16);
 }
 
+// One mma.sync m16n8k16 (bf16 operands, f32 accumulators) on fragments
+// already packed as the PTX ISA lays them out: C += A·B.
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t ar[4], const uint32_t br[2]) {
+#ifdef NEMESIS_EMU
+    emu_mma_m16n8k16_bf16(c, ar, br);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(ar[0]), "r"(ar[1]), "r"(ar[2]), "r"(ar[3]), "r"(br[0]), "r"(br[1]));
+#endif
+}
+
 __device__ __forceinline__ void mma_tile(float c[4], const uint16_t* a, int am, int ak, const uint16_t* b, int bk,
                                          int bn) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -64,15 +78,16 @@ __device__ __forceinline__ void mma_tile(float c[4], const uint16_t* a, int am, 
     ar[3] = pack_bf16(a + (g + 8) * am + (2 * t + 8) * ak, ak);
     br[0] = pack_bf16(b + 2 * t * bk + g * bn, bk);
     br[1] = pack_bf16(b + (2 * t + 8) * bk + g * bn, bk);
-#ifdef NEMESIS_EMU
-    emu_mma_m16n8k16_bf16(c, ar, br);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(ar[0]), "r"(ar[1]), "r"(ar[2]), "r"(ar[3]), "r"(br[0]), "r"(br[1]));
-#endif
+    mma_m16n8k16(c, ar, br);
+}
+
+// Stores accumulator tile n (columns n·8 … n·8+7) of a warp's 16 rows into
+// a row-major tile of row length `ld`, by the accumulator layout: where the
+// backward kernel turns transposed scores into the A operand of dK and dV.
+template <bool BF16>
+__device__ __forceinline__ void put_acc_tile(typename Elem<BF16>::T* dst, int ld, int n, const float c[4]) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int k = 0; k < 4; ++k) dst[(g + 8 * (k >> 1)) * ld + n * 8 + 2 * t + (k & 1)] = Elem<BF16>::put(c[k]);
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -351,9 +366,7 @@ __device__ void flash_backward_dkv_impl(const QT* qkv, const OT* out, const floa
                     mma_tile(dv[n], sps + kk, FLASH_TILE, 1, sdo + kk * dp + n * 8, dp, 1);
         __syncwarp();
 #pragma unroll
-        for (int n = 0; n < FLASH_TILE / 8; ++n)
-            for (int k = 0; k < 4; ++k)
-                sps[(g + 8 * (k >> 1)) * FLASH_TILE + n * 8 + 2 * t + (k & 1)] = Elem<BF16>::put(dpt[n][k]);
+        for (int n = 0; n < FLASH_TILE / 8; ++n) put_acc_tile<BF16>(sps, FLASH_TILE, n, dpt[n]);
         __syncwarp();
 #pragma unroll
         for (int n = 0; n < FLASH_MAX_NT; ++n)
@@ -416,4 +429,69 @@ extern "C" __global__ void flash_backward_dkv_bf16(const uint16_t* qkv, const ui
                                                    const float* lse, float* dqkv, SeqLayout l, int heads, int e,
                                                    double p, RngStream rng, uint16_t* dqkv16, int out16mode) {
     flash_backward_dkv_impl<true>(qkv, out, dout, lse, dqkv, l, heads, e, p, rng, dqkv16, out16mode);
+}
+
+// ---- probes of the tensor-core fragment layout --------------------------
+// tests/mma_layout.rs checks them on the emulator against tables of its
+// own transcribed from the PTX ISA, and `nemesis check` runs them on a
+// GPU's tensor cores. One warp each.
+
+// Lane l's A registers are a[4l … 4l+3] and its B registers b[2l], b[2l+1]
+// (bf16 pairs, packed by the caller); its four accumulators, from zero, go
+// to c[4l … 4l+3].
+extern "C" __global__ void mma_fragment_probe(const uint32_t* a, const uint32_t* b, float* c) {
+    int lane = threadIdx.x & 31;
+    uint32_t ar[4] = {a[4 * lane], a[4 * lane + 1], a[4 * lane + 2], a[4 * lane + 3]};
+    uint32_t br[2] = {b[2 * lane], b[2 * lane + 1]};
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_m16n8k16(acc, ar, br);
+    for (int k = 0; k < 4; ++k) c[4 * lane + k] = acc[k];
+}
+
+// The three products of the flash kernels on 16 × 16 row-major x and y,
+// staged as the kernels stage their tiles (rows of 16, through Elem, so
+// bf16 rounds), with the kernels' own mma_tile; lane l's accumulators of
+// column tiles 0 and 1 go to c[8l … 8l+7]:
+//   usage 0, Q·Kᵀ: x·yᵀ (x as Q rows, y as K rows);
+//   usage 1, P·V: x·y (x as P, y as V rows);
+//   usage 2, the dK/dV path: S = x·yᵀ kept in accumulators, written back
+//   as a tile by put_acc_tile, then S·y as Pᵀ·dO is formed.
+template <bool BF16>
+__device__ void flash_mma_probe_impl(const float* x, const float* y, float* c, int usage) {
+    typedef typename Elem<BF16>::T T;
+    NEMESIS_DYNAMIC_SHARED(T, sx);
+    T* sy = sx + 256;
+    T* ss = sy + 256;
+    int lane = threadIdx.x & 31;
+    for (int i = lane; i < 256; i += 32) {
+        sx[i] = Elem<BF16>::put(x[i]);
+        sy[i] = Elem<BF16>::put(y[i]);
+    }
+    __syncwarp();
+    float acc[2][4];
+    for (int n = 0; n < 2; ++n)
+        for (int k = 0; k < 4; ++k) acc[n][k] = 0.0f;
+    if (usage == 1) {
+        for (int n = 0; n < 2; ++n) mma_tile(acc[n], sx, 16, 1, sy + n * 8, 16, 1);
+    } else {
+        for (int n = 0; n < 2; ++n) mma_tile(acc[n], sx, 16, 1, sy + n * 8 * 16, 1, 16);
+    }
+    if (usage == 2) {
+        for (int n = 0; n < 2; ++n) put_acc_tile<BF16>(ss, 16, n, acc[n]);
+        __syncwarp();
+        for (int n = 0; n < 2; ++n) {
+            for (int k = 0; k < 4; ++k) acc[n][k] = 0.0f;
+            mma_tile(acc[n], ss, 16, 1, sy + n * 8, 16, 1);
+        }
+    }
+    for (int n = 0; n < 2; ++n)
+        for (int k = 0; k < 4; ++k) c[8 * lane + 4 * n + k] = acc[n][k];
+}
+
+extern "C" __global__ void flash_mma_probe_f32(const float* x, const float* y, float* c, int usage) {
+    flash_mma_probe_impl<false>(x, y, c, usage);
+}
+
+extern "C" __global__ void flash_mma_probe_bf16(const float* x, const float* y, float* c, int usage) {
+    flash_mma_probe_impl<true>(x, y, c, usage);
 }
