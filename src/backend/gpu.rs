@@ -114,8 +114,12 @@ fn u64a(v: usize) -> Arg<'static> {
     Arg::U64(v as u64)
 }
 
-fn i32a(v: usize) -> Arg<'static> {
-    Arg::I32(v as i32)
+/// A size or index as a kernel's `int`: refused, never wrapped, when it
+/// does not fit.
+fn i32a(v: usize) -> Result<Arg<'static>> {
+    i32::try_from(v)
+        .map(Arg::I32)
+        .map_err(|_| Error::invalid("launch", format!("{v} does not fit a kernel's 32-bit int")))
 }
 
 /// Runs a kernel `name(args…)` over a grid for `n` items.
@@ -570,8 +574,8 @@ fn norm_forward(
         y.y(op)?,
         arg(op, &mean)?,
         arg(op, &rstd)?,
-        i32a(rows),
-        i32a(cols),
+        i32a(rows)?,
+        i32a(cols)?,
         Arg::F32(eps as f32),
     ]);
     args.extend(y.y16(op)?);
@@ -681,8 +685,8 @@ pub fn layer_norm_backward(
             arg(OP, mean)?,
             arg(OP, rstd)?,
             arg(OP, &dx)?,
-            i32a(rows),
-            i32a(cols),
+            i32a(rows)?,
+            i32a(cols)?,
         ],
     )?;
     let (chunks, chunk) = row_chunks(rows);
@@ -699,8 +703,8 @@ pub fn layer_norm_backward(
                 arg(OP, rstd)?,
                 arg(OP, &dw)?,
                 arg(OP, &db)?,
-                i32a(rows),
-                i32a(cols),
+                i32a(rows)?,
+                i32a(cols)?,
             ],
         )?;
         return Ok((dx, dw, db));
@@ -716,9 +720,9 @@ pub fn layer_norm_backward(
             arg(OP, rstd)?,
             arg(OP, &pw)?,
             arg(OP, &pb)?,
-            i32a(rows),
-            i32a(cols),
-            i32a(chunk),
+            i32a(rows)?,
+            i32a(cols)?,
+            i32a(chunk)?,
         ],
     )?;
     Ok((
@@ -819,6 +823,20 @@ pub fn flash_launch(layout: SeqLayout, heads: usize, dh: usize, bf16: bool, back
     }
 }
 
+/// The rows a layout reaches exist in a QKV matrix of `rows` rows.
+fn rows_fit(op: &'static str, layout: &SeqLayout, rows: usize) -> Result<()> {
+    if layout.num_seqs() > 0 && layout.len > 0 && layout.last_row() >= rows {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the layout reaches row {} of a matrix of {rows} rows",
+                layout.last_row()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_head_dim(op: &'static str, e: usize, heads: usize) -> Result<usize> {
     if heads == 0 || e % heads != 0 {
         return Err(Error::invalid(op, "E must be a multiple of the head count"));
@@ -888,6 +906,7 @@ fn attention_into(
     const OP: &str = "attention_forward";
     let dev = device_of(OP, &[qkv, &y.t])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
+    rows_fit(OP, &layout, qkv.numel() / (3 * e).max(1))?;
     let n_lse = layout.num_seqs() * heads * layout.len;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
     let lse = empty(&dev, [n_lse])?;
@@ -897,8 +916,8 @@ fn attention_into(
         y.y(OP)?,
         arg(OP, &lse)?,
         Arg::Layout(layout),
-        i32a(heads),
-        i32a(e),
+        i32a(heads)?,
+        i32a(e)?,
         Arg::F64(p),
         Arg::Rng(rng),
         y16,
@@ -983,6 +1002,7 @@ fn attention_backward_into(
     const OP: &str = "attention_backward";
     let dev = device_of(OP, &[g, qkv, y, lse, &d.t])?;
     let e = qkv.dims().last().copied().unwrap_or(0) / 3;
+    rows_fit(OP, &layout, qkv.numel() / (3 * e).max(1))?;
     let (p, rng) = dropout.unwrap_or((0.0, RngStream::new(0, 0)));
     let mut args = vec![
         attention_input(OP, kernel, qkv)?,
@@ -991,8 +1011,8 @@ fn attention_backward_into(
         arg(OP, lse)?,
         d.y(OP)?,
         Arg::Layout(layout),
-        i32a(heads),
-        i32a(e),
+        i32a(heads)?,
+        i32a(e)?,
         Arg::F64(p),
         Arg::Rng(rng),
     ];
@@ -1103,7 +1123,14 @@ pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
         &dev,
         OP,
         rows * (ca + cb),
-        &[arg(OP, a)?, arg(OP, b)?, arg(OP, &y)?, i32a(rows), i32a(ca), i32a(cb)],
+        &[
+            arg(OP, a)?,
+            arg(OP, b)?,
+            arg(OP, &y)?,
+            i32a(rows)?,
+            i32a(ca)?,
+            i32a(cb)?,
+        ],
     )?;
     Ok(y)
 }
@@ -1122,9 +1149,9 @@ pub fn concat_backward(g: &Tensor, a: &Shape, b: &Shape, axis: usize) -> Result<
             arg(OP, g)?,
             arg(OP, &ga)?,
             arg(OP, &gb)?,
-            i32a(rows),
-            i32a(ca),
-            i32a(cb),
+            i32a(rows)?,
+            i32a(ca)?,
+            i32a(cb)?,
         ],
     )?;
     Ok((ga, gb))
@@ -1201,10 +1228,10 @@ pub fn gather_rows(x: &Tensor, idx: &[usize], batch: usize, n_src: usize, e: usi
             arg(OP, x)?,
             di.arg(),
             arg(OP, &y)?,
-            i32a(batch),
-            i32a(n_src),
-            i32a(n),
-            i32a(e),
+            i32a(batch)?,
+            i32a(n_src)?,
+            i32a(n)?,
+            i32a(e)?,
         ],
     )?;
     Ok(y)
@@ -1251,7 +1278,7 @@ fn scatter_kernel(
     for t in extra {
         args.push(arg(op, t)?);
     }
-    args.extend([arg(op, &y)?, i32a(batch), i32a(n_dst), i32a(n), i32a(e)]);
+    args.extend([arg(op, &y)?, i32a(batch)?, i32a(n_dst)?, i32a(n)?, i32a(e)?]);
     pointwise(&dev, op, batch * n_dst * e, &args)?;
     Ok(y)
 }
@@ -1281,7 +1308,7 @@ pub fn scatter_rows_backward(
         &dev,
         OP,
         e,
-        &[arg(OP, g)?, slot.arg(), arg(OP, &df)?, i32a(batch * n_dst), i32a(e)],
+        &[arg(OP, g)?, slot.arg(), arg(OP, &df)?, i32a(batch * n_dst)?, i32a(e)?],
     )?;
     Ok((dx, df))
 }
@@ -1304,8 +1331,8 @@ fn token_errors(pred: &Tensor, target: &Tensor, p: usize) -> Result<(Tensor, Ten
             arg(OP, target)?,
             arg(OP, &e)?,
             arg(OP, &sq)?,
-            i32a(tokens),
-            i32a(p),
+            i32a(tokens)?,
+            i32a(p)?,
         ],
     )?;
     Ok((e, sq))
@@ -1350,7 +1377,7 @@ pub fn masked_mse(pred: &Tensor, target: &Tensor, mask: &[f32], p: usize) -> Res
             dm.arg(),
             arg(OP, &loss)?,
             arg(OP, &sse)?,
-            i32a(mask.len()),
+            i32a(mask.len())?,
         ],
     )?;
     Ok((loss, sse))
@@ -1400,8 +1427,8 @@ pub fn masked_mse_backward(
             dw.arg(),
             grad.y(OP)?,
             arg(OP, &g)?,
-            i32a(mask.len()),
-            i32a(p),
+            i32a(mask.len())?,
+            i32a(p)?,
             grad16,
             mode,
         ],
@@ -1418,7 +1445,7 @@ pub fn mean_axis(x: &Tensor, outer: usize, n: usize, inner: usize, out_shape: Sh
         &dev,
         OP,
         outer * inner,
-        &[arg(OP, x)?, arg(OP, &y)?, i32a(outer), i32a(n), i32a(inner)],
+        &[arg(OP, x)?, arg(OP, &y)?, i32a(outer)?, i32a(n)?, i32a(inner)?],
     )?;
     Ok(y)
 }
@@ -1431,7 +1458,7 @@ pub fn mean_axis_backward(g: &Tensor, outer: usize, n: usize, inner: usize, in_s
         &dev,
         OP,
         outer * n * inner,
-        &[arg(OP, g)?, arg(OP, &dx)?, i32a(outer), i32a(n), i32a(inner)],
+        &[arg(OP, g)?, arg(OP, &dx)?, i32a(outer)?, i32a(n)?, i32a(inner)?],
     )?;
     Ok(dx)
 }
@@ -1507,7 +1534,7 @@ fn grad_sq_partials(grads: &[&Tensor]) -> Result<Tensor> {
     dev.launch(
         OP,
         &Launch::linear(blocks as u32, THREADS, THREADS * 4),
-        &[t.table.arg(), t.starts.arg(), i32a(t.count), arg(OP, &partial)?],
+        &[t.table.arg(), t.starts.arg(), i32a(t.count)?, arg(OP, &partial)?],
     )?;
     Ok(partial)
 }
@@ -1538,7 +1565,7 @@ pub fn clip_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor> {
         &Launch::linear(1, 1, 0),
         &[
             arg(OP, &partial)?,
-            i32a(partial.numel()),
+            i32a(partial.numel())?,
             Arg::F64(max_norm),
             arg(OP, &out)?,
         ],
@@ -1582,7 +1609,7 @@ pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep, clip_norm: &Tensor) -
         &[
             t.table.arg(),
             t.starts.arg(),
-            i32a(t.count),
+            i32a(t.count)?,
             f(s.lr),
             f(s.betas.0),
             f(s.betas.1),
@@ -1661,17 +1688,38 @@ pub fn superpatch_input(
             Arg::Buf(&hu.buf),
             di.arg(),
             arg(OP, &y)?,
-            i32a(batch),
-            i32a(d),
-            i32a(h),
-            i32a(w),
-            i32a(pd),
-            i32a(ph),
-            i32a(pw),
-            i32a(n),
+            i32a(batch)?,
+            i32a(d)?,
+            i32a(h)?,
+            i32a(w)?,
+            i32a(pd)?,
+            i32a(ph)?,
+            i32a(pw)?,
+            i32a(n)?,
             Arg::F64(sigma),
             Arg::Rng(noise),
         ],
     )?;
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_past_32_bits_is_refused_not_wrapped() {
+        assert!(matches!(i32a(i32::MAX as usize), Ok(Arg::I32(i32::MAX))));
+        assert!(i32a(1 << 31).is_err());
+        assert!(i32a((1 << 32) + 5).is_err());
+    }
+
+    #[test]
+    fn a_layout_past_its_matrix_is_refused() {
+        let l = SeqLayout::depth(2, 3, 5);
+        rows_fit("t", &l, 30).unwrap();
+        assert!(rows_fit("t", &l, 29).is_err());
+        assert!(rows_fit("t", &l.interleaved(2, 1), 59).is_err());
+        rows_fit("t", &l.interleaved(2, 1), 60).unwrap();
+    }
 }

@@ -57,6 +57,24 @@ pub fn check_args(kernel: &str, args: &[super::device::Arg]) -> crate::error::Re
         ));
     }
     for (i, (p, a)) in sig.iter().zip(args).enumerate() {
+        if let super::device::Arg::Layout(l) = a {
+            // Kernels index rows with 32-bit ints.
+            let fields = [
+                l.outer_count,
+                l.inner_count,
+                l.outer_stride,
+                l.inner_stride,
+                l.len,
+                l.step,
+                l.offset,
+            ];
+            if fields.iter().chain([&l.last_row()]).any(|&v| v > i32::MAX as usize) {
+                return Err(Error::invalid(
+                    "launch",
+                    format!("`{kernel}`: a sequence layout beyond 32-bit rows ({l:?})"),
+                ));
+            }
+        }
         if p.kind != arg_kind(a) {
             return Err(Error::invalid(
                 "launch",

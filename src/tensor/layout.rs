@@ -65,6 +65,17 @@ impl SeqLayout {
         }
     }
 
+    /// The highest row any sequence reaches (0 for an empty layout).
+    pub fn last_row(&self) -> usize {
+        if self.num_seqs() == 0 || self.len == 0 {
+            return 0;
+        }
+        self.offset
+            + (self.outer_count - 1) * self.outer_stride
+            + (self.inner_count - 1) * self.inner_stride
+            + (self.len - 1) * self.step
+    }
+
     pub fn num_seqs(&self) -> usize {
         self.outer_count * self.inner_count
     }
@@ -130,6 +141,22 @@ mod tests {
         // Item 1, in-slice position 4: rows 1·15 + 4, + 5, + 10.
         let s = l + 4;
         assert_eq!((0..t).map(|i| d.row(s, i)).collect::<Vec<_>>(), vec![19, 24, 29]);
+    }
+
+    #[test]
+    fn the_last_row_is_the_highest_any_sequence_reaches() {
+        for l in [
+            SeqLayout::spatial(2, 3, 5),
+            SeqLayout::depth(2, 3, 5),
+            SeqLayout::depth(2, 3, 5).interleaved(2, 1),
+        ] {
+            let max = (0..l.num_seqs())
+                .flat_map(|s| (0..l.len).map(move |i| (s, i)))
+                .map(|(s, i)| l.row(s, i))
+                .max()
+                .unwrap();
+            assert_eq!(l.last_row(), max, "{l:?}");
+        }
     }
 
     #[test]

@@ -63,6 +63,19 @@ mod ffi {
     include!(concat!(env!("OUT_DIR"), "/emu_ffi.rs"));
 }
 
+/// What a device has been asked to do, for the dry run's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuStats {
+    pub launches: u64,
+    pub gemms: u64,
+    /// The largest `int` argument of any launch.
+    pub largest_int: i32,
+    /// The largest grid of any launch, in blocks.
+    pub largest_grid: u64,
+    /// The largest allocation, in bytes.
+    pub largest_alloc: usize,
+}
+
 /// A graph capture in progress: the allocations made inside it, and the
 /// first rule it broke.
 #[derive(Default)]
@@ -92,6 +105,7 @@ pub struct EmuDevice {
     /// The device's side of the opt-in: what each kernel has been allowed.
     shared_allowed: Mutex<HashMap<String, u32>>,
     capture: Mutex<Option<Capture>>,
+    stats: Mutex<EmuStats>,
 }
 
 impl Default for EmuDevice {
@@ -117,6 +131,7 @@ impl EmuDevice {
             opt_ins: OptIns::default(),
             shared_allowed: Mutex::new(HashMap::new()),
             capture: Mutex::new(None),
+            stats: Mutex::new(EmuStats::default()),
         }
     }
 
@@ -149,9 +164,15 @@ impl EmuDevice {
         self.runs.lock().map_or(0, |r| r.get(kernel).copied().unwrap_or(0))
     }
 
-    /// Every kernel launch so far, by name.
-    pub fn launches(&self) -> u64 {
-        self.runs.lock().map_or(0, |r| r.values().sum())
+    /// What this device has been asked to do so far.
+    pub fn stats(&self) -> EmuStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut EmuStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
     }
 
     /// Runs `f` as a CUDA stream capture would see it: launches and GEMMs
@@ -275,6 +296,7 @@ impl RawDevice for EmuDevice {
     fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let fill = if self.dry { Fill::Lazy } else { Fill::Poison };
+        self.note(|s| s.largest_alloc = s.largest_alloc.max(bytes));
         self.lock()?.insert(id, Block::new(bytes, fill));
         if let Ok(mut c) = self.capture.lock() {
             if let Some(c) = c.as_mut() {
@@ -380,6 +402,15 @@ impl RawDevice for EmuDevice {
         if let Ok(mut r) = self.runs.lock() {
             *r.entry(kernel.to_string()).or_default() += 1;
         }
+        self.note(|s| {
+            s.launches += 1;
+            s.largest_grid = s.largest_grid.max(cfg.grid.iter().map(|&g| g as u64).product());
+            for a in args {
+                if let Arg::I32(v) = a {
+                    s.largest_int = s.largest_int.max(*v);
+                }
+            }
+        });
         let cfg = EmuLaunch {
             grid: cfg.grid,
             block: cfg.block,
@@ -415,7 +446,11 @@ impl RawDevice for EmuDevice {
         if g.bf16_out && g.beta != 0.0 {
             return Err(Error::invalid("gemm", "a bf16 C cannot be accumulated into (beta ≠ 0)"));
         }
-        if self.capturing() || self.dry {
+        if self.capturing() {
+            return Ok(());
+        }
+        self.note(|s| s.gemms += 1);
+        if self.dry {
             return Ok(());
         }
         // Mixed precision as on the GPU: operands rounded to bf16, f32 sums.
