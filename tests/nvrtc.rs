@@ -176,3 +176,24 @@ fn the_register_table_is_what_ptxas_reports() {
         "kernels/registers.sm_90 is out of date; write this into it:\n{table}"
     );
 }
+
+/// `nemesis compile-kernels` writes each source's compiled kernels under
+/// the name the CUDA device looks up, so a GPU run given the folder
+/// compiles nothing.
+#[test]
+fn precompiled_kernels_are_named_as_the_device_looks_them_up() {
+    let Ok(nvrtc) = Nvrtc::load() else {
+        eprintln!("skipped: no NVRTC");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nemesis-precompile-{}", std::process::id()));
+    let written = nemesis::backend::cuda::precompile(&nvrtc, "sm_90", &dir).unwrap();
+    let version = nvrtc.version().unwrap();
+    assert_eq!(written.len(), SOURCES.len());
+    for (file, _) in SOURCES {
+        let path = dir.join(nemesis::backend::cuda::cached_module_name(file, "sm_90", version));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!bytes.is_empty(), "{}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (../shared/ENGINEERING.md,
-# "Running on a GPU"). Build here, copy the binary to .device/, then run this
-# there through the device tool with carry [".device"]. Every part has its own
-# time bound; logs go to $OUT; a summary table comes last.
+# The one prepared script for a lent GPU machine. Build here, put the binary
+# and the precompiled kernels in .device/, then run this there through the
+# device tool with carry [".device"]. Every part has its own time bound;
+# logs go to $OUT; a summary table comes last. docs/BENCHMARKS.md, "A first
+# GPU run", says what each part prints and what to look for.
 #
-#   cargo build --release && mkdir -p .device && cp target/release/nemesis .device/
-#   (device tool) bash tools/device-check.sh check    # then: ... speed
+#   tools/device-check.sh prepare      # here: build, copy, precompile (CI's NVRTC 13.0)
+#   (device tool) bash tools/device-check.sh check    # ~5 min; then:
+#   (device tool) bash tools/device-check.sh speed    # ~8 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
+WHAT="${1:-check}"   # prepare | check | speed | all
+
+if [ "$WHAT" = prepare ]; then
+    # NVRTC of the GPU machine's CUDA (13.0), as CI installs it.
+    cache="${NEMESIS_CI_CACHE:-$HOME/.cache/nemesis-ci}/nvrtc-13.0"
+    if ! ls "$cache"/nvidia/*/lib/libnvrtc.so.* >/dev/null 2>&1; then
+        python3 -m pip install --quiet --disable-pip-version-check --target "$cache" "nvidia-cuda-nvrtc==13.0.*" || exit 1
+    fi
+    lib=$(ls "$cache"/nvidia/*/lib/libnvrtc.so.1* | head -n 1)
+    cargo build --release || exit 1
+    rm -rf .device && mkdir -p .device/kernels
+    # Without its debug info (64 MB with, 6 without): the device tool
+    # carries at most 64 MiB.
+    strip -o .device/nemesis target/release/nemesis 2>/dev/null || cp target/release/nemesis .device/
+    LD_LIBRARY_PATH="$(dirname "$lib")" NEMESIS_NVRTC="$lib" .device/nemesis compile-kernels --arch sm_90 --out .device/kernels || exit 1
+    du -sh .device
+    exit 0
+fi
+
 OUT="${OUT:-$(mktemp -d)}"
 BIN="${NEMESIS_BIN:-.device/nemesis}"
 declare -a SUMMARY
@@ -20,6 +41,7 @@ part() {
     local rc=$?
     SUMMARY+=("$(printf '%-28s rc=%-4s %4ss  %s' "$name" "$rc" "$((SECONDS - start))" "$OUT/$name.log")")
     tail -n 5 "$OUT/$name.log"
+    return $rc
 }
 
 echo "== machine"
@@ -31,21 +53,37 @@ if [ -z "$NVRTC" ] && command -v nvcc >/dev/null; then
 fi
 [ -n "$NVRTC" ] && export NEMESIS_NVRTC="$NVRTC" && export LD_LIBRARY_PATH="$(dirname "$NVRTC")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "NVRTC: ${NVRTC:-none found}"
+# Kernels compiled here by CI's NVRTC 13.0 (tools/device-check.sh prepare):
+# used when the machine's NVRTC is 13.0 too, else compiled on first use.
+[ -d .device/kernels ] && export NEMESIS_KERNEL_CACHE="$PWD/.device/kernels"
+echo "precompiled kernels: $(ls .device/kernels 2>/dev/null | wc -l) files"
 
 if [ ! -x "$BIN" ]; then
-    echo "no binary at $BIN: build here and copy target/release/nemesis into .device/ first"
+    echo "no binary at $BIN: run tools/device-check.sh prepare here first"
     exit 2
 fi
-WHAT="${1:-all}"   # check | speed | all (each fits one 10-minute device call)
 echo "== nemesis ($WHAT)"
 part version 10 "$BIN" --version
 if [ "$WHAT" = check ] || [ "$WHAT" = all ]; then
-    # Kernels, flash attention cases and whole training steps (tiny and
-    # small, fp32 and bf16) against the CPU.
-    part check-cuda 240 "$BIN" check --device cuda --seed 1
-    if ! grep -q " 0 failed" "$OUT/check-cuda.log"; then
-        # Isolate cuBLASLt and the flash kernels.
-        part check-cuda-cublas 120 env NEMESIS_GEMM=cublas NEMESIS_ATTENTION=plain "$BIN" check --device cuda --seed 1 --steps tiny
+    # Kernels, the tensor-core fragment probes, flash attention cases and
+    # whole training steps (tiny and small, fp32 and bf16) against the CPU;
+    # cuBLASLt says why it refuses anything.
+    if ! part check-cuda 240 env CUBLASLT_LOG_LEVEL=1 "$BIN" check --device cuda --seed 1; then
+        # Once more with every launch waited for, so a fault is blamed on
+        # the kernel that made it; then cuBLAS and the plain attention
+        # kernels in place of cuBLASLt and the flash kernels.
+        part check-cuda-sync 180 env CUDA_LAUNCH_BLOCKING=1 NEMESIS_CUDA_SYNC=1 CUBLASLT_LOG_LEVEL=1 \
+            "$BIN" check --device cuda --seed 1 --steps tiny
+        part check-cuda-cublas 120 env NEMESIS_GEMM=cublas NEMESIS_ATTENTION=plain \
+            "$BIN" check --device cuda --seed 1 --steps tiny
+    fi
+    if command -v compute-sanitizer >/dev/null; then
+        part sanitizer-memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$BIN" check --device cuda --seed 1 --steps tiny
+        part sanitizer-racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=flash \
+            "$BIN" check --device cuda --seed 1 --steps none
+    else
+        echo "compute-sanitizer: not on this machine"
     fi
 fi
 if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
@@ -76,8 +114,10 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
         fi
     done
     grep -H 'device memory: peak' "$OUT"/ours-paper-*.log 2>/dev/null
-    grep -h 'cuBLASLt refused' "$OUT"/*.log 2>/dev/null | head -n 1
+    grep -h 'no bf16-output algorithm' "$OUT"/*.log 2>/dev/null | sort -u | head -n 3
 fi
 echo
 echo "== summary"
 printf '%s\n' "${SUMMARY[@]}"
+grep -h " passed, .* failed" "$OUT"/check-*.log 2>/dev/null
+grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/sanitizer-*.log 2>/dev/null

@@ -109,11 +109,13 @@ impl Staging {
     /// An upload buffer of at least `bytes` whose last copy has finished.
     fn take_upload(&self, bytes: usize) -> Result<HostBuf> {
         let mut ups = self.uploads.lock().map_err(|_| lock_err("upload pool"))?;
-        let mut found = None;
+        // The smallest finished buffer that holds it, so a small upload does
+        // not take the big buffer the next batch needs.
+        let mut found: Option<usize> = None;
         for (i, (b, e)) in ups.iter().enumerate() {
-            if b.bytes >= bytes && self.queue.done(*e)? {
+            let smaller = found.is_none_or(|f| b.bytes < ups[f].0.bytes);
+            if b.bytes >= bytes && smaller && self.queue.done(*e)? {
                 found = Some(i);
-                break;
             }
         }
         if found.is_none() && ups.len() >= MAX_BUSY_UPLOADS {

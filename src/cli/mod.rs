@@ -4,6 +4,7 @@
 mod bench;
 mod bench_kernels;
 mod check;
+mod compile_kernels;
 mod device;
 mod encode;
 mod flops;
@@ -57,8 +58,10 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
     Probe(probe::ProbeArgs),
-    /// Compare every GPU kernel with the CPU reference (`--device emu` today).
+    /// Compare every GPU kernel with the CPU reference, on the emulator or a GPU.
     Check(check::CheckArgs),
+    /// Compile every CUDA kernel with NVRTC for a GPU architecture (no GPU needed).
+    CompileKernels(compile_kernels::CompileKernelsArgs),
     /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
     Bench(bench::BenchArgs),
 }
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Check(a) => check::run(a),
+        Command::CompileKernels(a) => compile_kernels::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -66,7 +66,15 @@ pub enum Route {
 /// One cuBLASLt handle and the plans made on it.
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
-    plans: Mutex<HashMap<Key, Plan>>,
+    plans: Mutex<Plans>,
+}
+
+#[derive(Default)]
+struct Plans {
+    made: HashMap<Key, Plan>,
+    /// bf16-output shapes cuBLASLt had no algorithm for (their f32 twin
+    /// runs instead).
+    refused: std::collections::HashSet<Key>,
 }
 
 // SAFETY: a cuBLASLt handle may be used from any thread; plans are used
@@ -102,7 +110,7 @@ impl Lt {
         let handle = lt::create_handle().map_err(|e| lt_err("create handle", e))?;
         Ok(Lt {
             handle,
-            plans: Mutex::new(HashMap::new()),
+            plans: Mutex::new(Plans::default()),
         })
     }
 
@@ -119,16 +127,16 @@ impl Lt {
             bias,
         };
         let mut plans = self.plans.lock().map_err(|_| lt_err("plans", "poisoned lock"))?;
-        if plans.contains_key(&key) {
+        if plans.made.contains_key(&key) {
             return Ok(Route::Direct);
         }
         let f32_key = Key { bf16_out: false, ..key };
-        if g.bf16_out && plans.contains_key(&f32_key) {
+        if plans.refused.contains(&key) {
             return Ok(Route::F32ThenRound);
         }
         match self.plan(&key, workspace_bytes) {
             Ok(p) => {
-                plans.insert(key, p);
+                plans.made.insert(key, p);
                 Ok(Route::Direct)
             }
             Err(e) if g.bf16_out => {
@@ -137,8 +145,10 @@ impl Lt {
                      writes f32 and rounds it",
                     g.m, g.n, g.k
                 );
-                let p = self.plan(&f32_key, workspace_bytes)?;
-                plans.insert(f32_key, p);
+                if let std::collections::hash_map::Entry::Vacant(v) = plans.made.entry(f32_key) {
+                    v.insert(self.plan(&f32_key, workspace_bytes)?);
+                }
+                plans.refused.insert(key);
                 Ok(Route::F32ThenRound)
             }
             Err(e) => Err(e),
@@ -256,6 +266,7 @@ impl Lt {
         };
         let plans = self.plans.lock().map_err(|_| lt_err("plans", "poisoned lock"))?;
         let plan = plans
+            .made
             .get(&key)
             .ok_or_else(|| lt_err("matmul", format!("no plan for {key:?}")))?;
         if let Some(bias) = bias {
@@ -292,7 +303,7 @@ impl Lt {
 impl Drop for Lt {
     fn drop(&mut self) {
         if let Ok(mut p) = self.plans.lock() {
-            p.clear();
+            p.made.clear();
         }
         // SAFETY: the handle was created by `Lt::new` and is destroyed once.
         let _ = unsafe { lt::destroy_handle(self.handle) };

@@ -634,6 +634,7 @@ impl RawDevice for CudaDevice {
 
     fn raise_shared_limit(&self, kernel: &str, bytes: u32) -> Result<()> {
         let func = self.function(kernel)?;
+        self.bind()?;
         func.set_attribute(
             cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
