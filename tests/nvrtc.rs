@@ -6,15 +6,23 @@
 use nemesis::backend::kernels::{KERNELS, SOURCES};
 use nemesis::backend::nvrtc::Nvrtc;
 
-#[test]
-fn every_kernel_compiles_for_sm80_and_sm90() {
-    let nvrtc = match Nvrtc::load() {
-        Ok(n) => n,
+/// NVRTC, or `None` after saying why the test is skipped; with
+/// NEMESIS_REQUIRE_NVRTC set (CI), a missing NVRTC fails the test instead.
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::load() {
+        Ok(n) => Some(n),
         Err(e) if std::env::var_os("NEMESIS_REQUIRE_NVRTC").is_none() => {
             eprintln!("skipped: {e}");
-            return;
+            None
         }
         Err(e) => panic!("NEMESIS_REQUIRE_NVRTC is set: {e}"),
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    let Some(nvrtc) = nvrtc() else {
+        return;
     };
     let (major, minor) = nvrtc.version().unwrap();
     eprintln!("NVRTC {major}.{minor} from {}", nvrtc.path.display());
@@ -43,8 +51,7 @@ fn a_missing_library_is_a_clear_error() {
 
 #[test]
 fn a_compile_error_names_the_file() {
-    let Ok(nvrtc) = Nvrtc::load() else {
-        eprintln!("skipped: no NVRTC");
+    let Some(nvrtc) = nvrtc() else {
         return;
     };
     let e = nvrtc
@@ -63,8 +70,7 @@ fn a_compile_error_names_the_file() {
 /// (printed for docs/BENCHMARKS.md; run with `--nocapture`).
 #[test]
 fn flash_kernel_resources() {
-    let Ok(nvrtc) = Nvrtc::load() else {
-        eprintln!("skipped: no NVRTC");
+    let Some(nvrtc) = nvrtc() else {
         return;
     };
     let (_, src) = SOURCES
@@ -149,13 +155,8 @@ fn ptxas_registers(nvrtc: &Nvrtc, arch: &str) -> std::collections::BTreeMap<Stri
 /// registers than a multiprocessor has, so the table must be current.
 #[test]
 fn the_register_table_is_what_ptxas_reports() {
-    let nvrtc = match Nvrtc::load() {
-        Ok(n) => n,
-        Err(e) if std::env::var_os("NEMESIS_REQUIRE_NVRTC").is_none() => {
-            eprintln!("skipped: {e}");
-            return;
-        }
-        Err(e) => panic!("NEMESIS_REQUIRE_NVRTC is set: {e}"),
+    let Some(nvrtc) = nvrtc() else {
+        return;
     };
     let fresh = ptxas_registers(&nvrtc, "sm_90");
     assert_eq!(fresh.len(), KERNELS.len(), "a ptxas report for every kernel: {fresh:?}");
@@ -182,8 +183,7 @@ fn the_register_table_is_what_ptxas_reports() {
 /// compiles nothing.
 #[test]
 fn precompiled_kernels_are_named_as_the_device_looks_them_up() {
-    let Ok(nvrtc) = Nvrtc::load() else {
-        eprintln!("skipped: no NVRTC");
+    let Some(nvrtc) = nvrtc() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("nemesis-precompile-{}", std::process::id()));

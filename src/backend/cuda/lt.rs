@@ -47,6 +47,21 @@ struct Key {
     bias: bool,
 }
 
+impl Key {
+    fn of(g: &Gemm, bias: bool) -> Self {
+        Key {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            bf16: g.bf16,
+            bf16_out: g.bf16_out,
+            bias,
+        }
+    }
+}
+
 /// One shape's descriptors and algorithm.
 struct Plan {
     desc: Desc,
@@ -116,16 +131,7 @@ impl Lt {
 
     /// Makes sure `g` has a plan, and says how it runs.
     pub fn prepare(&self, g: &Gemm, bias: bool, workspace_bytes: usize) -> Result<Route> {
-        let key = Key {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            trans_a: g.trans_a,
-            trans_b: g.trans_b,
-            bf16: g.bf16,
-            bf16_out: g.bf16_out,
-            bias,
-        };
+        let key = Key::of(g, bias);
         let mut plans = self.plans.lock().map_err(|_| lt_err("plans", "poisoned lock"))?;
         if plans.made.contains_key(&key) {
             return Ok(Route::Direct);
@@ -254,16 +260,7 @@ impl Lt {
         workspace_bytes: usize,
         stream: sys::cudaStream_t,
     ) -> Result<()> {
-        let key = Key {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            trans_a: g.trans_a,
-            trans_b: g.trans_b,
-            bf16: g.bf16,
-            bf16_out: g.bf16_out,
-            bias: bias.is_some(),
-        };
+        let key = Key::of(g, bias.is_some());
         let plans = self.plans.lock().map_err(|_| lt_err("plans", "poisoned lock"))?;
         let plan = plans
             .made
