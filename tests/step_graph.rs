@@ -160,3 +160,17 @@ fn a_step_that_does_not_match_the_graph_is_refused_and_the_device_stays_usable()
         .unwrap();
     assert!(v.loss.is_finite());
 }
+
+/// The rows `nemesis check` shows for step graphs (limit 0: replayed steps
+/// equal plain ones bit for bit), in both precisions.
+#[test]
+fn the_check_rows_for_step_graphs_pass_on_the_emulator() {
+    for dev in [Arc::new(EmuDevice::new()), Arc::new(EmuDevice::mixed())] {
+        let dev: SharedDevice = dev;
+        let rows = nemesis::backend::check::step_graphs(&dev, 1, 7).unwrap();
+        assert!(rows.len() >= 2, "{} rows", rows.len());
+        for r in &rows {
+            assert!(r.ok() && r.limit == 0.0, "{} {}: {:e}", r.kernel, r.case, r.rel_err);
+        }
+    }
+}
