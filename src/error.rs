@@ -1,7 +1,7 @@
 //! The one error type of the engine. Every fallible path returns it; nothing
 //! that a user can influence (shapes, files, flags) panics.
 
-use crate::tensor::{DType, Shape};
+use std::fmt::Display;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -9,23 +9,32 @@ pub enum Error {
     #[error("{op}: shape mismatch: {lhs} and {rhs}: {why}")]
     ShapeMismatch {
         op: &'static str,
-        lhs: Shape,
-        rhs: Shape,
+        lhs: String,
+        rhs: String,
         why: String,
     },
     /// One operand whose shape is wrong on its own.
     #[error("{op}: bad shape {shape}: {why}")]
     BadShape {
         op: &'static str,
-        shape: Shape,
+        shape: String,
         why: String,
     },
-    #[error("{op}: dtype mismatch: {lhs:?} and {rhs:?}")]
-    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+    #[error("{op}: dtype mismatch: {lhs} and {rhs}")]
+    DTypeMismatch { op: &'static str, lhs: String, rhs: String },
     #[error("{op}: {why}")]
     InvalidArgument { op: &'static str, why: String },
-    #[error("{what} is not implemented yet: {tracking}")]
-    NotYet { what: &'static str, tracking: &'static str },
+    /// A device call that failed: the driver, a library, a kernel launch, a
+    /// rule of the device broken (the emulator's checks).
+    #[error("{device}: {call}: {why}")]
+    Device { device: String, call: String, why: String },
+    /// A device allocation that did not fit.
+    #[error("{device}: out of memory: {asked} bytes asked for{}", free.map(|f| format!(", {f} free")).unwrap_or_default())]
+    OutOfMemory {
+        device: String,
+        asked: usize,
+        free: Option<usize>,
+    },
     #[error("autograd: {0}")]
     Autograd(String),
     /// A file that could not be read or written.
@@ -46,20 +55,37 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn shape_mismatch(op: &'static str, lhs: &Shape, rhs: &Shape, why: impl Into<String>) -> Self {
+    pub fn shape_mismatch(op: &'static str, lhs: &impl Display, rhs: &impl Display, why: impl Into<String>) -> Self {
         Error::ShapeMismatch {
             op,
-            lhs: lhs.clone(),
-            rhs: rhs.clone(),
+            lhs: lhs.to_string(),
+            rhs: rhs.to_string(),
             why: why.into(),
         }
     }
 
-    pub fn bad_shape(op: &'static str, shape: &Shape, why: impl Into<String>) -> Self {
+    pub fn bad_shape(op: &'static str, shape: &impl Display, why: impl Into<String>) -> Self {
         Error::BadShape {
             op,
-            shape: shape.clone(),
+            shape: shape.to_string(),
             why: why.into(),
+        }
+    }
+
+    pub fn dtype_mismatch(op: &'static str, lhs: impl std::fmt::Debug, rhs: impl std::fmt::Debug) -> Self {
+        Error::DTypeMismatch {
+            op,
+            lhs: format!("{lhs:?}"),
+            rhs: format!("{rhs:?}"),
+        }
+    }
+
+    /// A failed device call: which device, which call, why.
+    pub fn device(device: impl Into<String>, call: impl Into<String>, why: impl Display) -> Self {
+        Error::Device {
+            device: device.into(),
+            call: call.into(),
+            why: why.to_string(),
         }
     }
 

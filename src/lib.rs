@@ -7,8 +7,10 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod io;
 pub mod model;

@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nemesis::cli::{run, Cli};
-use nemesis::Error;
 
 /// Tensors of tens of megabytes come and go in every training step. By
 /// default glibc maps each large allocation fresh and unmaps it at free, so
@@ -31,10 +30,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ Error::NotYet { .. }) => {
-            eprintln!("nemesis: not yet: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("nemesis: error: {e}");
             ExitCode::FAILURE

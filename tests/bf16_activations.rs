@@ -15,9 +15,9 @@ mod common;
 use std::sync::Arc;
 
 use nemesis::autograd::ParamStore;
-use nemesis::backend::device::SharedDevice;
 use nemesis::backend::emu::EmuDevice;
 use nemesis::data::{Batch, BatchData, Position};
+use nemesis::device::{DeviceSettings, SharedDevice};
 use nemesis::model::{add_noise, init_params, Dropout, DualMask, ModelConfig, Nemesis};
 use nemesis::rng::RngStream;
 use nemesis::tensor::DType;
@@ -30,10 +30,17 @@ struct Run {
     widened: u64,
 }
 
+/// Mixed-precision activations stored as bf16 alone, or with f32 kept
+/// beside them (what `NEMESIS_BF16_ACTIVATIONS=0` gives a device).
+fn settings(bf16_alone: bool) -> DeviceSettings {
+    DeviceSettings {
+        bf16_activations: bf16_alone,
+        ..DeviceSettings::default()
+    }
+}
+
 fn two_steps(c: &ModelConfig, bf16_alone: bool) -> Run {
-    // The variable is read as each op makes its output.
-    std::env::set_var("NEMESIS_BF16_ACTIVATIONS", if bf16_alone { "1" } else { "0" });
-    let emu = Arc::new(EmuDevice::mixed());
+    let emu = Arc::new(EmuDevice::mixed().with_settings(settings(bf16_alone)));
     let dev: SharedDevice = emu.clone();
     let mut store = init_params(c, 1, DType::F32).unwrap().to_device(&dev).unwrap();
     let mut u = vec![0.0f32; 2 * c.voxels()];
@@ -76,8 +83,7 @@ fn two_steps(c: &ModelConfig, bf16_alone: bool) -> Run {
 /// on), with bf16-alone storage on or off; the store with its gradients,
 /// on the host.
 fn gradients(c: &ModelConfig, bf16_alone: bool) -> ParamStore {
-    std::env::set_var("NEMESIS_BF16_ACTIVATIONS", if bf16_alone { "1" } else { "0" });
-    let dev: SharedDevice = Arc::new(EmuDevice::mixed());
+    let dev: SharedDevice = Arc::new(EmuDevice::mixed().with_settings(settings(bf16_alone)));
     let mut store = init_params(c, 1, DType::F32).unwrap().to_device(&dev).unwrap();
     let [d, h, w] = c.superpatch_size;
     let mut u = vec![0.0f32; 2 * d * h * w];
@@ -123,11 +129,10 @@ fn bf16_alone_agrees_with_f32_kept_and_holds_less_memory() {
     // cancellation) and the key third of a fused in_proj bias (zero in
     // exact arithmetic) are judged only in the total.
     let (ga, gb) = (gradients(&c, true), gradients(&c, false));
-    std::env::remove_var("NEMESIS_BF16_ACTIVATIONS");
     let (mut num, mut den, mut differ) = (0.0f64, 0.0f64, 0);
     let mut worst = (0.0f64, String::new());
     for ((_, p), (_, q)) in ga.iter().zip(gb.iter()) {
-        let grad = |p: &nemesis::autograd::Param| p.grad.as_ref().map(|g| g.to_f64_vec()).unwrap_or_default();
+        let grad = |p: &nemesis::autograd::Param| p.grad.as_ref().map(|g| g.to_f64_vec().unwrap()).unwrap_or_default();
         let (mut a, mut b) = (grad(p), grad(q));
         assert_eq!(a.len(), p.value.numel(), "{}: no gradient", p.name);
         let d2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();

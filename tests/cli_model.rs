@@ -52,7 +52,7 @@ fn write_image(path: &Path, b: usize, size: [usize; 3]) -> Tensor {
     RngStream::new(5, 5).fill_uniform(0, &mut v);
     let t = Tensor::from_vec(v, [b, 1, size[0], size[1], size[2]]).unwrap();
     let mut arrays = BTreeMap::new();
-    arrays.insert("image".to_string(), Array::from_tensor(&t));
+    arrays.insert("image".to_string(), Array::from_tensor(&t).unwrap());
     TensorFile::write(path, &HashMap::new(), &arrays).unwrap();
     t
 }
@@ -137,11 +137,11 @@ fn encode_writes_features_and_pooled() {
     let (config, store) = load_checkpoint(&w, DType::F32).unwrap();
     let tape = Tape::inference();
     let want = Nemesis::new(config).unwrap().encode(&tape, &store, &image).unwrap();
-    let (a, b) = (feats.to_f64_vec(), want.value().to_f64_vec());
+    let (a, b) = (feats.to_f64_vec().unwrap(), want.value().to_f64_vec().unwrap());
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(diff < 1e-5, "chunked encode differs by {diff}");
     let mean0: f64 = (0..64).map(|t| a[t * 64]).sum::<f64>() / 64.0;
-    assert!((mean0 - pooled.to_f64_vec()[0]).abs() < 1e-5);
+    assert!((mean0 - pooled.to_f64_vec().unwrap()[0]).abs() < 1e-5);
 
     let e = err(&nemesis(&[
         "encode",
@@ -312,10 +312,11 @@ fn encode_a_nifti_volume_tile_by_tile() {
         .unwrap()
         .encode(&tape, &store, &Tensor::from_vec(tile0, [1, 1, 32, 32, 32]).unwrap())
         .unwrap();
-    let all = f.tensor("features").unwrap().to_f64_vec();
+    let all = f.tensor("features").unwrap().to_f64_vec().unwrap();
     let diff = one
         .value()
         .to_f64_vec()
+        .unwrap()
         .iter()
         .zip(&all)
         .map(|(a, b)| (a - b).abs())

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use nemesis::backend::check::{training_step, CheckRow};
-use nemesis::backend::device::SharedDevice;
 use nemesis::backend::emu::EmuDevice;
+use nemesis::check::{training_step, CheckRow};
+use nemesis::device::SharedDevice;
 
 fn report(rows: &[CheckRow]) -> usize {
     let mut misses = 0;
@@ -50,9 +50,9 @@ mod queued {
     use std::sync::Arc;
 
     use nemesis::autograd::ParamStore;
-    use nemesis::backend::device::SharedDevice;
     use nemesis::backend::emu::EmuDevice;
     use nemesis::data::{Batch, BatchData, Position};
+    use nemesis::device::SharedDevice;
     use nemesis::model::{init_params, ModelConfig, Nemesis};
     use nemesis::rng::RngStream;
     use nemesis::tensor::{DType, Tensor};
@@ -147,7 +147,7 @@ mod queued {
         // direction set by rounding; the two backends must agree to 5 % of
         // the largest movement two steps allow (2·lr).
         for ((_, p), (_, q)) in cpu_w.iter().zip(got_w.iter()) {
-            let (a, b) = (p.value.to_f64_vec(), q.value.to_f64_vec());
+            let (a, b) = (p.value.to_f64_vec().unwrap(), q.value.to_f64_vec().unwrap());
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
             assert!(err < 0.05 * 2e-3, "{}: weights differ by {err} after two steps", p.name);
         }
@@ -181,8 +181,9 @@ mod queued {
                 let same = a
                     .value
                     .to_f64_vec()
+                    .unwrap()
                     .iter()
-                    .zip(b.value.to_f64_vec())
+                    .zip(b.value.to_f64_vec().unwrap())
                     .all(|(x, y)| x == &y || (x.is_nan() && y.is_nan()));
                 assert!(same, "{} changed in a step whose gradient was NaN", a.name);
             }
@@ -242,8 +243,9 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
     }
     assert_eq!(emu.kernel_runs("bf16_to_f32"), 0);
     // Read by GEMMs alone: the same bf16 bits, and no f32 values (half the
-    // bytes of the copy, a third of both) until something else asks; then
-    // they are widened once, exactly.
+    // bytes of the copy, a third of both). A read to the host widens them
+    // there, exactly, and leaves the storage as it is; an f32 kernel that
+    // reads them has them widened on the device once.
     let alone = outputs(Readers::Bf16);
     for (k, y) in alone.iter().enumerate() {
         let s = y.device_storage().unwrap();
@@ -256,6 +258,10 @@ fn producers_in_mixed_precision_write_the_bf16_copy_their_gemm_reads() {
             .zip(&kept[k])
             .all(|(w, b)| w.to_bits() == half::bf16::from_bits(*b).to_f32().to_bits());
         assert!(exact, "output {k}: widened values are not the bf16 values");
+        assert!(s.is_bf16_only() && s.bytes() == 2 * y.numel());
+        assert_eq!(emu.kernel_runs("bf16_to_f32"), k as u64);
+        let doubled = gpu::scale(y, 2.0).unwrap().to_cpu().unwrap().to_vec::<f32>().unwrap();
+        assert!(doubled.iter().zip(&widened).all(|(d, w)| *d == 2.0 * w));
         assert!(!s.is_bf16_only() && s.bytes() == 6 * y.numel());
     }
     assert_eq!(emu.kernel_runs("bf16_to_f32"), alone.len() as u64);

@@ -255,7 +255,7 @@ fn adamw_and_grad_norm_match_the_cpu_optimizer() {
             let id = s.add("w", Tensor::from_vec(w0.clone(), [n]).unwrap()).unwrap();
             s.accumulate_grad(id, Tensor::from_vec(g.clone(), [n]).unwrap())
                 .unwrap();
-            grad_norm(&s)
+            grad_norm(&s).unwrap()
         } - 1.0)
             .abs()
             < 1e-6
@@ -297,7 +297,7 @@ fn adamw_and_grad_norm_match_the_cpu_optimizer() {
 
 #[test]
 fn the_device_trait_on_the_emulator() {
-    use nemesis::backend::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch};
+    use nemesis::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch};
     let d = dev();
     // Copies round-trip; a freed buffer is an error, not a crash.
     let v = DeviceVec::from_slice(&d, &[1.0f32, 2.0, 3.0]).unwrap();

@@ -3,9 +3,9 @@
 //! (where a GPU would give wrong numbers, fault later, or hang), and that
 //! the engine's own path passes.
 
-use nemesis::backend::device::{Arg, DeviceApi, DeviceVec, Launch};
 use nemesis::backend::emu::EmuDevice;
 use nemesis::backend::raw::RawDevice;
+use nemesis::device::{Arg, DeviceApi, DeviceVec, Launch};
 
 fn text(e: nemesis::Error) -> String {
     e.to_string()

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use nemesis::backend::check::{attention_cases, attention_kernels, CheckRow};
-use nemesis::backend::device::SharedDevice;
 use nemesis::backend::emu::EmuDevice;
 use nemesis::backend::gpu::AttentionKernel;
+use nemesis::check::{attention_cases, attention_kernels, CheckRow};
+use nemesis::device::SharedDevice;
 
 fn misses(rows: &[CheckRow]) -> Vec<String> {
     if std::env::var_os("SHOW").is_some() {
@@ -44,7 +44,7 @@ fn flash_bf16_on_the_emulated_tensor_cores_is_within_bf16_limits() {
 /// representative cases above, which the emulated tensor cores run slowly).
 #[test]
 fn flash_f32_over_the_whole_grid_of_shapes() {
-    use nemesis::backend::check::AttnCase;
+    use nemesis::check::AttnCase;
     use nemesis::tensor::SeqLayout;
     let mut cases = Vec::new();
     for dh in [4usize, 12, 16, 32, 64, 96, 128] {

@@ -72,6 +72,7 @@ fn layer_norm() {
         let w = Tensor::from_f64_slice(
             &t(&[cols], s + 1)
                 .to_f64_vec()
+                .unwrap()
                 .iter()
                 .map(|v| 1.0 + v)
                 .collect::<Vec<_>>(),
@@ -88,7 +89,12 @@ fn layer_norm() {
 #[test]
 fn gelu_sigmoid_softmax() {
     let x = Tensor::from_f64_slice(
-        &t(&[4, 7], 7).to_f64_vec().iter().map(|v| 3.0 * v).collect::<Vec<_>>(),
+        &t(&[4, 7], 7)
+            .to_f64_vec()
+            .unwrap()
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect::<Vec<_>>(),
         [4, 7],
         F64,
     )
@@ -166,6 +172,7 @@ fn attention_case(name: &str, layout: SeqLayout, heads: usize, dh: usize, dropou
     let qkv = Tensor::from_f64_slice(
         &t(&[rows, 3 * e], seed)
             .to_f64_vec()
+            .unwrap()
             .iter()
             .map(|v| 2.0 * v)
             .collect::<Vec<_>>(),

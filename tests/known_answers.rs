@@ -30,7 +30,12 @@ fn gelu_known_values() {
     ];
     for dtype in [DType::F64, DType::F32] {
         let tape = Tape::inference();
-        let y = tape.gelu(&input(&tape, &x, &[7], dtype)).unwrap().value().to_f64_vec();
+        let y = tape
+            .gelu(&input(&tape, &x, &[7], dtype))
+            .unwrap()
+            .value()
+            .to_f64_vec()
+            .unwrap();
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
         for (a, b) in y.iter().zip(want) {
             assert_relative_eq!(*a, b, epsilon = tol, max_relative = tol);
@@ -42,7 +47,7 @@ fn gelu_known_values() {
 fn softmax_known_values() {
     let tape = Tape::inference();
     let x = input(&tape, &[1.0, 2.0, 3.0, 1000.0, 1000.0, 1000.0], &[2, 3], DType::F64);
-    let y = tape.softmax(&x).unwrap().value().to_f64_vec();
+    let y = tape.softmax(&x).unwrap().value().to_f64_vec().unwrap();
     let want = [
         0.090030573170380,
         0.244728471054798,
@@ -63,7 +68,7 @@ fn layer_norm_known_values() {
     let x = input(&tape, &[1.0, 2.0, 3.0, 4.0], &[1, 4], DType::F64);
     let w = input(&tape, &[1.0, 2.0, 0.5, -1.0], &[4], DType::F64);
     let b = input(&tape, &[0.0, 0.1, 0.2, 0.3], &[4], DType::F64);
-    let y = tape.layer_norm(&x, &w, &b, 1e-5).unwrap().value().to_f64_vec();
+    let y = tape.layer_norm(&x, &w, &b, 1e-5).unwrap().value().to_f64_vec().unwrap();
     let rstd = 1.0 / (1.25f64 + 1e-5).sqrt();
     let want = [
         -1.5 * rstd,
@@ -78,7 +83,12 @@ fn layer_norm_known_values() {
     let ones = input(&tape, &[1.0; 4], &[4], DType::F32);
     let zeros = input(&tape, &[0.0; 4], &[4], DType::F32);
     let x32 = input(&tape, &[10.0, 10.5, 9.0, 12.25], &[1, 4], DType::F32);
-    let y = tape.layer_norm(&x32, &ones, &zeros, 0.0).unwrap().value().to_f64_vec();
+    let y = tape
+        .layer_norm(&x32, &ones, &zeros, 0.0)
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
     let mean: f64 = y.iter().sum::<f64>() / 4.0;
     let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
     assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "mean {mean} var {var}");
@@ -95,13 +105,16 @@ fn sigmoid_gate_mean_values() {
     );
     let x = input(&tape, &[1.0, 2.0], &[2], DType::F64);
     let y = input(&tape, &[3.0, -2.0], &[2], DType::F64);
-    let m = tape.gate_mix(&x, &y, &a).unwrap().value().to_f64_vec();
+    let m = tape.gate_mix(&x, &y, &a).unwrap().value().to_f64_vec().unwrap();
     let av = 0.622459331201855;
     assert_relative_eq!(m[0], (1.0 - av) + 3.0 * av, max_relative = 1e-12);
     assert_relative_eq!(m[1], 2.0 * (1.0 - av) - 2.0 * av, max_relative = 1e-12);
     let g = input(&tape, &[1., 2., 3., 4., 5., 6.], &[2, 3], DType::F32);
-    assert_eq!(tape.mean(&g, 0).unwrap().value().to_f64_vec(), vec![2.5, 3.5, 4.5]);
-    assert_eq!(tape.mean(&g, 1).unwrap().value().to_f64_vec(), vec![2.0, 5.0]);
+    assert_eq!(
+        tape.mean(&g, 0).unwrap().value().to_f64_vec().unwrap(),
+        vec![2.5, 3.5, 4.5]
+    );
+    assert_eq!(tape.mean(&g, 1).unwrap().value().to_f64_vec().unwrap(), vec![2.0, 5.0]);
 }
 
 #[test]
@@ -111,10 +124,13 @@ fn gather_scatter_values() {
     let x = input(&tape, &[0., 1., 10., 11., 20., 21., 30., 31.], &[1, 4, 2], DType::F32);
     let g = tape.gather_rows(&x, &[3, 1]).unwrap();
     assert_eq!(g.shape().dims(), [1, 2, 2]);
-    assert_eq!(g.value().to_f64_vec(), vec![30., 31., 10., 11.]);
+    assert_eq!(g.value().to_f64_vec().unwrap(), vec![30., 31., 10., 11.]);
     let fill = input(&tape, &[-1., -2.], &[2], DType::F32);
     let s = tape.scatter_rows(&g, &[0, 2], 4, &fill).unwrap();
-    assert_eq!(s.value().to_f64_vec(), vec![30., 31., -1., -2., 10., 11., -1., -2.]);
+    assert_eq!(
+        s.value().to_f64_vec().unwrap(),
+        vec![30., 31., -1., -2., 10., 11., -1., -2.]
+    );
 }
 
 #[test]
@@ -149,7 +165,8 @@ fn dropout_keeps_the_expected_fraction_and_scales() {
         .dropout(&x, 0.1, RngStream::new(42, 3))
         .unwrap()
         .value()
-        .to_f64_vec();
+        .to_f64_vec()
+        .unwrap();
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
     assert!((kept - 0.9).abs() < 5e-3, "kept {kept}");
     assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
@@ -157,7 +174,8 @@ fn dropout_keeps_the_expected_fraction_and_scales() {
         .dropout(&x, 0.1, RngStream::new(42, 3))
         .unwrap()
         .value()
-        .to_f64_vec();
+        .to_f64_vec()
+        .unwrap();
     assert_eq!(y, again, "same stream, same mask");
 }
 
@@ -216,14 +234,15 @@ fn attention_matches_naive_loop() {
                 dropout: d,
             };
             let qkv = rand_tensor([layout.num_rows(), 3 * e], 40 + k as u64, DType::F64);
-            let want = naive_attention(&qkv.to_f64_vec(), &layout, heads, e, d.as_ref());
+            let want = naive_attention(&qkv.to_f64_vec().unwrap(), &layout, heads, e, d.as_ref());
             for dtype in [DType::F64, DType::F32] {
                 let tape = Tape::inference();
                 let got = tape
-                    .attention(&tape.constant(qkv.to_dtype(dtype)), &opts)
+                    .attention(&tape.constant(qkv.to_dtype(dtype).unwrap()), &opts)
                     .unwrap()
                     .value()
-                    .to_f64_vec();
+                    .to_f64_vec()
+                    .unwrap();
                 let err = rel_err(&got, &want);
                 let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
                 assert!(err < tol, "case {k} {dtype:?} dropout {dropout:?}: error {err:e}");
@@ -238,7 +257,7 @@ fn depth_stream_equals_spatial_attention_on_the_transposed_grid() {
     // followed by contiguous attention gives.
     let (b, tt, l, heads, dh) = (2, 4, 3, 2, 6);
     let e = heads * dh;
-    let qkv = rand_tensor([b * tt * l, 3 * e], 77, DType::F64).to_f64_vec();
+    let qkv = rand_tensor([b * tt * l, 3 * e], 77, DType::F64).to_f64_vec().unwrap();
     let mut transposed = vec![0.0; qkv.len()];
     for bi in 0..b {
         for t in 0..tt {
@@ -257,7 +276,7 @@ fn depth_stream_equals_spatial_attention_on_the_transposed_grid() {
             heads,
             dropout: None,
         };
-        tape.attention(&x, &opts).unwrap().value().to_f64_vec()
+        tape.attention(&x, &opts).unwrap().value().to_f64_vec().unwrap()
     };
     let strided = run(&qkv, SeqLayout::depth(b, tt, l));
     let contiguous = run(&transposed, SeqLayout::contiguous(b * l, tt));
@@ -278,11 +297,14 @@ fn linear_and_matmul_values() {
     let x = input(&tape, &[1., 2., 3., 4., 5., 6.], &[2, 3], DType::F32);
     let w = input(&tape, &[1., 0., -1., 0.5, 0.5, 0.5], &[2, 3], DType::F32);
     let b = input(&tape, &[10., 20.], &[2], DType::F32);
-    let y = tape.linear(&x, &w, Some(&b)).unwrap().value().to_f64_vec();
+    let y = tape.linear(&x, &w, Some(&b)).unwrap().value().to_f64_vec().unwrap();
     assert_eq!(y, vec![1. - 3. + 10., 3. + 20., 4. - 6. + 10., 7.5 + 20.]);
     let a = input(&tape, &[1., 2., 3., 4.], &[1, 2, 2], DType::F64);
     let c = input(&tape, &[0., 1., 1., 0.], &[1, 2, 2], DType::F64);
-    assert_eq!(tape.matmul(&a, &c).unwrap().value().to_f64_vec(), vec![2., 1., 4., 3.]);
+    assert_eq!(
+        tape.matmul(&a, &c).unwrap().value().to_f64_vec().unwrap(),
+        vec![2., 1., 4., 3.]
+    );
 }
 
 #[test]
@@ -296,8 +318,9 @@ fn large_linear_uses_blocks_and_agrees_with_f64() {
         .linear(&tape.constant(x.clone()), &tape.constant(w.clone()), None)
         .unwrap()
         .value()
-        .to_f64_vec();
-    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+        .to_f64_vec()
+        .unwrap();
+    let (xv, wv) = (x.to_f64_vec().unwrap(), w.to_f64_vec().unwrap());
     let mut naive = vec![0.0; rows * outf];
     for r in 0..rows {
         for o in 0..outf {
@@ -307,12 +330,13 @@ fn large_linear_uses_blocks_and_agrees_with_f64() {
     assert!(rel_err(&want, &naive) < 1e-13);
     let got = tape
         .linear(
-            &tape.constant(x.to_dtype(DType::F32)),
-            &tape.constant(w.to_dtype(DType::F32)),
+            &tape.constant(x.to_dtype(DType::F32).unwrap()),
+            &tape.constant(w.to_dtype(DType::F32).unwrap()),
             None,
         )
         .unwrap()
         .value()
-        .to_f64_vec();
+        .to_f64_vec()
+        .unwrap();
     assert!(rel_err(&got, &naive) < 1e-5);
 }

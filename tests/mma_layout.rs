@@ -5,8 +5,8 @@
 //! integers so every product is exact. `nemesis check` runs the same
 //! probes on a GPU's tensor cores.
 
-use nemesis::backend::device::{Arg, DeviceApi, DeviceVec, Launch};
 use nemesis::backend::emu::EmuDevice;
+use nemesis::device::{Arg, DeviceApi, DeviceVec, Launch};
 
 /// In every table a lane is (groupID, threadID_in_group) = (lane / 4, lane % 4).
 fn group(lane: usize) -> (usize, usize) {

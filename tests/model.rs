@@ -38,10 +38,13 @@ fn micro(tokens: bool) -> ModelConfig {
 fn jitter(store: &ParamStore, seed: u64) -> ParamStore {
     let mut out = store.clone();
     for (k, (id, p)) in store.iter().enumerate() {
-        let noise = rand_tensor(p.value.shape(), seed + k as u64, p.value.dtype()).to_f64_vec();
+        let noise = rand_tensor(p.value.shape(), seed + k as u64, p.value.dtype())
+            .to_f64_vec()
+            .unwrap();
         let v: Vec<f64> = p
             .value
             .to_f64_vec()
+            .unwrap()
             .iter()
             .zip(&noise)
             .map(|(a, b)| a + 0.1 * b)
@@ -59,7 +62,12 @@ fn batch(c: &ModelConfig, b: usize, dtype: DType) -> (Tensor, Tensor) {
     let [d, h, w] = c.superpatch_size;
     let clean = rand_tensor([b, 1, d, h, w], 5, dtype);
     let clean = Tensor::from_f64_slice(
-        &clean.to_f64_vec().iter().map(|v| 0.5 + 0.5 * v).collect::<Vec<_>>(),
+        &clean
+            .to_f64_vec()
+            .unwrap()
+            .iter()
+            .map(|v| 0.5 + 0.5 * v)
+            .collect::<Vec<_>>(),
         clean.shape(),
         dtype,
     )
@@ -96,6 +104,7 @@ fn mae_step_gradcheck(c: ModelConfig, dropout: f64) {
             .as_ref()
             .unwrap_or_else(|| panic!("no gradient for {name}"))
             .to_f64_vec()
+            .unwrap()
     };
     for (k, (id, p)) in store.iter().enumerate() {
         if p.name == "decoder.pe_scale" {
@@ -110,7 +119,7 @@ fn mae_step_gradcheck(c: ModelConfig, dropout: f64) {
             // derivative is the sum of the two recorded gradients.
             analytic[0] += grad_of("decoder.pe_scale")[0];
         }
-        let base = p.value.to_f64_vec();
+        let base = p.value.to_f64_vec().unwrap();
         // Up to 12 coordinates per tensor, drawn by seed.
         let coords: Vec<usize> = if base.len() <= 12 {
             (0..base.len()).collect()
@@ -170,9 +179,9 @@ fn checkpoint_round_trip_gives_identical_outputs() {
         let out = model.forward_train(&tape, s, &noisy, &clean, &mask, None).unwrap();
         let enc = model.encode(&tape, s, &clean).unwrap();
         (
-            out.pred.value().to_f64_vec(),
-            out.loss.value().to_f64_vec(),
-            enc.value().to_f64_vec(),
+            out.pred.value().to_f64_vec().unwrap(),
+            out.loss.value().to_f64_vec().unwrap(),
+            enc.value().to_f64_vec().unwrap(),
         )
     };
     assert_eq!(run(&store), run(&loaded));
@@ -192,7 +201,7 @@ fn broken_checkpoint(name: &str, change: impl FnOnce(&mut BTreeMap<String, Array
     let store = init_params(&c, 1, DType::F32).unwrap();
     let mut arrays: BTreeMap<String, Array> = store
         .iter()
-        .map(|(_, p)| (p.name.clone(), Array::from_tensor(&p.value)))
+        .map(|(_, p)| (p.name.clone(), Array::from_tensor(&p.value).unwrap()))
         .collect();
     change(&mut arrays);
     let mut meta = HashMap::new();

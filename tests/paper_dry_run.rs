@@ -12,9 +12,9 @@
 
 use std::sync::Arc;
 
-use nemesis::backend::device::SharedDevice;
 use nemesis::backend::emu::EmuDevice;
 use nemesis::data::{Batch, BatchData, Position};
+use nemesis::device::SharedDevice;
 use nemesis::model::{init_params, ModelConfig, Nemesis};
 use nemesis::tensor::DType;
 use nemesis::train::{AdamW, StepGraphs, StepSpec, TrainConfig};

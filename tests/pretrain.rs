@@ -382,7 +382,7 @@ fn the_emulated_gpu_path_trains_like_the_cpu_and_resumes() {
     let (_, we) = load_checkpoint(&emu.join(name), DType::F32).unwrap();
     for ((_, a), (_, b)) in wc.iter().zip(we.iter()) {
         let name_of = a.name.clone();
-        let (mut a, mut b) = (a.value.to_f64_vec(), b.value.to_f64_vec());
+        let (mut a, mut b) = (a.value.to_f64_vec().unwrap(), b.value.to_f64_vec().unwrap());
         // The key third of a fused in_proj bias has a gradient of exactly
         // zero in exact arithmetic (softmax ignores a constant added to every
         // score of a row); its computed gradient is rounding noise, which

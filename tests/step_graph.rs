@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use nemesis::autograd::ParamStore;
-use nemesis::backend::device::SharedDevice;
 use nemesis::backend::emu::EmuDevice;
 use nemesis::data::{Batch, BatchData, Position};
+use nemesis::device::SharedDevice;
 use nemesis::model::{init_params, ModelConfig, Nemesis};
 use nemesis::rng::RngStream;
 use nemesis::tensor::DType;
@@ -44,7 +44,7 @@ struct Run {
     warning: Option<String>,
     /// Times the host waited for the device while the steps were queued.
     waits: u64,
-    counts: Option<nemesis::backend::graph::GraphCounts>,
+    counts: Option<nemesis::device::GraphCounts>,
 }
 
 /// `steps` steps of `accum` micro-batches of one superpatch, with a
@@ -167,7 +167,7 @@ fn a_step_that_does_not_match_the_graph_is_refused_and_the_device_stays_usable()
 fn the_check_rows_for_step_graphs_pass_on_the_emulator() {
     for dev in [Arc::new(EmuDevice::new()), Arc::new(EmuDevice::mixed())] {
         let dev: SharedDevice = dev;
-        let rows = nemesis::backend::check::step_graphs(&dev, 1, 7).unwrap();
+        let rows = nemesis::check::step_graphs(&dev, 1, 7).unwrap();
         assert!(rows.len() >= 2, "{} rows", rows.len());
         for r in &rows {
             assert!(r.ok() && r.limit == 0.0, "{} {}: {:e}", r.kernel, r.case, r.rel_err);

@@ -44,8 +44,8 @@ fn parameter_gradients_fill_and_accumulate() {
         let l = loss_of(&tape, store, w, b, x);
         tape.backward(&l, store).unwrap();
         (
-            store.get(w).grad.clone().unwrap().to_f64_vec(),
-            store.get(b).grad.clone().unwrap().to_f64_vec(),
+            store.get(w).grad.clone().unwrap().to_f64_vec().unwrap(),
+            store.get(b).grad.clone().unwrap().to_f64_vec().unwrap(),
         )
     };
     let (gw1, gb1) = grad_of(&mut store, &x1);
@@ -61,8 +61,8 @@ fn parameter_gradients_fill_and_accumulate() {
     }
     let sum_w: Vec<f64> = gw1.iter().zip(&gw2).map(|(a, b)| a + b).collect();
     let sum_b: Vec<f64> = gb1.iter().zip(&gb2).map(|(a, b)| a + b).collect();
-    assert!(rel_err(&store.get(w).grad.clone().unwrap().to_f64_vec(), &sum_w) < 1e-14);
-    assert!(rel_err(&store.get(b).grad.clone().unwrap().to_f64_vec(), &sum_b) < 1e-14);
+    assert!(rel_err(&store.get(w).grad.clone().unwrap().to_f64_vec().unwrap(), &sum_w) < 1e-14);
+    assert!(rel_err(&store.get(b).grad.clone().unwrap().to_f64_vec().unwrap(), &sum_b) < 1e-14);
 
     store.zero_grad();
     assert!(store.get(w).grad.is_none() && store.get(b).grad.is_none());
@@ -78,7 +78,7 @@ fn a_parameter_used_twice_gets_both_contributions() {
     let b = tape.param(&store, s);
     let l = tape.mul(&a, &b).unwrap();
     tape.backward(&l, &mut store).unwrap();
-    assert_eq!(store.get(s).grad.clone().unwrap().to_f64_vec(), vec![6.0]);
+    assert_eq!(store.get(s).grad.clone().unwrap().to_f64_vec().unwrap(), vec![6.0]);
 }
 
 #[test]
@@ -97,8 +97,8 @@ fn inputs_get_gradients_only_when_asked() {
     assert_eq!(g.shape().dims(), [2, 4]);
     assert!(grads.get(&silent).is_none());
     // d mean(x·Wᵀ + b)/dx = column means of W / rows.
-    let wv = store.get(w).value.to_f64_vec();
-    for (i, &gi) in g.to_f64_vec().iter().enumerate() {
+    let wv = store.get(w).value.to_f64_vec().unwrap();
+    for (i, &gi) in g.to_f64_vec().unwrap().iter().enumerate() {
         let c = i % 4;
         let want = (0..3).map(|o| wv[o * 4 + c]).sum::<f64>() / 3.0 / 2.0;
         assert!((gi - want).abs() < 1e-14);
@@ -120,7 +120,10 @@ fn inference_records_nothing() {
     assert!(!inside.tracked());
     let outside = loss_of(&tape, &store, w, b, &x);
     assert!(tape.num_nodes() > 0 && outside.tracked());
-    assert_eq!(inside.value().to_f64_vec(), outside.value().to_f64_vec());
+    assert_eq!(
+        inside.value().to_f64_vec().unwrap(),
+        outside.value().to_f64_vec().unwrap()
+    );
 }
 
 #[test]
@@ -198,9 +201,17 @@ fn attention_pair_equals_two_attentions_and_concat_splits_its_gradient() {
         .unwrap();
     let ga = tape2.backward_with(&apart, g, &mut store).unwrap();
 
-    assert!(rel_err(&fused.value().to_f64_vec(), &apart.value().to_f64_vec()) < 1e-13);
+    assert!(
+        rel_err(
+            &fused.value().to_f64_vec().unwrap(),
+            &apart.value().to_f64_vec().unwrap()
+        ) < 1e-13
+    );
     for (f, a) in [(&xs, &ys), (&xd, &yd)] {
-        let (gf, ga) = (gf.get(f).unwrap().to_f64_vec(), ga.get(a).unwrap().to_f64_vec());
+        let (gf, ga) = (
+            gf.get(f).unwrap().to_f64_vec().unwrap(),
+            ga.get(a).unwrap().to_f64_vec().unwrap(),
+        );
         assert!(rel_err(&gf, &ga) < 1e-13, "{}", rel_err(&gf, &ga));
     }
     // Shapes that do not fit are errors, not panics.

@@ -26,7 +26,7 @@ fn fixture(name: &str) -> Fixture {
 
 impl Fixture {
     fn t(&self, name: &str, dtype: DType) -> Tensor {
-        self.file.tensor(name).unwrap().to_dtype(dtype)
+        self.file.tensor(name).unwrap().to_dtype(dtype).unwrap()
     }
 
     fn store(&self, dtype: DType) -> ParamStore {
@@ -67,7 +67,7 @@ fn check(name: &str, dtype: DType, out_tol: f64, grad_tol: f64) {
     let cmp = |what: &str, got: &Tensor, want: &str, tol: f64| {
         let w = f.t(want, DType::F64);
         assert_eq!(got.dims(), w.dims(), "{name} {what}: shape");
-        let e = rel_err(&got.to_f64_vec(), &w.to_f64_vec());
+        let e = rel_err(&got.to_f64_vec().unwrap(), &w.to_f64_vec().unwrap());
         assert!(e <= tol, "{name} {dtype:?} {what}: relative error {e:e} > {tol:e}");
         e
     };

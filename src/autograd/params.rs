@@ -70,7 +70,7 @@ impl ParamStore {
     }
 
     /// The same parameters (and gradients) on `dev`, as f32.
-    pub fn to_device(&self, dev: &crate::backend::device::SharedDevice) -> Result<ParamStore> {
+    pub fn to_device(&self, dev: &crate::device::SharedDevice) -> Result<ParamStore> {
         self.map(|t| t.to_device(dev))
     }
 
@@ -106,11 +106,11 @@ impl ParamStore {
             ));
         }
         if p.value.dtype() != value.dtype() {
-            return Err(Error::DTypeMismatch {
-                op: "ParamStore::set_value",
-                lhs: p.value.dtype(),
-                rhs: value.dtype(),
-            });
+            return Err(Error::dtype_mismatch(
+                "ParamStore::set_value",
+                p.value.dtype(),
+                value.dtype(),
+            ));
         }
         p.value = value;
         Ok(())
@@ -141,7 +141,7 @@ impl ParamStore {
 
     /// The device the parameters live on (`None`: the CPU), as the first
     /// one says (a store is moved to a device whole).
-    pub fn shared_device(&self) -> Option<crate::backend::device::SharedDevice> {
+    pub fn shared_device(&self) -> Option<crate::device::SharedDevice> {
         self.iter().next().and_then(|(_, p)| p.value.shared_device())
     }
 

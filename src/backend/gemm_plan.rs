@@ -9,7 +9,7 @@
 //! keeping its own transpose flag, and every leading dimension is the row
 //! length of the row-major matrix.
 
-use super::device::Gemm;
+use crate::device::Gemm;
 
 /// One column-major GEMM call: `C(m × n) = op(X)·op(Y)`, `X` the first
 /// operand (our B), `Y` the second (our A); `x_rows × x_cols` with leading

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::device::{Arg, DeviceApi, DeviceVec, Gemm, Launch, SharedDevice};
+use crate::device::{Arg, AttentionChoice, DeviceApi, DeviceVec, Gemm, Launch, SharedDevice};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::{DeviceStorage, Readers, SeqLayout, Shape, Tensor};
@@ -49,14 +49,14 @@ fn arg<'a>(op: &'static str, t: &'a Tensor) -> Result<Arg<'a>> {
 
 /// The f32 values of `t` (widened from its bf16 copy if it is stored as
 /// bf16 alone).
-fn values<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a super::device::Buffer> {
+fn values<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a crate::device::Buffer> {
     storage_values(storage(op, t)?)
 }
 
 /// The f32 values of a device storage. A tensor stored as bf16 alone
 /// (`Readers::Bf16`) is widened once (`bf16_to_f32`, exact) the first time
 /// a reader other than a GEMM asks, and keeps both from then on.
-pub fn storage_values(s: &DeviceStorage) -> Result<&super::device::Buffer> {
+pub fn storage_values(s: &DeviceStorage) -> Result<&crate::device::Buffer> {
     const OP: &str = "bf16_to_f32";
     if let Some(b) = s.f32.get() {
         return Ok(b);
@@ -73,10 +73,10 @@ pub fn storage_values(s: &DeviceStorage) -> Result<&super::device::Buffer> {
 fn convert_once<'a>(
     s: &'a DeviceStorage,
     kernel: &'static str,
-    src: &super::device::Buffer,
+    src: &crate::device::Buffer,
     elem: usize,
-    cell: &'a std::sync::OnceLock<super::device::Buffer>,
-) -> Result<&'a super::device::Buffer> {
+    cell: &'a std::sync::OnceLock<crate::device::Buffer>,
+) -> Result<&'a crate::device::Buffer> {
     let b = s.dev.alloc(s.len * elem)?;
     let launched = s
         .dev
@@ -189,7 +189,7 @@ fn product(
 
 /// The bf16 copy of a device tensor's values, made (one `f32_to_bf16` pass)
 /// the first time it is asked for and kept with the values.
-fn bf16_copy(t: &Tensor) -> Result<&super::device::Buffer> {
+fn bf16_copy(t: &Tensor) -> Result<&crate::device::Buffer> {
     const OP: &str = "f32_to_bf16";
     let s = storage(OP, t)?;
     if let Some(b) = s.bf16.get() {
@@ -304,7 +304,7 @@ pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
 /// per column walking the rows in order.
 fn column_sums_kernel(
     dev: &SharedDevice,
-    g: &super::device::Buffer,
+    g: &crate::device::Buffer,
     bf16: bool,
     rows: usize,
     cols: usize,
@@ -583,16 +583,11 @@ fn norm_forward(
     Ok((y.t, mean, rstd))
 }
 
-/// Whether outputs only GEMMs read are stored as bf16 alone in mixed
-/// precision (the default). `NEMESIS_BF16_ACTIVATIONS=0` keeps their f32
-/// values beside the copy, as before, so the two can be measured side by side.
-pub fn bf16_alone() -> bool {
-    std::env::var("NEMESIS_BF16_ACTIVATIONS").map_or(true, |v| v.trim() != "0")
-}
-
-/// Whether an output `readers` take is stored as bf16 alone on `dev`.
+/// Whether an output `readers` take is stored as bf16 alone on `dev`: in
+/// mixed precision, unless the device was opened keeping f32 beside the
+/// copy (`DeviceSettings::bf16_activations`).
 fn stores_bf16_alone(dev: &SharedDevice, readers: Readers) -> bool {
-    dev.mixed_precision() && readers == Readers::Bf16 && bf16_alone()
+    dev.mixed_precision() && readers == Readers::Bf16 && dev.settings().bf16_activations
 }
 
 /// A kernel's output that a mixed-precision GEMM may read next: f32 values
@@ -641,7 +636,7 @@ impl Output {
         })
     }
 
-    fn bufs(&self, op: &'static str) -> Result<(&super::device::Buffer, &super::device::Buffer)> {
+    fn bufs(&self, op: &'static str) -> Result<(&crate::device::Buffer, &crate::device::Buffer)> {
         let s = storage(op, &self.t)?;
         match (s.f32.get(), s.bf16.get()) {
             (Some(v), Some(c)) => Ok((v, c)),
@@ -773,13 +768,13 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
-    /// The flash kernels in the device's precision, unless
-    /// `NEMESIS_ATTENTION=plain` asks for the plain ones.
+    /// The flash kernels in the device's precision, unless the device was
+    /// opened with the plain ones (`DeviceSettings::attention`).
     pub fn for_device(dev: &SharedDevice) -> Self {
-        match std::env::var("NEMESIS_ATTENTION").as_deref() {
-            Ok("plain") => AttentionKernel::Plain,
-            _ if dev.mixed_precision() => AttentionKernel::FlashBf16,
-            _ => AttentionKernel::FlashF32,
+        match dev.settings().attention {
+            AttentionChoice::Plain => AttentionKernel::Plain,
+            AttentionChoice::Flash if dev.mixed_precision() => AttentionKernel::FlashBf16,
+            AttentionChoice::Flash => AttentionKernel::FlashF32,
         }
     }
 
@@ -1117,7 +1112,7 @@ pub fn attention_pair_backward(
 pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     const OP: &str = "concat2";
     let dev = device_of(OP, &[a, b])?;
-    let (rows, ca, cb, shape) = concat_dims(a.shape(), b.shape(), axis)?;
+    let (rows, ca, cb, shape) = a.shape().concat(b.shape(), axis)?;
     let y = empty(&dev, shape)?;
     pointwise(
         &dev,
@@ -1139,7 +1134,7 @@ pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
 pub fn concat_backward(g: &Tensor, a: &Shape, b: &Shape, axis: usize) -> Result<(Tensor, Tensor)> {
     const OP: &str = "split2";
     let dev = device_of(OP, &[g])?;
-    let (rows, ca, cb, _) = concat_dims(a, b, axis)?;
+    let (rows, ca, cb, _) = a.concat(b, axis)?;
     let (ga, gb) = (empty(&dev, a.clone())?, empty(&dev, b.clone())?);
     pointwise(
         &dev,
@@ -1155,31 +1150,6 @@ pub fn concat_backward(g: &Tensor, a: &Shape, b: &Shape, axis: usize) -> Result<
         ],
     )?;
     Ok((ga, gb))
-}
-
-/// `(rows, columns of a, columns of b, result shape)` of a concatenation,
-/// seen as rows of `ca + cb` values.
-pub fn concat_dims(a: &Shape, b: &Shape, axis: usize) -> Result<(usize, usize, usize, Shape)> {
-    let (da, db) = (a.dims(), b.dims());
-    let fits = da.len() == db.len()
-        && (1..=2).contains(&da.len())
-        && axis < da.len()
-        && da.iter().zip(db).enumerate().all(|(k, (x, y))| k == axis || x == y);
-    if !fits {
-        return Err(Error::shape_mismatch(
-            "concat",
-            a,
-            b,
-            format!("1-d or 2-d tensors equal except along axis {axis}"),
-        ));
-    }
-    let mut out = da.to_vec();
-    out[axis] += db[axis];
-    Ok(if axis == 0 {
-        (1, a.numel(), b.numel(), out.into())
-    } else {
-        (da[0], da[1], db[1], out.into())
-    })
 }
 
 // ---- token movement ---------------------------------------------------------
@@ -1411,7 +1381,7 @@ pub fn masked_mse_backward(
     }
     let g = match g.device_storage() {
         Some(_) => g.clone(),
-        None => g.to_dtype(crate::tensor::DType::F32).to_device(&dev)?,
+        None => g.to_dtype(crate::tensor::DType::F32)?.to_device(&dev)?,
     };
     let w: Vec<f32> = token_weights(mask).iter().map(|&w| w as f32).collect();
     let dw = DeviceVec::from_slice(&*dev, &w)?;
@@ -1628,7 +1598,7 @@ pub fn adamw_multi(params: &[[&Tensor; 4]], s: &AdamWStep, clip_norm: &Tensor) -
 /// windowed f32 volume; `superpatch_input` expands them there.
 pub struct HuBatch {
     dev: SharedDevice,
-    buf: super::device::Buffer,
+    buf: crate::device::Buffer,
     len: usize,
 }
 

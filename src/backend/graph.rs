@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::device::{Arg, Buffer, Gemm, Launch, PendingDownload};
+use crate::device::{Arg, Buffer, Gemm, GraphCounts, Launch, MemoryUse, PendingDownload};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::SeqLayout;
@@ -664,26 +664,6 @@ impl Recorder {
             ))),
         }
     }
-}
-
-/// Device memory allocated through the recorder, in bytes (the device's
-/// own scratch, such as cuBLASLt's workspace, is not counted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryUse {
-    pub live: usize,
-    pub peak: usize,
-}
-
-/// What a recorded step holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GraphCounts {
-    pub launches: usize,
-    pub gemms: usize,
-    pub allocs: usize,
-    pub uploads: usize,
-    pub downloads: usize,
-    /// Bytes the graph's memory holds.
-    pub arena_bytes: usize,
 }
 
 /// Locks a device's recorder.

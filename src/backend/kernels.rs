@@ -30,8 +30,8 @@ pub struct Param {
 }
 
 /// The kind of value an argument carries.
-pub fn arg_kind(a: &super::device::Arg) -> ParamKind {
-    use super::device::Arg;
+pub fn arg_kind(a: &crate::device::Arg) -> ParamKind {
+    use crate::device::Arg;
     match a {
         Arg::Buf(_) => ParamKind::Ptr,
         Arg::I32(_) => ParamKind::I32,
@@ -47,7 +47,7 @@ pub fn arg_kind(a: &super::device::Arg) -> ParamKind {
 /// Checks a launch's arguments against the kernel's declared parameters:
 /// their number and each one's kind, on every device (a CUDA launch would
 /// otherwise pass whatever bytes it is given).
-pub fn check_args(kernel: &str, args: &[super::device::Arg]) -> crate::error::Result<()> {
+pub fn check_args(kernel: &str, args: &[crate::device::Arg]) -> crate::error::Result<()> {
     use crate::error::Error;
     let sig = signature(kernel).ok_or_else(|| Error::invalid("launch", format!("no kernel named `{kernel}`")))?;
     if sig.len() != args.len() {
@@ -57,7 +57,7 @@ pub fn check_args(kernel: &str, args: &[super::device::Arg]) -> crate::error::Re
         ));
     }
     for (i, (p, a)) in sig.iter().zip(args).enumerate() {
-        if let super::device::Arg::Layout(l) = a {
+        if let crate::device::Arg::Layout(l) = a {
             // Kernels index rows with 32-bit ints.
             let fields = [
                 l.outer_count,

@@ -2,7 +2,7 @@
 //! inputs are uploaded, outputs are poisoned with NaN, the kernel runs, the
 //! results come back. The emulator and the CUDA device run the same code.
 
-use super::device::{Arg, DeviceApi, DeviceVec, Launch};
+use crate::device::{Arg, DeviceApi, DeviceVec, Launch};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::SeqLayout;

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::device::Launch;
+use crate::device::Launch;
 use crate::error::{Error, Result};
 
 pub const MAX_THREADS_PER_BLOCK: u64 = 1024;

@@ -1,17 +1,20 @@
 //! Backends: where the arithmetic of each op happens. `cpu` is the plain,
-//! readable reference every other backend is checked against. The GPU side:
-//! `kernels` (the .cu sources), `device` (the trait a device implements),
-//! `emu` (the kernels compiled for the host), `gpu` (each op on
-//! device tensors, against the trait), `launch` (host-side launchers
-//! written once against the trait), `nvrtc` and `cuda_probe` (CUDA libraries
-//! loaded at run time), `check` (kernels against the reference), `graph` (a step recorded
-//! once and replayed as one unit).
+//! readable reference every other backend is checked against. The GPU side,
+//! below the device trait of src/device/:
+//! - `kernels` (the .cu sources and their declared parameters), `limits`
+//!   (what a launch may ask of an sm_90 GPU), `gemm_plan` (our GEMMs as the
+//!   column-major calls of cuBLAS);
+//! - `raw` (what every device shares: the step-graph recorder of `graph`,
+//!   the staged copies of `staging`, argument checks, the shared-memory
+//!   opt-in), and the two devices: `emu` (the kernels compiled for the
+//!   host, held to a GPU's rules) and `cuda` (a GPU through cudarc, with
+//!   `nvrtc` and `cuda_probe` loading CUDA's libraries at run time);
+//! - `gpu` (each op on device tensors, written once against the trait) and
+//!   `launch` (host-side launchers of single kernels for checks and tests).
 
-pub mod check;
 pub mod cpu;
 pub mod cuda;
 pub mod cuda_probe;
-pub mod device;
 pub mod emu;
 pub mod gemm_plan;
 pub mod gpu;

@@ -12,18 +12,19 @@
 
 use std::sync::Mutex;
 
-use super::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
-use super::graph::{lock, Flow, GraphCounts, MemoryUse, Op, OwnedArg, Recorder, Replay};
+use super::graph::{lock, Flow, Op, OwnedArg, Recorder, Replay};
 use super::kernels;
 use super::limits::OptIns;
 use super::staging::{HostBuf, Staging};
+use crate::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
+use crate::device::{Device, DeviceSettings, GraphCounts, MemoryUse};
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 
 /// A device below its recorder: its own calls, and how it builds and runs
 /// a graph from recorded calls.
 pub trait RawDevice {
     fn name(&self) -> String;
+    fn settings(&self) -> &DeviceSettings;
     fn kind(&self) -> Device;
     fn mixed_precision(&self) -> bool;
     fn address(&self, buf: &Buffer) -> Result<u64>;
@@ -129,6 +130,10 @@ fn staged_download<D: RawDevice + ?Sized>(d: &D, src: &Buffer, bytes: usize) -> 
 impl<T: RawDevice> DeviceApi for T {
     fn name(&self) -> String {
         RawDevice::name(self)
+    }
+
+    fn settings(&self) -> &DeviceSettings {
+        RawDevice::settings(self)
     }
 
     fn kind(&self) -> Device {

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::device::PendingDownload;
+use crate::device::PendingDownload;
 use crate::error::{Error, Result};
 
 /// Page-locked host memory that a device copies to or from.

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 
-use crate::backend::device::{Arg, Gemm, Launch, SharedDevice};
 use crate::backend::gpu::{self, AttentionKernel};
+use crate::device::{Arg, Gemm, Launch, SharedDevice};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::{Readers, SeqLayout, Tensor};
@@ -193,7 +193,7 @@ fn row(name: &str, kernel: &str, pass: &str, t: f64, flops: f64, bytes: f64, r: 
 }
 
 /// The f32 buffer of a device tensor (none for a host tensor).
-fn device_values(t: &Tensor) -> Result<Option<&crate::backend::device::Buffer>> {
+fn device_values(t: &Tensor) -> Result<Option<&crate::device::Buffer>> {
     t.device_storage().map(gpu::storage_values).transpose()
 }
 

@@ -2,13 +2,13 @@
 
 use clap::{Args, ValueEnum};
 
-use crate::backend::check;
 use crate::backend::cuda::CudaDevice;
+use crate::check;
 use std::sync::Arc;
 
-use crate::backend::device::SharedDevice;
 use crate::backend::emu::EmuDevice;
 use crate::backend::gpu::AttentionKernel;
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 

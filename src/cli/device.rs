@@ -6,8 +6,8 @@ use clap::ValueEnum;
 
 use crate::backend::cuda::CudaDevice;
 use crate::backend::cuda_probe::{probe, CudaProbe};
-use crate::backend::device::SharedDevice;
 use crate::backend::emu::EmuDevice;
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]

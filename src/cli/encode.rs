@@ -83,11 +83,11 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
     let mut arrays = BTreeMap::new();
     arrays.insert(
         "features".to_string(),
-        Array::from_tensor(&Tensor::from_vec(features, [b, n, e])?),
+        Array::from_tensor(&Tensor::from_vec(features, [b, n, e])?)?,
     );
     arrays.insert(
         "pooled".to_string(),
-        Array::from_tensor(&Tensor::from_vec(pooled, [b, e])?),
+        Array::from_tensor(&Tensor::from_vec(pooled, [b, e])?)?,
     );
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());

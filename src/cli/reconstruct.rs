@@ -88,7 +88,7 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     let psnr = out.psnr()?;
 
     let mut arrays = BTreeMap::new();
-    arrays.insert("reconstruction".to_string(), Array::from_tensor(&rec));
+    arrays.insert("reconstruction".to_string(), Array::from_tensor(&rec)?);
     arrays.insert(
         "mask".to_string(),
         Array {
@@ -98,11 +98,11 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
     );
     arrays.insert(
         "loss".to_string(),
-        Array::from_tensor(&Tensor::from_vec(vec![loss as f32], [1])?),
+        Array::from_tensor(&Tensor::from_vec(vec![loss as f32], [1])?)?,
     );
     arrays.insert(
         "psnr".to_string(),
-        Array::from_tensor(&Tensor::from_vec(vec![psnr as f32], [1])?),
+        Array::from_tensor(&Tensor::from_vec(vec![psnr as f32], [1])?)?,
     );
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());

@@ -53,20 +53,22 @@ pub struct Array {
 }
 
 impl Array {
-    pub fn from_tensor(t: &Tensor) -> Self {
+    /// A host tensor's values (a device tensor is an error: bring it to
+    /// the host first).
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let data = match t.dtype() {
-            DType::F32 => ArrayData::F32(t.to_vec::<f32>().unwrap_or_default()),
-            DType::F64 => ArrayData::F64(t.to_vec::<f64>().unwrap_or_default()),
+            DType::F32 => ArrayData::F32(t.to_vec::<f32>()?),
+            DType::F64 => ArrayData::F64(t.to_vec::<f64>()?),
         };
-        Array {
+        Ok(Array {
             shape: t.dims().to_vec(),
             data,
-        }
+        })
     }
 
     /// A tensor stored as f32, whatever float dtype the tensor has.
-    pub fn f32_from_tensor(t: &Tensor) -> Self {
-        Self::from_tensor(&t.to_dtype(DType::F32))
+    pub fn f32_from_tensor(t: &Tensor) -> Result<Self> {
+        Self::from_tensor(&t.to_cpu()?.to_dtype(DType::F32)?)
     }
 
     pub fn dtype_name(&self) -> &'static str {

@@ -18,8 +18,8 @@ pub fn save_checkpoint(path: &Path, config: &ModelConfig, store: &ParamStore) ->
     check_store(config, store)?;
     let arrays: BTreeMap<String, Array> = store
         .iter()
-        .map(|(_, p)| (p.name.clone(), Array::f32_from_tensor(&p.value)))
-        .collect();
+        .map(|(_, p)| Ok((p.name.clone(), Array::f32_from_tensor(&p.value)?)))
+        .collect::<Result<_>>()?;
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), config.to_json());
     TensorFile::write(path, &meta, &arrays)
@@ -102,7 +102,7 @@ pub fn load_checkpoint(path: &Path, dtype: DType) -> Result<(ModelConfig, ParamS
     let mut store = ParamStore::new();
     for s in &specs {
         let t = file.tensor(&s.name)?;
-        store.add(s.name.clone(), t.to_dtype(dtype))?;
+        store.add(s.name.clone(), t.to_dtype(dtype)?)?;
     }
     Ok((config, store))
 }

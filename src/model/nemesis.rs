@@ -484,11 +484,7 @@ impl Nemesis {
     fn check_input(&self, store: &ParamStore, x: &Tensor, what: &'static str) -> Result<DType> {
         let dtype = self.dtype(store)?;
         if x.dtype() != dtype {
-            return Err(Error::DTypeMismatch {
-                op: what,
-                lhs: x.dtype(),
-                rhs: dtype,
-            });
+            return Err(Error::dtype_mismatch(what, x.dtype(), dtype));
         }
         Ok(dtype)
     }

@@ -165,7 +165,7 @@ mod tests {
     fn init_follows_spec_8() {
         let c = ModelConfig::tiny();
         let s = init_params(&c, 7, DType::F64).unwrap();
-        let get = |n: &str| s.get(s.id(n).unwrap()).value.to_f64_vec();
+        let get = |n: &str| s.get(s.id(n).unwrap()).value.to_f64_vec().unwrap();
         assert_eq!(get("encoder.adaptive_agg.alpha"), vec![0.5]);
         assert_eq!(get("decoder.pe_scale"), vec![0.1]);
         assert!(get("encoder.blocks.0.spatial_attn.in_proj_bias")
@@ -183,12 +183,20 @@ mod tests {
         // Same seed, same weights; another seed, other weights.
         let again = init_params(&c, 7, DType::F64).unwrap();
         assert_eq!(
-            again.get(again.id("decoder.head.weight").unwrap()).value.to_f64_vec(),
+            again
+                .get(again.id("decoder.head.weight").unwrap())
+                .value
+                .to_f64_vec()
+                .unwrap(),
             get("decoder.head.weight")
         );
         let other = init_params(&c, 8, DType::F64).unwrap();
         assert_ne!(
-            other.get(other.id("decoder.head.weight").unwrap()).value.to_f64_vec(),
+            other
+                .get(other.id("decoder.head.weight").unwrap())
+                .value
+                .to_f64_vec()
+                .unwrap(),
             get("decoder.head.weight")
         );
     }

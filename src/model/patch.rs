@@ -102,10 +102,10 @@ mod tests {
         let x = Tensor::from_f64_slice(&vals, [2, 2, 4, 6, 4], DType::F64).unwrap();
         let p = patchify(&c, &x).unwrap();
         assert_eq!(p.dims(), [2, 8, 24]);
-        assert_eq!(unpatchify(&c, &p).unwrap().to_f64_vec(), vals);
+        assert_eq!(unpatchify(&c, &p).unwrap().to_f64_vec().unwrap(), vals);
         // Token 3 = (dp 0, hp 1, wp 1); its value 1 is (kd 0, kh 0, kw 0, c 1):
         // channel 1, z 0, y 3, x 2 of item 0.
-        let v = p.to_f64_vec();
+        let v = p.to_f64_vec().unwrap();
         let want = ((1 * 4 + 0) * 6 + 3) * 4 + 2;
         assert_eq!(v[3 * 24 + 1], want as f64);
         // Value 2·2 = 4 → (kd 0, kh 1, kw 0, c 0): z 0, y 4, x 2.

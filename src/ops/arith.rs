@@ -162,7 +162,7 @@ impl Tape {
         const OP: &str = "concat";
         let dtype = same_dtype(OP, &[a, b])?;
         let (sa, sb) = (a.shape().clone(), b.shape().clone());
-        let (rows, ca, cb, shape) = crate::backend::gpu::concat_dims(&sa, &sb, axis)?;
+        let (rows, ca, cb, shape) = sa.concat(&sb, axis)?;
         if on_device(&[a, b]) {
             return Ok(self.record(
                 gpu::concat(a.value(), b.value(), axis)?,

@@ -16,11 +16,7 @@ fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
         ));
     }
     if pred.dtype() != target.dtype() {
-        return Err(Error::DTypeMismatch {
-            op,
-            lhs: pred.dtype(),
-            rhs: target.dtype(),
-        });
+        return Err(Error::dtype_mismatch(op, pred.dtype(), target.dtype()));
     }
     Ok(())
 }
@@ -61,7 +57,7 @@ impl Tape {
         if on_device(&[pred, target]) {
             // The loss stays on the device (0-d): nothing in the step waits
             // for the host; the trainer reads it back later.
-            let m: Vec<f32> = mask.to_f64_vec().iter().map(|&v| v as f32).collect();
+            let m: Vec<f32> = mask.to_f64_vec()?.iter().map(|&v| v as f32).collect();
             let (l, sse) = gpu::masked_mse(pred.value(), target.value(), &m, p)?;
             let (pv, tv) = (pred.value().clone(), target.value().clone());
             let loss = self.record(
@@ -77,7 +73,7 @@ impl Tape {
             );
             return Ok((loss, sse));
         }
-        let mask = mask.to_dtype(dtype);
+        let mask = mask.to_dtype(dtype)?;
         let l = with_dtype!(dtype, T => loss::masked_mse(
             pred.value().cpu_slice::<T>()?,
             target.value().cpu_slice::<T>()?,

@@ -52,11 +52,7 @@ fn same_dtype(op: &'static str, vars: &[&Var]) -> Result<DType> {
     let d = vars[0].value().dtype();
     for v in &vars[1..] {
         if v.value().dtype() != d {
-            return Err(Error::DTypeMismatch {
-                op,
-                lhs: d,
-                rhs: v.value().dtype(),
-            });
+            return Err(Error::dtype_mismatch(op, d, v.value().dtype()));
         }
     }
     Ok(d)

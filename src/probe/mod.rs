@@ -16,8 +16,8 @@ use serde_json::json;
 pub use tiles::{labelled_tiles, VolumeTiles, BTCV_LABELS, ORGANS, PRESENT_VOXELS};
 
 use crate::autograd::{ParamStore, Tape};
-use crate::backend::device::SharedDevice;
 use crate::data::{DatasetIndex, Entry};
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::io::{Array, ArrayData, TensorFile};
 use crate::model::{ModelConfig, Nemesis};
@@ -451,7 +451,7 @@ pub fn run(o: &ProbeOptions, config: ModelConfig, encoder: ParamStore) -> Result
                 seed = seed.to_device(&dev)?;
             }
             tape.backward_with(&logits, seed, &mut store)?;
-            let norm = grad_norm(&store);
+            let norm = grad_norm(&store)?;
             opt.update_clipped(&mut store, lr, clip_factor(norm, 1.0))?;
             store.zero_grad();
         }

@@ -4,18 +4,17 @@
 //! stream of a MATB) is expressed by the op that needs it, not by views.
 
 mod dtype;
-mod layout;
 mod shape;
 mod storage;
 
 use std::sync::Arc;
 
+pub use crate::device::{Device, SeqLayout};
 pub use dtype::{DType, Element};
-pub use layout::SeqLayout;
 pub use shape::Shape;
-pub use storage::{CpuStorage, Device, DeviceStorage, Readers, Storage};
+pub use storage::{CpuStorage, DeviceStorage, Readers, Storage};
 
-use crate::backend::device::SharedDevice;
+use crate::device::SharedDevice;
 
 use crate::error::{Error, Result};
 
@@ -120,29 +119,21 @@ impl Tensor {
                 ))
             }
         };
-        T::cpu_slice(cpu).ok_or(Error::DTypeMismatch {
-            op: "Tensor::cpu_slice",
-            lhs: self.dtype(),
-            rhs: T::DTYPE,
-        })
+        T::cpu_slice(cpu).ok_or(Error::dtype_mismatch("Tensor::cpu_slice", self.dtype(), T::DTYPE))
     }
 
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         Ok(self.cpu_slice::<T>()?.to_vec())
     }
 
-    /// Every element widened to f64, whatever the dtype. A device tensor is
-    /// downloaded; should that fail, every value is NaN (which no check
-    /// passes) — callers that can report errors use `to_cpu` first.
-    pub fn to_f64_vec(&self) -> Vec<f64> {
-        match &*self.storage {
+    /// Every element widened to f64, whatever the dtype; a device tensor is
+    /// downloaded (a failed download is an error, never made-up values).
+    pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        Ok(match &*self.storage {
             Storage::Cpu(CpuStorage::F32(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Cpu(CpuStorage::F64(v)) => v.clone(),
-            Storage::Device(d) => match download(d) {
-                Ok(v) => v.iter().map(|&x| x as f64).collect(),
-                Err(_) => vec![f64::NAN; self.numel()],
-            },
-        }
+            Storage::Device(d) => download(d)?.iter().map(|&x| x as f64).collect(),
+        })
     }
 
     /// The device that holds the elements, when it is not the host.
@@ -215,19 +206,20 @@ impl Tensor {
                 "needs exactly one element",
             ));
         }
-        Ok(self.to_f64_vec()[0])
+        Ok(self.to_f64_vec()?[0])
     }
 
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+    /// A host copy in `dtype` (the tensor itself when it is one already).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        let v = self.to_f64_vec();
+        let v = self.to_f64_vec()?;
         let storage = with_dtype!(dtype, T => T::into_cpu_storage(v.iter().map(|&x| T::from_f64(x)).collect()));
-        Tensor {
+        Ok(Tensor {
             shape: self.shape.clone(),
             storage: Arc::new(Storage::Cpu(storage)),
-        }
+        })
     }
 
     /// The same elements under another shape of equal size (no copy).
@@ -257,7 +249,11 @@ impl std::fmt::Debug for Tensor {
 /// A tensor's values on their way to the host (`Tensor::read_later`).
 pub enum Readback {
     Ready(Vec<f64>),
-    Pending(Box<dyn crate::backend::device::PendingDownload>),
+    /// f32 values, or (`bf16`) the bf16 bits of values stored as bf16 alone.
+    Pending {
+        download: Box<dyn crate::device::PendingDownload>,
+        bf16: bool,
+    },
 }
 
 impl Readback {
@@ -265,14 +261,37 @@ impl Readback {
     pub fn wait(self) -> Result<Vec<f64>> {
         match self {
             Readback::Ready(v) => Ok(v),
-            Readback::Pending(p) => {
-                let bytes = p.wait()?;
-                Ok(bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                    .collect())
+            Readback::Pending { download, bf16 } => {
+                Ok(widen(&download.wait()?, bf16).into_iter().map(f64::from).collect())
             }
         }
+    }
+}
+
+/// Downloaded bytes as f32: f32 values as they are, bf16 bits widened
+/// (exactly) on the host.
+fn widen(bytes: &[u8], bf16: bool) -> Vec<f32> {
+    if bf16 {
+        bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_ne_bytes([c[0], c[1]])).to_f32())
+            .collect()
+    } else {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+/// The buffer a download of `d` reads, and whether it holds bf16 bits (a
+/// tensor stored as bf16 alone is brought back as it is and widened on the
+/// host: no kernel runs for a read).
+fn readable(d: &DeviceStorage) -> Result<(&crate::device::Buffer, bool)> {
+    match (d.f32.get(), d.bf16.get()) {
+        (Some(b), _) => Ok((b, false)),
+        (None, Some(b)) => Ok((b, true)),
+        (None, None) => Err(Error::invalid("download", "a device tensor without values")),
     }
 }
 
@@ -282,19 +301,21 @@ impl Tensor {
     pub fn read_later(&self) -> Result<Readback> {
         match self.device_storage() {
             Some(d) => {
-                let values = crate::backend::gpu::storage_values(d)?;
-                Ok(Readback::Pending(d.dev.download_later(values, d.len * 4)?))
+                let (buf, bf16) = readable(d)?;
+                let bytes = d.len * if bf16 { 2 } else { 4 };
+                Ok(Readback::Pending {
+                    download: d.dev.download_later(buf, bytes)?,
+                    bf16,
+                })
             }
-            None => Ok(Readback::Ready(self.to_f64_vec())),
+            None => Ok(Readback::Ready(self.to_f64_vec()?)),
         }
     }
 }
 
 fn download(d: &DeviceStorage) -> Result<Vec<f32>> {
-    let mut v = vec![0f32; d.len];
-    d.dev.download(
-        crate::backend::gpu::storage_values(d)?,
-        bytemuck::cast_slice_mut(&mut v),
-    )?;
-    Ok(v)
+    let (buf, bf16) = readable(d)?;
+    let mut bytes = vec![0u8; d.len * if bf16 { 2 } else { 4 }];
+    d.dev.download(buf, &mut bytes)?;
+    Ok(widen(&bytes, bf16))
 }

@@ -9,6 +9,32 @@ impl Shape {
         Shape(dims.into())
     }
 
+    /// Joining `other` to this shape along `axis` (two 1-d or 2-d shapes
+    /// equal elsewhere), seen as rows of `ca + cb` values: `(rows, ca, cb,
+    /// the joined shape)`.
+    pub fn concat(&self, other: &Shape, axis: usize) -> crate::error::Result<(usize, usize, usize, Shape)> {
+        let (da, db) = (self.dims(), other.dims());
+        let fits = da.len() == db.len()
+            && (1..=2).contains(&da.len())
+            && axis < da.len()
+            && da.iter().zip(db).enumerate().all(|(k, (x, y))| k == axis || x == y);
+        if !fits {
+            return Err(crate::error::Error::shape_mismatch(
+                "concat",
+                self,
+                other,
+                format!("1-d or 2-d tensors equal except along axis {axis}"),
+            ));
+        }
+        let mut out = da.to_vec();
+        out[axis] += db[axis];
+        Ok(if axis == 0 {
+            (1, self.numel(), other.numel(), out.into())
+        } else {
+            (da[0], da[1], db[1], out.into())
+        })
+    }
+
     /// The shape of a 0-d tensor (a scalar such as `alpha` or `pe_scale`).
     pub fn scalar() -> Self {
         Shape(Vec::new())

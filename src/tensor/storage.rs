@@ -1,26 +1,4 @@
-use crate::backend::device::{Buffer, SharedDevice};
-
-/// Where a tensor's elements live: host memory (the CPU reference backend),
-/// or a device behind `DeviceApi` (the CUDA GPU, or the emulator that runs
-/// the same kernels on the host). Nothing outside the backends touches raw
-/// device memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Device {
-    Cpu,
-    /// The CUDA kernels compiled for the host (backend/emu).
-    Emu,
-    Cuda,
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Device::Cpu => "cpu",
-            Device::Emu => "emu",
-            Device::Cuda => "cuda",
-        })
-    }
-}
+use crate::device::{Buffer, Device, SharedDevice};
 
 #[derive(Debug)]
 pub enum Storage {

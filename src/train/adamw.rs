@@ -2,8 +2,8 @@
 //! `torch.optim.AdamW`, and the global gradient-norm clip.
 
 use crate::autograd::ParamStore;
-use crate::backend::device::SharedDevice;
 use crate::backend::gpu;
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -129,7 +129,10 @@ impl AdamW {
         }
         let clip = match clip {
             Clip::Factor(f) => *f,
-            Clip::Device(t) => t.to_f64_vec().get(1).copied().unwrap_or(f64::NAN),
+            Clip::Device(t) => *t
+                .to_f64_vec()?
+                .get(1)
+                .ok_or_else(|| Error::invalid("AdamW", "a clip tensor without its factor"))?,
         };
         if clip.is_nan() {
             return Ok(());
@@ -196,19 +199,18 @@ pub fn device_clip(store: &ParamStore, max_norm: f64) -> Result<Option<Tensor>> 
 }
 
 /// The global L2 norm of all gradients (in f64; on a device, from per-block
-/// f32 partial sums added in f64). A failed device read is NaN, which stops
-/// a run.
-pub fn grad_norm(store: &ParamStore) -> f64 {
+/// f32 partial sums added in f64).
+pub fn grad_norm(store: &ParamStore) -> Result<f64> {
     let grads: Vec<&Tensor> = store.iter().filter_map(|(_, p)| p.grad.as_ref()).collect();
     if grads.iter().any(|g| g.device_storage().is_some()) {
         // One launch over every gradient.
-        return gpu::sum_of_squares_multi(&grads).map(f64::sqrt).unwrap_or(f64::NAN);
+        return gpu::sum_of_squares_multi(&grads).map(f64::sqrt);
     }
-    grads
-        .iter()
-        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+    let mut sq = 0.0;
+    for g in grads {
+        sq += g.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>();
+    }
+    Ok(sq.sqrt())
 }
 
 /// PyTorch's `clip_grad_norm_` factor: `max_norm / (norm + 1e-6)` when that
@@ -225,7 +227,7 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 /// Scales every gradient by `max_norm / (norm + 1e-6)` when that is below 1
 /// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
-    let norm = grad_norm(store);
+    let norm = grad_norm(store)?;
     let coef = clip_factor(norm, max_norm);
     if coef < 1.0 {
         let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
@@ -273,7 +275,7 @@ mod tests {
         let lr = 0.1;
         opt.update(&mut s, lr).unwrap();
         // Step 1: the bias-corrected moments are g and g², so the step is lr·sign(g).
-        let w1: Vec<f64> = s.iter().next().unwrap().1.value.to_f64_vec();
+        let w1: Vec<f64> = s.iter().next().unwrap().1.value.to_f64_vec().unwrap();
         let want1 = [1.0 * (1.0 - lr * 0.05) - lr, -2.0 * (1.0 - lr * 0.05) + lr];
         for (a, b) in w1.iter().zip(want1) {
             assert!((a - b).abs() < 1e-6, "{w1:?} vs {want1:?}");
@@ -284,7 +286,7 @@ mod tests {
         s.accumulate_grad(id, Tensor::from_f64_slice(&[1.0, 1.0], [2], DType::F32).unwrap())
             .unwrap();
         opt.update(&mut s, lr).unwrap();
-        let w2 = s.get(id).value.to_f64_vec();
+        let w2 = s.get(id).value.to_f64_vec().unwrap();
         for (k, g1) in [0.5f64, -0.25].iter().enumerate() {
             let m = 0.9 * 0.1 * g1 + 0.1 * 1.0;
             let v = 0.95 * 0.05 * g1 * g1 + 0.05 * 1.0;
@@ -300,9 +302,12 @@ mod tests {
         let mut s = store(&[0.0, 0.0], &[3.0, 4.0]);
         let n = clip_grad_norm(&mut s, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-6);
-        assert!((grad_norm(&s) - 1.0).abs() < 1e-5);
+        assert!((grad_norm(&s).unwrap() - 1.0).abs() < 1e-5);
         let mut small = store(&[0.0], &[0.5]);
         clip_grad_norm(&mut small, 1.0).unwrap();
-        assert!((grad_norm(&small) - 0.5).abs() < 1e-7, "below the maximum: untouched");
+        assert!(
+            (grad_norm(&small).unwrap() - 0.5).abs() < 1e-7,
+            "below the maximum: untouched"
+        );
     }
 }

@@ -6,10 +6,10 @@
 
 use super::adamw::{clip_factor, device_clip, grad_norm, AdamW, Clip};
 use crate::autograd::{ParamStore, Tape};
-use crate::backend::device::SharedDevice;
 use crate::backend::gpu;
-use crate::backend::graph::GraphCounts;
 use crate::data::{Batch, BatchData};
+use crate::device::GraphCounts;
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::model::{add_noise, Dropout, DualMask, Nemesis};
 use crate::rng::{stream_id, Purpose, RngStream};
@@ -80,7 +80,7 @@ impl PendingStep {
 /// only a GPU works behind the host; the CPU and the emulator have finished
 /// a step when it is queued, so deferring would only shift the timing.
 pub fn read_deferred(device: Option<&SharedDevice>) -> bool {
-    device.is_some_and(|d| d.kind() == crate::tensor::Device::Cuda)
+    device.is_some_and(|d| d.kind() == crate::device::Device::Cuda)
 }
 
 fn first(v: Vec<f64>) -> Result<f64> {
@@ -182,7 +182,7 @@ pub fn queue_step(
             Clip::Device(t)
         }
         None => {
-            let norm = grad_norm(store);
+            let norm = grad_norm(store)?;
             let factor = if norm.is_finite() {
                 clip_factor(norm, spec.clip)
             } else {

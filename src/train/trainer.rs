@@ -61,7 +61,7 @@ pub struct RunOptions {
     pub interrupt: Arc<AtomicBool>,
     /// Where the step runs: `None` for the CPU reference backend, else a
     /// device (CUDA, or the emulator). Checkpoints are the same either way.
-    pub device: Option<crate::backend::device::SharedDevice>,
+    pub device: Option<crate::device::SharedDevice>,
     /// On a device, replay a recorded step graph from the third step on
     /// (`StepGraphs`); off: every step call by call.
     pub graphs: bool,

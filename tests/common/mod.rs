@@ -52,7 +52,7 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&Tape, &[Var]) -> Res
     let vars: Vec<Var> = inputs.iter().map(|t| tape.input(t.clone(), true)).collect();
     let out = f(&tape, &vars).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
     let seed = rand_tensor(out.shape(), 0xFEED, DType::F64);
-    let r = seed.to_f64_vec();
+    let r = seed.to_f64_vec().unwrap();
     let mut store = ParamStore::new();
     let grads = tape
         .backward_with(&out, seed, &mut store)
@@ -62,7 +62,7 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&Tape, &[Var]) -> Res
         let t = Tape::inference();
         let vs: Vec<Var> = xs.iter().map(|x| t.input(x.clone(), false)).collect();
         let y = f(&t, &vs).expect("forward");
-        y.value().to_f64_vec().iter().zip(&r).map(|(a, b)| a * b).sum()
+        y.value().to_f64_vec().unwrap().iter().zip(&r).map(|(a, b)| a * b).sum()
     };
 
     let mut worst = 0.0f64;
@@ -70,8 +70,9 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&Tape, &[Var]) -> Res
         let analytic = grads
             .get(var)
             .unwrap_or_else(|| panic!("{name}: no gradient for input {i}"))
-            .to_f64_vec();
-        let base = input.to_f64_vec();
+            .to_f64_vec()
+            .unwrap();
+        let base = input.to_f64_vec().unwrap();
         let n = base.len();
         let coords: Vec<usize> = if n <= MAX_COORDS {
             (0..n).collect()

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::sys;
 
 use super::{cuda_err, CudaDevice};
-use crate::backend::device::Launch;
 use crate::backend::graph::{Op, OwnedArg};
 use crate::backend::raw::run_calls;
+use crate::device::Launch;
 use crate::error::{Error, Result};
 
 /// A CUDA graph captured from a recorded step, with the node of each
@@ -107,7 +107,7 @@ pub fn set_node_params(
     let address = |id: u64| -> Result<u64> {
         let slice = m
             .get(&id)
-            .ok_or_else(|| Error::invalid("cuda", format!("buffer {id} is not allocated")))?;
+            .ok_or_else(|| Error::device("cuda", "memory", format!("buffer {id} is not allocated")))?;
         let (p, _sync) = cudarc::driver::DevicePtr::device_ptr(slice, &d.stream);
         Ok(p)
     };

@@ -23,12 +23,12 @@ use std::sync::Mutex;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublaslt::{result as lt, sys};
 
-use crate::backend::device::Gemm;
 use crate::backend::gemm_plan::ColMajor;
+use crate::device::Gemm;
 use crate::error::{Error, Result};
 
 fn lt_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::invalid("cuBLASLt", format!("{what}: {e:?}"))
+    Error::device("cuBLASLt", what, format!("{e:?}"))
 }
 
 /// The cuBLASLt interface this build is written against (CUDA 13).

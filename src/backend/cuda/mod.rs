@@ -33,7 +33,6 @@ use cudarc::nvrtc::Ptx;
 use self::graph::BuiltGraph;
 use self::queue::CudaQueue;
 use super::cuda_probe::{driver_api, probe, CudaProbe};
-use super::device::{Arg, Buffer, Gemm, Launch};
 use super::gemm_plan::ColMajor;
 use super::graph::{Op, Recorder};
 use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
@@ -41,6 +40,7 @@ use super::limits::{self, OptIns};
 use super::nvrtc::Nvrtc;
 use super::raw::RawDevice;
 use super::staging::{HostBuf, Staging};
+use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch};
 use crate::error::{Error, Result};
 
 // SAFETY: both are #[repr(C)] plain data, laid out as the kernels declare them.
@@ -48,7 +48,7 @@ unsafe impl DeviceRepr for RngStreamC {}
 unsafe impl DeviceRepr for SeqLayoutC {}
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::invalid("cuda", format!("{what}: {e:?}"))
+    Error::device("cuda", what, format!("{e:?}"))
 }
 
 /// The CUDA version this build's driver bindings are written for.
@@ -105,6 +105,7 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 pub struct CudaDevice {
     bf16: bool,
+    settings: DeviceSettings,
     /// Fill fresh allocations with 0xFF bytes (NaN as f32), so a value a
     /// kernel fails to write shows up in a check (as on the emulator).
     poison: bool,
@@ -224,8 +225,9 @@ impl CudaDevice {
         // A stream of our own rather than the legacy default stream, which
         // cannot be captured into a graph.
         let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
-        let (blas, lt) = match std::env::var("NEMESIS_GEMM").as_deref() {
-            Ok("cublas") => {
+        let settings = DeviceSettings::from_env();
+        let (blas, lt) = match settings.classic_cublas {
+            true => {
                 // SAFETY: only checks whether the shared library can be loaded.
                 if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                     return Err(Error::invalid(
@@ -236,7 +238,7 @@ impl CudaDevice {
                 let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
                 (Some(blas), None)
             }
-            _ => (None, Some(lt::Lt::new()?)),
+            false => (None, Some(lt::Lt::new()?)),
         };
         let ws = stream
             .alloc_zeros::<u8>(WORKSPACE_BYTES)
@@ -246,6 +248,7 @@ impl CudaDevice {
         let queue = Arc::new(CudaQueue::new(ctx.clone(), stream.clone()));
         Ok(CudaDevice {
             bf16: false,
+            settings,
             poison: false,
             sync_each: std::env::var("NEMESIS_CUDA_SYNC").is_ok_and(|v| v == "1"),
             ctx,
@@ -305,8 +308,9 @@ impl CudaDevice {
             .iter()
             .find(|(_, k)| *k == kernel)
             .map(|(f, _)| *f)
-            .ok_or_else(|| Error::invalid("cuda", format!("no kernel named `{kernel}`")))?;
-        let src = super::kernels::source(file).ok_or_else(|| Error::invalid("cuda", format!("no source {file}")))?;
+            .ok_or_else(|| Error::device("cuda", "launch", format!("no kernel named `{kernel}`")))?;
+        let src =
+            super::kernels::source(file).ok_or_else(|| Error::device("cuda", "launch", format!("no source {file}")))?;
         let cached = module_cache().join(cached_module_name(file, &self.arch, self.nvrtc.version()?));
         let cubin = match std::fs::read(&cached) {
             Ok(b) if !b.is_empty() => b,
@@ -327,7 +331,7 @@ impl CudaDevice {
         }
         fns.get(kernel)
             .cloned()
-            .ok_or_else(|| Error::invalid("cuda", format!("`{kernel}` missing from {file}")))
+            .ok_or_else(|| Error::device("cuda", "launch", format!("`{kernel}` missing from {file}")))
     }
 
     /// After each launch or GEMM under `NEMESIS_CUDA_SYNC=1`: waits, so a
@@ -494,7 +498,11 @@ fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
 }
 
 fn missing(buf: &Buffer) -> Error {
-    Error::invalid("cuda", format!("buffer {} is not allocated on this device", buf.id))
+    Error::device(
+        "cuda",
+        "memory",
+        format!("buffer {} is not allocated on this device", buf.id),
+    )
 }
 
 /// Scalar kernel arguments, owned while a launch is being built.
@@ -514,12 +522,16 @@ impl RawDevice for CudaDevice {
         format!("{} ({})", self.name, self.arch)
     }
 
+    fn settings(&self) -> &DeviceSettings {
+        &self.settings
+    }
+
     fn mixed_precision(&self) -> bool {
         self.bf16
     }
 
-    fn kind(&self) -> crate::tensor::Device {
-        crate::tensor::Device::Cuda
+    fn kind(&self) -> crate::device::Device {
+        crate::device::Device::Cuda
     }
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
@@ -553,8 +565,17 @@ impl RawDevice for CudaDevice {
         // check passes there), so a memset per buffer would be waste.
         // SAFETY: u8 has no invalid bit patterns; the contents are only
         // read after a kernel or copy has written them.
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
-            .map_err(|e| cuda_err(&format!("allocating {bytes} bytes"), e))?;
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory {
+                    device: self.name(),
+                    asked: bytes,
+                    free: self.ctx.mem_get_info().ok().map(|(free, _)| free),
+                }
+            } else {
+                cuda_err(&format!("allocating {bytes} bytes"), e)
+            }
+        })?;
         if self.poison {
             self.bind()?;
             let (ptr, _sync) = slice.device_ptr(&self.stream);
@@ -665,7 +686,7 @@ impl RawDevice for CudaDevice {
                 Scalar::Buf(id) => {
                     let slice = m
                         .get(id)
-                        .ok_or_else(|| Error::invalid("cuda", format!("buffer {id} is not allocated")))?;
+                        .ok_or_else(|| Error::device("cuda", "memory", format!("buffer {id} is not allocated")))?;
                     b.arg(slice);
                 }
                 Scalar::I32(v) => {

@@ -19,7 +19,7 @@ use crate::backend::staging::{Event, HostBuf, HostQueue};
 use crate::error::{Error, Result};
 
 fn queue_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::invalid("cuda", format!("{what}: {e:?}"))
+    Error::device("cuda", what, format!("{e:?}"))
 }
 
 /// A pinned allocation (its address as an integer, so the table is `Send`).

@@ -32,16 +32,39 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(bytes: usize, fill: Fill) -> Self {
-        let data_words = bytes.div_ceil(16);
-        let total = GUARD_WORDS * 2 + data_words;
+    /// A block of `bytes`, or `None` when the host cannot give that much
+    /// (a device would say it is out of memory; never an abort).
+    pub fn new(bytes: usize, fill: Fill) -> Option<Self> {
+        let total = bytes.checked_add(15)? / 16 + GUARD_WORDS * 2;
         let words = match fill {
-            Fill::Poison => vec![u128::MAX; total],
-            Fill::Lazy => vec![0u128; total],
+            Fill::Poison => {
+                let mut w: Vec<u128> = Vec::new();
+                w.try_reserve_exact(total).ok()?;
+                w.resize(total, u128::MAX);
+                w
+            }
+            // Zeroed by the allocator, page by page as it is touched.
+            Fill::Lazy => {
+                let layout = std::alloc::Layout::array::<u128>(total).ok()?;
+                if layout.size() == 0 {
+                    Vec::new()
+                } else {
+                    // SAFETY: the layout is non-zero and is a u128 array's;
+                    // zeroed bytes are valid u128s; the Vec takes ownership
+                    // with the same layout (capacity = length = total).
+                    unsafe {
+                        let p = std::alloc::alloc_zeroed(layout) as *mut u128;
+                        if p.is_null() {
+                            return None;
+                        }
+                        Vec::from_raw_parts(p, total, total)
+                    }
+                }
+            }
         };
         let mut b = Block { words, bytes };
         b.repair();
-        b
+        Some(b)
     }
 
     /// Writes the guard zones afresh (once damage has been reported, so
@@ -115,18 +138,21 @@ mod tests {
     #[test]
     fn a_write_past_either_end_is_found_and_located() {
         for fill in [Fill::Poison, Fill::Lazy] {
-            let mut b = Block::new(10, fill);
+            let mut b = Block::new(10, fill).unwrap();
             assert_eq!(b.damage(), None);
             b.data_mut().fill(0);
             assert_eq!(b.damage(), None);
             // One byte past the end, inside the last word's padding.
             unsafe { *b.ptr().add(10) = 0 };
             assert_eq!(b.damage(), Some(10));
-            let mut b = Block::new(16, fill);
+            let mut b = Block::new(16, fill).unwrap();
             unsafe { *b.ptr().sub(3) = 1 };
             assert_eq!(b.damage(), Some(-3));
         }
-        assert_eq!(Block::new(8, Fill::Poison).data(), &[0xFF; 8]);
-        assert_eq!(Block::new(8, Fill::Lazy).data(), &[0; 8]);
+        assert_eq!(Block::new(8, Fill::Poison).unwrap().data(), &[0xFF; 8]);
+        assert_eq!(Block::new(8, Fill::Lazy).unwrap().data(), &[0; 8]);
+        // More than any host has: refused, not an abort.
+        assert!(Block::new(usize::MAX / 2, Fill::Poison).is_none());
+        assert!(Block::new(usize::MAX - 3, Fill::Lazy).is_none());
     }
 }

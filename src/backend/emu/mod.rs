@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use self::memory::{Block, Fill};
 pub use self::queue::EmuQueue;
 use crate::backend::cpu::gemm::{gemm, MatRef};
-use crate::backend::device::{Arg, Buffer, Gemm, Launch};
 use crate::backend::graph::{Op, Recorder};
 use crate::backend::kernels::{RngStreamC, SeqLayoutC};
 use crate::backend::limits::{self, OptIns};
 use crate::backend::raw::{run_calls, RawDevice};
 use crate::backend::staging::{HostBuf, Staging};
+use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch};
 use crate::error::{Error, Result};
 
 /// Launch geometry as the C++ side reads it.
@@ -86,6 +86,7 @@ struct Capture {
 
 pub struct EmuDevice {
     bf16: bool,
+    settings: DeviceSettings,
     /// The paper-size dry run: memory zeroed lazily, only the blocks at
     /// each grid's corners run, GEMMs are checked but not computed.
     dry: bool,
@@ -120,6 +121,7 @@ impl EmuDevice {
         let queue = Arc::new(EmuQueue::new(waits.clone()));
         EmuDevice {
             bf16,
+            settings: DeviceSettings::from_env(),
             dry,
             next: AtomicU64::new(0),
             waits,
@@ -151,6 +153,13 @@ impl EmuDevice {
     /// not computed; every rule of a launch, copy and buffer still holds.
     pub fn dry_run(bf16: bool) -> Self {
         Self::with(bf16, true)
+    }
+
+    /// The same device with other settings (the environment is read only
+    /// when a device opens; tests choose theirs here).
+    pub fn with_settings(mut self, settings: DeviceSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// How many times the host has waited for this device so far.
@@ -185,9 +194,9 @@ impl EmuDevice {
             let mut c = self
                 .capture
                 .lock()
-                .map_err(|_| Error::invalid("emulator", "capture lock poisoned"))?;
+                .map_err(|_| Error::device("emulator", "capture", "lock poisoned"))?;
             if c.is_some() {
-                return Err(Error::invalid("emulator capture", "a capture inside a capture"));
+                return Err(Error::device("emulator", "capture", "a capture inside a capture"));
             }
             *c = Some(Capture::default());
         }
@@ -195,11 +204,12 @@ impl EmuDevice {
         let capture = self.capture.lock().ok().and_then(|mut c| c.take()).unwrap_or_default();
         let out = out?;
         if let Some(why) = capture.broken {
-            return Err(Error::invalid("emulator capture", why));
+            return Err(Error::device("emulator", "capture", why));
         }
         if !capture.allocs.is_empty() {
-            return Err(Error::invalid(
-                "emulator capture",
+            return Err(Error::device(
+                "emulator",
+                "capture",
                 format!(
                     "{} allocation(s) made inside the capture were not freed inside it",
                     capture.allocs.len()
@@ -212,7 +222,7 @@ impl EmuDevice {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, Block>>> {
         self.mem
             .lock()
-            .map_err(|_| Error::invalid("emulator", "device memory lock poisoned"))
+            .map_err(|_| Error::device("emulator", "memory", "lock poisoned"))
     }
 
     fn capturing(&self) -> bool {
@@ -223,8 +233,9 @@ impl EmuDevice {
     /// capture a copy or a wait would either fail or be frozen into the graph.
     fn not_in_capture(&self, what: &str) -> Result<()> {
         if self.capturing() {
-            return Err(Error::invalid(
-                "emulator capture",
+            return Err(Error::device(
+                "emulator",
+                "capture",
                 format!("{what} while a graph is being captured"),
             ));
         }
@@ -245,14 +256,18 @@ impl EmuDevice {
             }
         }
         match first {
-            Some(why) => Err(Error::invalid("emulator", why)),
+            Some(why) => Err(Error::device("emulator", "memory", why)),
             None => Ok(()),
         }
     }
 }
 
 fn missing(buf: &Buffer) -> Error {
-    Error::invalid("emulator", format!("buffer {} is not allocated on this device", buf.id))
+    Error::device(
+        "emulator",
+        "memory",
+        format!("buffer {} is not allocated on this device", buf.id),
+    )
 }
 
 impl RawDevice for EmuDevice {
@@ -260,12 +275,16 @@ impl RawDevice for EmuDevice {
         "emulator (CUDA kernels compiled for the host)".into()
     }
 
+    fn settings(&self) -> &DeviceSettings {
+        &self.settings
+    }
+
     fn mixed_precision(&self) -> bool {
         self.bf16
     }
 
-    fn kind(&self) -> crate::tensor::Device {
-        crate::tensor::Device::Emu
+    fn kind(&self) -> crate::device::Device {
+        crate::device::Device::Emu
     }
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
@@ -297,7 +316,12 @@ impl RawDevice for EmuDevice {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let fill = if self.dry { Fill::Lazy } else { Fill::Poison };
         self.note(|s| s.largest_alloc = s.largest_alloc.max(bytes));
-        self.lock()?.insert(id, Block::new(bytes, fill));
+        let block = Block::new(bytes, fill).ok_or_else(|| Error::OutOfMemory {
+            device: "emulator".into(),
+            asked: bytes,
+            free: None,
+        })?;
+        self.lock()?.insert(id, block);
         if let Ok(mut c) = self.capture.lock() {
             if let Some(c) = c.as_mut() {
                 c.allocs.push(id);
@@ -368,7 +392,7 @@ impl RawDevice for EmuDevice {
         }
         self.shared_allowed
             .lock()
-            .map_err(|_| Error::invalid("emulator", "shared-memory table lock poisoned"))?
+            .map_err(|_| Error::device("emulator", "shared memory", "lock poisoned"))?
             .insert(kernel.to_string(), bytes);
         Ok(())
     }
@@ -421,7 +445,7 @@ impl RawDevice for EmuDevice {
         // launchers size every buffer for the launch they make, as a CUDA
         // caller must, and a write past a buffer lands in its guard zone.
         unsafe { ffi::launch_by_name(kernel, &cfg, &raw) }
-            .map_err(|e| Error::invalid("emulator launch", format!("`{kernel}`: {e}")))?;
+            .map_err(|e| Error::device("emulator", format!("kernel `{kernel}`"), e))?;
         Self::check_guards(&mut m, &format!("kernel `{kernel}`"))
     }
 

@@ -73,7 +73,7 @@ impl State {
 }
 
 fn err(msg: impl Into<String>) -> Error {
-    Error::invalid("emulator queue", msg.into())
+    Error::device("emulator", "copy", msg.into())
 }
 
 /// The host side of the emulator's queue.

@@ -1,13 +1,42 @@
-//! The device trait: what the GPU side of the engine needs from a device —
-//! allocate, copy, launch a kernel by name, GEMM, synchronise — so the same
-//! orchestration runs on the emulator (every machine) and on CUDA.
+//! The device layer, a leaf: what the GPU side of the engine needs from a
+//! device (allocate, copy, launch a kernel by name, GEMM, synchronise,
+//! record a step), the buffers and kernel arguments it takes, the
+//! downloads it hands back, its memory accounting and its settings. The
+//! emulator and the CUDA device (src/backend/) implement it; tensors hold
+//! its buffers. It imports nothing of the engine but errors and the
+//! random streams kernels take.
+
+mod layout;
+mod settings;
 
 use std::sync::Arc;
 
-use super::graph::{GraphCounts, MemoryUse};
+pub use self::layout::SeqLayout;
+pub use self::settings::{AttentionChoice, DeviceSettings};
 use crate::error::Result;
 use crate::rng::RngStream;
-use crate::tensor::{Device, SeqLayout};
+
+/// Where a tensor's elements live: host memory (the CPU reference backend),
+/// or a device behind `DeviceApi` (the CUDA GPU, or the emulator that runs
+/// the same kernels on the host). Nothing outside the backends touches raw
+/// device memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// The CUDA kernels compiled for the host (backend/emu).
+    Emu,
+    Cuda,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Emu => "emu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
 
 /// A device shared by the tensors that live on it.
 pub type SharedDevice = Arc<dyn DeviceApi + Send + Sync>;
@@ -93,6 +122,8 @@ impl Gemm {
 pub trait DeviceApi {
     /// In words, for messages ("emulator", "NVIDIA H100 …").
     fn name(&self) -> String;
+    /// What was chosen for this device when it opened (kernels, storage).
+    fn settings(&self) -> &DeviceSettings;
     /// Which kind of device this is, for tensors and messages.
     fn kind(&self) -> Device;
     /// Whether GEMMs take bf16 operands (mixed precision) rather than f32.
@@ -188,4 +219,24 @@ impl Drop for DeviceVec<'_> {
     fn drop(&mut self) {
         self.dev.free(&self.buf);
     }
+}
+
+/// Device memory allocated through the recorder, in bytes (the device's
+/// own scratch, such as cuBLASLt's workspace, is not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub live: usize,
+    pub peak: usize,
+}
+
+/// What a recorded step holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphCounts {
+    pub launches: usize,
+    pub gemms: usize,
+    pub allocs: usize,
+    pub uploads: usize,
+    pub downloads: usize,
+    /// Bytes the graph's memory holds.
+    pub arena_bytes: usize,
 }

@@ -3,12 +3,12 @@
 //! ENGINEERING.md, through any `DeviceApi`: the emulator on every machine,
 //! the CUDA device on a GPU.
 
-use super::cpu::{elementwise, layer_norm};
-use super::device::{DeviceApi, DeviceVec, SharedDevice};
-use super::gpu;
-use super::launch;
 use crate::autograd::{ParamStore, Tape};
+use crate::backend::cpu::{elementwise, layer_norm};
+use crate::backend::gpu;
+use crate::backend::launch;
 use crate::data::hu_window;
+use crate::device::{DeviceApi, DeviceVec, SharedDevice};
 use crate::error::Result;
 use crate::model::{add_noise, patchify, DualMask, ModelConfig};
 use crate::ops::{AttentionOptions, AttnDropout};
@@ -324,7 +324,7 @@ fn mma_probes(dev: &dyn DeviceApi, r: RngStream, push: &mut impl FnMut(&'static 
     );
     dev.launch(
         "mma_fragment_probe",
-        &super::device::Launch::linear(1, 32, 0),
+        &crate::device::Launch::linear(1, 32, 0),
         &[da.arg(), db.arg(), dc.arg()],
     )?;
     let got = dc.to_vec::<f32>()?;
@@ -358,8 +358,8 @@ fn mma_probes(dev: &dyn DeviceApi, r: RngStream, push: &mut impl FnMut(&'static 
             );
             dev.launch(
                 kernel,
-                &super::device::Launch::linear(1, 32, 3 * 256 * 4),
-                &[dx.arg(), dy.arg(), dc.arg(), super::device::Arg::I32(usage as i32)],
+                &crate::device::Launch::linear(1, 32, 3 * 256 * 4),
+                &[dx.arg(), dy.arg(), dc.arg(), crate::device::Arg::I32(usage as i32)],
             )?;
             let got = dc.to_vec::<f32>()?;
             let want: Vec<f32> = (0..256)
@@ -524,7 +524,7 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
         dev.launch(
             "f32_to_bf16",
             &gpu::grid_stride(v.len()),
-            &[dv.arg(), out.arg(), super::device::Arg::U64(v.len() as u64)],
+            &[dv.arg(), out.arg(), crate::device::Arg::U64(v.len() as u64)],
         )?;
         let got: Vec<u16> = out.to_vec()?;
         let wrong = got
@@ -583,7 +583,10 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
                 ])
             })
             .collect::<Result<_>>()?;
-        let want_sq: f64 = grads.iter().flat_map(|g| g.to_f64_vec()).map(|v| v * v).sum();
+        let want_sq: f64 = grads
+            .iter()
+            .map(|g| Ok(g.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>()))
+            .sum::<Result<f64>>()?;
         let got_sq = gpu::sum_of_squares_multi(&on_dev.iter().map(|t| &t[1]).collect::<Vec<_>>())?;
         push(
             "grad_sq_multi",
@@ -596,7 +599,7 @@ fn tensor_kernels(dev: &SharedDevice, r: RngStream, push: &mut impl FnMut(&'stat
         let clip = crate::train::clip_factor(norm, max_norm);
         let grads_dev: Vec<&Tensor> = on_dev.iter().map(|t| &t[1]).collect();
         let clip_dev = gpu::clip_norm(&grads_dev, max_norm)?;
-        let got = clip_dev.to_f64_vec();
+        let got = clip_dev.to_f64_vec()?;
         push("clip_factor", "global norm".into(), ((got[0] - norm) / norm).abs());
         push(
             "clip_factor",
@@ -726,7 +729,7 @@ pub const BF16_LIMIT: f64 = 2e-2;
 /// inputs: the loss, the PSNR and the gradient of every parameter, each a
 /// row. The limit follows the device's precision.
 pub fn training_step(
-    dev: &super::device::SharedDevice,
+    dev: &crate::device::SharedDevice,
     preset: &str,
     batch: usize,
     seed: u64,
@@ -928,7 +931,7 @@ pub fn attention_kernels(
 /// the weights after the four steps, graphed against plain. The kernels are
 /// deterministic, so anything but equality means a replay ran with a stale
 /// value; a run where no step was replayed fails.
-pub fn step_graphs(dev: &super::device::SharedDevice, batch: usize, seed: u64) -> Result<Vec<CheckRow>> {
+pub fn step_graphs(dev: &crate::device::SharedDevice, batch: usize, seed: u64) -> Result<Vec<CheckRow>> {
     use crate::data::{Batch, BatchData, Position};
     use crate::model::{init_params, Nemesis};
     use crate::train::{AdamW, StepGraphs, StepSpec};
