@@ -1,17 +1,7 @@
-// The optimizer: AdamW and the squared gradient norm per tensor, and as
-// multi-tensor kernels that take a table of device addresses and the flat
-// start of each tensor, so every parameter is updated in one launch.
+// The optimizer: AdamW and the squared gradient norm as multi-tensor
+// kernels that take a table of device addresses and the flat start of each
+// tensor, so every parameter is updated in one launch.
 #include "common.cuh"
-
-// Sum of squares per block of the gradient, written to partial[blockIdx.x];
-// the host (or a second pass) adds the partials in order.
-extern "C" __global__ void grad_sq_partials(const float* g, float* partial, uint64_t n) {
-    NEMESIS_DYNAMIC_SHARED(float, buf);
-    float s = 0.0f;
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
-        s += g[i] * g[i];
-    block_tree_sum(s, buf, partial);
-}
 
 // AdamW as torch.optim.AdamW for one value, with the clip factor applied to
 // the gradient: w ← w·(1 − lr·wd); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
@@ -27,14 +17,6 @@ __device__ __forceinline__ float adamw_value(float* w, float g, float* m, float*
     float wn = wi - (lr / bc1) * mi / (sqrtf(vi) / bc2_sqrt + eps);
     *w = wn;
     return wn;
-}
-
-// AdamW over one tensor (adamw_value per element).
-extern "C" __global__ void adamw_step(float* w, const float* g, float* m, float* v, uint64_t n, float lr, float beta1,
-                                      float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
-                                      float clip) {
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
-        adamw_value(w + i, g[i], m + i, v + i, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, clip);
 }
 
 // The tensor holding flat index i of a multi-tensor launch: starts[t] is the

@@ -9,8 +9,8 @@
 //!   opt-in), and the two devices: `emu` (the kernels compiled for the
 //!   host, held to a GPU's rules) and `cuda` (a GPU through cudarc, with
 //!   `nvrtc` and `cuda_probe` loading CUDA's libraries at run time);
-//! - `gpu` (each op on device tensors, written once against the trait) and
-//!   `launch` (host-side launchers of single kernels for checks and tests).
+//! - `gpu` (each op on device tensors, written once against the trait,
+//!   through the typed launchers of `kernels::k`).
 
 pub mod cpu;
 pub mod cuda;
@@ -20,7 +20,6 @@ pub mod gemm_plan;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
-pub mod launch;
 pub mod limits;
 pub mod nvrtc;
 pub mod raw;
