@@ -178,7 +178,7 @@ fn main() {
         for (t, n) in &k.params {
             let name = rust_name(n);
             let (ty, arg) = match param_type(t).1 {
-                "Ptr" => ("&Buffer", format!("Arg::Buf({name})")),
+                "Ptr" => ("&Buffer", format!("Arg::Buf({name}.id)")),
                 "I32" => ("i32", format!("Arg::I32({name})")),
                 "U32" => ("u32", format!("Arg::U32({name})")),
                 "U64" => ("u64", format!("Arg::U64({name})")),
@@ -264,7 +264,7 @@ fn main() {
     // The parameter sizes the Rust side packs (param_type) are the sizes
     // the kernels declare.
     // The struct arguments' fields sit where the Rust side packs them
-    // (OwnedArg::param_bytes): 32-bit fields in declaration order.
+    // (kernels::param_bytes): 32-bit fields in declaration order.
     cpp.push_str("#include <cstddef>\n");
     for (ty, fields) in [
         ("RngStream", &["k0", "k1", "s0", "s1"][..]),
@@ -334,7 +334,7 @@ fn main() {
     ffi.push_str(
         "/// Runs kernel `name` with `args`, checking their number and kinds.\n\
          ///\n/// # Safety\n/// Pointer arguments must point at buffers large enough for the launch.\n\
-         pub unsafe fn launch_by_name(name: &str, cfg: &EmuLaunch, args: &[RawArg]) -> Result<(), String> {\n    match name {\n",
+         pub unsafe fn launch_by_name(\n    name: &str,\n    cfg: &EmuLaunch,\n    args: &[crate::device::Arg],\n    ptr: &mut dyn FnMut(u64) -> Result<*mut u8, String>,\n) -> Result<(), String> {\n    use crate::device::Arg;\n    match name {\n",
     );
     for k in &kernels {
         let _ = writeln!(
@@ -348,20 +348,16 @@ fn main() {
         let mut call = Vec::new();
         for (i, (t, n)) in k.params.iter().enumerate() {
             let (rtype, kind, _) = param_type(t);
-            let (variant, conv) = if kind == "Ptr" {
-                ("Ptr", format!("as {rtype}"))
-            } else {
-                (kind, String::new())
-            };
+            let variant = if kind == "Ptr" { "Buf" } else { kind };
             let _ = writeln!(
                 ffi,
-                "            let RawArg::{variant}(a{i}) = args[{i}] else {{ return Err(\"{}: argument {i} (`{n}`) must be {variant}\".to_string()); }};",
+                "            let Arg::{variant}(a{i}) = args[{i}] else {{ return Err(\"{}: argument {i} (`{n}`) must be {variant}\".to_string()); }};",
                 k.name
             );
-            call.push(if conv.is_empty() {
-                format!("a{i}")
-            } else {
-                format!("a{i} {conv}")
+            call.push(match kind {
+                "Ptr" => format!("ptr(a{i})? as {rtype}"),
+                "Rng" | "Layout" => format!("a{i}.into()"),
+                _ => format!("a{i}"),
             });
         }
         let _ = writeln!(

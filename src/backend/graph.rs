@@ -33,85 +33,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::device::{Arg, Buffer, Gemm, GraphCounts, Launch, MemoryUse, PendingDownload};
 use crate::error::{Error, Result};
-use crate::rng::RngStream;
-use crate::tensor::SeqLayout;
-
-/// A kernel argument as recorded: buffers by id.
-#[derive(Clone, Copy, Debug)]
-pub enum OwnedArg {
-    Buf(u64),
-    I32(i32),
-    U32(u32),
-    U64(u64),
-    F32(f32),
-    F64(f64),
-    Rng(RngStream),
-    Layout(SeqLayout),
-}
-
-impl OwnedArg {
-    pub fn of(a: &Arg) -> Self {
-        match *a {
-            Arg::Buf(b) => OwnedArg::Buf(b.id),
-            Arg::I32(v) => OwnedArg::I32(v),
-            Arg::U32(v) => OwnedArg::U32(v),
-            Arg::U64(v) => OwnedArg::U64(v),
-            Arg::F32(v) => OwnedArg::F32(v),
-            Arg::F64(v) => OwnedArg::F64(v),
-            Arg::Rng(r) => OwnedArg::Rng(r),
-            Arg::Layout(l) => OwnedArg::Layout(l),
-        }
-    }
-
-    /// The bytes the kernel's parameter block holds for this argument (a
-    /// buffer by its device address), in the layout of common.cuh's types.
-    pub fn param_bytes(&self, address: impl Fn(u64) -> Result<u64>) -> Result<Vec<u8>> {
-        use super::kernels::{RngStreamC, SeqLayoutC};
-        Ok(match *self {
-            OwnedArg::Buf(id) => address(id)?.to_ne_bytes().to_vec(),
-            OwnedArg::I32(v) => v.to_ne_bytes().to_vec(),
-            OwnedArg::U32(v) => v.to_ne_bytes().to_vec(),
-            OwnedArg::U64(v) => v.to_ne_bytes().to_vec(),
-            OwnedArg::F32(v) => v.to_ne_bytes().to_vec(),
-            OwnedArg::F64(v) => v.to_ne_bytes().to_vec(),
-            OwnedArg::Rng(r) => {
-                let c: RngStreamC = r.into();
-                [c.k0, c.k1, c.s0, c.s1].iter().flat_map(|w| w.to_ne_bytes()).collect()
-            }
-            OwnedArg::Layout(l) => {
-                let c: SeqLayoutC = l.into();
-                [
-                    c.outer_count,
-                    c.inner_count,
-                    c.outer_stride,
-                    c.inner_stride,
-                    c.len,
-                    c.step,
-                    c.offset,
-                ]
-                .iter()
-                .flat_map(|w| w.to_ne_bytes())
-                .collect()
-            }
-        })
-    }
-
-    /// Equal bit for bit (a NaN equals itself).
-    fn same(&self, other: &OwnedArg) -> bool {
-        use OwnedArg::*;
-        match (self, other) {
-            (Buf(a), Buf(b)) => a == b,
-            (I32(a), I32(b)) => a == b,
-            (U32(a), U32(b)) => a == b,
-            (U64(a), U64(b)) => a == b,
-            (F32(a), F32(b)) => a.to_bits() == b.to_bits(),
-            (F64(a), F64(b)) => a.to_bits() == b.to_bits(),
-            (Rng(a), Rng(b)) => a == b,
-            (Layout(a), Layout(b)) => a == b,
-            _ => false,
-        }
-    }
-}
 
 /// One recorded device call.
 #[derive(Clone, Debug)]
@@ -127,7 +48,7 @@ pub enum Op {
     Launch {
         kernel: String,
         cfg: Launch,
-        args: Vec<OwnedArg>,
+        args: Vec<Arg>,
     },
     Gemm {
         g: Gemm,
@@ -558,13 +479,13 @@ impl Recorder {
                 self.ops.push(Op::Launch {
                     kernel: kernel.to_string(),
                     cfg: *cfg,
-                    args: args.iter().map(OwnedArg::of).collect(),
+                    args: args.to_vec(),
                 });
                 Ok(Flow::Run)
             }
             Phase::Replaying => {
                 let i = self.next("a launch")?;
-                let now: Vec<OwnedArg> = args.iter().map(OwnedArg::of).collect();
+                let now: Vec<Arg> = args.to_vec();
                 let changed = match &self.ops[i] {
                     Op::Launch {
                         kernel: k,
@@ -573,7 +494,7 @@ impl Recorder {
                     } if k == kernel && c == cfg && a.len() == now.len() => {
                         let mut changed = false;
                         for (old, new) in a.iter().zip(&now) {
-                            let buffers = matches!(old, OwnedArg::Buf(_)) || matches!(new, OwnedArg::Buf(_));
+                            let buffers = matches!(old, Arg::Buf(_)) || matches!(new, Arg::Buf(_));
                             if !old.same(new) {
                                 if buffers {
                                     return Err(self.mismatch(i, format!("kernel `{kernel}` on other buffers")));
@@ -695,7 +616,7 @@ mod tests {
         r.allocated(&buf(1));
         r.upload(&buf(1), &[0; 8]).unwrap();
         let cfg = Launch::linear(1, 32, 0);
-        r.launch("k", &cfg, &[Arg::Buf(&buf(1)), Arg::F32(0.5)]).unwrap();
+        r.launch("k", &cfg, &[Arg::Buf(1), Arg::F32(0.5)]).unwrap();
         r.end_record().unwrap();
         let c = r.counts();
         assert_eq!((c.allocs, c.uploads, c.launches, c.arena_bytes), (1, 1, 1, 64));
@@ -706,13 +627,13 @@ mod tests {
         assert_eq!(r.alloc(64, false).unwrap(), Some(buf(1)));
         assert_eq!(r.upload(&buf(1), &[3; 8]).unwrap(), Flow::Taken);
         assert_eq!(
-            r.launch("k", &cfg, &[Arg::Buf(&buf(1)), Arg::F32(0.25)]).unwrap(),
+            r.launch("k", &cfg, &[Arg::Buf(1), Arg::F32(0.25)]).unwrap(),
             Flow::Taken
         );
         let replay = r.end_replay().unwrap();
         assert_eq!(replay.uploads, vec![(1, vec![3; 8])]);
         assert_eq!(replay.updated, vec![2]);
-        assert!(matches!(&r.ops()[2], Op::Launch { args, .. } if matches!(args[1], OwnedArg::F32(v) if v == 0.25)));
+        assert!(matches!(&r.ops()[2], Op::Launch { args, .. } if matches!(args[1], Arg::F32(v) if v == 0.25)));
 
         // The buffer is still held by the last replay's owner.
         assert!(r.begin_replay().is_err());
@@ -720,7 +641,7 @@ mod tests {
         r.begin_replay().unwrap();
         r.alloc(64, false).unwrap();
         r.upload(&buf(1), &[0; 8]).unwrap();
-        let e = r.launch("k", &cfg, &[Arg::Buf(&buf(2)), Arg::F32(0.5)]).unwrap_err();
+        let e = r.launch("k", &cfg, &[Arg::Buf(2), Arg::F32(0.5)]).unwrap_err();
         assert!(e.to_string().contains("cannot be replayed"), "{e}");
         r.abandon_replay();
         // Dropping the graph frees what it held.

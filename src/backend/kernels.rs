@@ -103,6 +103,43 @@ pub fn check_args(kernel: &str, args: &[crate::device::Arg]) -> crate::error::Re
     Ok(())
 }
 
+/// The bytes a kernel's parameter block holds for `a` (a buffer by its
+/// device address), in the layout of common.cuh's types: what the CUDA
+/// device passes to a launch and writes into a graph node.
+pub fn param_bytes(
+    a: &crate::device::Arg,
+    address: impl Fn(u64) -> crate::error::Result<u64>,
+) -> crate::error::Result<Vec<u8>> {
+    use crate::device::Arg;
+    Ok(match *a {
+        Arg::Buf(id) => address(id)?.to_ne_bytes().to_vec(),
+        Arg::I32(v) => v.to_ne_bytes().to_vec(),
+        Arg::U32(v) => v.to_ne_bytes().to_vec(),
+        Arg::U64(v) => v.to_ne_bytes().to_vec(),
+        Arg::F32(v) => v.to_ne_bytes().to_vec(),
+        Arg::F64(v) => v.to_ne_bytes().to_vec(),
+        Arg::Rng(r) => {
+            let c: RngStreamC = r.into();
+            [c.k0, c.k1, c.s0, c.s1].iter().flat_map(|w| w.to_ne_bytes()).collect()
+        }
+        Arg::Layout(l) => {
+            let c: SeqLayoutC = l.into();
+            [
+                c.outer_count,
+                c.inner_count,
+                c.outer_stride,
+                c.inner_stride,
+                c.len,
+                c.step,
+                c.offset,
+            ]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect()
+        }
+    })
+}
+
 /// The declared parameters of `kernel`.
 pub fn signature(kernel: &str) -> Option<&'static [Param]> {
     SIGNATURES.iter().find(|(k, _)| *k == kernel).map(|(_, p)| *p)

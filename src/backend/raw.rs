@@ -12,7 +12,7 @@
 
 use std::sync::Mutex;
 
-use super::graph::{lock, Flow, Op, OwnedArg, Recorder, Replay};
+use super::graph::{lock, Flow, Op, Recorder, Replay};
 use super::kernels;
 use super::limits::OptIns;
 use super::staging::{HostBuf, Staging};
@@ -78,7 +78,7 @@ pub fn run_calls<D: RawDevice + ?Sized>(
     for (i, op) in ops.iter().enumerate() {
         match op {
             Op::Launch { kernel, cfg, args } => {
-                with_args(args, |a| launch_checked(d, kernel, cfg, a))?;
+                launch_checked(d, kernel, cfg, args)?;
                 launched(i)?;
             }
             Op::Gemm { g, a, b, c, bias } => {
@@ -274,33 +274,4 @@ impl<T: RawDevice> DeviceApi for T {
         };
         ids.iter().for_each(|&id| self.free_raw(&Buffer { id, bytes: 0 }));
     }
-}
-
-/// Calls `f` with recorded arguments turned back into launch arguments
-/// (each buffer by its id; its size is not needed to launch).
-pub fn with_args<R>(args: &[OwnedArg], f: impl FnOnce(&[Arg]) -> R) -> R {
-    let bufs: Vec<Buffer> = args
-        .iter()
-        .filter_map(|a| match a {
-            OwnedArg::Buf(id) => Some(Buffer { id: *id, bytes: 0 }),
-            _ => None,
-        })
-        .collect();
-    let mut next = bufs.iter();
-    let args: Vec<Arg> = args
-        .iter()
-        .filter_map(|a| {
-            Some(match *a {
-                OwnedArg::Buf(_) => Arg::Buf(next.next()?),
-                OwnedArg::I32(v) => Arg::I32(v),
-                OwnedArg::U32(v) => Arg::U32(v),
-                OwnedArg::U64(v) => Arg::U64(v),
-                OwnedArg::F32(v) => Arg::F32(v),
-                OwnedArg::F64(v) => Arg::F64(v),
-                OwnedArg::Rng(v) => Arg::Rng(v),
-                OwnedArg::Layout(v) => Arg::Layout(v),
-            })
-        })
-        .collect();
-    f(&args)
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 
 use crate::backend::gpu::{self, AttentionKernel};
-use crate::device::{Arg, Gemm, Launch, SharedDevice};
+use crate::device::{Gemm, Launch, SharedDevice};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use crate::tensor::{Readers, SeqLayout, Tensor};
@@ -123,11 +123,7 @@ pub(super) fn reference_rates(dev: &SharedDevice, quick: bool) -> Result<(f64, f
     };
     let cfg = Launch::linear((len / 256).min(65_535) as u32, 256, 0);
     let t = time(dev, iters, || {
-        dev.launch(
-            "scale_forward",
-            &cfg,
-            &[Arg::Buf(xs), Arg::Buf(ys), Arg::U64(len as u64), Arg::F32(1.0)],
-        )
+        crate::backend::kernels::k::scale_forward(&**dev, &cfg, xs, ys, len as u64, 1.0)
     })?;
     Ok((gemm_rate, 8.0 * len as f64 / t))
 }

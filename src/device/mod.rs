@@ -59,6 +59,24 @@ impl Launch {
     }
 }
 
+impl Arg {
+    /// Equal bit for bit (a NaN equals itself).
+    pub fn same(&self, other: &Arg) -> bool {
+        use Arg::*;
+        match (self, other) {
+            (Buf(a), Buf(b)) => a == b,
+            (I32(a), I32(b)) => a == b,
+            (U32(a), U32(b)) => a == b,
+            (U64(a), U64(b)) => a == b,
+            (F32(a), F32(b)) => a.to_bits() == b.to_bits(),
+            (F64(a), F64(b)) => a.to_bits() == b.to_bits(),
+            (Rng(a), Rng(b)) => a == b,
+            (Layout(a), Layout(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// A device allocation, owned by the device that made it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Buffer {
@@ -66,10 +84,11 @@ pub struct Buffer {
     pub bytes: usize,
 }
 
-/// A kernel argument.
+/// A kernel argument (a buffer by its id), owned, so a recorded launch
+/// keeps its arguments as they are.
 #[derive(Clone, Copy, Debug)]
-pub enum Arg<'a> {
-    Buf(&'a Buffer),
+pub enum Arg {
+    Buf(u64),
     I32(i32),
     U32(u32),
     U64(u64),
@@ -210,8 +229,8 @@ impl<'d> DeviceVec<'d> {
         Ok(out)
     }
 
-    pub fn arg(&self) -> Arg<'_> {
-        Arg::Buf(&self.buf)
+    pub fn arg(&self) -> Arg {
+        Arg::Buf(self.buf.id)
     }
 }
 

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::sys;
 
 use super::{cuda_err, CudaDevice};
-use crate::backend::graph::{Op, OwnedArg};
+use crate::backend::graph::Op;
 use crate::backend::raw::run_calls;
+use crate::device::Arg;
 use crate::device::Launch;
 use crate::error::{Error, Result};
 
@@ -93,6 +94,41 @@ fn last_captured_node(d: &CudaDevice) -> Result<sys::CUgraphNode> {
     Ok(unsafe { *deps })
 }
 
+/// A launch's parameter block: each argument's bytes (its declared size:
+/// tests/kernel_params.rs), in its own 8-byte-aligned words, as the driver
+/// reads them through an array of pointers.
+pub struct ParamBlock(Vec<Vec<u64>>);
+
+impl ParamBlock {
+    /// A pointer to each argument, in order (valid while the block lives).
+    pub fn pointers(&self) -> Vec<*mut std::ffi::c_void> {
+        self.0.iter().map(|v| v.as_ptr() as *mut std::ffi::c_void).collect()
+    }
+}
+
+/// Packs `args`, buffers by their device addresses in `mem`.
+pub fn param_block(
+    mem: &HashMap<u64, cudarc::driver::CudaSlice<u8>>,
+    stream: &cudarc::driver::CudaStream,
+    args: &[Arg],
+) -> Result<ParamBlock> {
+    let address = |id: u64| -> Result<u64> {
+        let slice = mem
+            .get(&id)
+            .ok_or_else(|| Error::device("cuda", "memory", format!("buffer {id} is not allocated")))?;
+        let (p, _sync) = cudarc::driver::DevicePtr::device_ptr(slice, stream);
+        Ok(p)
+    };
+    let mut block = Vec::with_capacity(args.len());
+    for a in args {
+        let bytes = crate::backend::kernels::param_bytes(a, address)?;
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        block.push(words);
+    }
+    Ok(ParamBlock(block))
+}
+
 /// New scalar arguments for one launch of the instantiated graph.
 pub fn set_node_params(
     d: &CudaDevice,
@@ -100,27 +136,14 @@ pub fn set_node_params(
     node: sys::CUgraphNode,
     kernel: &str,
     cfg: &Launch,
-    args: &[OwnedArg],
+    args: &[Arg],
 ) -> Result<()> {
     let func = d.function(kernel)?;
-    let m = d.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-    let address = |id: u64| -> Result<u64> {
-        let slice = m
-            .get(&id)
-            .ok_or_else(|| Error::device("cuda", "memory", format!("buffer {id} is not allocated")))?;
-        let (p, _sync) = cudarc::driver::DevicePtr::device_ptr(slice, &d.stream);
-        Ok(p)
+    let values = {
+        let m = d.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        param_block(&m, &d.stream, args)?
     };
-    // Each argument's bytes (its declared size: tests/kernel_params.rs),
-    // 8-byte aligned, and a pointer to each; the driver copies them.
-    let mut values: Vec<Vec<u64>> = Vec::with_capacity(args.len());
-    for a in args {
-        let bytes = a.param_bytes(address)?;
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-        values.push(words);
-    }
-    let mut ptrs: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+    let mut ptrs = values.pointers();
     let params = sys::CUDA_KERNEL_NODE_PARAMS {
         func: func.cu_function(),
         gridDimX: cfg.grid[0],

@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use cudarc::nvrtc::Ptx;
 
 use self::graph::BuiltGraph;
@@ -35,17 +33,13 @@ use self::queue::CudaQueue;
 use super::cuda_probe::{driver_api, probe, CudaProbe};
 use super::gemm_plan::ColMajor;
 use super::graph::{Op, Recorder};
-use super::kernels::{RngStreamC, SeqLayoutC, KERNELS};
+use super::kernels::KERNELS;
 use super::limits::{self, OptIns};
 use super::nvrtc::Nvrtc;
 use super::raw::RawDevice;
 use super::staging::{HostBuf, Staging};
 use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch};
 use crate::error::{Error, Result};
-
-// SAFETY: both are #[repr(C)] plain data, laid out as the kernels declare them.
-unsafe impl DeviceRepr for RngStreamC {}
-unsafe impl DeviceRepr for SeqLayoutC {}
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::device("cuda", what, format!("{e:?}"))
@@ -386,7 +380,7 @@ impl CudaDevice {
             self,
             "f32_to_bf16",
             &super::gpu::grid_stride(n),
-            &[Arg::Buf(src), Arg::Buf(dst), Arg::U64(n as u64)],
+            &[Arg::Buf(src.id), Arg::Buf(dst.id), Arg::U64(n as u64)],
         )
     }
 
@@ -457,9 +451,9 @@ impl CudaDevice {
                     "add_broadcast",
                     &super::gpu::grid_stride(n as usize),
                     &[
-                        Arg::Buf(c),
-                        Arg::Buf(bias),
-                        Arg::Buf(c),
+                        Arg::Buf(c.id),
+                        Arg::Buf(bias.id),
+                        Arg::Buf(c.id),
                         Arg::U64(n),
                         Arg::U64(g.n as u64),
                     ],
@@ -503,18 +497,6 @@ fn missing(buf: &Buffer) -> Error {
         "memory",
         format!("buffer {} is not allocated on this device", buf.id),
     )
-}
-
-/// Scalar kernel arguments, owned while a launch is being built.
-enum Scalar {
-    I32(i32),
-    U32(u32),
-    U64(u64),
-    F32(f32),
-    F64(f64),
-    Rng(RngStreamC),
-    Layout(SeqLayoutC),
-    Buf(u64),
 }
 
 impl RawDevice for CudaDevice {
@@ -664,64 +646,38 @@ impl RawDevice for CudaDevice {
     }
 
     fn launch_raw(&self, kernel: &str, cfg: &Launch, args: &[Arg]) -> Result<()> {
+        use cudarc::driver::sys;
         limits::check(kernel, cfg, self.opt_ins.allowed(kernel))?;
         let func = self.function(kernel)?;
-        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-        let scalars: Vec<Scalar> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Buf(b) => Scalar::Buf(b.id),
-                Arg::I32(v) => Scalar::I32(v),
-                Arg::U32(v) => Scalar::U32(v),
-                Arg::U64(v) => Scalar::U64(v),
-                Arg::F32(v) => Scalar::F32(v),
-                Arg::F64(v) => Scalar::F64(v),
-                Arg::Rng(r) => Scalar::Rng(r.into()),
-                Arg::Layout(l) => Scalar::Layout(l.into()),
-            })
-            .collect();
-        let mut b = self.stream.launch_builder(&func);
-        for s in &scalars {
-            match s {
-                Scalar::Buf(id) => {
-                    let slice = m
-                        .get(id)
-                        .ok_or_else(|| Error::device("cuda", "memory", format!("buffer {id} is not allocated")))?;
-                    b.arg(slice);
-                }
-                Scalar::I32(v) => {
-                    b.arg(v);
-                }
-                Scalar::U32(v) => {
-                    b.arg(v);
-                }
-                Scalar::U64(v) => {
-                    b.arg(v);
-                }
-                Scalar::F32(v) => {
-                    b.arg(v);
-                }
-                Scalar::F64(v) => {
-                    b.arg(v);
-                }
-                Scalar::Rng(v) => {
-                    b.arg(v);
-                }
-                Scalar::Layout(v) => {
-                    b.arg(v);
-                }
-            }
-        }
-        let lc = LaunchConfig {
-            grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
-            block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
-            shared_mem_bytes: cfg.shared_bytes,
+        let params = {
+            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+            graph::param_block(&m, &self.stream, args)?
         };
+        let mut ptrs = params.pointers();
+        self.bind()?;
         // SAFETY: the arguments were checked against the kernel's declared
-        // parameters (kernels::check_args) and the launchers size every
-        // buffer for the launch.
-        unsafe { b.launch(lc) }.map_err(|e| cuda_err(kernel, e))?;
-        drop(m);
+        // parameters (kernels::check_args) and packed at their declared
+        // sizes (tests/kernel_params.rs); the launchers size every buffer
+        // for the launch; the driver copies the parameters before it returns.
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                func.cu_function(),
+                cfg.grid[0],
+                cfg.grid[1],
+                cfg.grid[2],
+                cfg.block[0],
+                cfg.block[1],
+                cfg.block[2],
+                cfg.shared_bytes,
+                self.stream.cu_stream(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        drop((ptrs, params));
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(cuda_err(&format!("launching `{kernel}`"), r));
+        }
         self.settle(&format!("kernel `{kernel}`"))
     }
 

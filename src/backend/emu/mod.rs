@@ -26,7 +26,6 @@ use self::memory::{Block, Fill};
 pub use self::queue::EmuQueue;
 use crate::backend::cpu::gemm::{gemm, MatRef};
 use crate::backend::graph::{Op, Recorder};
-use crate::backend::kernels::{RngStreamC, SeqLayoutC};
 use crate::backend::limits::{self, OptIns};
 use crate::backend::raw::{run_calls, RawDevice};
 use crate::backend::staging::{HostBuf, Staging};
@@ -44,22 +43,9 @@ pub struct EmuLaunch {
     pub corners_only: u32,
 }
 
-/// An argument resolved for the C++ side: buffers become raw pointers.
-#[derive(Clone, Copy, Debug)]
-pub enum RawArg {
-    Ptr(*mut u8),
-    I32(i32),
-    U32(u32),
-    U64(u64),
-    F32(f32),
-    F64(f64),
-    Rng(RngStreamC),
-    Layout(SeqLayoutC),
-}
-
 #[allow(clippy::too_many_arguments)]
 mod ffi {
-    use super::{EmuLaunch, RawArg};
+    use super::EmuLaunch;
     include!(concat!(env!("OUT_DIR"), "/emu_ffi.rs"));
 }
 
@@ -263,10 +249,14 @@ impl EmuDevice {
 }
 
 fn missing(buf: &Buffer) -> Error {
+    missing_id(buf.id)
+}
+
+fn missing_id(id: u64) -> Error {
     Error::device(
         "emulator",
         "memory",
-        format!("buffer {} is not allocated on this device", buf.id),
+        format!("buffer {id} is not allocated on this device"),
     )
 }
 
@@ -406,18 +396,12 @@ impl RawDevice for EmuDevice {
             .unwrap_or(limits::DEFAULT_SHARED);
         limits::check(kernel, cfg, allowed)?;
         let mut m = self.lock()?;
-        let mut raw = Vec::with_capacity(args.len());
         for a in args {
-            raw.push(match *a {
-                Arg::Buf(b) => RawArg::Ptr(m.get_mut(&b.id).ok_or_else(|| missing(b))?.ptr()),
-                Arg::I32(v) => RawArg::I32(v),
-                Arg::U32(v) => RawArg::U32(v),
-                Arg::U64(v) => RawArg::U64(v),
-                Arg::F32(v) => RawArg::F32(v),
-                Arg::F64(v) => RawArg::F64(v),
-                Arg::Rng(r) => RawArg::Rng(r.into()),
-                Arg::Layout(l) => RawArg::Layout(l.into()),
-            });
+            if let Arg::Buf(id) = a {
+                if !m.contains_key(id) {
+                    return Err(missing_id(*id));
+                }
+            }
         }
         if self.capturing() {
             // Captured, not run: the graph's launch runs it.
@@ -444,7 +428,12 @@ impl RawDevice for EmuDevice {
         // SAFETY: the pointers stay valid while the memory lock is held; the
         // launchers size every buffer for the launch they make, as a CUDA
         // caller must, and a write past a buffer lands in its guard zone.
-        unsafe { ffi::launch_by_name(kernel, &cfg, &raw) }
+        let mut ptr = |id: u64| -> std::result::Result<*mut u8, String> {
+            m.get_mut(&id)
+                .map(Block::ptr)
+                .ok_or_else(|| format!("buffer {id} is not allocated"))
+        };
+        unsafe { ffi::launch_by_name(kernel, &cfg, args, &mut ptr) }
             .map_err(|e| Error::device("emulator", format!("kernel `{kernel}`"), e))?;
         Self::check_guards(&mut m, &format!("kernel `{kernel}`"))
     }
