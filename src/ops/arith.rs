@@ -175,24 +175,14 @@ impl Tape {
         }
         let y = with_dtype!(dtype, T => {
             let (av, bv) = (a.value().cpu_slice::<T>()?, b.value().cpu_slice::<T>()?);
-            let mut y = Vec::with_capacity(rows * (ca + cb));
-            for r in 0..rows {
-                y.extend_from_slice(&av[r * ca..(r + 1) * ca]);
-                y.extend_from_slice(&bv[r * cb..(r + 1) * cb]);
-            }
-            Tensor::from_vec(y, shape)?
+            Tensor::from_vec(crate::backend::cpu::index::concat_rows(av, bv, rows, ca, cb), shape)?
         });
         Ok(self.record(
             y,
             &[a, b],
             backward_fn(OP, move |g, _| {
                 with_dtype!(dtype, T => {
-                    let gs = g.cpu_slice::<T>()?;
-                    let (mut ga, mut gb) = (Vec::with_capacity(rows * ca), Vec::with_capacity(rows * cb));
-                    for row in gs.chunks(ca + cb) {
-                        ga.extend_from_slice(&row[..ca]);
-                        gb.extend_from_slice(&row[ca..]);
-                    }
+                    let (ga, gb) = crate::backend::cpu::index::split_rows(g.cpu_slice::<T>()?, ca, cb);
                     Ok(vec![Some(Tensor::from_vec(ga, &sa)?), Some(Tensor::from_vec(gb, &sb)?)])
                 })
             }),

@@ -90,3 +90,24 @@ pub fn scatter_rows_backward<T: CpuFloat>(
     }
     (dx, dfill.into_iter().map(T::from_f64).collect())
 }
+
+/// Rows of `[a | b]`: `rows` rows of `ca` values of `a` then `cb` of `b`.
+pub fn concat_rows<T: Copy>(a: &[T], b: &[T], rows: usize, ca: usize, cb: usize) -> Vec<T> {
+    let mut y = Vec::with_capacity(rows * (ca + cb));
+    for r in 0..rows {
+        y.extend_from_slice(&a[r * ca..(r + 1) * ca]);
+        y.extend_from_slice(&b[r * cb..(r + 1) * cb]);
+    }
+    y
+}
+
+/// Rows of `ca + cb` values split back into their `ca` and `cb` parts.
+pub fn split_rows<T: Copy>(g: &[T], ca: usize, cb: usize) -> (Vec<T>, Vec<T>) {
+    let rows = g.len() / (ca + cb).max(1);
+    let (mut a, mut b) = (Vec::with_capacity(rows * ca), Vec::with_capacity(rows * cb));
+    for row in g.chunks(ca + cb) {
+        a.extend_from_slice(&row[..ca]);
+        b.extend_from_slice(&row[ca..]);
+    }
+    (a, b)
+}
