@@ -4,7 +4,7 @@
 //! - attention: the attention op against a naive per-head scalar loop.
 //!
 //! Shapes are the model's: the fused QKV projection and the MATB streams of
-//! the `small` and `paper` presets (SPEC 9). Run: `cargo bench --bench cpu_ops`.
+//! the `small` and `paper` presets (MODEL.md §9). Run: `cargo bench --bench cpu_ops`.
 
 use std::time::Duration;
 

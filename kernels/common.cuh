@@ -87,7 +87,7 @@ __device__ __forceinline__ float rng_normal(RngStream s, uint64_t index) {
     return (float)((lane & 1) ? r * sin(theta) : r * cos(theta));
 }
 
-// SPEC 2: HU window to [0, 1].
+// MODEL.md §2: HU window to [0, 1].
 __device__ __forceinline__ float hu_window(float hu) {
     float v = fminf(fmaxf(hu, -175.0f), 250.0f);
     return (v + 175.0f) / 425.0f;

@@ -1,5 +1,5 @@
 // The fused superpatch input: HU crops (int16, B×D×H×W) → HU window → Philox
-// noise (the values src/model/noise.rs adds) → patchify (SPEC 1) → gather of
+// noise (the values src/model/noise.rs adds) → patchify (MODEL.md §1) → gather of
 // the visible tokens in ids_keep order, written as the B×Nv×P rows the patch
 // embedding reads. One thread per output value.
 #include "common.cuh"

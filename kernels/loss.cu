@@ -1,4 +1,4 @@
-// The masked per-token MSE of SPEC 7 and the pieces of its PSNR. Every sum
+// The masked per-token MSE of MODEL.md §7 and the pieces of its PSNR. Every sum
 // is in a fixed order (one block, shares added in thread order), so the
 // result does not depend on scheduling.
 #include "common.cuh"

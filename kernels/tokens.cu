@@ -1,5 +1,5 @@
 // Token movement of dual masking: the gather of visible rows, and the
-// decoder's mask-token scatter fused with the positional-table add (SPEC 6):
+// decoder's mask-token scatter fused with the positional-table add (MODEL.md §6):
 // y[b, n] = (n visible ? latent[b, j] : mask_token) + s·PE[n].
 #include "common.cuh"
 

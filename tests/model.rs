@@ -108,7 +108,7 @@ fn mae_step_gradcheck(c: ModelConfig, dropout: f64) {
     };
     for (k, (id, p)) in store.iter().enumerate() {
         if p.name == "decoder.pe_scale" {
-            // Its forward value is the encoder's (SPEC 6), so the loss does not
+            // Its forward value is the encoder's (MODEL.md §6), so the loss does not
             // depend on its stored value; its gradient is checked with the
             // encoder's below and against PyTorch by the fixtures.
             continue;

@@ -1,6 +1,6 @@
 //! NIfTI reading against nibabel: the fixtures under tests/fixtures/nifti/
 //! were written and read back by tools/make_nifti_fixtures.py. Every good
-//! file must give nibabel's values exactly after SPEC 2's orientation, through
+//! file must give nibabel's values exactly after MODEL.md §2's orientation, through
 //! the library and through `nemesis inspect --export`; every bad file must give
 //! a clear error naming it.
 

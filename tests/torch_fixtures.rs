@@ -1,5 +1,5 @@
 //! The engine against tools/torch_reference.py, our independent PyTorch
-//! implementation of SPEC.md: outputs within 1e-5 relative, gradients within
+//! implementation of docs/MODEL.md: outputs within 1e-5 relative, gradients within
 //! 1e-4, in f32; far tighter in f64.
 
 mod common;

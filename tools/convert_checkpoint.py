@@ -5,9 +5,9 @@ Input: a PyTorch pickle, either a training checkpoint (a dict whose
 ``model_state_dict`` holds the official parameter names, beside optimizer and
 scheduler state, e.g. ``MAE_768_0.5.pt``) or a bare state dict.
 
-Output (SPEC.md 10): a safetensors file of float32 tensors under the official
+Output (docs/MODEL.md 10): a safetensors file of float32 tensors under the official
 names (scalars stay 0-d), with metadata key ``config`` holding the model
-configuration JSON (every SPEC 9 key).
+configuration JSON (every MODEL.md §9 key).
 
 The configuration comes from ``--config model.json``, from ``--preset``, or is
 inferred from the tensor shapes.  Shapes do not fix the attention head counts,
@@ -290,7 +290,7 @@ def parse_args(argv=None):
     ap.add_argument("input", help="official checkpoint (.pt) or bare state dict")
     ap.add_argument("output", help="safetensors file to write")
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--config", help="model configuration JSON (SPEC 9 keys)")
+    src.add_argument("--config", help="model configuration JSON (MODEL.md §9 keys)")
     src.add_argument("--preset", choices=sorted(ref.PRESETS))
     ap.add_argument("--num-heads", type=int, help="encoder heads (default 8 when inferring)")
     ap.add_argument("--decoder-num-heads", type=int, help="decoder heads (default 8 when inferring)")

@@ -5,9 +5,9 @@ Writes under tests/fixtures/nifti/ (relative to the repository root):
 
 - small good files covering every datatype the reader supports, scaled and
   unscaled data, both byte orders, .nii / .nii.gz / .hdr+.img, the header
-  affine cases of SPEC.md section 2 (sform, qform, neither) and 4-D files;
+  affine cases of MODEL.md §2 (sform, qform, neither) and 4-D files;
 - expected.safetensors: for every good file, the values nibabel reads, after
-  the orientation rule of SPEC.md section 2, plus spacing and stored shape,
+  the orientation rule of MODEL.md §2, plus spacing and stored shape,
   and a JSON manifest in the metadata key "manifest";
 - bad files for the error tests, listed in bad.json.
 
@@ -197,7 +197,7 @@ def stored_bytes(hdr, data):
 
 
 # ----------------------------------------------------------------------------
-# The affine rule of SPEC.md section 2 (computed here from the header fields
+# The affine rule of MODEL.md §2 (computed here from the header fields
 # rather than with nibabel's get_best_affine, which takes any nonzero code and
 # falls back to a pixdim-based "base affine" instead of the identity).
 

@@ -2,7 +2,7 @@
 """PyTorch timings of a NEMESIS training step, to stand beside `nemesis bench step`.
 
 Times forward, backward and AdamW of the model in tools/torch_reference.py
-(the same SPEC presets) on random 0..1 superpatches with dual masks and
+(the same presets, MODEL.md §9) on random 0..1 superpatches with dual masks and
 noise, with PyTorch's fused attention path: eager fp32, autocast bf16, or
 torch.compile with autocast bf16. Prints the median of the timed steps after
 warm-up (synchronised on the GPU).

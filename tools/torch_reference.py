@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Independent PyTorch implementation of the NEMESIS model described in SPEC.md.
+"""Independent PyTorch implementation of the NEMESIS model described in docs/MODEL.md.
 
-This file is written from SPEC.md alone and shares no code with the Rust
+This file is written from docs/MODEL.md alone and shares no code with the Rust
 engine; the fixtures it writes under tests/fixtures/ are what the engine's
 model tests compare against.
 
@@ -30,7 +30,7 @@ import torch.nn as nn
 torch.set_default_dtype(torch.float64)
 
 # ---------------------------------------------------------------------------
-# Configuration (SPEC 9)
+# Configuration (MODEL.md §9)
 # ---------------------------------------------------------------------------
 
 DEFAULT_CONFIG = OrderedDict(
@@ -74,7 +74,7 @@ class ConfigError(ValueError):
 def make_config(overrides=None, preset=None):
     """Full configuration: defaults, then a preset, then explicit overrides.
 
-    Unknown keys are an error; missing keys take the default (SPEC 9)."""
+    Unknown keys are an error; missing keys take the default (MODEL.md §9)."""
     cfg = OrderedDict((k, list(v) if isinstance(v, list) else v) for k, v in DEFAULT_CONFIG.items())
     layers = []
     if preset is not None:
@@ -105,7 +105,7 @@ def validate_config(cfg):
     for key in ("depth", "decoder_depth"):
         if not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ConfigError(f"{key} must be a non-negative integer, got {cfg[key]!r}")
-    for key in ("plane_mask_ratio", "axis_mask_ratio"):  # the clamps of SPEC 4 cover 1
+    for key in ("plane_mask_ratio", "axis_mask_ratio"):  # the clamps of MODEL.md §4 cover 1
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v <= 1.0):
             raise ConfigError(f"{key} must be in [0, 1], got {v!r}")
@@ -143,7 +143,7 @@ def patch_dim(cfg):
 
 
 # ---------------------------------------------------------------------------
-# Positional table (SPEC 5.3)
+# Positional table (MODEL.md §5.3)
 # ---------------------------------------------------------------------------
 
 def sincos_row(p, m):
@@ -180,7 +180,7 @@ def check_positional_table():
 
 
 # ---------------------------------------------------------------------------
-# Patchify / unpatchify (SPEC 1)
+# Patchify / unpatchify (MODEL.md §1)
 # ---------------------------------------------------------------------------
 
 def patchify(x, patch_size):
@@ -228,7 +228,7 @@ def _attend(mha, x):
 
 
 class AdaptiveAggregation(nn.Module):
-    """SPEC 5.1: linear path, NEMESIS-token path and the sigmoid gate."""
+    """MODEL.md §5.1: linear path, NEMESIS-token path and the sigmoid gate."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -265,7 +265,7 @@ class AdaptiveAggregation(nn.Module):
 
 
 class MATB(nn.Module):
-    """SPEC 5.4, Masked Anatomical Transformer Block."""
+    """MODEL.md §5.4, Masked Anatomical Transformer Block."""
 
     def __init__(self, E, heads, F, dropout):
         super().__init__()
@@ -382,7 +382,7 @@ class NemesisMAE(nn.Module):
 
     def forward(self, x_noisy, ids_keep=None):
         """Returns (pred B×N×P, latent B×Nv×E)."""
-        # Kept quirk of the public release (SPEC 6): the decoder's scale is
+        # Kept quirk of the public release (MODEL.md §6): the decoder's scale is
         # overwritten with the encoder's before every forward pass.
         with torch.no_grad():
             self.decoder.pe_scale.copy_(self.encoder.pe_scale)
@@ -395,7 +395,7 @@ class NemesisMAE(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# Masking, loss, metrics (SPEC 4, 7)
+# Masking, loss, metrics (MODEL.md §4, 7)
 # ---------------------------------------------------------------------------
 
 def mask_counts(cfg):
@@ -497,7 +497,7 @@ def param_count(cfg):
 # ---------------------------------------------------------------------------
 
 def _naive_mha(mha, x):
-    """softmax(q kᵀ/√dh) v per head, written out from SPEC 5.2 (one sequence)."""
+    """softmax(q kᵀ/√dh) v per head, written out from MODEL.md §5.2 (one sequence)."""
     L, d = x.shape
     heads = mha.num_heads
     dh = d // heads
@@ -562,7 +562,7 @@ def self_test(verbose=True):
         assert shapes == dict(param_shapes(cfg)), f"{name}: module names/shapes differ from param_shapes"
         counted = sum(p.numel() for p in model.parameters())
         assert counted == analytic == expected, (name, counted, analytic, expected)
-        say(f"parameter count {name}: {counted:,} (SPEC 9: {expected:,}) ok")
+        say(f"parameter count {name}: {counted:,} (MODEL.md §9: {expected:,}) ok")
     cfg = make_config({"use_nemesis_tokens": False}, preset="tiny")
     with torch.device("meta"):
         model = NemesisMAE(cfg)
@@ -613,7 +613,7 @@ def self_test(verbose=True):
     assert mask_counts(make_config()) == (128, 64)
     say("dual mask sampling: ok")
 
-    # initialisation (SPEC 8)
+    # initialisation (MODEL.md §8)
     torch.manual_seed(0)
     cfg = make_config(preset="tiny")
     model = NemesisMAE(cfg)
@@ -785,7 +785,7 @@ def write_fixtures(out_dir):
 
 
 # ---------------------------------------------------------------------------
-# FLOPs (SPEC 13)
+# FLOPs (MODEL.md §13)
 # ---------------------------------------------------------------------------
 
 def count_flops(preset="paper"):
@@ -828,7 +828,7 @@ def main(argv=None):
     ap.add_argument("--out", help="write the fixtures into this folder")
     ap.add_argument("--self-test", action="store_true", help="PE check, parameter counts, small checks")
     ap.add_argument("--flops", action="store_true",
-                    help="training-forward FLOPs of the paper preset, one superpatch (SPEC 13)")
+                    help="training-forward FLOPs of the paper preset, one superpatch (MODEL.md §13)")
     args = ap.parse_args(argv)
     if not (args.out or args.self_test or args.flops):
         ap.print_help()

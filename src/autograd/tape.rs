@@ -146,7 +146,7 @@ impl Tape {
     /// A parameter leaf that takes its forward value from `value` while its
     /// gradient still goes to `id`. Only for the decoder's `pe_scale`, which
     /// the public release overwrites with the encoder's before each pass
-    /// (SPEC 6); the shape must match the parameter's.
+    /// (MODEL.md §6); the shape must match the parameter's.
     pub fn param_as(&self, store: &ParamStore, id: ParamId, value: Tensor) -> Result<Var> {
         let p = store.get(id);
         if p.value.shape() != value.shape() || p.value.dtype() != value.dtype() {

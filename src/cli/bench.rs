@@ -163,7 +163,7 @@ fn step(a: &StepArgs) -> Result<()> {
     if let Some(d) = &dev {
         store = store.to_device(d)?;
     }
-    // The recipe's optimizer (SPEC defaults).
+    // The recipe's optimizer (MODEL.md §11).
     let mut opt = AdamW::new(crate::train::TrainConfig::default().adamw(), &store);
     let [d, h, w] = c.superpatch_size;
     let mut x = vec![0.0f32; a.batch * d * h * w];
@@ -245,7 +245,7 @@ fn step(a: &StepArgs) -> Result<()> {
         None => String::new(),
     };
     println!(
-        "{}×{}×{} superpatches, batch {}, {}: median step {:.3} s (min {:.3}, max {:.3}), {:.2} superpatches/s, {:.1} GFLOP/s (SPEC 13 count){mfu}",
+        "{}×{}×{} superpatches, batch {}, {}: median step {:.3} s (min {:.3}, max {:.3}), {:.2} superpatches/s, {:.1} GFLOP/s (MODEL.md §13 count){mfu}",
         d,
         h,
         w,

@@ -1,5 +1,5 @@
 //! `nemesis bench kernels`: each kernel at the paper model's shapes on a
-//! device, beside its floors (ENGINEERING.md, "Performance method"): the
+//! device, beside its floors (docs/DESIGN.md, "Performance method"): the
 //! FLOPs over the bf16 matrix rate and the bytes over the memory bandwidth,
 //! both measured in the same run. The flash attention kernels are timed
 //! beside the plain ones they replace.
@@ -41,7 +41,7 @@ pub struct KernelArgs {
     pub quick: bool,
 }
 
-/// One attention use of the paper model (SPEC 5, batch 4).
+/// One attention use of the paper model (MODEL.md §5, batch 4).
 struct Shape {
     name: &'static str,
     layout: SeqLayout,

@@ -1,4 +1,4 @@
-//! `nemesis flops`: the FLOP accounting of SPEC 13, module by module.
+//! `nemesis flops`: the FLOP accounting of MODEL.md §13, module by module.
 
 use clap::Args;
 

@@ -1,4 +1,4 @@
-//! `nemesis init`: a freshly initialised checkpoint (SPEC 8).
+//! `nemesis init`: a freshly initialised checkpoint (MODEL.md §8).
 
 use std::path::PathBuf;
 

@@ -48,7 +48,7 @@ pub enum Command {
     Encode(encode::EncodeArgs),
     /// Reconstruct masked superpatches with a checkpoint; optionally a picture.
     Reconstruct(reconstruct::ReconstructArgs),
-    /// Count the FLOPs of a configuration, module by module (SPEC 13).
+    /// Count the FLOPs of a configuration, module by module (MODEL.md §13).
     Flops(flops::FlopsArgs),
     /// Convert a NIfTI dataset into a memory-mapped training cache.
     Prepare(prepare::PrepareArgs),

@@ -10,7 +10,7 @@ use crate::model::ModelConfig;
 #[derive(Args, Debug, Clone)]
 #[group(required = true, multiple = false)]
 pub struct ModelSource {
-    /// A model configuration JSON (SPEC 9 keys; missing keys take the paper default).
+    /// A model configuration JSON (MODEL.md §9 keys; missing keys take the paper default).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A preset: paper, small or tiny.

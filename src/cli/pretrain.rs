@@ -1,4 +1,4 @@
-//! `nemesis pretrain`: the recipe of SPEC 11 from the command line.
+//! `nemesis pretrain`: the recipe of MODEL.md §11 from the command line.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `nemesis probe`: the organ-presence linear probe of SPEC 12.
+//! `nemesis probe`: the organ-presence linear probe of MODEL.md §12.
 
 use std::path::{Path, PathBuf};
 

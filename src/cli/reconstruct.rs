@@ -26,7 +26,7 @@ pub struct ReconstructArgs {
     /// Seed of the sampled dual mask (and of the noise).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Standard deviation of Gaussian noise added to the encoder's input (SPEC 3).
+    /// Standard deviation of Gaussian noise added to the encoder's input (MODEL.md §3).
     #[arg(long, value_name = "σ", default_value_t = 0.0)]
     pub noise_std: f64,
     /// Picture of the middle axial slice of the first superpatch: input,

@@ -41,7 +41,7 @@ fn parse_size(s: &str) -> std::result::Result<[usize; 3], String> {
     }
 }
 
-/// BTCV organ names by label value (SPEC 12).
+/// BTCV organ names by label value (MODEL.md §12).
 pub const ORGANS: [(u8, &str); 8] = [
     (8, "aorta"),
     (4, "gallbladder"),

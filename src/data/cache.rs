@@ -3,7 +3,7 @@
 //!
 //! Layout: `NMSCACHE` (8 bytes), format version (u32 LE), header length
 //! (u32 LE), a JSON header, zero padding up to `data_offset` (a multiple of
-//! 64), the HU volume as i16 LE (`D × H × W`, after SPEC 2's orientation), then
+//! 64), the HU volume as i16 LE (`D × H × W`, after MODEL.md §2's orientation), then
 //! the label map as u8 when there is one.
 
 use std::fs::File;

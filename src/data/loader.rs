@@ -4,7 +4,7 @@
 //! What batch `(epoch, index)` holds is a pure function of the plan and that
 //! position: the epoch's shuffled volume order, then `crops_per_volume`
 //! consecutive crops of each volume, `batch` samples per batch, the last
-//! partial batch dropped (SPEC 11). So a resumed run that restarts the loader
+//! partial batch dropped (MODEL.md §11). So a resumed run that restarts the loader
 //! at its saved position sees exactly the batches it would have seen.
 
 use std::collections::BTreeMap;

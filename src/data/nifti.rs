@@ -1,5 +1,5 @@
 //! Reading NIfTI-1 CT volumes (.nii, .nii.gz, .hdr/.img) into Hounsfield
-//! units in the orientation of SPEC 2.
+//! units in the orientation of MODEL.md §2.
 
 use std::path::{Path, PathBuf};
 
@@ -113,7 +113,7 @@ fn affine_of(h: &NiftiHeader) -> (AffineSource, [[f64; 4]; 3]) {
     }
 }
 
-/// SPEC 2: the stored axis whose direction is closest to superior–inferior
+/// MODEL.md §2: the stored axis whose direction is closest to superior–inferior
 /// (world axis 2) becomes D; the other two keep their order as H, W.
 fn orientation(affine: &[[f64; 4]; 3]) -> [usize; 3] {
     let si = |j: usize| {

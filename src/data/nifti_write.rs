@@ -18,7 +18,7 @@ pub enum VoxelData<'a> {
 
 /// Writes a `D × H × W` volume (row-major, W fastest) stored the usual CT way:
 /// stored axes (H, W, D), so the third stored axis is superior–inferior and
-/// reading it back with SPEC 2's rule gives the same `D × H × W` array. The
+/// reading it back with MODEL.md §2's rule gives the same `D × H × W` array. The
 /// sform is diagonal with the spacing (mm, given in D, H, W order).
 pub fn write_volume(path: &Path, shape: [usize; 3], spacing: [f32; 3], data: VoxelData) -> Result<()> {
     let [d, h, w] = shape;

@@ -1,4 +1,4 @@
-//! Random superpatch crops (SPEC 11): HU window to [0, 1], zero padding at
+//! Random superpatch crops (MODEL.md §11): HU window to [0, 1], zero padding at
 //! the far ends of a small volume, and the air rule.
 
 use crate::rng::RngStream;
@@ -23,7 +23,7 @@ impl Voxel for f32 {
 pub const HU_LOW: f32 = -175.0;
 pub const HU_HIGH: f32 = 250.0;
 
-/// SPEC 2: `(clip(v, −175, 250) + 175) / 425`.
+/// MODEL.md §2: `(clip(v, −175, 250) + 175) / 425`.
 pub fn hu_window(hu: f32) -> f32 {
     (hu.clamp(HU_LOW, HU_HIGH) - HU_LOW) / (HU_HIGH - HU_LOW)
 }

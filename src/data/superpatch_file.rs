@@ -1,6 +1,6 @@
 //! Superpatches for `encode` and `reconstruct`: a safetensors file with
 //! tensor `image` (f32, `B × C × D × H × W`, values already in [0, 1]), or a
-//! NIfTI volume in HU, windowed (SPEC 2) and cut into tiles (SPEC 12).
+//! NIfTI volume in HU, windowed (MODEL.md §2) and cut into tiles (MODEL.md §12).
 
 use std::path::Path;
 

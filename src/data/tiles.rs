@@ -1,4 +1,4 @@
-//! Non-overlapping superpatch tiles of a whole volume (SPEC 12), zero-padded
+//! Non-overlapping superpatch tiles of a whole volume (MODEL.md §12), zero-padded
 //! at the far ends, in (z, y, x) tile order.
 
 use rayon::prelude::*;

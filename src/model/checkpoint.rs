@@ -1,4 +1,4 @@
-//! Weights checkpoints (SPEC 10): safetensors, official names, f32, the
+//! Weights checkpoints (MODEL.md §10): safetensors, official names, f32, the
 //! configuration JSON in metadata key `config`.
 
 use std::collections::{BTreeMap, HashMap};

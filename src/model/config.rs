@@ -1,4 +1,4 @@
-//! The model configuration of SPEC 9: JSON keys, defaults, presets, and the
+//! The model configuration of MODEL.md §9: JSON keys, defaults, presets, and the
 //! shapes that follow from them.
 
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,7 @@ impl ModelConfig {
                 ));
             }
         }
-        // A mask ratio of 1 is allowed: SPEC 4's clamps still keep one token.
+        // A mask ratio of 1 is allowed: MODEL.md §4's clamps still keep one token.
         for (name, r) in [
             ("plane_mask_ratio", self.plane_mask_ratio),
             ("axis_mask_ratio", self.axis_mask_ratio),
@@ -202,13 +202,13 @@ impl ModelConfig {
         self.embed_dim / self.num_nemesis_tokens.max(1)
     }
 
-    /// Visible in-plane positions per item, `s_v` (SPEC 4).
+    /// Visible in-plane positions per item, `s_v` (MODEL.md §4).
     pub fn plane_visible(&self) -> usize {
         let s = self.plane_tokens();
         ((s as f64 * (1.0 - self.plane_mask_ratio)).floor() as usize).clamp(1, s.max(1))
     }
 
-    /// Visible tokens per depth slice, `a_v` (SPEC 4).
+    /// Visible tokens per depth slice, `a_v` (MODEL.md §4).
     pub fn axis_visible(&self) -> usize {
         let sv = self.plane_visible();
         ((sv as f64 * (1.0 - self.axis_mask_ratio)).floor() as usize).clamp(1, sv)

@@ -1,4 +1,4 @@
-//! FLOP accounting (SPEC 13): 2 FLOPs per multiply-add of every matrix
+//! FLOP accounting (MODEL.md §13): 2 FLOPs per multiply-add of every matrix
 //! product, attention (`q·kᵀ`, `p·v`) and the patch-embedding attention
 //! included, for one superpatch.
 

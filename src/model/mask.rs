@@ -1,4 +1,4 @@
-//! Dual (plane + axis) masking, SPEC 4.
+//! Dual (plane + axis) masking, MODEL.md §4.
 
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ fn smallest_k(n: usize, k: usize, key: impl Fn(usize) -> u32) -> Vec<usize> {
 }
 
 impl DualMask {
-    /// Samples a mask per SPEC 4: per item, `s_v` in-plane positions uniformly
+    /// Samples a mask per MODEL.md §4: per item, `s_v` in-plane positions uniformly
     /// without replacement, then per slice `a_v` of those. The draws for item
     /// `b` are values `b·S·(1 + Dp) ..` of `rng` (first the plane keys, then
     /// `S` keys per slice), so each item's mask depends only on `rng` and `b`.

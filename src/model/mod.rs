@@ -1,4 +1,4 @@
-//! The NEMESIS model (SPEC 1, 4–10, 13): configuration, parameters and their
+//! The NEMESIS model (MODEL.md §1, 4–10, 13): configuration, parameters and their
 //! initialisation, positional table, dual masking, noise, the masked
 //! autoencoder on the tape, checkpoints and FLOP accounting.
 

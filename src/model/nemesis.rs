@@ -1,4 +1,4 @@
-//! The NEMESIS masked autoencoder (SPEC 5–7), written once against the tape.
+//! The NEMESIS masked autoencoder (MODEL.md §5–7), written once against the tape.
 
 use std::cell::Cell;
 
@@ -53,17 +53,17 @@ impl Dropout {
 pub struct MaeOutput {
     /// Reconstructed patches, `B × N × P`.
     pub pred: Var,
-    /// The masked loss of SPEC 7 (0-d).
+    /// The masked loss of MODEL.md §7 (0-d).
     pub loss: Var,
     /// Encoder output after `encoder.norm`, `B × Nv × E`.
     pub latent: Var,
     /// Σ (pred − target)² over the whole reconstruction (0-d, where the
-    /// model runs: on a device it stays there until read), for SPEC 7's PSNR.
+    /// model runs: on a device it stays there until read), for MODEL.md §7's PSNR.
     pub sse: Tensor,
 }
 
 impl MaeOutput {
-    /// SPEC 7's PSNR of the whole reconstruction against the clean target
+    /// MODEL.md §7's PSNR of the whole reconstruction against the clean target
     /// (reads the error back from a device).
     pub fn psnr(&self) -> Result<f64> {
         crate::ops::psnr_from_sse(self.sse.scalar_value()?, self.pred.value().numel())
@@ -258,7 +258,7 @@ impl Nemesis {
         tape.linear(&heads_out, &w_out, Some(&b_out))
     }
 
-    /// SPEC 5.4 on `x + f` (`B·T·L × E` rows of a `B × T × L` grid; `f`
+    /// MODEL.md §5.4 on `x + f` (`B·T·L × E` rows of a `B × T × L` grid; `f`
     /// the previous block's unadded FFN output, or none). Returns the
     /// block's output as `(x', f')`, its sum `x' + f'` left to the next
     /// layer norm, which adds it in the same pass (`add_layer_norm`).
@@ -286,7 +286,7 @@ impl Nemesis {
         let both = if self.on_device(store) {
             self.matb_attention_fused(tape, store, prefix, &h, grid, heads, dropout)?
         } else {
-            // The CPU reference: the two streams as written in SPEC 5.4.
+            // The CPU reference: the two streams as written in MODEL.md §5.4.
             let os = self.mha(
                 tape,
                 store,
@@ -356,7 +356,7 @@ impl Nemesis {
         }
     }
 
-    /// SPEC 5.1: visible patch vectors `B × Nv × P` → `H0`, `B × Nv × E`.
+    /// MODEL.md §5.1: visible patch vectors `B × Nv × P` → `H0`, `B × Nv × E`.
     fn patch_embed(&self, tape: &Tape, store: &ParamStore, x: &Var, dropout: Option<&Dropout>) -> Result<Var> {
         let c = &self.config;
         if !c.use_nemesis_tokens {
@@ -441,7 +441,7 @@ impl Nemesis {
         tape.reshape(&x, [b, nv, e])
     }
 
-    /// SPEC 6: latent `B × Nv × E` → predicted patches `B × N × P`.
+    /// MODEL.md §6: latent `B × Nv × E` → predicted patches `B × N × P`.
     fn decoder(
         &self,
         tape: &Tape,
@@ -454,7 +454,7 @@ impl Nemesis {
         let (b, n, e, p) = (mask.batch(), c.num_tokens(), c.embed_dim, c.patch_dim());
         let dtype = latent.value().dtype();
         let fill = tape.reshape(&self.p(tape, store, "decoder.mask_token")?, [e])?;
-        // The decoder's scale takes the encoder's value (kept quirk, SPEC 6).
+        // The decoder's scale takes the encoder's value (kept quirk, MODEL.md §6).
         let enc_scale = param_value(store, "encoder.pe_scale")?;
         let dec_id = store
             .id("decoder.pe_scale")
@@ -489,7 +489,7 @@ impl Nemesis {
         Ok(dtype)
     }
 
-    /// The training forward pass (SPEC 4–7): the encoder sees the visible
+    /// The training forward pass (MODEL.md §4–7): the encoder sees the visible
     /// tokens of `noisy`, the decoder reconstructs every token, the loss is
     /// taken against `clean` on the masked tokens. `dropout` is `None` at
     /// inference and in the fixtures.

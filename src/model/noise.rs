@@ -1,4 +1,4 @@
-//! Noise injection (SPEC 3): `X̃ = X + σ·ε`, ε standard normal per voxel, no clipping.
+//! Noise injection (MODEL.md §3): `X̃ = X + σ·ε`, ε standard normal per voxel, no clipping.
 
 use crate::error::Result;
 use crate::rng::RngStream;

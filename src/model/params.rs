@@ -1,5 +1,5 @@
-//! The official parameter names and shapes (SPEC 5, 6) and their
-//! PyTorch-default initialisation (SPEC 8).
+//! The official parameter names and shapes (MODEL.md §5, 6) and their
+//! PyTorch-default initialisation (MODEL.md §8).
 
 use super::config::ModelConfig;
 use crate::autograd::ParamStore;
@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{DType, Tensor};
 
-/// How a parameter starts (SPEC 8).
+/// How a parameter starts (MODEL.md §8).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// `U(−b, b)`.
@@ -41,7 +41,7 @@ fn layer_norm(out: &mut Vec<ParamSpec>, prefix: &str, dim: usize) {
     spec(out, format!("{prefix}.bias"), vec![dim], Init::Constant(0.0));
 }
 
-/// `nn.MultiheadAttention(e)` (SPEC 5.2).
+/// `nn.MultiheadAttention(e)` (MODEL.md §5.2).
 fn mha(out: &mut Vec<ParamSpec>, prefix: &str, e: usize) {
     let xavier = (6.0 / (e + 3 * e) as f64).sqrt();
     spec(

@@ -1,4 +1,4 @@
-//! Patchify and unpatchify (SPEC 1): `B×C×D×H×W` ↔ `B×N×P`, token
+//! Patchify and unpatchify (MODEL.md §1): `B×C×D×H×W` ↔ `B×N×P`, token
 //! `n = (dp·Hp + hp)·Wp + wp`, patch values in `[kd][kh][kw][c]` order.
 
 use rayon::prelude::*;

@@ -1,4 +1,4 @@
-//! The fixed 3D sinusoidal positional table of SPEC 5.3.
+//! The fixed 3D sinusoidal positional table of MODEL.md §5.3.
 
 use super::config::ModelConfig;
 

@@ -22,7 +22,7 @@ impl Tape {
     /// Multi-head attention core over the output of a fused QKV projection
     /// (`[.., 3E]`, rows grouped into sequences by `opts.layout`); returns
     /// `[.., E]` with heads concatenated, in the input's row order. The MHA of
-    /// SPEC 5.2 is `linear(in_proj)` → this → `linear(out_proj)`.
+    /// MODEL.md §5.2 is `linear(in_proj)` → this → `linear(out_proj)`.
     pub fn attention(&self, qkv: &Var, opts: &AttentionOptions) -> Result<Var> {
         const OP: &str = "attention";
         let s = qkv.shape();
@@ -99,7 +99,7 @@ impl Tape {
     }
 }
 
-/// The four tensors of a PyTorch `nn.MultiheadAttention` (SPEC 5.2).
+/// The four tensors of a PyTorch `nn.MultiheadAttention` (MODEL.md §5.2).
 #[derive(Clone, Copy, Debug)]
 pub struct MhaParams<'a> {
     /// `3E × E`, rows `[Wq; Wk; Wv]`.

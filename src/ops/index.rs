@@ -135,7 +135,7 @@ impl Tape {
         ))
     }
 
-    /// The decoder's input (SPEC 6): `scatter_rows(x, idx, n_dst, fill)`
+    /// The decoder's input (MODEL.md §6): `scatter_rows(x, idx, n_dst, fill)`
     /// plus `s · pe` on every item, `pe` an `n_dst × E` constant and `s` a
     /// one-element scale. On a device it is one fused kernel
     /// (`scatter_mask_pe`); on the CPU the composition of the three ops.

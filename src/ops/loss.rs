@@ -22,7 +22,7 @@ fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
 }
 
 impl Tape {
-    /// SPEC 7: per-token MSE over the last dimension of `pred` (`B × N × P`)
+    /// MODEL.md §7: per-token MSE over the last dimension of `pred` (`B × N × P`)
     /// against `target`, averaged over the tokens where `mask` (`B × N`, 1 =
     /// masked) is set, or over all tokens when none is. A 0-d result.
     pub fn masked_mse(&self, pred: &Var, target: &Var, mask: &Tensor) -> Result<Var> {
@@ -109,7 +109,7 @@ impl Tape {
     }
 }
 
-/// SPEC 7's PSNR over every value of the batch, `−10·log10(MSE + 1e−8)`.
+/// MODEL.md §7's PSNR over every value of the batch, `−10·log10(MSE + 1e−8)`.
 pub fn psnr(pred: &Tensor, target: &Tensor) -> Result<f64> {
     check_pair("psnr", pred, target)?;
     psnr_from_sse(sum_sq_err(pred, target)?.scalar_value()?, pred.numel())
@@ -126,7 +126,7 @@ pub fn sum_sq_err(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok(Tensor::scalar(sse, crate::tensor::DType::F64))
 }
 
-/// SPEC 7's PSNR from a sum of squared errors over `values` values.
+/// MODEL.md §7's PSNR from a sum of squared errors over `values` values.
 pub fn psnr_from_sse(sse: f64, values: usize) -> Result<f64> {
     if values == 0 {
         return Err(Error::invalid("psnr", "no values"));

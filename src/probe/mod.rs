@@ -1,4 +1,4 @@
-//! The linear probe of SPEC 12: organ presence per superpatch tile from a
+//! The linear probe of MODEL.md §12: organ presence per superpatch tile from a
 //! frozen (or fine-tuned) encoder — mean-pooled features → LayerNorm →
 //! Linear(E → 8) → BCE — with AUROC and F1 per organ, a report, ROC curves
 //! and the validation predictions.
@@ -26,7 +26,7 @@ use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::Tensor;
 use crate::train::{clip_factor, grad_norm, AdamW, AdamWConfig};
 
-/// Settings of one probe run (defaults: SPEC 12's recipe).
+/// Settings of one probe run (defaults: MODEL.md §12's recipe).
 #[derive(Clone)]
 pub struct ProbeOptions {
     pub index: DatasetIndex,
@@ -428,7 +428,7 @@ pub fn run(o: &ProbeOptions, config: ModelConfig, encoder: ParamStore) -> Result
     let mut evals: Vec<Evaluation> = Vec::new();
     let train_start = Instant::now();
     for epoch in 0..o.epochs {
-        // Cosine annealing per epoch from lr to 1e-6 (SPEC 12).
+        // Cosine annealing per epoch from lr to 1e-6 (MODEL.md §12).
         let lr = 1e-6 + (o.lr - 1e-6) * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / o.epochs as f64).cos());
         let rng = RngStream::new(o.seed, stream_id(Purpose::Shuffle, epoch as u64, 0xF8));
         let order = shuffled(n_train, rng);

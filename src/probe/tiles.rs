@@ -1,4 +1,4 @@
-//! Labelled tiles (SPEC 12): a volume cut into non-overlapping superpatch
+//! Labelled tiles (MODEL.md §12): a volume cut into non-overlapping superpatch
 //! tiles (the tiling of `nemesis encode`), and per tile the presence of each
 //! of the eight organs (more than 100 voxels of its label).
 

@@ -1,5 +1,5 @@
 //! The run configuration: the model (a preset or explicit keys) and the
-//! recipe of SPEC 11. Read from JSON or TOML; flags override; the effective
+//! recipe of MODEL.md §11. Read from JSON or TOML; flags override; the effective
 //! configuration is printed and saved with the run.
 
 use std::path::Path;
@@ -23,7 +23,7 @@ pub struct TrainConfig {
     pub clip: f64,
     pub batch: usize,
     pub accum: usize,
-    /// Epochs of one crop per training volume (SPEC 11); ignored when `steps` is set.
+    /// Epochs of one crop per training volume (MODEL.md §11); ignored when `steps` is set.
     pub epochs: u64,
     pub steps: Option<u64>,
     pub warmup_epochs: f64,

@@ -1,4 +1,4 @@
-//! Pretraining (SPEC 11): AdamW, the learning-rate schedule, the run
+//! Pretraining (MODEL.md §11): AdamW, the learning-rate schedule, the run
 //! configuration, checkpoints with training state, pictures, the loop.
 
 mod adamw;

@@ -1,4 +1,4 @@
-//! Learning-rate schedules, per optimizer step (SPEC 11).
+//! Learning-rate schedules, per optimizer step (MODEL.md §11).
 
 use serde::{Deserialize, Serialize};
 

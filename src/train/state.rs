@@ -1,4 +1,4 @@
-//! Checkpoints of a run: weights (SPEC 10) and, beside them, the training
+//! Checkpoints of a run: weights (MODEL.md §10) and, beside them, the training
 //! state a resumed run needs to continue exactly.
 
 use std::collections::{BTreeMap, HashMap};

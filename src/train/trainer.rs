@@ -1,4 +1,4 @@
-//! The pretraining loop (SPEC 11) over a prepared cache.
+//! The pretraining loop (MODEL.md §11) over a prepared cache.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};

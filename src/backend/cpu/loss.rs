@@ -1,4 +1,4 @@
-//! The masked per-token MSE of SPEC 7 and the PSNR metric.
+//! The masked per-token MSE of MODEL.md §7 and the PSNR metric.
 
 use rayon::prelude::*;
 

@@ -27,7 +27,7 @@ use crate::rng::RngStream;
 use rayon::prelude::*;
 use std::fmt;
 
-/// BTCV label values (SPEC); 0 is background.
+/// BTCV label values (MODEL.md §12); 0 is background.
 pub const LABEL_SPLEEN: u8 = 1;
 pub const LABEL_RIGHT_KIDNEY: u8 = 2;
 pub const LABEL_LEFT_KIDNEY: u8 = 3;
