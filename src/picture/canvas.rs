@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{font, PictureError, Result};
+use super::{PictureError, Result};
 
 /// Refuses canvases above 2^28 pixels (768 MiB of RGB): anything that large
 /// is a caller bug (a swapped dimension, a runaway scale), and failing with a
@@ -73,6 +73,11 @@ impl Canvas {
         &self.pixels
     }
 
+    /// The raw RGB8 bytes, to draw into.
+    pub fn pixels_mut(&mut self) -> &mut [u8] {
+        &mut self.pixels
+    }
+
     pub fn into_pixels(self) -> Vec<u8> {
         self.pixels
     }
@@ -126,48 +131,6 @@ impl Canvas {
         self.fill_rect(x, bottom, w, 1, color);
         self.fill_rect(x, y, 1, h, color);
         self.fill_rect(right, y, 1, h, color);
-    }
-
-    /// A one-pixel line from (`x0`, `y0`) to (`x1`, `y1`), both ends included,
-    /// in any direction; the part outside the canvas is not drawn.
-    pub fn draw_line(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb) {
-        if self.width == 0 || self.height == 0 {
-            return;
-        }
-        // Clip first so that a segment with far-away ends costs only the
-        // pixels that are visible, not one step per off-canvas pixel.
-        let bounds = (0.0, 0.0, (self.width - 1) as f64, (self.height - 1) as f64);
-        let Some(((ax, ay), (bx, by))) = clip_segment((x0 as f64, y0 as f64), (x1 as f64, y1 as f64), bounds) else {
-            return;
-        };
-        let (mut x, mut y) = (ax.round() as i64, ay.round() as i64);
-        let (xe, ye) = (bx.round() as i64, by.round() as i64);
-        let dx = (xe - x).abs();
-        let dy = -(ye - y).abs();
-        let sx = if x < xe { 1 } else { -1 };
-        let sy = if y < ye { 1 } else { -1 };
-        // Bresenham with the error term covering all octants at once.
-        let mut err = dx + dy;
-        loop {
-            self.set_pixel(x, y, color);
-            if x == xe && y == ye {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// Draws one line of text with its top-left corner at (`x`, `y`); see [`font`].
-    pub fn draw_text(&mut self, x: i64, y: i64, text: &str, scale: usize, color: Rgb) {
-        font::draw_text(self, x, y, text, scale, color);
     }
 
     /// The canvas as PNG file bytes (8-bit RGB).
@@ -246,56 +209,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Liang–Barsky: the part of the segment `a`–`b` inside the closed rectangle
-/// `(x_min, y_min, x_max, y_max)`, or `None` if no part is inside. Ends that
-/// are already inside come back unchanged.
-pub(super) fn clip_segment(
-    a: (f64, f64),
-    b: (f64, f64),
-    (x_min, y_min, x_max, y_max): (f64, f64, f64, f64),
-) -> Option<((f64, f64), (f64, f64))> {
-    let usable = [a.0, a.1, b.0, b.1].iter().all(|v| v.is_finite()) && x_min <= x_max && y_min <= y_max;
-    if !usable {
-        return None;
-    }
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let mut t0 = 0.0_f64;
-    let mut t1 = 1.0_f64;
-    for (p, q) in [
-        (-dx, a.0 - x_min),
-        (dx, x_max - a.0),
-        (-dy, a.1 - y_min),
-        (dy, y_max - a.1),
-    ] {
-        if p == 0.0 {
-            if q < 0.0 {
-                return None;
-            }
-        } else {
-            let r = q / p;
-            if p < 0.0 {
-                t0 = t0.max(r);
-            } else {
-                t1 = t1.min(r);
-            }
-        }
-    }
-    if t0 > t1 {
-        return None;
-    }
-    let at = |t: f64| {
-        if t == 0.0 {
-            a
-        } else if t == 1.0 {
-            b
-        } else {
-            // Rounding can land a hair outside; callers rely on the bounds.
-            ((a.0 + t * dx).clamp(x_min, x_max), (a.1 + t * dy).clamp(y_min, y_max))
-        }
-    };
-    Some((at(t0), at(t1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,36 +254,11 @@ mod tests {
     }
 
     #[test]
-    fn lines_cover_both_ends_in_every_direction() {
-        for &(x0, y0, x1, y1) in &[(1, 1, 8, 3), (8, 3, 1, 1), (2, 9, 4, 0), (5, 5, 5, 5), (0, 4, 9, 4)] {
-            let mut c = Canvas::new(10, 10, Rgb::WHITE).unwrap();
-            c.draw_line(x0, y0, x1, y1, Rgb::BLACK);
-            let px = ink(&c, Rgb::BLACK);
-            assert!(px.contains(&(x0 as usize, y0 as usize)));
-            assert!(px.contains(&(x1 as usize, y1 as usize)));
-            // One pixel per step along the major axis: a 1-px line.
-            let major = (x1 - x0).abs().max((y1 - y0).abs()) as usize + 1;
-            assert_eq!(px.len(), major, "line {x0},{y0} -> {x1},{y1}");
-        }
-    }
-
-    #[test]
-    fn lines_far_outside_are_clipped_cheaply() {
-        let mut c = Canvas::new(10, 10, Rgb::WHITE).unwrap();
-        c.draw_line(-1_000_000_000_000, 5, 1_000_000_000_000, 5, Rgb::BLACK);
-        assert_eq!(ink(&c, Rgb::BLACK).len(), 10);
-        c.draw_line(-50, -50, -10, 40, Rgb::RED);
-        assert!(ink(&c, Rgb::RED).is_empty());
-        c.draw_line(i64::MIN, i64::MIN, i64::MAX, i64::MAX, Rgb::RED);
-        assert!(!ink(&c, Rgb::RED).is_empty());
-    }
-
-    #[test]
     fn png_round_trip_keeps_size_and_pixels() {
         let mut c = Canvas::new(7, 5, Rgb(10, 20, 30)).unwrap();
         c.set_pixel(0, 0, Rgb::RED);
         c.set_pixel(6, 4, Rgb(1, 2, 3));
-        c.draw_line(0, 4, 6, 0, Rgb::WHITE);
+        c.fill_rect(2, 1, 3, 2, Rgb::WHITE);
 
         let dir = std::env::temp_dir().join(format!("picture-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
@@ -403,17 +291,5 @@ mod tests {
             other => panic!("expected an io error, got {other:?}"),
         }
         assert!(c.save_png("/").is_err());
-    }
-
-    #[test]
-    fn clip_segment_keeps_inside_ends_exactly() {
-        let r = (0.0, 0.0, 9.0, 9.0);
-        assert_eq!(clip_segment((1.0, 2.0), (3.0, 4.0), r), Some(((1.0, 2.0), (3.0, 4.0))));
-        assert_eq!(
-            clip_segment((-5.0, 5.0), (20.0, 5.0), r),
-            Some(((0.0, 5.0), (9.0, 5.0)))
-        );
-        assert_eq!(clip_segment((-5.0, -5.0), (-1.0, 20.0), r), None);
-        assert_eq!(clip_segment((f64::NAN, 0.0), (1.0, 1.0), r), None);
     }
 }

@@ -1,23 +1,22 @@
-//! Pictures for humans: reconstruction panels and training curves, written as PNG.
-//!
-//! Everything is drawn by hand onto an RGB8 [`Canvas`] with a built-in bitmap
-//! font, so the engine needs no font files, no system libraries and no crate
-//! beyond `png` to produce readable figures on a headless training machine.
+//! Pictures for humans: reconstruction panels (ours) and line charts
+//! (training curves, ROC curves, through plotters), drawn into an RGB8
+//! [`Canvas`] and written as PNG atomically. Text uses the font shipped in
+//! fonts/, so a headless training machine needs no system fonts.
 //!
 //! The module reports failures through its own [`PictureError`] so that it
 //! stays independent of the rest of the engine; callers map it into theirs.
 
 mod canvas;
-pub mod font;
 mod panels;
 mod plot;
+pub mod text;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use canvas::{Canvas, Rgb};
 pub use panels::{grayscale_panels, Colormap, Panel};
-pub use plot::{line_plot, nice_ticks, Axis, PlotSpec, Series, PALETTE};
+pub use plot::{line_plot, Axis, PlotSpec, Series, PALETTE};
 
 /// Why a picture could not be made or written.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Side-by-side image panels: input, masked input, reconstruction, error.
 
 use super::canvas::{Canvas, Rgb};
-use super::{font, PictureError, Result};
+use super::{text, PictureError, Result};
 
 /// Dark grey rather than black, so that the black air around a CT slice
 /// still shows where the panel ends.
@@ -9,7 +9,8 @@ const BACKGROUND: Rgb = Rgb(40, 40, 44);
 const TITLE_COLOR: Rgb = Rgb(235, 235, 235);
 const FRAME_COLOR: Rgb = Rgb(120, 120, 128);
 const MARGIN: usize = 16;
-const TITLE_SCALE: usize = 2;
+/// Title size in pixels.
+const TITLE_PX: u32 = 16;
 const TITLE_GAP: usize = 6;
 
 /// How values become colours.
@@ -146,7 +147,7 @@ pub fn grayscale_panels(panels: &[Panel], scale: usize) -> Result<Canvas> {
     for p in panels {
         let image_w = p.width.checked_mul(scale).ok_or_else(too_big)?;
         let image_h = p.height.checked_mul(scale).ok_or_else(too_big)?;
-        let title_w = font::text_width(&p.title, TITLE_SCALE);
+        let title_w = text::text_width(&p.title, TITLE_PX)?;
         // A title wider than its picture widens the column instead of
         // running into the neighbour.
         let column_w = image_w.max(title_w);
@@ -160,13 +161,20 @@ pub fn grayscale_panels(panels: &[Panel], scale: usize) -> Result<Canvas> {
             .and_then(|v| v.checked_add(MARGIN))
             .ok_or_else(too_big)?;
     }
-    let title_h = font::text_height(TITLE_SCALE);
+    let title_h = TITLE_PX as usize + 4;
     let image_y = MARGIN + title_h + TITLE_GAP;
     let height = max_image_h.checked_add(image_y + MARGIN).ok_or_else(too_big)?;
     let mut canvas = Canvas::new(x, height, BACKGROUND)?;
 
     for (p, at) in panels.iter().zip(&placements) {
-        canvas.draw_text(at.title_x as i64, MARGIN as i64, &p.title, TITLE_SCALE, TITLE_COLOR);
+        text::draw_text(
+            &mut canvas,
+            at.title_x as i64,
+            MARGIN as i64,
+            &p.title,
+            TITLE_PX,
+            TITLE_COLOR,
+        )?;
         let s = scale as i64;
         let (x0, y0) = (at.image_x as i64, image_y as i64);
         // The frame sits just outside the picture so no value pixel is hidden.
@@ -224,17 +232,20 @@ mod tests {
         let a = Panel::new("A", 4, 3, vec![0.0; 12], (0.0, 1.0));
         let b = Panel::new("B", 5, 2, vec![0.5; 10], (0.0, 1.0)).with_colormap(Colormap::Heat);
         let c = grayscale_panels(&[a.clone(), b], 3).unwrap();
-        let title_h = font::text_height(TITLE_SCALE);
+        let title_h = TITLE_PX as usize + 4;
         assert_eq!(c.width(), MARGIN + 12 + MARGIN + 15 + MARGIN);
         assert_eq!(c.height(), MARGIN + title_h + TITLE_GAP + 9 + MARGIN);
 
         // A long title widens its column.
         let long = Panel::new("A LONG TITLE", 4, 3, vec![0.0; 12], (0.0, 1.0));
         let c = grayscale_panels(&[long], 1).unwrap();
-        assert_eq!(c.width(), 2 * MARGIN + font::text_width("A LONG TITLE", TITLE_SCALE));
+        assert_eq!(
+            c.width(),
+            2 * MARGIN + text::text_width("A LONG TITLE", TITLE_PX).unwrap()
+        );
 
         let c = grayscale_panels(&[a], 1).unwrap();
-        let column = 4.max(font::text_width("A", TITLE_SCALE));
+        let column = 4.max(text::text_width("A", TITLE_PX).unwrap());
         assert_eq!(
             (c.width(), c.height()),
             (2 * MARGIN + column, MARGIN + title_h + TITLE_GAP + 3 + MARGIN)
@@ -245,7 +256,7 @@ mod tests {
     fn pixels_are_mapped_upscaled_and_nan_is_red() {
         let p = Panel::new("", 2, 2, vec![0.0, 1.0, f32::NAN, 2.0], (0.0, 1.0));
         let c = grayscale_panels(&[p], 2).unwrap();
-        let (x0, y0) = (MARGIN, MARGIN + font::text_height(TITLE_SCALE) + TITLE_GAP);
+        let (x0, y0) = (MARGIN, MARGIN + TITLE_PX as usize + 4 + TITLE_GAP);
         for dy in 0..2 {
             for dx in 0..2 {
                 assert_eq!(c.pixel(x0 + dx, y0 + dy), Some(Rgb::BLACK));
