@@ -2,8 +2,8 @@ use std::collections::HashMap;
 
 use crate::backend::cpu::elementwise;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub(crate) usize);

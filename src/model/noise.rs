@@ -2,8 +2,8 @@
 
 use crate::error::Result;
 use crate::rng::RngStream;
+use crate::tensor::with_dtype;
 use crate::tensor::{Element, Tensor};
-use crate::with_dtype;
 
 /// Adds `sigma·ε` to every value; value `i` of the flattened batch uses
 /// normal number `i` of `rng`. `sigma = 0` returns the input unchanged.

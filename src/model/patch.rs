@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Element, Tensor};
-use crate::with_dtype;
 
 fn expect_volume(c: &ModelConfig, x: &Tensor, what: &'static str) -> Result<usize> {
     let [d, h, w] = c.superpatch_size;

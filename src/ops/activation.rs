@@ -4,8 +4,8 @@ use crate::backend::cpu::{elementwise, softmax};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
+use crate::tensor::with_dtype;
 use crate::tensor::{Readers, Tensor};
-use crate::with_dtype;
 
 impl Tape {
     /// Exact (erf) GELU.

@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise::{self, mul_reduce, reduce_broadcast};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Element, Tensor};
-use crate::with_dtype;
 
 /// `b` must match a trailing run of `a`'s dimensions (a 0-d `b` always does).
 fn check_broadcast(op: &'static str, a: &Var, b: &Var) -> Result<()> {

@@ -4,8 +4,8 @@ use crate::backend::cpu::attention::{self, AttnShape};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Readers, SeqLayout, Tensor};
-use crate::with_dtype;
 
 pub use crate::backend::cpu::attention::AttnDropout;
 

@@ -4,8 +4,8 @@ use crate::backend::cpu::elementwise;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
+use crate::tensor::with_dtype;
 use crate::tensor::{Element, Tensor};
-use crate::with_dtype;
 
 impl Tape {
     /// Inverted dropout: element `i` is kept when value `i` of `rng` (uniform)

@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, CpuFloat};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
 impl Tape {
     /// The adaptive patch embedding's gate, `(1 − a)·x + a·y`, with `a` a

@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::index;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
 /// Splits a flat `B·n` index list into `n` per item, checking every index
 /// against `limit`.

@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layer_norm;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Readers, Tensor};
-use crate::with_dtype;
 
 /// The checks of a layer norm over `x`'s last dimension; gives its width.
 fn check(op: &'static str, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<usize> {

@@ -7,8 +7,8 @@ use crate::backend::cpu::gemm::{gemm, matmul, MatRef};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Readers, Tensor};
-use crate::with_dtype;
 
 impl Tape {
     /// `y = x·Wᵀ + b` over the last dimension of `x`; `W` is `out × in` (PyTorch's layout).

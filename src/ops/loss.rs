@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::{elementwise, loss};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::{Element, Readers, Tensor};
-use crate::with_dtype;
 
 fn check_pair(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
     if pred.shape() != target.shape() {

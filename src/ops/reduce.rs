@@ -3,8 +3,8 @@ use crate::autograd::{Tape, Var};
 use crate::backend::cpu::reduce;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
+use crate::tensor::with_dtype;
 use crate::tensor::Tensor;
-use crate::with_dtype;
 
 impl Tape {
     /// Mean over `axis`, which is removed from the shape (the token mean pool).

@@ -25,7 +25,6 @@ pub struct Tensor {
 }
 
 /// Runs `$body` with `$T` bound to the Rust type of `$dtype`.
-#[macro_export]
 macro_rules! with_dtype {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
@@ -40,6 +39,7 @@ macro_rules! with_dtype {
         }
     };
 }
+pub(crate) use with_dtype;
 
 impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
