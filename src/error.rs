@@ -35,6 +35,10 @@ pub enum Error {
         asked: usize,
         free: Option<usize>,
     },
+    /// Work refused before allocating: its memory estimate exceeds what the
+    /// host or the device has available.
+    #[error("{0}")]
+    WontFit(Box<WontFit>),
     #[error("autograd: {0}")]
     Autograd(String),
     /// A file that could not be read or written.
@@ -117,5 +121,27 @@ impl From<crate::picture::PictureError> for Error {
             },
             crate::picture::PictureError::Invalid(why) => Error::invalid("picture", why),
         }
+    }
+}
+
+/// What a refusal for memory says (boxed in [`Error::WontFit`] to keep
+/// `Result` small).
+#[derive(Debug)]
+pub struct WontFit {
+    pub place: String,
+    pub what: String,
+    pub needs: String,
+    pub breakdown: String,
+    pub available: String,
+    pub hint: String,
+}
+
+impl std::fmt::Display for WontFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "not enough memory on the {}: {} needs about {} ({}), {} available; {}",
+            self.place, self.what, self.needs, self.breakdown, self.available, self.hint
+        )
     }
 }

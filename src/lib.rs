@@ -12,12 +12,14 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod host;
 pub mod io;
 pub mod model;
 pub mod ops;
 pub mod picture;
 pub mod probe;
 pub mod rng;
+pub mod tempname;
 pub mod tensor;
 pub mod train;
 

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("nemesis: error: {e}");
             ExitCode::FAILURE

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use nemesis::backend::emu::EmuDevice;
 use nemesis::data::{Batch, BatchData, Position};
 use nemesis::device::SharedDevice;
-use nemesis::model::{init_params, ModelConfig, Nemesis};
+use nemesis::model::{estimate, init_params, ModelConfig, Nemesis, Pass, Place};
 use nemesis::tensor::DType;
 use nemesis::train::{AdamW, StepGraphs, StepSpec, TrainConfig};
 
@@ -53,7 +53,15 @@ fn dry_run(bf16: bool) {
     assert_eq!(graphs.warning, None, "the step graph fell back");
     assert_eq!(graphs.replays(), 1);
     let st = emu.stats();
-    eprintln!("paper, batch {batch}, bf16 {bf16}: {st:?}");
+    let peak = dev.memory().peak as f64;
+    eprintln!("paper, batch {batch}, bf16 {bf16}: {st:?}, device memory peak {peak}");
+    // The memory estimate commands refuse by stays near what the device
+    // really allocated: above it, and not by so much that it refuses a
+    // batch that fits.
+    let est = estimate(&c, batch, Pass::Train, Place::Device).unwrap().total() as f64;
+    let ratio = est / peak;
+    eprintln!("estimate {est}, ratio {ratio}");
+    assert!((1.0..1.6).contains(&ratio), "estimate {est} vs device peak {peak}");
     // The sizes really were the paper's: 4 × 4096 tokens, 768 wide.
     assert!(st.largest_int >= 4096, "{st:?}");
     assert!(st.largest_alloc >= batch * 4096 * 1024 * 2, "{st:?}");

@@ -251,28 +251,42 @@ fn a_killed_run_leaves_its_checkpoints_loadable() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-#[test]
-fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_0() {
-    let out = tmp("ctrlc");
+/// SIGINT (Ctrl-C) and SIGTERM (a scheduler's notice) each finish the step,
+/// write a checkpoint of it and exit with 128 + the signal's number.
+fn signal_stops_cleanly(signal: &str, status: i32) {
+    let out = tmp(&format!("signal-{signal}"));
     let run = out.join("run");
     let child = spawn(&run, &["--val-every", "1000"]);
     wait_for(&run.join("metrics.jsonl"), 60);
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(sent.success());
     let o = child.wait_with_output().unwrap();
-    let text = ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(status), "{text}\n{err}");
     assert!(
         text.contains("stopped after step") && text.contains("checkpoint"),
         "{text}"
     );
+    assert!(err.contains(&format!("stopped by SIG{signal}")), "{err}");
     let step = latest_loads(&run);
     let (train, _) = metrics(&run);
     assert_eq!(train.last().unwrap().0, step, "the checkpoint is of the last step done");
     std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130() {
+    signal_stops_cleanly("INT", 130);
+}
+
+#[test]
+fn sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143() {
+    signal_stops_cleanly("TERM", 143);
 }
 
 #[test]

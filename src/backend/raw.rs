@@ -55,6 +55,10 @@ pub trait RawDevice {
     fn run_graph(&self, ops: &[Op], updated: &[usize]) -> Result<()>;
     /// Forgets the built graph (after it has finished running).
     fn drop_built_graph(&self);
+    /// Bytes the device could still allocate, when it says.
+    fn available_raw(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A launch as every device makes it: the arguments checked against the
@@ -213,6 +217,10 @@ impl<T: RawDevice> DeviceApi for T {
 
     fn memory(&self) -> MemoryUse {
         self.recorder().lock().map(|r| r.memory()).unwrap_or_default()
+    }
+
+    fn available_memory(&self) -> Option<u64> {
+        self.available_raw()
     }
 
     fn reset_peak(&self) {

@@ -158,6 +158,14 @@ fn step(a: &StepArgs) -> Result<()> {
         return Err(Error::invalid("bench step", "--batch and --steps must be at least 1"));
     }
     let c = a.model.load()?;
+    crate::model::check_fits(
+        &c,
+        a.batch,
+        crate::model::Pass::Train,
+        dev.as_ref(),
+        &format!("a training step at --batch {}", a.batch),
+        "lower --batch",
+    )?;
     let model = Nemesis::new(c.clone())?;
     let mut store = init_params(&c, 0, DType::F32)?;
     if let Some(d) = &dev {

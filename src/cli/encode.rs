@@ -10,7 +10,7 @@ use crate::autograd::Tape;
 use crate::data::read_superpatches;
 use crate::error::{Error, Result};
 use crate::io::{Array, TensorFile};
-use crate::model::{load_checkpoint, Nemesis};
+use crate::model::{check_fits, load_checkpoint, Nemesis, Pass};
 use crate::tensor::{DType, Tensor};
 
 /// What `encode` and `reconstruct` both take.
@@ -48,12 +48,22 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
     let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
+    // Sizes and input first: nothing large is built for a model or an
+    // input that cannot run.
+    check_fits(
+        &config,
+        a.batch,
+        Pass::Infer,
+        dev.as_ref(),
+        &format!("encoding {} superpatches at once", a.batch),
+        "lower --batch",
+    )?;
+    let input = read_superpatches(&io.input, &config)?;
     let store = match &dev {
         Some(d) => store.to_device(d)?,
         None => store,
     };
     let model = Nemesis::new(config.clone())?;
-    let input = read_superpatches(&io.input, &config)?;
     let x = input.image;
     let b = x.dims()[0];
     let per_item = x.numel() / b;

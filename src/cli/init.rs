@@ -23,6 +23,15 @@ pub struct InitArgs {
 
 pub fn run(a: &InitArgs) -> Result<()> {
     let config = a.model.load()?;
+    // Only the weights (and the positional table) are built: a batch of 0.
+    crate::model::check_fits(
+        &config,
+        0,
+        crate::model::Pass::Infer,
+        None,
+        "the weights",
+        "a smaller model",
+    )?;
     let store = init_params(&config, a.seed, DType::F32)?;
     save_checkpoint(&a.out, &config, &store)?;
     println!(

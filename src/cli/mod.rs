@@ -16,6 +16,7 @@ mod pretrain;
 mod probe;
 mod progress;
 mod reconstruct;
+mod signals;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -41,12 +42,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pretrain a NEMESIS model (built-in default: synthetic CT phantoms, `small` preset, CPU).
+    #[command(allow_negative_numbers = true)]
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Write a freshly initialised checkpoint (PyTorch-default init, seeded).
     Init(init::InitArgs),
     /// Encode superpatches into encoder features (inference: nothing masked).
     Encode(encode::EncodeArgs),
     /// Reconstruct masked superpatches with a checkpoint; optionally a picture.
+    #[command(allow_negative_numbers = true)]
     Reconstruct(reconstruct::ReconstructArgs),
     /// Count the FLOPs of a configuration, module by module (MODEL.md §13).
     Flops(flops::FlopsArgs),
@@ -57,6 +60,7 @@ pub enum Command {
     /// Generate synthetic CT phantoms with organ label maps and a dataset.json.
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
+    #[command(allow_negative_numbers = true)]
     Probe(probe::ProbeArgs),
     /// Compare every GPU kernel with the CPU reference, on the emulator or a GPU.
     Check(check::CheckArgs),
@@ -66,13 +70,15 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    match &cli.command {
+/// Runs a command; the exit status it asks for on success (0, or 130/143
+/// for a run a signal stopped after its checkpoint).
+pub fn run(cli: Cli) -> Result<u8> {
+    let done = match &cli.command {
+        Command::Pretrain(a) => return pretrain::run_cli(a),
         Command::Init(a) => init::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Flops(a) => flops::run(a),
-        Command::Pretrain(a) => pretrain::run_cli(a),
         Command::Prepare(a) => prepare::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Synth(a) => synth::run(a),
@@ -80,5 +86,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(a) => check::run(a),
         Command::CompileKernels(a) => compile_kernels::run(a),
         Command::Bench(a) => bench::run(a),
-    }
+    };
+    done.map(|()| 0)
 }

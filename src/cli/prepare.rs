@@ -76,11 +76,14 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
             .chain(entry.label.as_deref())
             .map(file_stamp)
             .collect();
-        if h.source == source && same_label && h.source_stamp == stamps && (!verify || c.verify().is_ok()) {
-            return Ok(Outcome::Kept(manifest_entry(h.shape, h.spacing)));
+        let kept = manifest_entry(h.shape, h.spacing);
+        let fresh = h.source == source && same_label && h.source_stamp == stamps;
+        if fresh && kept.is_sound() && (!verify || c.verify().is_ok()) {
+            return Ok(Outcome::Kept(kept));
         }
     }
     let volume = read_volume(&entry.image)?;
+    volume.check_ct_range()?;
     let label = entry.label.as_ref().map(|l| read_volume(l)).transpose()?;
     let h = write_cache(&path, &volume, label.as_ref())?;
     let mut e = manifest_entry(h.shape, h.spacing);
@@ -91,6 +94,8 @@ fn prepare_one(entry: &Entry, split: Split, out: &Path, verify: bool) -> Result<
 /// What `prepare_dataset` did.
 pub struct PrepareSummary {
     pub manifest: CacheManifest,
+    /// Volumes the index lists more than once: prepared once, said once.
+    pub duplicates: Vec<String>,
     pub prepared: usize,
     pub kept: usize,
 }
@@ -113,7 +118,7 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
         manifest.failures.len(),
         manifest.entries.len() - train
     );
-    for w in manifest.entries.iter().flat_map(|e| &e.warnings) {
+    for w in manifest.entries.iter().flat_map(|e| &e.warnings).chain(&s.duplicates) {
         println!("  warning: {w}");
     }
     for f in &manifest.failures {
@@ -125,16 +130,51 @@ pub fn run(a: &PrepareArgs) -> Result<()> {
     Ok(())
 }
 
+/// The index's entries in order, each volume once (by its canonical path):
+/// a volume listed twice would be written twice at once by two workers.
+/// The later listings are named in the second list.
+fn deduplicated(index: &DatasetIndex) -> (Vec<(Entry, Split)>, Vec<String>) {
+    let mut seen = std::collections::HashMap::new();
+    let mut work = Vec::new();
+    let mut repeats: Vec<(String, usize, Split)> = Vec::new();
+    let all = index
+        .training
+        .iter()
+        .map(|e| (e, Split::Training))
+        .chain(index.validation.iter().map(|e| (e, Split::Validation)));
+    for (entry, split) in all {
+        let key = std::fs::canonicalize(&entry.image).unwrap_or_else(|_| entry.image.clone());
+        match seen.get(&key) {
+            Some(&first) => {
+                let name = entry.image.display().to_string();
+                match repeats.iter_mut().find(|r| r.0 == name) {
+                    Some(r) => r.1 += 1,
+                    None => repeats.push((name, 2, first)),
+                }
+            }
+            None => {
+                seen.insert(key, split);
+                work.push((entry.clone(), split));
+            }
+        }
+    }
+    let said = repeats
+        .into_iter()
+        .map(|(name, n, split)| {
+            format!(
+                "{name} is listed {n} times; prepared once, for {}",
+                format!("{split:?}").to_lowercase()
+            )
+        })
+        .collect();
+    (work, said)
+}
+
 /// Converts every entry of `index` into `out`, `jobs` at a time, keeping
 /// entries already cached; a volume that fails is listed, not fatal.
 pub fn prepare_dataset(index: &DatasetIndex, out: &Path, jobs: usize, verify: bool) -> Result<PrepareSummary> {
     std::fs::create_dir_all(out.join("volumes")).map_err(|e| Error::io(out, e))?;
-    let work: Vec<(Entry, Split)> = index
-        .training
-        .iter()
-        .map(|e| (e.clone(), Split::Training))
-        .chain(index.validation.iter().map(|e| (e.clone(), Split::Validation)))
-        .collect();
+    let (work, duplicates) = deduplicated(index);
     let progress = Mutex::new(Progress::new("prepare", work.len() as u64));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
@@ -183,6 +223,7 @@ pub fn prepare_dataset(index: &DatasetIndex, out: &Path, jobs: usize, verify: bo
     manifest.save(out)?;
     Ok(PrepareSummary {
         manifest,
+        duplicates,
         prepared,
         kept,
     })

@@ -2,18 +2,19 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::device::{select, DeviceArg};
 use super::prepare::prepare_dataset;
 use super::progress::Progress;
+use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
 use crate::error::{Error, Result};
-use crate::train::{run, run_cache, LrSchedule, Observer, RunOptions, Start, StepMetrics, TrainConfig};
+use crate::io::{FolderLock, LOCK_FILE};
+use crate::train::{apply_changes, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags};
+use crate::train::{RunOptions, Start, StepMetrics, TrainConfig};
 
 /// Steps of the built-in default run: a few minutes of the `small` preset on 2 cores.
 pub const DEFAULT_STEPS: u64 = 600;
@@ -154,6 +155,9 @@ fn cache_for(data: &Path) -> Result<PathBuf> {
         cache.display()
     );
     let s = prepare_dataset(&index, &cache, rayon::current_num_threads(), false)?;
+    for d in &s.duplicates {
+        eprintln!("warning: {d}");
+    }
     for f in &s.manifest.failures {
         eprintln!("skipped: {}", f.error);
     }
@@ -164,11 +168,66 @@ fn cache_for(data: &Path) -> Result<PathBuf> {
     Ok(cache)
 }
 
-fn next_run_dir() -> PathBuf {
-    (1..)
-        .map(|n| PathBuf::from(format!("runs/pretrain-{n}")))
-        .find(|p| !p.exists())
-        .unwrap_or_else(|| PathBuf::from("runs/pretrain"))
+/// Claims the run folder: the next free `runs/pretrain-N` (made with
+/// `create_dir`, so two runs started together never pick the same one), or
+/// `--out`. Says whether this process made it, so a run that fails before
+/// its first step can take it away again.
+fn claim_out(out: &Option<PathBuf>) -> Result<(PathBuf, bool)> {
+    let make = |p: &Path| -> Result<bool> {
+        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        match std::fs::create_dir(p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(false),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    };
+    if let Some(p) = out {
+        let created = make(p)?;
+        return Ok((p.clone(), created));
+    }
+    let mut n = 1u64;
+    loop {
+        let p = PathBuf::from(format!("runs/pretrain-{n}"));
+        if !p.exists() && make(&p)? {
+            return Ok((p, true));
+        }
+        n += 1;
+    }
+}
+
+/// A run that failed before its first step leaves nothing behind: the
+/// folder it made goes, or, in a folder it was given, its lock file.
+fn clean_failed_start(out: &Path, created: bool) {
+    let started = out.join("metrics.jsonl").exists() || out.join("latest.json").exists();
+    if started {
+        return;
+    }
+    if created {
+        let _ = std::fs::remove_dir_all(out);
+    } else {
+        let _ = std::fs::remove_file(out.join(LOCK_FILE));
+    }
+}
+
+/// Flags that would make a resumed run another run: refused by name.
+fn refused_on_resume(a: &PretrainArgs) -> Vec<&'static str> {
+    [
+        ("--batch", a.batch.is_some()),
+        ("--accum", a.accum.is_some()),
+        ("--warmup-epochs", a.warmup_epochs.is_some()),
+        ("--lr-schedule", a.lr_schedule.is_some()),
+        ("--noise-levels", a.noise_levels.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--val-superpatches", a.val_superpatches.is_some()),
+        ("--out", a.out.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, given)| *given)
+    .map(|(name, _)| name)
+    .collect()
 }
 
 /// An indicatif bar on a terminal; otherwise a plain line every `log_every` steps.
@@ -201,54 +260,119 @@ impl Observer for Bar {
     }
 }
 
-pub fn run_cli(a: &PretrainArgs) -> Result<()> {
-    let device = select(a.device, a.bf16)?;
-    let start = match (&a.resume, &a.init) {
-        (Some(r), _) => Start::Resume(r.clone()),
-        (None, Some(w)) => Start::Init(w.clone()),
-        (None, None) => Start::Fresh,
-    };
-    let config = if a.resume.is_some() {
-        TrainConfig {
-            steps: a.steps,
-            log_every: a.log_every.unwrap_or(TrainConfig::default().log_every),
-            ..TrainConfig::default()
-        }
-    } else {
-        a.config()?
-    };
-    let cache = match (&a.data, &a.resume) {
-        (Some(d), _) => cache_for(d)?,
-        (None, Some(r)) => match run_cache(r) {
-            Some(c) => c,
-            None => default_cache()?,
-        },
-        (None, None) => default_cache()?,
-    };
-    let out = a.out.clone().unwrap_or_else(next_run_dir);
-    if a.resume.is_none() {
-        if out.join("latest.json").exists() {
+/// Runs `pretrain`; the exit status is 0, or 130/143 when SIGINT/SIGTERM
+/// stopped the run (after its checkpoint).
+pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
+    let signals = Signals::install()?;
+    if let Some(r) = &a.resume {
+        let refused = refused_on_resume(a);
+        if !refused.is_empty() {
             return Err(Error::invalid(
-                "--out",
+                "--resume",
                 format!(
-                    "{} already holds a run; use --resume {} or another --out",
-                    out.display(),
-                    out.display()
+                    "{} cannot change in a resumed run (it would be another run); a resume may change \
+                     --steps, --epochs, --lr, --min-lr, --weight-decay, --clip, --val-every, --keep-last, \
+                     --log-every. To train otherwise from these weights, start a new run with --init",
+                    refused.join(", ")
                 ),
             ));
         }
-        eprintln!("run folder {}", out.display());
-        eprintln!("configuration:\n{}", config.to_json_pretty());
-    }
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // A second Ctrl-C is not caught again: the default action ends the process.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+        // The folder is locked before anything is read or written.
+        let dir = if r.is_dir() {
+            r.clone()
+        } else {
+            r.parent()
+                .and_then(|c| c.parent())
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        };
+        let lock = if dir.join("latest.json").exists() || r.is_dir() {
+            Some(FolderLock::acquire(&dir, "--resume")?)
+        } else {
+            None
+        };
+        let mut warnings = Vec::new();
+        let mut resumed = open_resume(r, &mut |w| warnings.push(w))?;
+        for w in &warnings {
+            eprintln!("warning: {w}");
         }
-        eprintln!("\nCtrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to quit at once)");
-    });
+        let cache = match &a.data {
+            Some(d) => cache_for(d)?,
+            None => run_cache(&resumed.dir)?,
+        };
+        let flags = ResumeFlags {
+            steps: a.steps,
+            epochs: a.epochs,
+            lr: a.lr,
+            min_lr: a.min_lr,
+            weight_decay: a.weight_decay,
+            clip: a.clip,
+            val_every: a.val_every,
+            keep_last: a.keep_last,
+            log_every: a.log_every,
+        };
+        let changes = apply_changes(&mut resumed.meta.config, &flags)?;
+        resumed.opt.config = resumed.meta.config.adamw();
+        for ch in &changes {
+            eprintln!("{} {} → {} from step {}", ch.key, ch.from, ch.to, resumed.meta.step + 1);
+        }
+        let config = resumed.meta.config.clone();
+        let out = resumed.dir.clone();
+        let status = train(
+            a,
+            config,
+            cache,
+            out,
+            Start::Resume(Box::new(resumed)),
+            changes,
+            &signals,
+        );
+        drop(lock);
+        return status;
+    }
+    let config = a.config()?;
+    // Data before the folder: a run refused for its data leaves nothing.
+    let cache = match &a.data {
+        Some(d) => cache_for(d)?,
+        None => default_cache()?,
+    };
+    let start = match &a.init {
+        Some(w) => Start::Init(w.clone()),
+        None => Start::Fresh,
+    };
+    let (out, created) = claim_out(&a.out)?;
+    let lock = FolderLock::acquire(&out, "--out")?;
+    if out.join("latest.json").exists() {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} already holds a run; use --resume {} or another --out",
+                out.display(),
+                out.display()
+            ),
+        ));
+    }
+    eprintln!("run folder {}", out.display());
+    eprintln!("configuration:\n{}", config.to_json_pretty());
+    let status = train(a, config, cache, out.clone(), start, Vec::new(), &signals);
+    if status.is_err() {
+        clean_failed_start(&out, created);
+    }
+    drop(lock);
+    status
+}
+
+fn train(
+    a: &PretrainArgs,
+    config: TrainConfig,
+    cache: PathBuf,
+    out: PathBuf,
+    start: Start,
+    changes: Vec<Change>,
+    signals: &Signals,
+) -> Result<u8> {
+    let device = select(a.device, a.bf16)?;
     let mut bar = Bar {
         progress: None,
         terminal: std::io::stderr().is_terminal(),
@@ -261,7 +385,8 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
             out,
             start,
             stop_at: a.stop_at,
-            interrupt,
+            interrupt: signals.stop.clone(),
+            changes,
             device,
             graphs: !a.no_graphs,
         },
@@ -296,5 +421,11 @@ pub fn run_cli(a: &PretrainArgs) -> Result<()> {
             println!("  {s}");
         }
     }
-    Ok(())
+    Ok(match signals.received() {
+        Some((name, status)) if !report.finished => {
+            eprintln!("stopped by {name}; exit status {status}");
+            status
+        }
+        _ => 0,
+    })
 }

@@ -11,7 +11,7 @@ use crate::autograd::Tape;
 use crate::data::read_superpatches;
 use crate::error::{Error, Result};
 use crate::io::{Array, ArrayData, TensorFile};
-use crate::model::{add_noise, load_checkpoint, unpatchify, DualMask, ModelConfig, Nemesis};
+use crate::model::{add_noise, check_fits, load_checkpoint, unpatchify, DualMask, ModelConfig, Nemesis, Pass};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{DType, Tensor};
 
@@ -64,13 +64,22 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         ));
     }
     let (config, store) = load_checkpoint(&io.checkpoint, DType::F32)?;
+    let clean = read_superpatches(&io.input, &config)?.image;
+    let b = clean.dims()[0];
+    // All superpatches go through at once (the loss is over the batch).
+    check_fits(
+        &config,
+        b,
+        Pass::Infer,
+        dev.as_ref(),
+        &format!("reconstructing {b} superpatches"),
+        "give fewer superpatches in --input",
+    )?;
     let store = match &dev {
         Some(d) => store.to_device(d)?,
         None => store,
     };
     let model = Nemesis::new(config.clone())?;
-    let clean = read_superpatches(&io.input, &config)?.image;
-    let b = clean.dims()[0];
     let seed = a.seed.unwrap_or(0);
     let mask = match &a.mask {
         Some(path) => read_mask(path, &config, b)?,

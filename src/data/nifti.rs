@@ -209,6 +209,56 @@ fn checked_header(path: &Path) -> Result<NiftiHeader> {
     Ok(h)
 }
 
+/// The largest |HU| a voxel may have for training and encoding. CT spans
+/// about −1024 to +3071 HU, and extended scales for metal reach some
+/// 30 000; beyond this the scaling or the data is wrong, and the volume is
+/// rejected (never clipped: a volume of garbage would still train).
+pub const HU_LIMIT: f32 = 1e5;
+
+/// Rejects a volume with non-finite voxels after scaling, or voxels that
+/// no f32 holds, counting them and naming the first (stored `x, y, z`).
+fn check_values(path: &Path, values: &[f64], [x, y]: [usize; 2]) -> Result<()> {
+    let at = |k: usize| (k % x, (k / x) % y, k / (x * y));
+    let bad = |v: &f64| !(v.is_finite() && v.abs() <= f32::MAX as f64);
+    let count = values.iter().filter(|v| bad(v)).count();
+    if count > 0 {
+        let k = values.iter().position(bad).unwrap_or(0);
+        return Err(Error::format(
+            path,
+            format!(
+                "{count} voxel(s) are NaN, Inf or beyond f32 after scaling (the first, {:e}, at {:?}); \
+                 such voxels are not CT",
+                values[k],
+                at(k)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Volume {
+    /// Rejects a volume with voxels beyond ±[`HU_LIMIT`] HU, counting them:
+    /// the rule for what is prepared for training or encoded.
+    pub fn check_ct_range(&self) -> Result<()> {
+        let out = |v: &f32| v.abs() > HU_LIMIT;
+        let count = self.hu.iter().filter(|v| out(v)).count();
+        if count == 0 {
+            return Ok(());
+        }
+        let k = self.hu.iter().position(out).unwrap_or(0);
+        let [_, h, w] = self.shape;
+        Err(Error::format(
+            &self.info.path,
+            format!(
+                "{count} voxel(s) lie beyond ±{HU_LIMIT} HU (the first, {:e}, at D, H, W = {:?}): the scaling \
+                 (scl_slope, scl_inter) or the data is wrong; volumes with such values are rejected",
+                self.hu[k],
+                (k / (h * w), (k / w) % h, k % w)
+            ),
+        ))
+    }
+}
+
 /// Where the voxel bytes live: the file itself, or the `.img` beside a `.hdr`.
 fn data_file(path: &Path) -> Result<(PathBuf, bool)> {
     let name = path.to_string_lossy().to_string();
@@ -287,7 +337,8 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
     let big = h.endianness == Endianness::Big;
     let mut values = decode(&raw, h.datatype, big, n);
     let (slope, inter) = (h.scl_slope as f64, h.scl_inter as f64);
-    // Slope 0 (or not finite) means "no scaling", the intercept included.
+    // Slope 0 or not finite means "no scaling", the intercept included (as
+    // nibabel reads it; tests/nifti_nibabel.rs holds us to that).
     let scaling = (slope != 0.0 && slope.is_finite()).then_some((slope, inter));
     if scaling.is_some() && !inter.is_finite() {
         return Err(Error::format(
@@ -298,14 +349,20 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
     if let Some((s, i)) = scaling {
         values.iter_mut().for_each(|v| *v = *v * s + i);
     }
-    if let Some(k) = values.iter().position(|v| !v.is_finite()) {
-        let (i, j, l) = (k % x, (k / x) % y, k / (x * y));
+    check_values(path, &values, [x, y])?;
+    let (affine_source, affine) = affine_of(h);
+    if let Some(bad) = affine.iter().flatten().find(|v| !v.is_finite()) {
         return Err(Error::format(
             path,
-            format!("voxel ({i}, {j}, {l}) is {} (NaN or Inf voxels are not CT)", values[k]),
+            format!(
+                "the {} affine holds {bad}: its geometry is not a number",
+                match affine_source {
+                    AffineSource::Sform => "sform",
+                    _ => "qform",
+                }
+            ),
         ));
     }
-    let (affine_source, affine) = affine_of(h);
     let order = orientation(&affine);
     let col_norm = |j: usize| (0..3).map(|i| affine[i][j].powi(2)).sum::<f64>().sqrt();
     let spacing = order.map(|j| {
@@ -315,6 +372,20 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
             col_norm(j) as f32
         }
     });
+    if let Some(a) = (0..3).find(|&a| !(spacing[a].is_finite() && spacing[a] > 0.0)) {
+        return Err(Error::format(
+            path,
+            format!(
+                "voxel spacing {spacing:?} ({} affine): axis {a} is {}, not a positive size",
+                match affine_source {
+                    AffineSource::Sform => "sform",
+                    AffineSource::Qform => "qform",
+                    AffineSource::Identity => "pixdim, no",
+                },
+                spacing[a]
+            ),
+        ));
+    }
     let strides = [1, x, x * y];
     let dims = [x, y, z];
     let shape = order.map(|j| dims[j]);

@@ -35,9 +35,10 @@ pub fn read_superpatches(path: &Path, config: &ModelConfig) -> Result<Superpatch
             ));
         }
         let v = read_volume(path)?;
+        v.check_ct_range()?;
         let size = config.superpatch_size;
         let grid = tile_grid(v.shape, size);
-        let tiles = tile(&v.hu, v.shape, size, 0.0f32, hu_window);
+        let tiles = tile(&v.hu, v.shape, size, 0.0f32, hu_window)?;
         let b = grid.iter().product::<usize>();
         return Ok(Superpatches {
             image: Tensor::from_vec(tiles, [b, 1, size[0], size[1], size[2]])?,
@@ -75,6 +76,20 @@ fn read_image(path: &Path, config: &ModelConfig) -> Result<Tensor> {
         return Err(Error::format(
             path,
             format!("tensor `image` holds a non-finite value at flat index {i}"),
+        ));
+    }
+    // The model takes HU windowed to [0, 1] (MODEL.md §2); anything else
+    // is a different preprocessing and would give meaningless features.
+    let outside = values.iter().filter(|v| !(0.0..=1.0).contains(*v)).count();
+    if outside > 0 {
+        let i = values.iter().position(|v| !(0.0..=1.0).contains(v)).unwrap_or(0);
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor `image` holds {outside} value(s) outside [0, 1] (the first, {}, at flat index {i}); \
+                 superpatches are CT windowed to [0, 1] — give the NIfTI volume itself to have it windowed",
+                values[i]
+            ),
         ));
     }
     Tensor::from_vec(values.clone(), a.shape.clone())

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::error::Result;
+
 /// How many tiles of `size` cover `shape` along each axis.
 pub fn tile_grid(shape: [usize; 3], size: [usize; 3]) -> [usize; 3] {
     std::array::from_fn(|a| shape[a].div_ceil(size[a].max(1)))
@@ -16,11 +18,12 @@ pub fn tile<T: Copy + Send + Sync, U: Copy + Send + Sync>(
     size: [usize; 3],
     pad: U,
     f: impl Fn(T) -> U + Sync,
-) -> Vec<U> {
+) -> Result<Vec<U>> {
     let grid = tile_grid(shape, size);
     let per = size.iter().product::<usize>();
     let count = grid.iter().product::<usize>();
-    let mut out = vec![pad; count * per];
+    let n = count.saturating_mul(per);
+    let mut out = crate::host::filled_vec(n, pad, &format!("{count} tiles of {size:?} voxels"))?;
     let [d, h, w] = size;
     out.par_chunks_mut(per).enumerate().for_each(|(t, tile)| {
         let (tz, ty, tx) = (t / (grid[1] * grid[2]), (t / grid[2]) % grid[1], t % grid[2]);
@@ -42,7 +45,7 @@ pub fn tile<T: Copy + Send + Sync, U: Copy + Send + Sync>(
             }
         }
     });
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -53,7 +56,7 @@ mod tests {
     fn tiles_cover_and_pad() {
         let shape = [3, 5, 4];
         let v: Vec<u32> = (0..60).collect();
-        let t = tile(&v, shape, [2, 2, 2], u32::MAX, |x| x);
+        let t = tile(&v, shape, [2, 2, 2], u32::MAX, |x| x).unwrap();
         assert_eq!(tile_grid(shape, [2, 2, 2]), [2, 3, 2]);
         assert_eq!(t.len(), 12 * 8);
         // Every voxel appears exactly once; the rest is padding.

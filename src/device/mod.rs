@@ -172,6 +172,9 @@ pub trait DeviceApi {
     /// the last `reset_peak`.
     fn memory(&self) -> MemoryUse;
     fn reset_peak(&self);
+    /// Bytes the device could still allocate, when it says (a GPU's free
+    /// memory); `None` on the emulator, whose memory is the host's.
+    fn available_memory(&self) -> Option<u64>;
 
     /// Step graphs (backend/graph.rs): starts recording the device calls
     /// that follow, which still run as usual.

@@ -79,7 +79,20 @@ pub fn load_checkpoint(path: &Path, dtype: DType) -> Result<(ModelConfig, ParamS
                 s.name,
                 a.dtype_name()
             )),
-            Some(_) => {}
+            Some(a) => {
+                if let ArrayData::F32(v) = &a.data {
+                    let bad = v.iter().filter(|x| !x.is_finite()).count();
+                    if bad > 0 {
+                        let first = v.iter().position(|x| !x.is_finite()).unwrap_or(0);
+                        problems.push(format!(
+                            "tensor `{}` holds {bad} non-finite value{} (the first, {}, at flat index {first})",
+                            s.name,
+                            if bad == 1 { "" } else { "s" },
+                            v[first]
+                        ));
+                    }
+                }
+            }
         }
     }
     let expected: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();

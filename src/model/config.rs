@@ -30,6 +30,29 @@ impl Default for ModelConfig {
     }
 }
 
+/// The most values one tensor of a model may hold: the kernels index with
+/// 32-bit integers.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+/// Bounds on single keys, far above any real model, that keep every product
+/// of sizes below in range before it is checked.
+pub const MAX_SIDE: usize = 1 << 16;
+pub const MAX_CHANNELS: usize = 64;
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_DEPTH: usize = 1024;
+
+/// Sizes that follow from a valid configuration (see [`ModelConfig::sizes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSizes {
+    /// Values of one superpatch, all channels.
+    pub voxels: usize,
+    /// Tokens per superpatch, `N`.
+    pub tokens: usize,
+    /// Values per patch, `P`.
+    pub patch_dim: usize,
+    /// `N × max(E, F)`: the widest activation of one superpatch.
+    pub token_width: usize,
+}
+
 /// The preset names accepted everywhere (CLI, tests, benchmarks, tools).
 pub const PRESETS: [&str; 3] = ["paper", "small", "tiny"];
 
@@ -104,6 +127,10 @@ impl ModelConfig {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Checks the configuration as a whole: every key in range, every size
+    /// dividing where it must, and every product of sizes (voxels, tokens,
+    /// token × width, parameters) computed in checked arithmetic and within
+    /// what one tensor may hold, so nothing derived from it can overflow.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         let names = ["D", "H", "W"];
@@ -113,6 +140,12 @@ impl ModelConfig {
                 return bad(format!(
                     "superpatch_size and patch_size must be positive (axis {})",
                     names[i]
+                ));
+            }
+            if s > MAX_SIDE {
+                return bad(format!(
+                    "superpatch_size {:?}: axis {axis} is {s} voxels, at most {MAX_SIDE}",
+                    self.superpatch_size
                 ));
             }
             if s % p != 0 {
@@ -131,6 +164,18 @@ impl ModelConfig {
         if e == 0 || self.depth == 0 || self.decoder_depth == 0 || self.ffn_dim == 0 {
             return bad("embed_dim, depth, decoder_depth and ffn_dim must be positive".into());
         }
+        for (name, v, max) in [
+            ("in_channels", self.in_channels, MAX_CHANNELS),
+            ("embed_dim", e, MAX_WIDTH),
+            ("ffn_dim", self.ffn_dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("decoder_depth", self.decoder_depth, MAX_DEPTH),
+        ] {
+            if v > max {
+                return bad(format!("{name} is {v}, at most {max}"));
+            }
+        }
+        self.sizes()?;
         if self.num_heads == 0 || e % self.num_heads != 0 {
             return bad(format!(
                 "embed_dim {e} is not divisible by num_heads {}",
@@ -169,6 +214,45 @@ impl ModelConfig {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         Ok(())
+    }
+
+    /// The products of sizes that tensors of this model take, each in
+    /// checked arithmetic and refused above [`MAX_ELEMENTS`] (the kernels
+    /// index one tensor with 32-bit integers).
+    pub fn sizes(&self) -> Result<ModelSizes> {
+        let product = |what: &str, factors: &[usize]| -> Result<usize> {
+            let v = factors
+                .iter()
+                .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+                .filter(|&v| v <= MAX_ELEMENTS);
+            v.ok_or_else(|| {
+                Error::Config(format!(
+                    "{what} ({}) is more than one tensor may hold ({MAX_ELEMENTS} values); \
+                     superpatch_size {:?}, patch_size {:?}, embed_dim {}",
+                    factors.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" × "),
+                    self.superpatch_size,
+                    self.patch_size,
+                    self.embed_dim
+                ))
+            })
+        };
+        let grid = self.grid();
+        let voxels = product("voxels per superpatch × channels", &[self.voxels(), self.in_channels])?;
+        let tokens = product("tokens per superpatch", &grid)?;
+        let patch_dim = product(
+            "values per patch",
+            &[self.patch_size.iter().product(), self.in_channels],
+        )?;
+        let token_width = product("tokens × embed_dim", &[tokens, self.embed_dim.max(self.ffn_dim)])?;
+        product("tokens × patch values", &[tokens, patch_dim])?;
+        product("embed_dim × ffn_dim", &[self.embed_dim, self.ffn_dim])?;
+        product("patch values × embed_dim", &[patch_dim, self.embed_dim])?;
+        Ok(ModelSizes {
+            voxels,
+            tokens,
+            patch_dim,
+            token_width,
+        })
     }
 
     /// `(Dp, Hp, Wp)`.

@@ -1,6 +1,5 @@
 //! An RGB8 raster with clipped drawing primitives and atomic PNG output.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -192,9 +191,7 @@ fn temp_path_for(path: &Path) -> Result<PathBuf> {
         .file_name()
         .ok_or_else(|| PictureError::invalid(format!("{}: not a file path", path.display())))?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp_name = crate::tempname::temp_name(name, &format!("{}.{n}", std::process::id()));
     Ok(match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(tmp_name),
         _ => PathBuf::from(tmp_name),

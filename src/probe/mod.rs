@@ -299,6 +299,14 @@ pub fn run(o: &ProbeOptions, config: ModelConfig, encoder: ParamStore) -> Result
             "--epochs, --batch and --eval-every must be at least 1",
         ));
     }
+    crate::model::check_fits(
+        &config,
+        o.batch,
+        crate::model::Pass::Infer,
+        o.device.as_ref(),
+        &format!("encoding {} superpatches at once", o.batch),
+        "lower --batch",
+    )?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let start = Instant::now();
     let model = Nemesis::new(config.clone())?;

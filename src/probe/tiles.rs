@@ -44,6 +44,7 @@ pub fn labelled_tiles(entry: &Entry, size: [usize; 3], allowed: &[u8]) -> Result
         )
     })?;
     let image = read_volume(&entry.image)?;
+    image.check_ct_range()?;
     let label = read_volume(label_path)?;
     check_same_grid(&entry.image, &image, label_path, &label)?;
     let mut codes = Vec::with_capacity(label.hu.len());
@@ -60,8 +61,8 @@ pub fn labelled_tiles(entry: &Entry, size: [usize; 3], allowed: &[u8]) -> Result
         }
         codes.push(code as u8);
     }
-    let values = tile(&image.hu, image.shape, size, 0.0f32, hu_window);
-    let label_tiles = tile(&codes, image.shape, size, 0u8, |c| c);
+    let values = tile(&image.hu, image.shape, size, 0.0f32, hu_window)?;
+    let label_tiles = tile(&codes, image.shape, size, 0u8, |c| c)?;
     let count = tile_grid(image.shape, size).iter().product::<usize>();
     let per = size.iter().product::<usize>();
     let mut labels = vec![0u8; count * ORGANS.len()];

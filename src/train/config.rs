@@ -42,6 +42,9 @@ pub struct TrainConfig {
     pub log_every: u64,
 }
 
+/// More loader threads than this would only contend for the same disk.
+pub const MAX_LOADER_THREADS: usize = 256;
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -123,30 +126,71 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// Every key checked where it enters: a NaN, an infinity or a value out
+    /// of range is refused here, naming the key, rather than found steps later.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let bad = |m: String| Err(Error::Config(m));
+        let finite = |name: &str, v: f64| -> Result<()> {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::Config(format!("{name} must be a finite number, got {v}")))
+            }
+        };
+        for (name, v) in [
+            ("lr", self.lr),
+            ("min_lr", self.min_lr),
+            ("betas[0]", self.betas[0]),
+            ("betas[1]", self.betas[1]),
+            ("eps", self.eps),
+            ("weight_decay", self.weight_decay),
+            ("clip", self.clip),
+            ("warmup_epochs", self.warmup_epochs),
+        ] {
+            finite(name, v)?;
+        }
+        for (k, s) in self.noise_levels.iter().enumerate() {
+            finite(&format!("noise_levels[{k}]"), *s)?;
+        }
         if self.batch == 0 || self.accum == 0 || self.crops_per_volume == 0 {
             return bad("batch, accum and crops_per_volume must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!(
                 "need 0 ≤ min_lr ≤ lr and lr > 0 (lr {}, min_lr {})",
                 self.lr, self.min_lr
             ));
         }
         if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) || self.eps <= 0.0 || self.weight_decay < 0.0 {
-            return bad("betas must be in [0, 1), eps > 0, weight_decay ≥ 0".into());
+            return bad(format!(
+                "betas must be in [0, 1), eps > 0, weight_decay ≥ 0 (betas {:?}, eps {}, weight_decay {})",
+                self.betas, self.eps, self.weight_decay
+            ));
         }
-        if self.clip <= 0.0 || self.noise_levels.is_empty() || self.noise_levels.iter().any(|s| s.is_nan() || *s < 0.0)
-        {
-            return bad("clip must be > 0 and noise_levels a non-empty list of σ ≥ 0".into());
+        if self.clip <= 0.0 {
+            return bad(format!("clip must be > 0, got {}", self.clip));
+        }
+        if self.warmup_epochs < 0.0 {
+            return bad(format!("warmup_epochs must be ≥ 0, got {}", self.warmup_epochs));
+        }
+        if self.noise_levels.is_empty() || self.noise_levels.iter().any(|s| *s < 0.0) {
+            return bad(format!(
+                "noise_levels must be a non-empty list of σ ≥ 0, got {:?}",
+                self.noise_levels
+            ));
         }
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             return bad("nothing to train: steps or epochs is 0".into());
         }
         if self.val_every == 0 || self.val_superpatches == 0 {
             return bad("val_every and val_superpatches must be at least 1".into());
+        }
+        if self.loader_threads > MAX_LOADER_THREADS {
+            return bad(format!(
+                "loader_threads must be at most {MAX_LOADER_THREADS}, got {}",
+                self.loader_threads
+            ));
         }
         Ok(())
     }

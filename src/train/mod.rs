@@ -4,6 +4,7 @@
 mod adamw;
 mod config;
 mod pictures;
+mod resume;
 mod schedule;
 mod state;
 mod step;
@@ -12,7 +13,8 @@ mod trainer;
 pub use adamw::{clip_factor, clip_grad_norm, device_clip, grad_norm, AdamW, AdamWConfig, Clip};
 pub use config::TrainConfig;
 pub use pictures::{curves_png, reconstruction_png, Curve};
+pub use resume::{apply_changes, open_resume, run_cache, Change, ResumeFlags, Resumed, DATA_NOTE};
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};
 pub use step::{queue_step, read_deferred, PendingStep, StepGraphs, StepSpec, StepValues};
-pub use trainer::{run, run_cache, Observer, RunOptions, RunReport, Start, StepMetrics};
+pub use trainer::{run, Observer, RunOptions, RunReport, Start, StepMetrics};

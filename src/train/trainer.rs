@@ -12,13 +12,14 @@ use serde_json::json;
 use super::adamw::AdamW;
 use super::config::TrainConfig;
 use super::pictures::{curves_png, reconstruction_png, Curve};
+use super::resume::{Change, Resumed, DATA_NOTE};
 use super::schedule::Schedule;
-use super::state::{load_state, prune, save, Latest, StateMeta};
+use super::state::{prune, save, StateMeta};
 use super::step::{read_deferred, PendingStep, StepGraphs, StepSpec};
 use crate::autograd::{ParamStore, Tape};
 use crate::data::{sample_crop, CacheManifest, CachedVolume, CropSpec, EpochPlan, Loader, Position, Split};
 use crate::error::{Error, Result};
-use crate::model::{init_params, load_checkpoint, load_checkpoint_for, unpatchify, DualMask, Nemesis};
+use crate::model::{check_fits, init_params, load_checkpoint_for, unpatchify, DualMask, Nemesis, Pass};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{DType, Tensor};
 
@@ -31,8 +32,8 @@ pub enum Start {
     Fresh,
     /// Weights to start from (e.g. a converted official checkpoint).
     Init(PathBuf),
-    /// A run folder or one of its weights checkpoints.
-    Resume(PathBuf),
+    /// A run opened to continue (`open_resume`), its recipe changes applied.
+    Resume(Box<Resumed>),
 }
 
 /// Called after every optimizer step with its metrics, and with lines to show.
@@ -59,6 +60,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) once this many steps are done.
     pub stop_at: Option<u64>,
     pub interrupt: Arc<AtomicBool>,
+    /// Recipe keys a resume changed, recorded in the metrics at the step
+    /// they take effect.
+    pub changes: Vec<Change>,
     /// Where the step runs: `None` for the CPU reference backend, else a
     /// device (CUDA, or the emulator). Checkpoints are the same either way.
     pub device: Option<crate::device::SharedDevice>,
@@ -218,73 +222,42 @@ fn redraw_curves(dir: &Path) -> Result<()> {
     curves_png(&dir.join("curves.png"), tl, vl, tp, vp)
 }
 
-/// Finds the state file for `--resume RUN_DIR|CHECKPOINT`; returns (run dir, weights, state).
-fn resolve_resume(p: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    if p.is_dir() {
-        let latest_path = p.join("latest.json");
-        let text = std::fs::read_to_string(&latest_path).map_err(|e| {
-            Error::io(
-                &latest_path,
-                std::io::Error::new(e.kind(), format!("{e}: no checkpoint to resume from in this folder")),
-            )
-        })?;
-        let l: Latest = serde_json::from_str(&text).map_err(|e| Error::format(&latest_path, e.to_string()))?;
-        return Ok((p.to_path_buf(), p.join(l.weights), p.join(l.state)));
-    }
-    let name = p.to_string_lossy().to_string();
-    let Some(stem) = name.strip_suffix(".safetensors") else {
-        return Err(Error::format(p, "expected a run folder or a checkpoint .safetensors"));
-    };
-    let state = PathBuf::from(format!("{stem}.state.safetensors"));
-    let run = p
-        .parent()
-        .and_then(|c| c.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    Ok((run, p.to_path_buf(), state))
-}
-
-/// The cache a run was trained on (its `data.json`), for a resume without `--data`.
-pub fn run_cache(run_dir: &Path) -> Option<PathBuf> {
-    let dir = if run_dir.is_dir() {
-        run_dir.to_path_buf()
-    } else {
-        run_dir.parent()?.parent()?.to_path_buf()
-    };
-    let text = std::fs::read_to_string(dir.join("data.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["cache"].as_str().map(PathBuf::from)
+/// Refuses a run whose model and batch will not fit where it runs, before
+/// its weights or any batch are allocated.
+fn check_run_fits(c: &TrainConfig, device: Option<&crate::device::SharedDevice>) -> Result<()> {
+    check_fits(
+        &c.model,
+        c.batch,
+        Pass::Train,
+        device,
+        &format!("training at --batch {}", c.batch),
+        "lower --batch and raise --accum to keep the batch per step",
+    )
+    .map(|_| ())
 }
 
 pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     // --- start: configuration, weights, optimizer state ---
     let mut last_ckpt: Option<PathBuf> = None;
-    let (mut store, mut opt, mut meta, out) = match &opts.start {
-        Start::Resume(p) => {
-            let (dir, weights, state) = resolve_resume(p)?;
-            last_ckpt = Some(weights.clone());
-            let (config, store) = load_checkpoint(&weights, DType::F32)?;
-            let (opt, mut meta) = load_state(&state, &store)?;
-            if config != meta.config.model {
-                return Err(Error::format(
-                    &state,
-                    "belongs to weights of another model configuration",
-                ));
-            }
-            // A resumed run keeps its recipe; only the length may change.
-            let steps = opts.config.steps;
-            meta.config = TrainConfig {
-                steps: steps.or(meta.config.steps),
-                ..meta.config.clone()
-            };
-            obs.message(&format!("resuming {} at step {}", dir.display(), meta.step));
-            (store, opt, meta, dir)
+    let start = std::mem::replace(&mut opts.start, Start::Fresh);
+    let (mut store, mut opt, mut meta, out) = match start {
+        Start::Resume(r) => {
+            let r = *r;
+            last_ckpt = Some(r.weights.clone());
+            obs.message(&format!(
+                "resuming {} at step {} from {}",
+                r.dir.display(),
+                r.meta.step,
+                r.weights.display()
+            ));
+            (r.store, r.opt, r.meta, r.dir)
         }
         other => {
             let c = opts.config.clone();
             c.validate()?;
+            check_run_fits(&c, opts.device.as_ref())?;
             let store = match other {
-                Start::Init(w) => load_checkpoint_for(w, &c.model, DType::F32)?,
+                Start::Init(w) => load_checkpoint_for(&w, &c.model, DType::F32)?,
                 _ => init_params(&c.model, c.seed, DType::F32)?,
             };
             let opt = AdamW::new(c.adamw(), &store);
@@ -299,22 +272,20 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         }
     };
     opts.config = meta.config.clone();
+    check_run_fits(&opts.config, opts.device.as_ref())?;
     if let Some(dev) = &opts.device {
         store = store.to_device(dev)?;
     }
     let c = &opts.config;
-    for sub in ["checkpoints", "recon"] {
-        let d = out.join(sub);
-        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-    }
-    crate::io::write_atomic(&out.join("config.json"), c.to_json_pretty().as_bytes())?;
-    let data_note = json!({"cache": opts.cache.display().to_string()});
-    crate::io::write_atomic(&out.join("data.json"), data_note.to_string().as_bytes())?;
-    let metrics = out.join("metrics.jsonl");
-    truncate_metrics(&metrics, meta.step)?;
 
     // --- data ---
     let manifest = CacheManifest::load(&opts.cache)?;
+    for d in &manifest.damaged {
+        obs.message(&format!(
+            "warning: {}: {d} is damaged and left out (`nemesis prepare` again rebuilds it)",
+            opts.cache.display()
+        ));
+    }
     let mut train = manifest.files(&opts.cache, Split::Training);
     let mut val = manifest.files(&opts.cache, Split::Validation);
     if val.is_empty() && train.len() >= 2 {
@@ -325,9 +296,24 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         ));
     }
     if val.is_empty() {
+        let dropped: Vec<String> = manifest
+            .failures
+            .iter()
+            .map(|f| f.error.clone())
+            .chain(manifest.damaged.iter().cloned())
+            .collect();
         return Err(Error::invalid(
             "pretrain",
-            "the cache needs at least two volumes (one for validation)",
+            format!(
+                "the cache {} holds {} usable volume(s) and needs at least two (one for validation){}",
+                opts.cache.display(),
+                train.len(),
+                if dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left out: {}", dropped.join("; "))
+                }
+            ),
         ));
     }
     let (mut plan, bad) = EpochPlan::new(
@@ -345,7 +331,19 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     }
     let val_set = validation_set(c, &val)?;
     let bpe = plan.batches_per_epoch();
-    let total = c.steps.unwrap_or((c.epochs * bpe / c.accum as u64).max(1));
+    let total = match c.steps {
+        Some(s) => s,
+        None => c
+            .epochs
+            .checked_mul(bpe)
+            .map(|v| (v / c.accum as u64).max(1))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--epochs",
+                    format!("{} epochs of {bpe} batches is more steps than can be counted", c.epochs),
+                )
+            })?,
+    };
     let warmup = ((c.warmup_epochs * bpe as f64 / c.accum as f64).round() as u64).min(total.saturating_sub(1));
     let schedule = Schedule {
         kind: c.lr_schedule,
@@ -355,6 +353,24 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         total_steps: total,
     };
     let model = Nemesis::new(c.model.clone())?;
+
+    // --- the run folder: written only once the data and model are ready,
+    // so a run refused before its first step leaves nothing of itself ---
+    for sub in ["checkpoints", "recon"] {
+        let d = out.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    crate::io::write_atomic(&out.join("config.json"), c.to_json_pretty().as_bytes())?;
+    let data_note = json!({"cache": opts.cache.display().to_string()});
+    crate::io::write_atomic(&out.join(DATA_NOTE), data_note.to_string().as_bytes())?;
+    let metrics = out.join("metrics.jsonl");
+    truncate_metrics(&metrics, meta.step)?;
+    for ch in &opts.changes {
+        append_jsonl(
+            &metrics,
+            &json!({"kind": "change", "step": meta.step + 1, "key": ch.key, "from": ch.from, "to": ch.to}),
+        )?;
+    }
     let mut loader = Loader::start(
         plan.clone(),
         meta.position,

@@ -541,6 +541,11 @@ impl RawDevice for CudaDevice {
             .unwrap_or(0)
     }
 
+    fn available_raw(&self) -> Option<u64> {
+        self.bind().ok()?;
+        self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
     fn alloc_raw(&self, bytes: usize) -> Result<Buffer> {
         // Stream-ordered and not cleared: no kernel reads memory it has not
         // written (the emulator fills fresh memory with NaN bits and every
