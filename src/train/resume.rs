@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::adamw::AdamW;
 use super::config::TrainConfig;
-use super::state::{list_checkpoints, load_state, state_name, weights_name, Latest, StateMeta};
+use super::state::{list_checkpoints, load_state_for, state_name, weights_name, Latest, StateMeta};
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
 use crate::model::load_checkpoint;
@@ -121,16 +121,7 @@ pub fn open_resume(p: &Path, warn: &mut dyn FnMut(String)) -> Result<Resumed> {
 /// Weights and training state, checked to belong together.
 fn open_checkpoint(weights: &Path, state: &Path) -> Result<(ParamStore, AdamW, StateMeta)> {
     let (config, store) = load_checkpoint(weights, DType::F32)?;
-    let (opt, meta) = load_state(state, &store)?;
-    if config != meta.config.model {
-        return Err(Error::format(
-            weights,
-            format!(
-                "holds weights of another model configuration than its training state {}",
-                state.display()
-            ),
-        ));
-    }
+    let (opt, meta) = load_state_for(state, &store, &config, weights)?;
     Ok((store, opt, meta))
 }
 

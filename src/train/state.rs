@@ -12,7 +12,7 @@ use crate::autograd::ParamStore;
 use crate::data::Position;
 use crate::error::{Error, Result};
 use crate::io::{Array, ArrayData, TensorFile};
-use crate::model::save_checkpoint;
+use crate::model::{save_checkpoint, ModelConfig};
 
 /// The scalar part of the training state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,11 +87,42 @@ pub fn save(dir: &Path, store: &ParamStore, opt: &AdamW, meta: &StateMeta) -> Re
 /// `store`) and returns its scalar part.
 pub fn load_state(path: &Path, store: &ParamStore) -> Result<(AdamW, StateMeta)> {
     let f = TensorFile::read(path)?;
+    let meta = state_meta(&f, path)?;
+    fill_state(&f, path, meta, store)
+}
+
+/// `load_state` for the weights at `weights` of configuration `model`: a
+/// state of another model configuration is refused, naming the weights,
+/// before any moment is read.
+pub fn load_state_for(
+    path: &Path,
+    store: &ParamStore,
+    model: &ModelConfig,
+    weights: &Path,
+) -> Result<(AdamW, StateMeta)> {
+    let f = TensorFile::read(path)?;
+    let meta = state_meta(&f, path)?;
+    if &meta.config.model != model {
+        return Err(Error::format(
+            weights,
+            format!(
+                "holds weights of another model configuration than its training state {}",
+                path.display()
+            ),
+        ));
+    }
+    fill_state(&f, path, meta, store)
+}
+
+fn state_meta(f: &TensorFile, path: &Path) -> Result<StateMeta> {
     let json = f
         .metadata
         .get("state")
         .ok_or_else(|| Error::format(path, "not a training-state file (no `state` metadata)"))?;
-    let meta: StateMeta = serde_json::from_str(json).map_err(|e| Error::format(path, format!("state ({e})")))?;
+    serde_json::from_str(json).map_err(|e| Error::format(path, format!("state ({e})")))
+}
+
+fn fill_state(f: &TensorFile, path: &Path, meta: StateMeta, store: &ParamStore) -> Result<(AdamW, StateMeta)> {
     let c = &meta.config;
     let mut opt = AdamW::new(c.adamw(), store);
     opt.step = meta.step;
