@@ -4,12 +4,16 @@ use clap::Args;
 
 use super::model_source::ModelSource;
 use crate::error::Result;
-use crate::model::{encoder_flops, training_flops, FlopCount};
+use crate::host::human_bytes;
+use crate::model::{encoder_flops, estimate, training_flops, FlopCount, Pass, Place};
 
 #[derive(Args, Debug)]
 pub struct FlopsArgs {
     #[command(flatten)]
     pub model: ModelSource,
+    /// The batch the memory estimate is for.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
 }
 
 fn g(v: u64) -> String {
@@ -79,5 +83,18 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
          not the totals above.",
         t.paper_macs() as f64 / 1e9
     );
+    println!();
+    println!(
+        "memory at batch {} (the estimate commands check before allocating; docs/BENCHMARKS.md, \"Memory estimates\"):",
+        a.batch
+    );
+    for (what, pass, place) in [
+        ("training, CPU", Pass::Train, Place::Cpu),
+        ("training, GPU", Pass::Train, Place::Device),
+        ("encoding, CPU", Pass::Infer, Place::Cpu),
+    ] {
+        let e = estimate(&c, a.batch, pass, place)?;
+        println!("  {what:<16} {:>10}  ({})", human_bytes(e.total()), e.breakdown());
+    }
     Ok(())
 }

@@ -11,10 +11,11 @@ use super::progress::Progress;
 use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::io::{FolderLock, LOCK_FILE};
+use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::train::{apply_changes, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags};
-use crate::train::{RunOptions, Start, StepMetrics, TrainConfig};
+use crate::train::{check_run_fits, RunOptions, Start, StepMetrics, TrainConfig};
 
 /// Steps of the built-in default run: a few minutes of the `small` preset on 2 cores.
 pub const DEFAULT_STEPS: u64 = 600;
@@ -168,35 +169,6 @@ fn cache_for(data: &Path) -> Result<PathBuf> {
     Ok(cache)
 }
 
-/// Claims the run folder: the next free `runs/pretrain-N` (made with
-/// `create_dir`, so two runs started together never pick the same one), or
-/// `--out`. Says whether this process made it, so a run that fails before
-/// its first step can take it away again.
-fn claim_out(out: &Option<PathBuf>) -> Result<(PathBuf, bool)> {
-    let make = |p: &Path| -> Result<bool> {
-        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        match std::fs::create_dir(p) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(false),
-            Err(e) => Err(Error::io(p, e)),
-        }
-    };
-    if let Some(p) = out {
-        let created = make(p)?;
-        return Ok((p.clone(), created));
-    }
-    let mut n = 1u64;
-    loop {
-        let p = PathBuf::from(format!("runs/pretrain-{n}"));
-        if !p.exists() && make(&p)? {
-            return Ok((p, true));
-        }
-        n += 1;
-    }
-}
-
 /// A run that failed before its first step leaves nothing behind: the
 /// folder it made goes, or, in a folder it was given, its lock file.
 fn clean_failed_start(out: &Path, created: bool) {
@@ -264,6 +236,7 @@ impl Observer for Bar {
 /// stopped the run (after its checkpoint).
 pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     let signals = Signals::install()?;
+    let device = select(a.device, a.bf16)?;
     if let Some(r) = &a.resume {
         let refused = refused_on_resume(a);
         if !refused.is_empty() {
@@ -319,19 +292,13 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
         }
         let config = resumed.meta.config.clone();
         let out = resumed.dir.clone();
-        let status = train(
-            a,
-            config,
-            cache,
-            out,
-            Start::Resume(Box::new(resumed)),
-            changes,
-            &signals,
-        );
+        let start = Start::Resume(Box::new(resumed));
+        let status = train(a, device, config, cache, out, start, changes, &signals);
         drop(lock);
         return status;
     }
     let config = a.config()?;
+    check_run_fits(&config, device.as_ref())?;
     // Data before the folder: a run refused for its data leaves nothing.
     let cache = match &a.data {
         Some(d) => cache_for(d)?,
@@ -341,7 +308,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
         Some(w) => Start::Init(w.clone()),
         None => Start::Fresh,
     };
-    let (out, created) = claim_out(&a.out)?;
+    let (out, created) = claim_folder(a.out.as_deref(), "pretrain")?;
     let lock = FolderLock::acquire(&out, "--out")?;
     if out.join("latest.json").exists() {
         return Err(Error::invalid(
@@ -355,7 +322,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     }
     eprintln!("run folder {}", out.display());
     eprintln!("configuration:\n{}", config.to_json_pretty());
-    let status = train(a, config, cache, out.clone(), start, Vec::new(), &signals);
+    let status = train(a, device, config, cache, out.clone(), start, Vec::new(), &signals);
     if status.is_err() {
         clean_failed_start(&out, created);
     }
@@ -363,8 +330,10 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     status
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train(
     a: &PretrainArgs,
+    device: Option<SharedDevice>,
     config: TrainConfig,
     cache: PathBuf,
     out: PathBuf,
@@ -372,7 +341,6 @@ fn train(
     changes: Vec<Change>,
     signals: &Signals,
 ) -> Result<u8> {
-    let device = select(a.device, a.bf16)?;
     let mut bar = Bar {
         progress: None,
         terminal: std::io::stderr().is_terminal(),

@@ -7,6 +7,7 @@ use clap::Args;
 use super::device::{select, DeviceArg};
 use crate::data::DatasetIndex;
 use crate::error::{Error, Result};
+use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::model::{init_params, load_checkpoint, ModelConfig};
 use crate::probe::{self, ProbeOptions, BTCV_LABELS};
 use crate::tensor::DType;
@@ -53,13 +54,6 @@ pub struct ProbeArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-}
-
-fn next_out() -> PathBuf {
-    (1..)
-        .map(|n| PathBuf::from(format!("runs/probe-{n}")))
-        .find(|p| !p.exists())
-        .unwrap_or_else(|| PathBuf::from("runs/probe"))
 }
 
 /// The index, and the label values its label maps may hold: the keys of the
@@ -162,7 +156,8 @@ pub fn run(a: &ProbeArgs) -> Result<()> {
         }
     };
     let (index, allowed_labels, index_file) = read_index(&data)?;
-    let out = a.out.clone().unwrap_or_else(next_out);
+    let (out, created) = claim_folder(a.out.as_deref(), "probe")?;
+    let lock = FolderLock::acquire(&out, "--out")?;
     eprintln!(
         "probe: {} training and {} validation volumes from {}; encoder {encoder_id}; output {}",
         index.training.len(),
@@ -182,10 +177,23 @@ pub fn run(a: &ProbeArgs) -> Result<()> {
         batch: a.batch,
         lr: a.lr,
         seed: a.seed,
-        out,
+        out: out.clone(),
         device,
     };
-    let r = probe::run(&opts, config, store)?;
+    let r = match probe::run(&opts, config, store) {
+        Ok(r) => r,
+        Err(e) => {
+            // A folder this command made and wrote nothing into goes.
+            let only_lock = std::fs::read_dir(&out)
+                .map(|d| d.flatten().all(|e| e.file_name() == LOCK_FILE))
+                .unwrap_or(false);
+            if created && only_lock {
+                let _ = std::fs::remove_dir_all(&out);
+            }
+            return Err(e);
+        }
+    };
+    drop(lock);
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "undefined".into());
     println!(
         "probe: {} training tiles, {} validation tiles; last evaluation (epoch {}): mean AUROC {}, mean F1 {:.4}; \

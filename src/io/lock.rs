@@ -1,4 +1,5 @@
-//! One writer per folder: an advisory lock (`flock`) on `FOLDER/.lock`,
+//! Output folders: claimed atomically (`claim_folder`), and one writer per
+//! folder: an advisory lock (`flock`) on `FOLDER/.lock`,
 //! held for as long as the [`FolderLock`] lives. The kernel drops it when
 //! the process ends however it ends, so a lock left by a killed run never
 //! blocks the next one; the file itself stays and says who held it last.
@@ -65,6 +66,35 @@ impl FolderLock {
         };
         write(&mut file).map_err(|e| Error::io(&path, e))?;
         Ok(FolderLock { _file: file, path })
+    }
+}
+
+/// Claims an output folder: `out`, or the next free `runs/KIND-N` (made
+/// with `create_dir`, so two commands started together never pick the same
+/// one). Says whether this process made it, so a command that fails before
+/// writing anything can take it away again.
+pub fn claim_folder(out: Option<&Path>, kind: &str) -> Result<(PathBuf, bool)> {
+    let make = |p: &Path| -> Result<bool> {
+        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        match std::fs::create_dir(p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(false),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    };
+    if let Some(p) = out {
+        let created = make(p)?;
+        return Ok((p.to_path_buf(), created));
+    }
+    let mut n = 1u64;
+    loop {
+        let p = PathBuf::from(format!("runs/{kind}-{n}"));
+        if !p.exists() && make(&p)? {
+            return Ok((p, true));
+        }
+        n += 1;
     }
 }
 

@@ -5,5 +5,5 @@ mod lock;
 mod tensor_file;
 
 pub use atomic::write_atomic;
-pub use lock::{utc_now, FolderLock, LOCK_FILE};
+pub use lock::{claim_folder, utc_now, FolderLock, LOCK_FILE};
 pub use tensor_file::{Array, ArrayData, TensorFile};

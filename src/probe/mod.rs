@@ -302,7 +302,11 @@ pub fn run(o: &ProbeOptions, config: ModelConfig, encoder: ParamStore) -> Result
     crate::model::check_fits(
         &config,
         o.batch,
-        crate::model::Pass::Infer,
+        if o.finetune {
+            crate::model::Pass::Train
+        } else {
+            crate::model::Pass::Infer
+        },
         o.device.as_ref(),
         &format!("encoding {} superpatches at once", o.batch),
         "lower --batch",

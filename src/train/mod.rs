@@ -17,4 +17,4 @@ pub use resume::{apply_changes, open_resume, run_cache, Change, ResumeFlags, Res
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};
 pub use step::{queue_step, read_deferred, PendingStep, StepGraphs, StepSpec, StepValues};
-pub use trainer::{run, Observer, RunOptions, RunReport, Start, StepMetrics};
+pub use trainer::{check_run_fits, run, Observer, RunOptions, RunReport, Start, StepMetrics};

@@ -224,7 +224,7 @@ fn redraw_curves(dir: &Path) -> Result<()> {
 
 /// Refuses a run whose model and batch will not fit where it runs, before
 /// its weights or any batch are allocated.
-fn check_run_fits(c: &TrainConfig, device: Option<&crate::device::SharedDevice>) -> Result<()> {
+pub fn check_run_fits(c: &TrainConfig, device: Option<&crate::device::SharedDevice>) -> Result<()> {
     check_fits(
         &c.model,
         c.batch,
