@@ -679,3 +679,24 @@ fn a_batch_beyond_memory_is_refused_with_the_estimate_and_leaves_no_folder() {
     );
     assert!(!r.exists());
 }
+
+#[test]
+fn a_header_promising_more_voxels_than_memory_is_refused_before_reading() {
+    let d = tmp("dims");
+    let p = d.join("big.nii");
+    volume(&p, 50);
+    let mut b = std::fs::read(&p).unwrap();
+    for k in 0..3 {
+        b[42 + 2 * k..44 + 2 * k].copy_from_slice(&32767i16.to_le_bytes());
+    }
+    std::fs::write(&p, b).unwrap();
+    let before = snapshot(&d);
+    let t = Instant::now();
+    refused(
+        &nemesis(&["inspect", s(&p)]),
+        1,
+        &["32767×32767×32767 volume needs about", "TiB to read"],
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(snapshot(&d), before);
+}

@@ -328,6 +328,19 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
         warnings.push(format!("{rank}-D image {stored_shape:?}: using the first volume only"));
     }
     let n = x * y * z;
+    // Reading holds the raw bytes, the scaled values (f64) and the HU
+    // volume (f32) at once: known before the first allocation.
+    let needs = (n as u64).saturating_mul(elem as u64 + 8 + 4);
+    if let Some(avail) = crate::host::available_memory().filter(|&a| needs > a) {
+        return Err(Error::format(
+            path,
+            format!(
+                "a {x}×{y}×{z} volume needs about {} to read, {} available",
+                crate::host::human_bytes(needs),
+                crate::host::human_bytes(avail)
+            ),
+        ));
+    }
     let (data_path, pair) = data_file(path)?;
     // A single file's data cannot start inside its own 348-byte header and
     // 4-byte extension flag.
