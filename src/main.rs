@@ -22,7 +22,23 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Output piped into a program that stops reading (`nemesis inspect v.nii
+/// | head`) ends the process quietly, as for every Unix tool, instead of a
+/// panic on the failed write (Rust ignores SIGPIPE by default).
+#[cfg(unix)]
+fn quiet_broken_pipe() {
+    // SAFETY: restores the default action of one signal before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_broken_pipe() {}
+
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     // A user's own GLIBC_TUNABLES take precedence.
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
         keep_freed_memory();

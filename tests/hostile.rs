@@ -700,3 +700,22 @@ fn a_header_promising_more_voxels_than_memory_is_refused_before_reading() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(snapshot(&d), before);
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    let d = tmp("pipe");
+    let p = d.join("v.nii");
+    volume(&p, 60);
+    let mut child = Command::new(bin())
+        .args(["inspect", s(&p)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is read.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success() || o.status.code().is_none(), "{:?}: {err}", o.status);
+}

@@ -19,6 +19,17 @@ pub enum CudaProbe {
 type InitFn = unsafe extern "C" fn(u32) -> c_int;
 type CountFn = unsafe extern "C" fn(*mut c_int) -> c_int;
 
+/// The loader's reason, naming the library once (dlopen's message already
+/// starts with it on Linux).
+fn load_error(name: &str, e: &libloading::Error) -> String {
+    let why = e.to_string();
+    if why.contains(name) {
+        why
+    } else {
+        format!("{name}: {why}")
+    }
+}
+
 pub fn probe() -> CudaProbe {
     probe_library("libcuda.so.1")
 }
@@ -27,7 +38,7 @@ pub fn probe_library(name: &str) -> CudaProbe {
     // SAFETY: loading the driver runs only its initialisers.
     let lib = match unsafe { Library::new(name) } {
         Ok(l) => l,
-        Err(e) => return CudaProbe::NoDriver(format!("{name}: {e}")),
+        Err(e) => return CudaProbe::NoDriver(load_error(name, &e)),
     };
     // SAFETY: cuInit and cuDeviceGetCount have these C signatures in every driver.
     unsafe {
@@ -59,7 +70,7 @@ type VersionFn = unsafe extern "C" fn(*mut c_int) -> c_int;
 pub fn driver_api(symbols: &[&str]) -> Result<(i32, Vec<String>), String> {
     let name = "libcuda.so.1";
     // SAFETY: loading the driver runs only its initialisers.
-    let lib = unsafe { Library::new(name) }.map_err(|e| format!("{name}: {e}"))?;
+    let lib = unsafe { Library::new(name) }.map_err(|e| load_error(name, &e))?;
     let mut version: c_int = 0;
     // SAFETY: cuDriverGetVersion has this C signature in every driver.
     unsafe {

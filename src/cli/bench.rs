@@ -20,7 +20,7 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Superpatches per second: the cache through the loader vs decompressing .nii.gz per sample.
     Data(DataArgs),
-    /// Kernel microbenchmarks on a device beside their floors (attention so far).
+    /// Kernel microbenchmarks on a device beside their floors: attention, the other kernels, or all.
     Kernels(super::bench_kernels::KernelArgs),
     /// Whole training steps: forward, backward and AdamW at a preset's shapes.
     Step(StepArgs),
@@ -30,12 +30,15 @@ pub enum BenchWhat {
 pub struct StepArgs {
     #[command(flatten)]
     pub model: super::model_source::ModelSource,
+    /// Superpatches per step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Timed steps (after the untimed warm-up: one step, or two with step
     /// graphs, the second being recorded).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
     #[arg(long, value_enum, default_value_t = super::device::DeviceArg::Auto)]
     pub device: super::device::DeviceArg,
     /// Mixed precision on a device (bf16 GEMM operands).
@@ -55,6 +58,7 @@ pub struct DataArgs {
     /// Superpatch edge in voxels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Superpatches per batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Batches timed on the cache path.

@@ -27,6 +27,8 @@ pub enum KernelSet {
 
 #[derive(Args, Debug)]
 pub struct KernelArgs {
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
     #[arg(long, value_enum, default_value_t = super::device::DeviceArg::Auto)]
     pub device: super::device::DeviceArg,
     /// Which kernels.

@@ -22,6 +22,7 @@ pub enum CheckDevice {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
+    /// Where the kernels run: emu (compiled for the CPU, any machine) or cuda (a GPU).
     #[arg(long, value_enum, default_value_t = CheckDevice::Emu)]
     pub device: CheckDevice,
     /// Seed of the random inputs (default: a new one each run).

@@ -28,6 +28,8 @@ pub struct ModelIo {
     /// reconstruct: `reconstruction`, `mask`, `loss`, `psnr`).
     #[arg(long, value_name = "OUT.safetensors")]
     pub output: PathBuf,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }

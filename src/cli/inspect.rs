@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::{read_volume, AffineSource};
+use crate::data::{read_volume, AffineSource, Volume};
 use crate::error::Result;
 use crate::io::{Array, ArrayData, TensorFile};
 
@@ -19,6 +19,24 @@ pub struct InspectArgs {
     pub export: Option<PathBuf>,
 }
 
+/// The values of a volume that reads as a label map: unscaled integers of
+/// 0 to 255, at most 64 distinct. `None` for an image.
+fn label_values(v: &Volume) -> Option<Vec<u32>> {
+    let scaled = v.info.scaling.is_some_and(|(s, b)| s != 1.0 || b != 0.0);
+    if scaled || v.info.datatype.starts_with("float") {
+        return None;
+    }
+    let mut seen = [false; 256];
+    for &x in &v.hu {
+        if !(0.0..=255.0).contains(&x) || x.fract() != 0.0 {
+            return None;
+        }
+        seen[x as usize] = true;
+    }
+    let values: Vec<u32> = (0..256u32).filter(|&k| seen[k as usize]).collect();
+    (values.len() <= 64).then_some(values)
+}
+
 pub fn run(a: &InspectArgs) -> Result<()> {
     let v = read_volume(&a.volume)?;
     let i = &v.info;
@@ -30,9 +48,12 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         i.datatype,
         if i.big_endian { "big-endian" } else { "little-endian" }
     );
-    match i.scaling {
-        Some((s, b)) => println!("  scaling        HU = {s} · stored + {b}"),
-        None => println!("  scaling        none (stored values are HU)"),
+    let labels = label_values(&v);
+    match (i.scaling, &labels) {
+        (Some((s, b)), None) => println!("  scaling        HU = {s} · stored + {b}"),
+        (Some((s, b)), Some(_)) => println!("  scaling        value = {s} · stored + {b}"),
+        (None, Some(_)) => println!("  scaling        none"),
+        (None, None) => println!("  scaling        none (stored values are HU)"),
     }
     let source = match i.affine_source {
         AffineSource::Sform => "sform",
@@ -56,7 +77,14 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         v.hu.iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
     let mean = v.hu.iter().map(|&x| x as f64).sum::<f64>() / v.hu.len().max(1) as f64;
-    println!("  HU             min {lo}, max {hi}, mean {mean:.1}");
+    match &labels {
+        Some(values) => println!(
+            "  values         a label map: {} distinct, {}",
+            values.len(),
+            values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+        None => println!("  HU             min {lo}, max {hi}, mean {mean:.1}"),
+    }
     for w in &i.warnings {
         println!("  warning        {w}");
     }

@@ -31,8 +31,13 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NEME
     version = VERSION,
     about = "NEMESIS masked-autoencoder pretraining for 3D CT",
     long_about = "NEMESIS masked-autoencoder pretraining and probing for 3D CT superpatches: \
-                  noise-enhanced reconstruction, dual (plane + axis) masking, MATB blocks.\n\
-                  CPU reference backend today; CUDA kernels via NVRTC as they land."
+                  noise-enhanced reconstruction, dual (plane + axis) masking, MATB blocks. \
+                  Runs on the CPU (the reference), on an NVIDIA GPU (CUDA kernels compiled \
+                  at run time by NVRTC), or on the emulator (those kernels on the CPU).",
+    after_help = "Start here:\n  \
+                  nemesis pretrain                      # the built-in default: synthetic CT, a few minutes on a CPU\n  \
+                  nemesis probe --checkpoint runs/pretrain-1/best.safetensors\n  \
+                  nemesis <command> --help              # every flag, its unit and default, and examples"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,30 +48,66 @@ pub struct Cli {
 pub enum Command {
     /// Pretrain a NEMESIS model (built-in default: synthetic CT phantoms, `small` preset, CPU).
     #[command(allow_negative_numbers = true)]
+    #[command(
+        after_help = "Examples:\n  nemesis pretrain                                     # built-in default: synthetic phantoms, small preset, 600 steps\n  nemesis pretrain --data ct_folder/ --preset small --epochs 50\n  nemesis pretrain --data dataset.json --config run.toml --device cuda --bf16\n  nemesis pretrain --resume runs/pretrain-1 --steps 2000 --lr 5e-5   # continue; changes are said\nExit status: 0 done, 1 error, 130 / 143 stopped by SIGINT / SIGTERM after a checkpoint."
+    )]
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Write a freshly initialised checkpoint (PyTorch-default init, seeded).
+    #[command(
+        after_help = "Examples:\n  nemesis init --preset tiny --out tiny.safetensors\n  nemesis init --config model.json --seed 7 --out w.safetensors"
+    )]
     Init(init::InitArgs),
     /// Encode superpatches into encoder features (inference: nothing masked).
+    #[command(
+        after_help = "Examples:\n  nemesis encode --checkpoint runs/pretrain-1/best.safetensors --input ct.nii.gz --output features.safetensors\n  nemesis encode --checkpoint w.safetensors --input superpatches.safetensors --output f.safetensors --batch 1"
+    )]
     Encode(encode::EncodeArgs),
     /// Reconstruct masked superpatches with a checkpoint; optionally a picture.
     #[command(allow_negative_numbers = true)]
+    #[command(
+        after_help = "Examples:\n  nemesis reconstruct --checkpoint runs/pretrain-1/best.safetensors --input ct.nii.gz --output r.safetensors --png r.png\n  nemesis reconstruct --checkpoint w.safetensors --input x.safetensors --output r.safetensors --seed 3 --noise-std 0.03"
+    )]
     Reconstruct(reconstruct::ReconstructArgs),
     /// Count the FLOPs of a configuration, module by module (MODEL.md §13).
+    #[command(
+        after_help = "Examples:\n  nemesis flops --preset paper\n  nemesis flops --preset small --batch 8      # and the memory a batch of 8 needs"
+    )]
     Flops(flops::FlopsArgs),
     /// Convert a NIfTI dataset into a memory-mapped training cache.
+    #[command(
+        after_help = "Examples:\n  nemesis prepare --dir ct_folder/ --out cache/\n  nemesis prepare --index dataset.json --out cache/ --jobs 8 --verify"
+    )]
     Prepare(prepare::PrepareArgs),
     /// Print a NIfTI volume's shape, spacing, datatype, scaling, orientation and HU range.
+    #[command(
+        after_help = "Examples:\n  nemesis inspect ct.nii.gz\n  nemesis inspect ct.nii.gz --export ct.safetensors"
+    )]
     Inspect(inspect::InspectArgs),
     /// Generate synthetic CT phantoms with organ label maps and a dataset.json.
+    #[command(
+        after_help = "Examples:\n  nemesis synth --out phantoms/ --count 10\n  nemesis synth --out small/ --count 4 --size 48,96,96 --seed 1"
+    )]
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).
     #[command(allow_negative_numbers = true)]
+    #[command(
+        after_help = "Examples:\n  nemesis probe --checkpoint runs/pretrain-1/best.safetensors              # built-in phantoms\n  nemesis probe --checkpoint runs/pretrain-1/best.safetensors --random-init  # the random-encoder baseline\n  nemesis probe --checkpoint paper.safetensors --data dataset.json --label-fraction 0.1"
+    )]
     Probe(probe::ProbeArgs),
     /// Compare every GPU kernel with the CPU reference, on the emulator or a GPU.
+    #[command(
+        after_help = "Examples:\n  nemesis check                       # every kernel and whole steps on the emulator (about 40 s on 2 cores)\n  nemesis check --device cuda --seed 1\n  nemesis check --steps none          # the kernels only"
+    )]
     Check(check::CheckArgs),
     /// Compile every CUDA kernel with NVRTC for a GPU architecture (no GPU needed).
+    #[command(
+        after_help = "Examples:\n  nemesis compile-kernels --arch sm_90 --out kernels-sm90/\n  NEMESIS_KERNEL_CACHE=kernels-sm90/ nemesis pretrain --device cuda   # on the GPU machine"
+    )]
     CompileKernels(compile_kernels::CompileKernelsArgs),
     /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
+    #[command(
+        after_help = "Examples:\n  nemesis bench step --preset small --device cpu\n  nemesis bench step --preset paper --device cuda --bf16\n  nemesis bench data\n  nemesis bench kernels --device cuda --only all"
+    )]
     Bench(bench::BenchArgs),
 }
 

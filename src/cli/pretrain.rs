@@ -42,47 +42,68 @@ pub struct PretrainArgs {
     /// Start from these weights (e.g. a converted official checkpoint).
     #[arg(long, value_name = "W.safetensors")]
     pub init: Option<PathBuf>,
-    /// Optimizer steps in all (overrides epochs).
-    #[arg(long)]
+    /// Optimizer steps in all; overrides --epochs (default: from --epochs;
+    /// the built-in default run: 600).
+    #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
-    #[arg(long)]
+    /// Passes over the training volumes, one crop each (default: 50).
+    #[arg(long, value_name = "N")]
     pub epochs: Option<u64>,
-    #[arg(long)]
+    /// Superpatches per micro-batch (default: 4). Memory grows with it.
+    #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
-    /// Micro-batches whose gradients add up to one optimizer step.
-    #[arg(long)]
+    /// Micro-batches whose gradients add up to one optimizer step: the
+    /// step's batch is --batch × --accum (default: 1).
+    #[arg(long, value_name = "N")]
     pub accum: Option<usize>,
-    #[arg(long)]
+    /// Peak learning rate, reached after the warm-up (default: 1e-4).
+    #[arg(long, value_name = "RATE")]
     pub lr: Option<f64>,
-    #[arg(long)]
+    /// Learning rate at the end of the cosine decay (default: 1e-6).
+    #[arg(long, value_name = "RATE")]
     pub min_lr: Option<f64>,
-    #[arg(long)]
+    /// Linear warm-up length, in epochs; fractions allowed (default: 5).
+    #[arg(long, value_name = "EPOCHS")]
     pub warmup_epochs: Option<f64>,
+    /// The learning-rate schedule (default: recipe).
     #[arg(long, value_enum)]
     pub lr_schedule: Option<LrSchedule>,
-    #[arg(long)]
+    /// AdamW's decoupled weight decay (default: 0.05).
+    #[arg(long, value_name = "W")]
     pub weight_decay: Option<f64>,
-    #[arg(long)]
+    /// Clip the global gradient norm to this (default: 1.0).
+    #[arg(long, value_name = "NORM")]
     pub clip: Option<f64>,
-    /// Noise σ values drawn per batch, e.g. 0,0.01,0.03,0.05.
-    #[arg(long, value_delimiter = ',')]
+    /// Noise σ values (in units of the [0, 1] window) drawn per batch
+    /// (default: 0,0.01,0.03,0.05).
+    #[arg(long, value_delimiter = ',', value_name = "σ,…")]
     pub noise_levels: Option<Vec<f64>>,
-    #[arg(long)]
+    /// Dropout in the MATB blocks, in [0, 1) (default: the preset's, 0.1).
+    #[arg(long, value_name = "P")]
     pub dropout: Option<f64>,
+    /// Seed of every random choice: init, crops, masks, noise, dropout
+    /// (default: 42). The same seed gives the same run, bit for bit on the CPU.
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long)]
+    /// Validate, draw a reconstruction and write a checkpoint every this
+    /// many steps (default: 100; the built-in default run: 50).
+    #[arg(long, value_name = "STEPS")]
     pub val_every: Option<u64>,
-    #[arg(long)]
+    /// Fixed validation superpatches, the same at every validation (default: 8).
+    #[arg(long, value_name = "N")]
     pub val_superpatches: Option<usize>,
-    #[arg(long)]
+    /// Checkpoints kept besides best.safetensors; older ones are removed (default: 3).
+    #[arg(long, value_name = "N")]
     pub keep_last: Option<usize>,
-    /// Without a terminal, a progress line every this many steps.
-    #[arg(long)]
+    /// Without a terminal, a progress line every this many steps (default: 10).
+    #[arg(long, value_name = "STEPS")]
     pub log_every: Option<u64>,
-    /// Stop with a checkpoint once this many steps are done (split a long run).
+    /// Stop with a checkpoint once this many steps are done, to split a
+    /// long run into jobs; --resume continues it.
     #[arg(long, value_name = "STEP")]
     pub stop_at: Option<u64>,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Mixed precision on a device: bf16 GEMM operands, f32 accumulation,
@@ -320,8 +341,11 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
             ),
         ));
     }
-    eprintln!("run folder {}", out.display());
-    eprintln!("configuration:\n{}", config.to_json_pretty());
+    eprintln!(
+        "run folder {} (its configuration: {})",
+        out.display(),
+        out.join("config.json").display()
+    );
     let status = train(a, device, config, cache, out.clone(), start, Vec::new(), &signals);
     if status.is_err() {
         clean_failed_start(&out, created);

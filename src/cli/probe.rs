@@ -34,15 +34,19 @@ pub struct ProbeArgs {
     /// Train the encoder too (slow; the frozen probe is the benchmark).
     #[arg(long)]
     pub finetune: bool,
+    /// Passes of the probe's training over the training tiles.
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     /// Evaluate on the validation tiles every this many epochs (and at the end).
     #[arg(long, default_value_t = 5)]
     pub eval_every: usize,
+    /// Tiles per step of the probe's training, and tiles encoded at once.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// The probe's AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Seed of the label subset, the head's init and the tile order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Tile size D,H,W; must be the encoder's superpatch size (the default).
@@ -52,6 +56,8 @@ pub struct ProbeArgs {
     /// features are cached here and reused by a rerun.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }

@@ -21,11 +21,14 @@ pub struct SynthArgs {
     /// Output folder: images/, labels/ and dataset.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Phantoms to generate; the last fifth (at least one) are listed for validation.
     #[arg(long, default_value_t = 30)]
     pub count: usize,
+    /// Seed of the phantoms' anatomy and noise: the same seed, the same volumes.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Volume size in voxels, D,H,W (D = slices, superior–inferior).
+    /// Volume size in voxels, D,H,W (D = slices, superior–inferior; each
+    /// side 1 to 1024) (default: 96,160,160, at 2.5 × 0.8 × 0.8 mm).
     #[arg(long, value_name = "D,H,W", value_parser = parse_size)]
     pub size: Option<[usize; 3]>,
 }
@@ -91,7 +94,8 @@ pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>)
         "description": "synthetic abdominal CT phantoms made by `nemesis synth`",
         "seed": seed,
         "size": opts.size,
-        "spacing": opts.spacing,
+        // Written as the f32 values they are (0.8, not 0.800000011920929).
+        "spacing": opts.spacing.map(|s| s.to_string().parse::<f64>().unwrap_or(s as f64)),
         "labels": ORGANS.iter().map(|(v, n)| (v.to_string(), n.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
         "training": (0..count - held_out).map(entry).collect::<Vec<_>>(),
         "validation": (count - held_out..count).map(entry).collect::<Vec<_>>(),

@@ -31,6 +31,15 @@ pub struct Resumed {
 /// directly is used or refused, never replaced. Nothing large is built
 /// before the files are known to be there.
 pub fn open_resume(p: &Path, warn: &mut dyn FnMut(String)) -> Result<Resumed> {
+    if !p.exists() {
+        return Err(Error::io(
+            p,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file or folder; --resume takes a run folder or one of its checkpoints",
+            ),
+        ));
+    }
     if p.is_dir() {
         let latest_path = p.join("latest.json");
         let text = std::fs::read_to_string(&latest_path).map_err(|e| {

@@ -352,6 +352,15 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         warmup_steps: warmup,
         total_steps: total,
     };
+    // With --steps the epochs follow from them: the configuration written
+    // says what the run does.
+    let epochs_run = total.saturating_mul(c.accum as u64).div_ceil(bpe.max(1));
+    meta.config.epochs = epochs_run;
+    let written = TrainConfig {
+        epochs: epochs_run,
+        ..c.clone()
+    };
+    obs.message(&plan_line(&written, total, bpe, warmup, plan.files().len()));
     let model = Nemesis::new(c.model.clone())?;
 
     // --- the run folder: written only once the data and model are ready,
@@ -360,7 +369,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
-    crate::io::write_atomic(&out.join("config.json"), c.to_json_pretty().as_bytes())?;
+    crate::io::write_atomic(&out.join("config.json"), written.to_json_pretty().as_bytes())?;
     let data_note = json!({"cache": opts.cache.display().to_string()});
     crate::io::write_atomic(&out.join(DATA_NOTE), data_note.to_string().as_bytes())?;
     let metrics = out.join("metrics.jsonl");
@@ -441,6 +450,22 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             obs.step(number, total, &m);
             Ok(())
         };
+    if let Some(s) = opts.stop_at.filter(|&s| s <= meta.step && meta.step < total) {
+        obs.message(&format!(
+            "the run is already at step {} (--stop-at {s}): no step taken",
+            meta.step
+        ));
+        drop(loader);
+        return Ok(RunReport {
+            out,
+            step: meta.step,
+            total_steps: total,
+            finished: false,
+            checkpoint: last_ckpt,
+            best_val: meta.best_val,
+            skipped_volumes: skipped,
+        });
+    }
     while meta.step < total {
         let step = meta.step;
         // A step's time includes waiting for its batches.
@@ -521,6 +546,32 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         best_val: meta.best_val,
         skipped_volumes: skipped,
     })
+}
+
+/// What a run will do, in one line.
+fn plan_line(c: &TrainConfig, total: u64, bpe: u64, warmup: u64, volumes: usize) -> String {
+    let schedule = match c.lr_schedule {
+        super::LrSchedule::Recipe => format!(
+            "lr warms up over {warmup} steps to {:e}, then cosine to {:e} at step {total}",
+            c.lr, c.min_lr
+        ),
+        super::LrSchedule::Public => format!(
+            "lr {:e} on the public schedule (5 warm-up steps, 90-step cosine cycles)",
+            c.lr
+        ),
+    };
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    format!(
+        "plan: {total} step{} over {} epoch{} ({bpe} batches an epoch, {volumes} training volumes); {} superpatches \
+         a step (batch {} × accum {}); {schedule}; validation and a checkpoint every {} steps and at the end",
+        s(total),
+        c.epochs,
+        s(c.epochs),
+        c.batch * c.accum,
+        c.batch,
+        c.accum,
+        c.val_every
+    )
 }
 
 fn nan_error(step: u64, what: &str, value: f64, last: &Option<PathBuf>) -> Error {
