@@ -18,6 +18,7 @@ pub mod model;
 pub mod ops;
 pub mod picture;
 pub mod probe;
+pub mod progress;
 pub mod rng;
 pub mod tempname;
 pub mod tensor;

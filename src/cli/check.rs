@@ -3,7 +3,8 @@
 use clap::{Args, ValueEnum};
 
 use crate::backend::cuda::CudaDevice;
-use crate::check;
+use crate::check::{self, CheckRow};
+use crate::progress::Progress;
 use std::sync::Arc;
 
 use crate::backend::emu::EmuDevice;
@@ -46,6 +47,22 @@ fn open(device: CheckDevice, mixed: bool) -> Result<SharedDevice> {
     })
 }
 
+fn print_row(r: &CheckRow) {
+    let limit = if r.limit.is_finite() {
+        format!("{:.0e}", r.limit)
+    } else {
+        "—".into()
+    };
+    println!(
+        "{:<24} {:<44} {:>12.3e} {:>9}  {}",
+        r.kernel,
+        r.case,
+        r.rel_err,
+        limit,
+        if r.ok() { "ok" } else { "MISS" }
+    );
+}
+
 pub fn run(a: &CheckArgs) -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -60,60 +77,67 @@ pub fn run(a: &CheckArgs) -> Result<()> {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
     let dev = open(a.device, false)?;
-    let mut rows = check::run(&dev, seed)?;
+    let mixed_dev = open(a.device, true)?;
     println!(
         "kernels on the {} against the CPU reference (seed {seed}); limits: relative error, \
          fp32 1e-4, bf16 2e-2 (— : shown, judged in the all-gradients row)",
         dev.name()
     );
-    // The flash attention kernels over every head dim, length and layout.
-    rows.extend(check::attention_kernels(
-        &dev,
-        AttentionKernel::FlashF32,
-        &check::attention_cases(),
-        seed,
-    )?);
-    let mixed_dev = open(a.device, true)?;
-    rows.extend(check::attention_kernels(
-        &mixed_dev,
-        AttentionKernel::FlashBf16,
-        &check::attention_cases(),
-        seed,
-    )?);
+    println!("{:<24} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
+    // Each stage's rows are printed as it ends, under a progress bar (or a
+    // line every few seconds) that says which stage runs and the ETA.
+    type Stage<'a> = (String, Box<dyn Fn() -> Result<Vec<CheckRow>> + 'a>);
+    let mut stages: Vec<Stage> = vec![
+        ("every kernel".into(), Box::new(|| check::run(&dev, seed))),
+        (
+            "flash attention, fp32".into(),
+            Box::new(|| check::attention_kernels(&dev, AttentionKernel::FlashF32, &check::attention_cases(), seed)),
+        ),
+        (
+            "flash attention, bf16".into(),
+            Box::new(|| {
+                check::attention_kernels(&mixed_dev, AttentionKernel::FlashBf16, &check::attention_cases(), seed)
+            }),
+        ),
+    ];
     for mixed in [false, true] {
-        let dev = if mixed { mixed_dev.clone() } else { dev.clone() };
-        eprintln!("check: step graphs, {}", if mixed { "bf16" } else { "fp32" });
-        rows.extend(check::step_graphs(&dev, a.batch, seed)?.into_iter().map(|mut r| {
-            r.case = format!("{} {}", if mixed { "bf16" } else { "fp32" }, r.case);
+        let (d, tag) = if mixed { (&mixed_dev, "bf16") } else { (&dev, "fp32") };
+        let label = move |mut r: CheckRow| {
+            r.case = format!("{tag} {}", r.case);
             r
-        }));
+        };
+        stages.push((
+            format!("step graphs, {tag}"),
+            Box::new(move || Ok(check::step_graphs(d, a.batch, seed)?.into_iter().map(label).collect())),
+        ));
         for p in a.steps.iter().filter(|p| p.as_str() != "none") {
-            eprintln!("check: {p} training step, {}", if mixed { "bf16" } else { "fp32" });
-            rows.extend(check::training_step(&dev, p, a.batch, seed)?.into_iter().map(|mut r| {
-                r.case = format!("{} {}", if mixed { "bf16" } else { "fp32" }, r.case);
-                r
-            }));
+            stages.push((
+                format!("{p} training step, {tag}"),
+                Box::new(move || {
+                    Ok(check::training_step(d, p, a.batch, seed)?
+                        .into_iter()
+                        .map(label)
+                        .collect())
+                }),
+            ));
         }
     }
-    println!("{:<24} {:<44} {:>12} {:>9}  ", "kernel", "case", "rel. error", "limit");
+    let mut progress = Progress::new("check", stages.len() as u64);
+    let mut rows = Vec::new();
     let mut misses = 0;
-    for r in &rows {
-        let ok = r.ok();
-        misses += usize::from(!ok);
-        let limit = if r.limit.is_finite() {
-            format!("{:.0e}", r.limit)
-        } else {
-            "—".into()
-        };
-        println!(
-            "{:<24} {:<44} {:>12.3e} {:>9}  {}",
-            r.kernel,
-            r.case,
-            r.rel_err,
-            limit,
-            if ok { "ok" } else { "MISS" }
-        );
+    for (k, (name, stage)) in stages.iter().enumerate() {
+        progress.set(k as u64, name);
+        let done = stage()?;
+        progress.suspend(|| {
+            for r in &done {
+                misses += usize::from(!r.ok());
+                print_row(r);
+            }
+        });
+        rows.extend(done);
     }
+    progress.set(stages.len() as u64, "done");
+    progress.finish();
     println!("{} passed, {misses} failed", rows.len() - misses);
     if misses > 0 {
         return Err(Error::invalid(

@@ -14,7 +14,6 @@ mod model_source;
 mod prepare;
 mod pretrain;
 mod probe;
-mod progress;
 mod reconstruct;
 mod signals;
 mod synth;

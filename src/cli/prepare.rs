@@ -6,12 +6,12 @@ use std::sync::Mutex;
 use clap::Args;
 use rayon::prelude::*;
 
-use super::progress::Progress;
 use crate::data::{
     file_stamp, read_volume, write_cache, CacheManifest, CachedVolume, DatasetIndex, Entry, Failure, ManifestEntry,
     Split,
 };
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["index", "dir"])))]

@@ -7,13 +7,13 @@ use clap::Args;
 
 use super::device::{select, DeviceArg};
 use super::prepare::prepare_dataset;
-use super::progress::Progress;
 use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::io::{claim_folder, FolderLock, LOCK_FILE};
+use crate::progress::Progress;
 use crate::train::{apply_changes, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags};
 use crate::train::{check_run_fits, RunOptions, Start, StepMetrics, TrainConfig};
 

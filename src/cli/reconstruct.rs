@@ -14,6 +14,7 @@ use crate::io::{Array, ArrayData, TensorFile};
 use crate::model::{add_noise, check_fits, load_checkpoint, unpatchify, DualMask, ModelConfig, Nemesis, Pass};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{DType, Tensor};
+use crate::train::{most_tissue, reconstruction_png};
 
 #[derive(Args, Debug)]
 pub struct ReconstructArgs {
@@ -29,10 +30,14 @@ pub struct ReconstructArgs {
     /// Standard deviation of Gaussian noise added to the encoder's input (MODEL.md §3).
     #[arg(long, value_name = "σ", default_value_t = 0.0)]
     pub noise_std: f64,
-    /// Picture of the middle axial slice of the first superpatch: input,
-    /// masked input, reconstruction, error.
+    /// Picture of the middle axial slice of one superpatch: input, masked
+    /// input, reconstruction, error (on a fixed scale, 0 to 0.25).
     #[arg(long, value_name = "FILE.png")]
     pub png: Option<PathBuf>,
+    /// Which superpatch the picture shows, 0-based in the input's order
+    /// (a NIfTI volume's tiles in z, y, x order) (default: the one with most tissue).
+    #[arg(long, value_name = "K", requires = "png")]
+    pub tile: Option<usize>,
 }
 
 fn read_mask(path: &std::path::Path, config: &ModelConfig, batch: usize) -> Result<DualMask> {
@@ -124,8 +129,18 @@ pub fn run(a: &ReconstructArgs) -> Result<()> {
         psnr
     );
     if let Some(png) = &a.png {
-        crate::train::reconstruction_png(png, &config, &clean, &noisy, &rec, &mask)?;
-        println!("wrote {}", png.display());
+        let (item, why) = match a.tile {
+            Some(t) if t < b => (t, "--tile"),
+            Some(t) => {
+                return Err(Error::invalid(
+                    "--tile",
+                    format!("superpatch {t} of {b}: the input has superpatches 0 to {}", b - 1),
+                ))
+            }
+            None => (most_tissue(&clean)?, "the one with most tissue; --tile K picks another"),
+        };
+        reconstruction_png(png, &config, (&clean, &noisy, &rec), &mask, item)?;
+        println!("wrote {}: superpatch {item} of 0..{} ({why})", png.display(), b - 1);
     }
     Ok(())
 }

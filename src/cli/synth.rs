@@ -10,11 +10,11 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use super::prepare::prepare_dataset;
-use super::progress::Progress;
 use crate::data::synth::{phantom, PhantomOptions};
 use crate::data::{write_volume, CacheManifest, DatasetIndex, VoxelData};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
+use crate::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {

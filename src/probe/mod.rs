@@ -136,10 +136,12 @@ pub fn encode_pooled(
     values: &[f32],
     count: usize,
     batch: usize,
+    label: &str,
 ) -> Result<Vec<f32>> {
     let [d, h, w] = model.config().superpatch_size;
     let per = d * h * w;
     let mut out = Vec::with_capacity(count * model.config().embed_dim);
+    let mut progress = crate::progress::Progress::new(label, count as u64);
     for first in (0..count).step_by(batch.max(1)) {
         let b = batch.min(count - first);
         let x = Tensor::from_vec(values[first * per..(first + b) * per].to_vec(), [b, 1, d, h, w])?;
@@ -147,7 +149,9 @@ pub fn encode_pooled(
         let f = model.encode(&tape, store, &x)?;
         let pooled = tape.mean(&f, 1)?;
         out.extend_from_slice(pooled.value().to_cpu()?.cpu_slice::<f32>()?);
+        progress.add(b as u64, "tiles encoded");
     }
+    progress.finish();
     Ok(out)
 }
 
@@ -246,7 +250,14 @@ fn features(o: &ProbeOptions, model: &Nemesis, store: &ParamStore) -> Result<Fea
     for (entries, what) in [(&o.index.training, "training"), (&o.index.validation, "validation")] {
         let s = read_split(entries, c.superpatch_size, &o.allowed_labels, what)?;
         let count = s.volume.len();
-        let f = encode_pooled(model, store, &s.values, count, 4)?;
+        let f = encode_pooled(
+            model,
+            store,
+            &s.values,
+            count,
+            4,
+            &format!("probe: encoding {what} tiles"),
+        )?;
         eprintln!(
             "probe: encoded {count} {what} tiles ({:.1} s)",
             t0.elapsed().as_secs_f64()

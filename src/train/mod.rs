@@ -12,7 +12,7 @@ mod trainer;
 
 pub use adamw::{clip_factor, clip_grad_norm, device_clip, grad_norm, AdamW, AdamWConfig, Clip};
 pub use config::TrainConfig;
-pub use pictures::{curves_png, reconstruction_png, Curve};
+pub use pictures::{curves_png, most_tissue, reconstruction_png, Curve, ERROR_SCALE};
 pub use resume::{apply_changes, open_resume, run_cache, Change, ResumeFlags, Resumed, DATA_NOTE};
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};

@@ -154,7 +154,7 @@ fn validate(
         count += b;
         if k == 0 {
             if let Some(p) = picture {
-                reconstruction_png(p, &c.model, &x, &x, &rec, &mask)?;
+                reconstruction_png(p, &c.model, (&x, &x, &rec), &mask, 0)?;
             }
         }
     }
