@@ -134,3 +134,85 @@ fn bench_kernels_times_flash_and_plain_attention_on_a_device() {
     assert_eq!(cpu.status.code(), Some(1), "{err}");
     assert!(err.contains("--device cuda"), "{err}");
 }
+
+/// Every flag of every command says what it does (a description line, not
+/// only a default or the possible values), and every command's help ends
+/// with examples.
+#[test]
+fn every_flag_is_described_and_every_command_has_examples() {
+    let commands: &[&[&str]] = &[
+        &["pretrain"],
+        &["init"],
+        &["encode"],
+        &["reconstruct"],
+        &["flops"],
+        &["prepare"],
+        &["inspect"],
+        &["synth"],
+        &["probe"],
+        &["check"],
+        &["compile-kernels"],
+        &["bench"],
+        &["bench", "data"],
+        &["bench", "step"],
+        &["bench", "kernels"],
+    ];
+    let mut silent = Vec::new();
+    for c in commands {
+        let mut args = c.to_vec();
+        args.push("--help");
+        let o = nemesis(&args);
+        assert!(o.status.success(), "{c:?}");
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let flag = l.trim_start();
+            if !(flag.starts_with("--") || flag.starts_with("-h")) || !l.starts_with("  ") {
+                continue;
+            }
+            // Compact help puts the description after the flag, two or more
+            // spaces on; long help on the next line.
+            let is_text = |t: &str| {
+                !(t.is_empty() || t.starts_with("[default") || t.starts_with("[possible") || t.starts_with("Possible"))
+            };
+            let inline = flag
+                .split("  ")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .nth(1)
+                .unwrap_or("");
+            let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
+            let described = is_text(inline) || (is_text(next) && !next.starts_with('-'));
+            if !described {
+                silent.push(format!("{} {flag}", c.join(" ")));
+            }
+        }
+        // `bench`'s subcommands show their examples under `bench --help`.
+        if c.len() == 1 {
+            assert!(
+                text.contains("Examples:"),
+                "`nemesis {} --help` has no examples",
+                c.join(" ")
+            );
+        }
+    }
+    assert!(silent.is_empty(), "flags without a description: {silent:#?}");
+    let top = String::from_utf8_lossy(&nemesis(&["--help"]).stdout).to_string();
+    assert!(!top.contains("today") && top.contains("emulator"), "{top}");
+}
+
+#[test]
+fn inspect_calls_a_label_map_a_label_map() {
+    let d = std::env::temp_dir().join(format!("nemesis-cli-labels-{}", std::process::id()));
+    let p = d.join("labels.nii");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut v = vec![0u8; 8 * 8 * 8];
+    v[5] = 3;
+    v[100] = 7;
+    nemesis::data::write_volume(&p, [8, 8, 8], [1.0, 1.0, 1.0], nemesis::data::VoxelData::U8(&v)).unwrap();
+    let o = nemesis(&["inspect", p.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("a label map: 3 distinct, 0, 3, 7"), "{text}");
+    assert!(!text.contains("HU "), "{text}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -191,7 +191,7 @@ fn the_register_table_is_what_ptxas_reports() {
 fn precompiled_kernels_are_named_as_the_device_looks_them_up() {
     let nvrtc = nvrtc();
     let dir = std::env::temp_dir().join(format!("nemesis-precompile-{}", std::process::id()));
-    let written = nemesis::backend::cuda::precompile(&nvrtc, "sm_90", &dir).unwrap();
+    let written = nemesis::backend::cuda::precompile(&nvrtc, "sm_90", &dir, &mut |_| {}).unwrap();
     let version = nvrtc.version().unwrap();
     assert_eq!(written.len(), SOURCES.len());
     for (file, _) in SOURCES {

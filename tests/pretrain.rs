@@ -412,3 +412,61 @@ fn the_emulated_gpu_path_trains_like_the_cpu_and_resumes() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// A run says its plan in one line, and its config.json says the same epochs.
+#[test]
+fn a_run_states_its_plan_and_its_config_agrees() {
+    let out = tmp("plan");
+    let run = out.join("run");
+    let o = pretrain(
+        &run,
+        &[
+            "--steps",
+            "10",
+            "--stop-at",
+            "6",
+            "--val-every",
+            "3",
+            "--warmup-epochs",
+            "0.5",
+        ],
+    );
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let plan = err
+        .lines()
+        .find(|l| l.starts_with("plan: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    // Eight phantoms, one held out for validation: 7 volumes, 3 batches of 2.
+    assert!(
+        plan.contains("10 steps over 4 epochs (3 batches an epoch, 7 training volumes)"),
+        "{plan}"
+    );
+    assert!(plan.contains("2 superpatches a step (batch 2 × accum 1)"), "{plan}");
+    assert!(
+        plan.contains("warms up over 2 steps") && plan.contains("at step 10"),
+        "{plan}"
+    );
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["epochs"], 4);
+    assert_eq!(config["steps"], 10);
+    // --stop-at at or below the step a run is at takes no step.
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let o = Command::new(bin())
+        .args(["pretrain", "--resume", run.to_str().unwrap(), "--stop-at", "4"])
+        .output()
+        .unwrap();
+    let text = ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already at step 6 (--stop-at 4): no step taken"), "{err}");
+    assert!(text.contains("stopped after step 6"), "{text}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
+    // A path that does not exist is named as such.
+    let o = Command::new(bin())
+        .args(["pretrain", "--resume", out.join("nope").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no such file or folder"), "{err}");
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -35,7 +35,13 @@ pub fn run(a: &CompileKernelsArgs) -> Result<()> {
     }
     let nvrtc = Nvrtc::load()?;
     let (major, minor) = nvrtc.version()?;
-    let files = precompile(&nvrtc, &a.arch, &a.out)?;
+    let mut progress = crate::progress::Progress::new("compile-kernels", crate::backend::kernels::SOURCES.len() as u64);
+    let mut done = 0;
+    let files = precompile(&nvrtc, &a.arch, &a.out, &mut |file| {
+        progress.set(done, file);
+        done += 1;
+    })?;
+    progress.finish();
     for f in &files {
         println!("{}", f.display());
     }

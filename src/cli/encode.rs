@@ -74,6 +74,7 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
     let mut features = Vec::with_capacity(b * n * e);
     let mut pooled = Vec::with_capacity(b * e);
     let start = std::time::Instant::now();
+    let mut progress = crate::progress::Progress::new("encode", b as u64);
     for first in (0..b).step_by(a.batch) {
         let count = a.batch.min(b - first);
         let mut dims = x.dims().to_vec();
@@ -84,14 +85,9 @@ pub fn run(a: &EncodeArgs) -> Result<()> {
         let p = tape.mean(&f, 1)?;
         features.extend_from_slice(f.value().to_cpu()?.cpu_slice::<f32>()?);
         pooled.extend_from_slice(p.value().to_cpu()?.cpu_slice::<f32>()?);
-        if b > a.batch {
-            eprintln!(
-                "encoded {}/{b} superpatches ({:.1} s)",
-                first + count,
-                start.elapsed().as_secs_f64()
-            );
-        }
+        progress.add(count as u64, "superpatches encoded");
     }
+    progress.finish();
     let mut arrays = BTreeMap::new();
     arrays.insert(
         "features".to_string(),

@@ -159,6 +159,16 @@ impl PretrainArgs {
 /// A cache for `--data`: used as is when it has a manifest, else prepared
 /// once into the data home (keyed by the source path).
 fn cache_for(data: &Path) -> Result<PathBuf> {
+    if !data.exists() {
+        return Err(Error::io(
+            data,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file or folder; --data takes a cache folder from `nemesis prepare`, a dataset index \
+                 JSON or a folder of NIfTI volumes",
+            ),
+        ));
+    }
     if data.join(MANIFEST).is_file() {
         return Ok(data.to_path_buf());
     }

@@ -31,7 +31,7 @@ pub struct ReconstructArgs {
     #[arg(long, value_name = "σ", default_value_t = 0.0)]
     pub noise_std: f64,
     /// Picture of the middle axial slice of one superpatch: input, masked
-    /// input, reconstruction, error (on a fixed scale, 0 to 0.25).
+    /// input, reconstruction, error (on a fixed scale, 0 to 0.5).
     #[arg(long, value_name = "FILE.png")]
     pub png: Option<PathBuf>,
     /// Which superpatch the picture shows, 0-based in the input's order

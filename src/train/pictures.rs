@@ -16,7 +16,7 @@ fn scale_for(size: usize) -> usize {
 /// The error panel's colour scale, |reconstruction − input| from 0 to this
 /// (in units of the [0, 1] window), the same in every picture, so pictures
 /// of different steps and runs compare; larger errors saturate.
-pub const ERROR_SCALE: f32 = 0.25;
+pub const ERROR_SCALE: f32 = 0.5;
 
 /// The item of a batch with the most tissue (voxels above air in the
 /// window): what a picture of a whole volume's tiles should show rather

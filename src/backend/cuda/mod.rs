@@ -152,10 +152,16 @@ pub fn cached_module_name(file: &str, arch: &str, nvrtc: (i32, i32)) -> String {
 /// Compiles every kernel source for `arch` into `dir`, named as the device
 /// looks them up (so a GPU machine given the folder compiles nothing).
 /// Returns the files written.
-pub fn precompile(nvrtc: &Nvrtc, arch: &str, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+pub fn precompile(
+    nvrtc: &Nvrtc,
+    arch: &str,
+    dir: &std::path::Path,
+    before_each: &mut dyn FnMut(&str),
+) -> Result<Vec<PathBuf>> {
     let version = nvrtc.version()?;
     let mut out = Vec::new();
     for (file, src) in super::kernels::SOURCES {
+        before_each(file);
         let c = nvrtc.compile(file, src, arch)?;
         let path = dir.join(cached_module_name(file, arch, version));
         crate::io::write_atomic(&path, &c.cubin)?;
@@ -180,7 +186,11 @@ impl CudaDevice {
             other => {
                 return Err(Error::invalid(
                     "--device cuda",
-                    format!("CUDA is not available: {}", other.describe()),
+                    format!(
+                        "CUDA is not available: {}; use --device cpu (or auto, which falls back to the CPU), \
+                         or emu to run the CUDA kernels on the CPU",
+                        other.describe()
+                    ),
                 ))
             }
         }
