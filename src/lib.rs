@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod host;
 pub mod io;

@@ -216,3 +216,28 @@ fn inspect_calls_a_label_map_a_label_map() {
     assert!(!text.contains("HU "), "{text}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_launcher_world_of_several_ranks_is_refused_until_collectives_exist() {
+    let o = Command::new(env!("CARGO_BIN_EXE_nemesis"))
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--out",
+            "/nonexistent/never",
+        ])
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rank 1 of 2 (local rank 1), launched by Open MPI") && err.contains("not built yet"),
+        "{err}"
+    );
+}

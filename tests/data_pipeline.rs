@@ -286,6 +286,32 @@ fn loader_is_deterministic_restorable_and_ordered() {
     assert_eq!(data(&l.next_batch().unwrap()), data(&direct[7]));
     assert_eq!(data(&l.next_batch().unwrap()), data(&direct[8]));
     drop(l);
+    // Data-parallel shards: rank r of W takes global batches r, r + W, …, so
+    // the ranks together see the one-rank sequence, each batch once; a
+    // resumed rank continues from the global position.
+    for world in [2, 3] {
+        let mut got: Vec<Option<Vec<f32>>> = vec![None; 12];
+        for rank in 0..world {
+            let mut shard = plan.clone();
+            shard.shard = nemesis::dist::Shard { rank, world };
+            let mut l = Loader::start(shard, Position::default(), 2, 2);
+            for n in 0..12 / world {
+                let b = l.next_batch().unwrap();
+                let g = n * world + rank;
+                assert_eq!(b.position, direct[g].position, "world {world} rank {rank} batch {n}");
+                assert!(got[g].replace(data(&b)).is_none());
+            }
+        }
+        for (g, b) in got.iter().enumerate() {
+            assert_eq!(b.as_ref(), Some(&data(&direct[g])), "world {world}: global batch {g}");
+        }
+    }
+    let mut shard = plan.clone();
+    shard.shard = nemesis::dist::Shard { rank: 1, world: 2 };
+    let mut l = Loader::start(shard, at, 1, 2);
+    assert_eq!(data(&l.next_batch().unwrap()), data(&direct[8]));
+    assert_eq!(data(&l.next_batch().unwrap()), data(&direct[10]));
+    drop(l);
     assert!(
         EpochPlan::new(files[..1].to_vec(), CropSpec::new([8, 8, 8]), 4, 1, 0).is_err(),
         "no full batch"

@@ -99,6 +99,7 @@ mod queued {
             seed: 9,
             noise_levels: &[0.0, 0.05],
             clip: 0.5,
+            shard: Default::default(),
         };
         let mut opt = optimizer(&store);
         let before = waits.map(|e| e.host_waits());

@@ -197,6 +197,7 @@ fn step(a: &StepArgs) -> Result<()> {
         seed: 0,
         noise_levels: &[0.03],
         clip: 1.0,
+        shard: Default::default(),
     };
     let mut graphs = StepGraphs::new(!a.no_graphs);
     // Steps before the timed ones: the first, and with graphs the recorded one.

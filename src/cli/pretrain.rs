@@ -11,6 +11,7 @@ use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
 use crate::device::SharedDevice;
+use crate::dist::{Launcher, World};
 use crate::error::{Error, Result};
 use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::progress::Progress;
@@ -266,6 +267,20 @@ impl Observer for Bar {
 /// Runs `pretrain`; the exit status is 0, or 130/143 when SIGINT/SIGTERM
 /// stopped the run (after its checkpoint).
 pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
+    let world = World::from_env()?;
+    if world.launcher != Launcher::Single {
+        eprintln!("world: {}", world.describe());
+    }
+    if world.size > 1 {
+        return Err(Error::invalid(
+            "pretrain",
+            format!(
+                "this process is {}, but training on several ranks is not built yet (the data and the draws \
+                 are sharded; the all-reduce of gradients is not): start one process",
+                world.describe()
+            ),
+        ));
+    }
     let signals = Signals::install()?;
     let device = select(a.device, a.bf16)?;
     if let Some(r) = &a.resume {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::CachedVolume;
 use super::sampler::{copy_hu, sample_crop, Crop, CropSpec};
+use crate::dist::Shard;
 use crate::error::{Error, Result};
 use crate::rng::{stream_id, Purpose, RngStream};
 
@@ -58,6 +59,8 @@ pub struct EpochPlan {
     /// Batches of raw HU as i16 (the same crops), for a device that windows
     /// and adds noise itself.
     pub hu_i16: bool,
+    /// Which of the global batches this process takes (all, on one rank).
+    pub shard: Shard,
 }
 
 impl EpochPlan {
@@ -92,6 +95,7 @@ impl EpochPlan {
             seed,
             bf16: false,
             hu_i16: false,
+            shard: Shard::default(),
         };
         if plan.batches_per_epoch() == 0 {
             return Err(Error::invalid(
@@ -231,7 +235,7 @@ impl Loader {
                         *claimed += 1;
                         *claimed - 1
                     };
-                    let batch = plan.make_batch(plan.advance(from, n));
+                    let batch = plan.make_batch(plan.advance(from, plan.shard.global_batch(n)));
                     if tx.send((n, batch)).is_err() {
                         return;
                     }

@@ -10,6 +10,7 @@ use crate::backend::gpu;
 use crate::data::{Batch, BatchData};
 use crate::device::GraphCounts;
 use crate::device::SharedDevice;
+use crate::dist::Shard;
 use crate::error::{Error, Result};
 use crate::model::{add_noise, Dropout, DualMask, Nemesis};
 use crate::rng::{stream_id, Purpose, RngStream};
@@ -23,6 +24,9 @@ pub struct StepSpec<'a> {
     pub noise_levels: &'a [f64],
     /// The maximum global gradient norm.
     pub clip: f64,
+    /// This rank's share of the step's micro-batches; draws are keyed by the
+    /// global micro-batch, so they do not depend on the world size.
+    pub shard: Shard,
 }
 
 /// A step that has been queued; `wait` gives its metrics.
@@ -122,7 +126,12 @@ pub fn queue_step(
         clip: Readback::Ready(Vec::new()),
         values: 0,
     };
-    for (micro, batch) in batches.into_iter().enumerate() {
+    // Every draw is keyed by the global micro-batch `j`, and the loss of each
+    // is scaled by the global count: summed over the ranks' gradients (the
+    // all-reduce), one rank with accum × W gives the same step.
+    let global_accum = accum * spec.shard.world;
+    for (local, batch) in batches.into_iter().enumerate() {
+        let micro = spec.shard.global_micro(local);
         let b = batch.shape[0];
         pending.epoch = batch.position.epoch;
         pending.superpatches += b;
@@ -135,7 +144,7 @@ pub fn queue_step(
             b,
             RngStream::new(spec.seed, stream_id(Purpose::Mask, step, micro as u64)),
         );
-        let dropout = Dropout::new(c.dropout, spec.seed, step * accum as u64 + micro as u64);
+        let dropout = Dropout::new(c.dropout, spec.seed, step * global_accum as u64 + micro as u64);
         let tape = Tape::new();
         let out = match (batch.data, &device) {
             // On a device: the raw HU crops go up as i16 and one kernel
@@ -167,8 +176,8 @@ pub fn queue_step(
         pending.losses.push(out.loss.value().read_later()?);
         pending.sses.push(out.sse.read_later()?);
         pending.values = out.pred.value().numel();
-        let scaled = if accum > 1 {
-            tape.scale(&out.loss, 1.0 / accum as f64)?
+        let scaled = if global_accum > 1 {
+            tape.scale(&out.loss, 1.0 / global_accum as f64)?
         } else {
             out.loss
         };

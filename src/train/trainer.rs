@@ -331,12 +331,14 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     }
     let val_set = validation_set(c, &val)?;
     let bpe = plan.batches_per_epoch();
+    // Global batches a step takes, over every rank (steps count globally).
+    let per_step = (c.accum * plan.shard.world) as u64;
     let total = match c.steps {
         Some(s) => s,
         None => c
             .epochs
             .checked_mul(bpe)
-            .map(|v| (v / c.accum as u64).max(1))
+            .map(|v| (v / per_step).max(1))
             .ok_or_else(|| {
                 Error::invalid(
                     "--epochs",
@@ -344,7 +346,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 )
             })?,
     };
-    let warmup = ((c.warmup_epochs * bpe as f64 / c.accum as f64).round() as u64).min(total.saturating_sub(1));
+    let warmup = ((c.warmup_epochs * bpe as f64 / per_step as f64).round() as u64).min(total.saturating_sub(1));
     let schedule = Schedule {
         kind: c.lr_schedule,
         base: c.lr,
@@ -354,13 +356,20 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     };
     // With --steps the epochs follow from them: the configuration written
     // says what the run does.
-    let epochs_run = total.saturating_mul(c.accum as u64).div_ceil(bpe.max(1));
+    let epochs_run = total.saturating_mul(per_step).div_ceil(bpe.max(1));
     meta.config.epochs = epochs_run;
     let written = TrainConfig {
         epochs: epochs_run,
         ..c.clone()
     };
-    obs.message(&plan_line(&written, total, bpe, warmup, plan.files().len()));
+    obs.message(&plan_line(
+        &written,
+        plan.shard.world,
+        total,
+        bpe,
+        warmup,
+        plan.files().len(),
+    ));
     let model = Nemesis::new(c.model.clone())?;
 
     // --- the run folder: written only once the data and model are ready,
@@ -409,6 +418,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         seed: c.seed,
         noise_levels: &c.noise_levels,
         clip: c.clip,
+        shard: plan.shard,
     };
     // A queued step and when it began (its batches' wait included).
     let mut pending: Option<(PendingStep, Instant)> = None;
@@ -474,13 +484,13 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         for _ in 0..c.accum {
             batches.push(loader.next_batch()?);
         }
-        let last_position = batches[batches.len() - 1].position;
         let lr = schedule.lr(step);
         let queued = (graphs.queue(&spec, &mut store, &mut opt, step, lr, batches)?, t0);
         if let Some(w) = graphs.warning.take() {
             obs.message(&w);
         }
-        meta.position = plan.advance(last_position, 1);
+        // The step took the global batches of every rank: accum × world.
+        meta.position = plan.advance(meta.position, per_step);
         meta.step += 1;
         if !deferred {
             report(queued, &last_ckpt, obs)?;
@@ -549,7 +559,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
 }
 
 /// What a run will do, in one line.
-fn plan_line(c: &TrainConfig, total: u64, bpe: u64, warmup: u64, volumes: usize) -> String {
+fn plan_line(c: &TrainConfig, world: usize, total: u64, bpe: u64, warmup: u64, volumes: usize) -> String {
     let schedule = match c.lr_schedule {
         super::LrSchedule::Recipe => format!(
             "lr warms up over {warmup} steps to {:e}, then cosine to {:e} at step {total}",
@@ -563,13 +573,18 @@ fn plan_line(c: &TrainConfig, total: u64, bpe: u64, warmup: u64, volumes: usize)
     let s = |n: u64| if n == 1 { "" } else { "s" };
     format!(
         "plan: {total} step{} over {} epoch{} ({bpe} batches an epoch, {volumes} training volumes); {} superpatches \
-         a step (batch {} × accum {}); {schedule}; validation and a checkpoint every {} steps and at the end",
+         a step (batch {} × accum {}{}); {schedule}; validation and a checkpoint every {} steps and at the end",
         s(total),
         c.epochs,
         s(c.epochs),
-        c.batch * c.accum,
+        c.batch * c.accum * world,
         c.batch,
         c.accum,
+        if world > 1 {
+            format!(" × {world} ranks")
+        } else {
+            String::new()
+        },
         c.val_every
     )
 }
