@@ -60,6 +60,7 @@ fn two_steps(c: &ModelConfig, bf16_alone: bool) -> Run {
         noise_levels: &[0.0, 0.05],
         clip: 0.5,
         shard: Default::default(),
+        collective: None,
     };
     let cfg = AdamWConfig {
         betas: (0.9, 0.95),

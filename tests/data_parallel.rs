@@ -41,6 +41,7 @@ fn loss(shard: Shard, batches: Vec<Batch>) -> f64 {
         noise_levels: &[0.0, 0.03, 0.05],
         clip: 1.0,
         shard,
+        collective: None,
     };
     queue_step(&spec, &mut store, &mut opt, 3, 1e-4, batches)
         .unwrap()

@@ -100,6 +100,7 @@ mod queued {
             noise_levels: &[0.0, 0.05],
             clip: 0.5,
             shard: Default::default(),
+            collective: None,
         };
         let mut opt = optimizer(&store);
         let before = waits.map(|e| e.host_waits());

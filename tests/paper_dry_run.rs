@@ -32,6 +32,7 @@ fn dry_run(bf16: bool) {
         noise_levels: &[0.0, 0.01, 0.03, 0.05],
         clip: 1.0,
         shard: Default::default(),
+        collective: None,
     };
     let mut opt = AdamW::new(TrainConfig::default().adamw(), &store);
     let mut graphs = StepGraphs::new(true);

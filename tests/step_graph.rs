@@ -61,6 +61,7 @@ fn run(emu: Arc<EmuDevice>, graphs: bool, steps: u64, accum: u64) -> Run {
         noise_levels: &[0.0, 0.05, 0.1],
         clip: 0.5,
         shard: Default::default(),
+        collective: None,
     };
     let mut opt = optimizer(&store);
     let mut g = StepGraphs::new(graphs);
@@ -134,6 +135,7 @@ fn a_step_that_does_not_match_the_graph_is_refused_and_the_device_stays_usable()
         noise_levels: &[0.05],
         clip: 1.0,
         shard: Default::default(),
+        collective: None,
     };
     let mut opt = optimizer(&store);
     let mut g = StepGraphs::new(true);

@@ -135,6 +135,24 @@ impl ParamStore {
     }
 
     /// Drops one parameter's gradient.
+    /// Replaces a gradient (the sum over the ranks, after an all-reduce).
+    pub fn set_grad(&mut self, id: ParamId, g: Tensor) -> Result<()> {
+        let p = self
+            .params
+            .get_mut(id.0)
+            .ok_or_else(|| Error::Autograd(format!("no parameter {}", id.0)))?;
+        if g.dims() != p.value.dims() {
+            return Err(Error::Autograd(format!(
+                "gradient of `{}` has shape {:?}, the parameter {:?}",
+                p.name,
+                g.dims(),
+                p.value.dims()
+            )));
+        }
+        p.grad = Some(g);
+        Ok(())
+    }
+
     pub fn zero_grad_one(&mut self, id: ParamId) {
         self.params[id.0].grad = None;
     }

@@ -132,6 +132,7 @@ pub fn step_graphs(dev: &crate::device::SharedDevice, batch: usize, seed: u64) -
         noise_levels: &[0.0, 0.05, 0.1],
         clip: 0.5,
         shard: Default::default(),
+        collective: None,
     };
     let steps = 4u64;
     let run = |graphs: bool| -> Result<(Vec<f32>, Vec<f32>, u64)> {

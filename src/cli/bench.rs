@@ -198,6 +198,7 @@ fn step(a: &StepArgs) -> Result<()> {
         noise_levels: &[0.03],
         clip: 1.0,
         shard: Default::default(),
+        collective: None,
     };
     let mut graphs = StepGraphs::new(!a.no_graphs);
     // Steps before the timed ones: the first, and with graphs the recorded one.

@@ -11,12 +11,13 @@ use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
 use crate::device::SharedDevice;
-use crate::dist::{Launcher, World};
+use crate::dist::{Collective, Launcher, World};
 use crate::error::{Error, Result};
 use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::progress::Progress;
 use crate::train::{apply_changes, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags};
 use crate::train::{check_run_fits, RunOptions, Start, StepMetrics, TrainConfig};
+use std::sync::Arc;
 
 /// Steps of the built-in default run: a few minutes of the `small` preset on 2 cores.
 pub const DEFAULT_STEPS: u64 = 600;
@@ -239,10 +240,15 @@ struct Bar {
     progress: Option<Progress>,
     terminal: bool,
     log_every: u64,
+    /// Ranks other than 0 keep quiet (errors still show).
+    quiet: bool,
 }
 
 impl Observer for Bar {
     fn step(&mut self, step: u64, total: u64, m: &StepMetrics) {
+        if self.quiet {
+            return;
+        }
         let line = format!(
             "loss {:.5} PSNR {:.2} dB lr {:.2e} |g| {:.3} σ {} {:.1} superpatches/s",
             m.loss, m.psnr, m.lr, m.grad_norm, m.sigma, m.superpatches_per_s
@@ -257,6 +263,9 @@ impl Observer for Bar {
     }
 
     fn message(&mut self, line: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.progress {
             Some(p) => p.println(line),
             None => eprintln!("{line}"),
@@ -271,14 +280,11 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     if world.launcher != Launcher::Single {
         eprintln!("world: {}", world.describe());
     }
-    if world.size > 1 {
+    let ranks = Ranks::open(&world)?;
+    if ranks.col.is_some() && a.out.is_none() && a.resume.is_none() {
         return Err(Error::invalid(
-            "pretrain",
-            format!(
-                "this process is {}, but training on several ranks is not built yet (the data and the draws \
-                 are sharded; the all-reduce of gradients is not): start one process",
-                world.describe()
-            ),
+            "--out",
+            "a run on several ranks needs --out, the same on every rank",
         ));
     }
     let signals = Signals::install()?;
@@ -306,20 +312,20 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."))
         };
-        let lock = if dir.join("latest.json").exists() || r.is_dir() {
-            Some(FolderLock::acquire(&dir, "--resume")?)
+        let lock = if ranks.writer && (dir.join("latest.json").exists() || r.is_dir()) {
+            ranks.agree(FolderLock::acquire(&dir, "--resume").map(Some))?
         } else {
-            None
+            ranks.agree(Ok(None))?
         };
         let mut warnings = Vec::new();
         let mut resumed = open_resume(r, &mut |w| warnings.push(w))?;
         for w in &warnings {
             eprintln!("warning: {w}");
         }
-        let cache = match &a.data {
-            Some(d) => cache_for(d)?,
-            None => run_cache(&resumed.dir)?,
-        };
+        let cache = ranks.first_then_others(|| match &a.data {
+            Some(d) => cache_for(d),
+            None => run_cache(&resumed.dir),
+        })?;
         let flags = ResumeFlags {
             steps: a.steps,
             epochs: a.epochs,
@@ -339,44 +345,146 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
         let config = resumed.meta.config.clone();
         let out = resumed.dir.clone();
         let start = Start::Resume(Box::new(resumed));
-        let status = train(a, device, config, cache, out, start, changes, &signals);
+        let status = train(a, device, config, cache, out, start, changes, &signals, &ranks);
         drop(lock);
         return status;
     }
     let config = a.config()?;
     check_run_fits(&config, device.as_ref())?;
     // Data before the folder: a run refused for its data leaves nothing.
-    let cache = match &a.data {
-        Some(d) => cache_for(d)?,
-        None => default_cache()?,
-    };
+    let cache = ranks.first_then_others(|| match &a.data {
+        Some(d) => cache_for(d),
+        None => default_cache(),
+    })?;
     let start = match &a.init {
         Some(w) => Start::Init(w.clone()),
         None => Start::Fresh,
     };
-    let (out, created) = claim_folder(a.out.as_deref(), "pretrain")?;
-    let lock = FolderLock::acquire(&out, "--out")?;
-    if out.join("latest.json").exists() {
-        return Err(Error::invalid(
-            "--out",
-            format!(
-                "{} already holds a run; use --resume {} or another --out",
-                out.display(),
-                out.display()
-            ),
-        ));
+    // Rank 0 claims and locks the folder; the others write nothing.
+    let claimed = if ranks.writer {
+        let claim = || -> Result<(PathBuf, bool, Option<FolderLock>)> {
+            let (out, created) = claim_folder(a.out.as_deref(), "pretrain")?;
+            let lock = FolderLock::acquire(&out, "--out")?;
+            if out.join("latest.json").exists() {
+                return Err(Error::invalid(
+                    "--out",
+                    format!(
+                        "{} already holds a run; use --resume {} or another --out",
+                        out.display(),
+                        out.display()
+                    ),
+                ));
+            }
+            Ok((out, created, Some(lock)))
+        };
+        ranks.agree(claim())?
+    } else {
+        ranks.agree(Ok((a.out.clone().unwrap_or_default(), false, None)))?
+    };
+    let (out, created, lock) = claimed;
+    if ranks.writer {
+        eprintln!(
+            "run folder {} (its configuration: {})",
+            out.display(),
+            out.join("config.json").display()
+        );
     }
-    eprintln!(
-        "run folder {} (its configuration: {})",
-        out.display(),
-        out.join("config.json").display()
+    let status = train(
+        a,
+        device,
+        config,
+        cache,
+        out.clone(),
+        start,
+        Vec::new(),
+        &signals,
+        &ranks,
     );
-    let status = train(a, device, config, cache, out.clone(), start, Vec::new(), &signals);
-    if status.is_err() {
+    if status.is_err() && ranks.writer {
         clean_failed_start(&out, created);
     }
     drop(lock);
     status
+}
+
+/// This process among the ranks of a run: the collective that joins them
+/// (none for one process) and whether it is rank 0, the one that writes.
+struct Ranks {
+    col: Option<Arc<dyn Collective>>,
+    writer: bool,
+}
+
+impl Ranks {
+    fn open(world: &World) -> Result<Ranks> {
+        if world.size <= 1 {
+            return Ok(Ranks {
+                col: None,
+                writer: true,
+            });
+        }
+        #[cfg(feature = "mpi")]
+        {
+            if world.launcher == Launcher::Torchrun {
+                return Err(Error::invalid(
+                    "pretrain",
+                    "ranks started by torchrun join over NCCL, which is not built yet; start them with mpirun \
+                     (CPU or emulator ranks)",
+                ));
+            }
+            let m = crate::dist::Mpi::init()?;
+            if m.size() != world.size || m.rank() != world.rank {
+                return Err(Error::invalid(
+                    "pretrain",
+                    format!(
+                        "MPI says rank {} of {}, the launcher's variables {}",
+                        m.rank(),
+                        m.size(),
+                        world.describe()
+                    ),
+                ));
+            }
+            Ok(Ranks {
+                col: Some(Arc::new(m)),
+                writer: world.rank == 0,
+            })
+        }
+        #[cfg(not(feature = "mpi"))]
+        Err(Error::invalid(
+            "pretrain",
+            format!(
+                "this process is {}; several ranks join over MPI, which this build lacks: \
+                 cargo build --release --features mpi (needs Open MPI or MPICH, and libclang)",
+                world.describe()
+            ),
+        ))
+    }
+
+    /// Every rank learns whether any failed: a rank that failed returns its
+    /// error, the others one that points to it, so no rank waits forever
+    /// for one that has given up.
+    fn agree<T>(&self, r: Result<T>) -> Result<T> {
+        let Some(col) = &self.col else { return r };
+        let failed = col.all_reduce_max(u64::from(r.is_err()))? > 0;
+        match r {
+            Ok(_) if failed => Err(Error::invalid(
+                "pretrain",
+                "another rank failed before training (its message says why)",
+            )),
+            r => r,
+        }
+    }
+
+    /// `f` on rank 0 first (preparing data, say), then on the others, which
+    /// find its work done.
+    fn first_then_others<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
+        if self.writer {
+            let r = f();
+            self.agree(r)
+        } else {
+            self.agree(Ok(()))?;
+            f()
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -389,11 +497,13 @@ fn train(
     start: Start,
     changes: Vec<Change>,
     signals: &Signals,
+    ranks: &Ranks,
 ) -> Result<u8> {
     let mut bar = Bar {
         progress: None,
         terminal: std::io::stderr().is_terminal(),
         log_every: config.log_every,
+        quiet: !ranks.writer,
     };
     let report = run(
         RunOptions {
@@ -406,11 +516,19 @@ fn train(
             changes,
             device,
             graphs: !a.no_graphs,
+            collective: ranks.col.clone(),
         },
         &mut bar,
     )?;
     if let Some(p) = &bar.progress {
         p.finish();
+    }
+    let status = match signals.received() {
+        Some((_, status)) if !report.finished => status,
+        _ => 0,
+    };
+    if !ranks.writer {
+        return Ok(status);
     }
     let ckpt = report
         .checkpoint

@@ -4,6 +4,7 @@
 mod adamw;
 mod config;
 mod pictures;
+mod reduce;
 mod resume;
 mod schedule;
 mod state;
@@ -13,6 +14,7 @@ mod trainer;
 pub use adamw::{clip_factor, clip_grad_norm, device_clip, grad_norm, AdamW, AdamWConfig, Clip};
 pub use config::TrainConfig;
 pub use pictures::{curves_png, most_tissue, reconstruction_png, Curve, ERROR_SCALE};
+pub use reduce::all_reduce_grads;
 pub use resume::{apply_changes, open_resume, run_cache, Change, ResumeFlags, Resumed, DATA_NOTE};
 pub use schedule::{LrSchedule, Schedule};
 pub use state::{list_checkpoints, load_state, prune, save, state_name, weights_name, Latest, StateMeta};

@@ -10,7 +10,7 @@ use crate::backend::gpu;
 use crate::data::{Batch, BatchData};
 use crate::device::GraphCounts;
 use crate::device::SharedDevice;
-use crate::dist::Shard;
+use crate::dist::{Collective, Shard};
 use crate::error::{Error, Result};
 use crate::model::{add_noise, Dropout, DualMask, Nemesis};
 use crate::rng::{stream_id, Purpose, RngStream};
@@ -27,6 +27,8 @@ pub struct StepSpec<'a> {
     /// This rank's share of the step's micro-batches; draws are keyed by the
     /// global micro-batch, so they do not depend on the world size.
     pub shard: Shard,
+    /// How the ranks sum their gradients (none: one rank).
+    pub collective: Option<&'a dyn Collective>,
 }
 
 /// A step that has been queued; `wait` gives its metrics.
@@ -182,6 +184,16 @@ pub fn queue_step(
             out.loss
         };
         tape.backward(&scaled, store)?;
+    }
+    // The σ logged is that of the step's last global micro-batch, whichever
+    // rank drew it.
+    let levels = spec.noise_levels;
+    let noise_rng = RngStream::new(spec.seed, stream_id(Purpose::Noise, step, 0));
+    pending.sigma = levels[noise_rng.bits(global_accum as u64 - 1) as usize % levels.len()];
+    // The ranks' gradients summed before the clip, so every rank clips by
+    // the norm of the same, global gradient and takes the same update.
+    if let Some(c) = spec.collective {
+        super::reduce::all_reduce_grads(store, c)?;
     }
     // The clip: on a device it is computed and used there; on the host a
     // norm that is not finite skips the update just as the device does.

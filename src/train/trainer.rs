@@ -69,6 +69,8 @@ pub struct RunOptions {
     /// On a device, replay a recorded step graph from the third step on
     /// (`StepGraphs`); off: every step call by call.
     pub graphs: bool,
+    /// The other ranks of a data-parallel run (none: one process).
+    pub collective: Option<Arc<dyn crate::dist::Collective>>,
 }
 
 #[derive(Debug)]
@@ -325,6 +327,15 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     )?;
     // A device expands raw HU itself (half the bytes to upload).
     plan.hu_i16 = opts.device.is_some();
+    // Data-parallel: this rank's share of each step; rank 0 alone writes.
+    let collective = opts.collective.clone();
+    if let Some(col) = &collective {
+        plan.shard = crate::dist::Shard {
+            rank: col.rank(),
+            world: col.size(),
+        };
+    }
+    let writer = plan.shard.rank == 0;
     let skipped: Vec<String> = bad.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
     for s in &skipped {
         obs.message(&format!("skipped {s}"));
@@ -374,20 +385,22 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
 
     // --- the run folder: written only once the data and model are ready,
     // so a run refused before its first step leaves nothing of itself ---
-    for sub in ["checkpoints", "recon"] {
-        let d = out.join(sub);
-        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-    }
-    crate::io::write_atomic(&out.join("config.json"), written.to_json_pretty().as_bytes())?;
-    let data_note = json!({"cache": opts.cache.display().to_string()});
-    crate::io::write_atomic(&out.join(DATA_NOTE), data_note.to_string().as_bytes())?;
     let metrics = out.join("metrics.jsonl");
-    truncate_metrics(&metrics, meta.step)?;
-    for ch in &opts.changes {
-        append_jsonl(
-            &metrics,
-            &json!({"kind": "change", "step": meta.step + 1, "key": ch.key, "from": ch.from, "to": ch.to}),
-        )?;
+    if writer {
+        for sub in ["checkpoints", "recon"] {
+            let d = out.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        crate::io::write_atomic(&out.join("config.json"), written.to_json_pretty().as_bytes())?;
+        let data_note = json!({"cache": opts.cache.display().to_string()});
+        crate::io::write_atomic(&out.join(DATA_NOTE), data_note.to_string().as_bytes())?;
+        truncate_metrics(&metrics, meta.step)?;
+        for ch in &opts.changes {
+            append_jsonl(
+                &metrics,
+                &json!({"kind": "change", "step": meta.step + 1, "key": ch.key, "from": ch.from, "to": ch.to}),
+            )?;
+        }
     }
     let mut loader = Loader::start(
         plan.clone(),
@@ -401,6 +414,9 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let checkpoint =
         |store: &ParamStore, opt: &mut AdamW, meta: &mut StateMeta, last: &mut Option<PathBuf>| -> Result<PathBuf> {
             meta.elapsed = elapsed0 + started.elapsed().as_secs_f64();
+            if !writer {
+                return Ok(PathBuf::new());
+            }
             opt.sync_host()?;
             let p = save(&out, &store.to_cpu()?, opt, meta)?;
             prune(&out, c.keep_last);
@@ -419,19 +435,29 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         noise_levels: &c.noise_levels,
         clip: c.clip,
         shard: plan.shard,
+        collective: opts.collective.as_deref(),
     };
     // A queued step and when it began (its batches' wait included).
     let mut pending: Option<(PendingStep, Instant)> = None;
     let mut last_report = Instant::now();
     let deferred = read_deferred(opts.device.as_ref());
-    let mut graphs = StepGraphs::new(opts.graphs);
+    // A recorded step cannot stop in the middle for the ranks' all-reduce.
+    let mut graphs = StepGraphs::new(opts.graphs && collective.is_none());
     let mut report =
         |(p, t0): (PendingStep, Instant), last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
             let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);
             // From when the step could start: its queueing, or the end of the
             // step before when it was queued behind that one.
             let began = t0.max(last_report);
-            let v = p.wait()?;
+            let mut v = p.wait()?;
+            // The step's loss and PSNR over every rank's micro-batches (the
+            // gradient norm is already the global one).
+            if let Some(col) = &collective {
+                let mut sums = [v.loss, v.psnr];
+                col.all_reduce_sum_f64(&mut sums)?;
+                let w = col.size() as f64;
+                (v.loss, v.psnr) = (sums[0] / w, sums[1] / w);
+            }
             if !v.loss.is_finite() {
                 return Err(nan_error(number, "loss", v.loss, last_ckpt));
             }
@@ -449,14 +475,16 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 sigma,
                 superpatches_per_s: superpatches as f64 / dt,
             };
-            append_jsonl(
-                &metrics,
-                &json!({
-                    "kind": "train", "step": number, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
-                    "lr": lr, "grad_norm": m.grad_norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
-                    "time": elapsed0 + started.elapsed().as_secs_f64(),
-                }),
-            )?;
+            if writer {
+                append_jsonl(
+                    &metrics,
+                    &json!({
+                        "kind": "train", "step": number, "epoch": epoch, "loss": m.loss, "psnr": m.psnr,
+                        "lr": lr, "grad_norm": m.grad_norm, "sigma": sigma, "superpatches_per_s": m.superpatches_per_s,
+                        "time": elapsed0 + started.elapsed().as_secs_f64(),
+                    }),
+                )?;
+            }
             obs.step(number, total, &m);
             Ok(())
         };
@@ -498,7 +526,11 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             report(prev, &last_ckpt, obs)?;
         }
 
-        let stopping = opts.interrupt.load(Ordering::SeqCst) || opts.stop_at.is_some_and(|s| meta.step >= s);
+        let mut stopping = opts.interrupt.load(Ordering::SeqCst) || opts.stop_at.is_some_and(|s| meta.step >= s);
+        // A signal may reach the ranks at different steps: all stop together.
+        if let Some(col) = &collective {
+            stopping = col.all_reduce_max(u64::from(stopping))? > 0;
+        }
         let boundary = meta.step % c.val_every == 0 || meta.step == total;
         if boundary || stopping {
             if let Some(p) = pending.take() {
@@ -506,12 +538,16 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             }
         }
         if boundary {
+            // Every rank validates the same weights on the same set; rank 0
+            // writes.
             let pic = out.join(format!("recon/step-{:07}.png", meta.step));
-            let v = validate(&model, &store, c, &val_set, Some(&pic))?;
-            append_jsonl(
-                &metrics,
-                &json!({"kind": "val", "step": meta.step, "val_loss": v.loss, "val_loss_all": v.loss_all, "val_psnr": v.psnr}),
-            )?;
+            let v = validate(&model, &store, c, &val_set, writer.then_some(pic.as_path()))?;
+            if writer {
+                append_jsonl(
+                    &metrics,
+                    &json!({"kind": "val", "step": meta.step, "val_loss": v.loss, "val_loss_all": v.loss_all, "val_psnr": v.psnr}),
+                )?;
+            }
             obs.message(&format!(
                 "step {}: validation loss {:.5} (all tokens {:.5}), PSNR {:.2} dB",
                 meta.step, v.loss, v.loss_all, v.psnr
@@ -521,17 +557,21 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 meta.best_val = Some(v.loss);
             }
             let p = checkpoint(&store, &mut opt, &mut meta, &mut last_ckpt)?;
-            if better {
+            if better && writer {
                 let best = out.join("best.safetensors");
                 std::fs::copy(&p, out.join(".best.tmp")).map_err(|e| Error::io(&best, e))?;
                 std::fs::rename(out.join(".best.tmp"), &best).map_err(|e| Error::io(&best, e))?;
                 let info = json!({"step": meta.step, "val_loss": v.loss, "val_psnr": v.psnr});
                 crate::io::write_atomic(&out.join("best.json"), info.to_string().as_bytes())?;
             }
-            redraw_curves(&out)?;
+            if writer {
+                redraw_curves(&out)?;
+            }
         } else if stopping {
             checkpoint(&store, &mut opt, &mut meta, &mut last_ckpt)?;
-            redraw_curves(&out)?;
+            if writer {
+                redraw_curves(&out)?;
+            }
         }
         if stopping && meta.step < total {
             drop(loader);
