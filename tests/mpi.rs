@@ -100,19 +100,32 @@ fn two_cpu_ranks_equal_one_rank_with_accum_2() {
     assert_eq!(metrics(&a), metrics(&b));
     // Rank 0 alone wrote: one metrics line per step.
     assert_eq!(metrics(&a).iter().filter(|l| l.starts_with("\"train\"")).count(), 6);
-    // The run resumes on one rank where the two left it.
-    ok(&Command::new(bin())
-        .args([
-            "pretrain",
-            "--resume",
-            a.to_str().unwrap(),
-            "--steps",
-            "7",
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap());
+    // One rank resumes where the two left it, with the same global batch:
+    // its step 7 equals step 7 of the one-rank run with accum 2.
+    let resume = |run: &Path| {
+        ok(&Command::new(bin())
+            .args([
+                "pretrain",
+                "--resume",
+                run.to_str().unwrap(),
+                "--steps",
+                "7",
+                "--device",
+                "cpu",
+            ])
+            .output()
+            .unwrap())
+    };
+    let text = resume(&a);
+    assert!(
+        text.contains("2 rank(s) → 1") && text.contains("accum 1 → 2 from step 7"),
+        "{text}"
+    );
+    resume(&b);
+    assert_eq!(
+        std::fs::read(a.join("checkpoints/step-0000007.safetensors")).unwrap(),
+        std::fs::read(b.join("checkpoints/step-0000007.safetensors")).unwrap()
+    );
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -137,5 +150,67 @@ fn two_emulator_ranks_track_the_cpu_run() {
     for (x, y) in la.iter().zip(&lb) {
         assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "emulator ranks {x}, CPU {y}");
     }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `kill -9` of one rank: mpirun ends the others within seconds (the
+/// survivor cannot finish a step without its peer), the last checkpoint
+/// loads, and two ranks resume the run.
+#[test]
+fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
+    use std::time::{Duration, Instant};
+    let d = tmp("kill");
+    let a = d.join("A");
+    let mut child = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
+        .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
+        .args(["--steps", "100000", "--val-every", "2", "--out", a.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !a.join("latest.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "mpirun ended before a checkpoint");
+        assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ranks = Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&ranks.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(Command::new("kill").args(["-9", &pids[1]]).status().unwrap().success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the surviving rank hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("latest.json")).unwrap()).unwrap();
+    let step = latest["step"].as_u64().unwrap();
+    let w = a.join(latest["weights"].as_str().unwrap());
+    nemesis::model::load_checkpoint(&w, nemesis::tensor::DType::F32).unwrap();
+    let text = ok(&mpirun(
+        2,
+        &[
+            "pretrain",
+            "--resume",
+            a.to_str().unwrap(),
+            "--steps",
+            &(step + 2).to_string(),
+            "--device",
+            "cpu",
+        ],
+    ));
+    assert!(text.contains(&format!("finished {} steps", step + 2)), "{text}");
     std::fs::remove_dir_all(&d).ok();
 }

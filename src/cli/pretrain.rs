@@ -15,7 +15,9 @@ use crate::dist::{Collective, Launcher, World};
 use crate::error::{Error, Result};
 use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::progress::Progress;
-use crate::train::{apply_changes, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags};
+use crate::train::{
+    apply_changes, keep_global_batch, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags,
+};
 use crate::train::{check_run_fits, RunOptions, Start, StepMetrics, TrainConfig};
 use std::sync::Arc;
 
@@ -319,7 +321,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
         };
         let mut warnings = Vec::new();
         let mut resumed = open_resume(r, &mut |w| warnings.push(w))?;
-        for w in &warnings {
+        for w in warnings.iter().filter(|_| ranks.writer) {
             eprintln!("warning: {w}");
         }
         let cache = ranks.first_then_others(|| match &a.data {
@@ -337,9 +339,17 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
             keep_last: a.keep_last,
             log_every: a.log_every,
         };
-        let changes = apply_changes(&mut resumed.meta.config, &flags)?;
+        let mut changes = apply_changes(&mut resumed.meta.config, &flags)?;
+        let world = ranks.col.as_ref().map_or(1, |c| c.size());
+        let old_world = resumed.meta.world;
+        if let Some(ch) = keep_global_batch(&mut resumed.meta, world)? {
+            if ranks.writer {
+                eprintln!("{old_world} rank(s) → {world}: the same global batch, through accum");
+            }
+            changes.push(ch);
+        }
         resumed.opt.config = resumed.meta.config.adamw();
-        for ch in &changes {
+        for ch in changes.iter().filter(|_| ranks.writer) {
             eprintln!("{} {} → {} from step {}", ch.key, ch.from, ch.to, resumed.meta.step + 1);
         }
         let config = resumed.meta.config.clone();

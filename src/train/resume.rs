@@ -179,6 +179,35 @@ pub struct ResumeFlags {
     pub log_every: Option<u64>,
 }
 
+/// A resume on `world` ranks of a run that trained on `meta.world`: the
+/// global batch (batch × accum × ranks) stays, through accum, or the resume
+/// is refused with the reason.
+pub fn keep_global_batch(meta: &mut StateMeta, world: usize) -> Result<Option<Change>> {
+    let (old, c) = (meta.world.max(1), &mut meta.config);
+    if old == world {
+        return Ok(None);
+    }
+    let micro = c.accum * old;
+    if micro % world != 0 {
+        return Err(Error::invalid(
+            "--resume",
+            format!(
+                "the run took {micro} micro-batches of {} a step on {old} rank(s); {world} ranks cannot share \
+                 them evenly (resume on a number of ranks that divides {micro})",
+                c.batch
+            ),
+        ));
+    }
+    let change = Change {
+        key: "accum",
+        from: c.accum.to_string(),
+        to: (micro / world).to_string(),
+    };
+    c.accum = micro / world;
+    meta.world = world;
+    Ok(Some(change))
+}
+
 /// Applies `f` to `c` (validated afterwards) and lists what changed.
 pub fn apply_changes(c: &mut TrainConfig, f: &ResumeFlags) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
@@ -229,5 +258,28 @@ mod tests {
             ..Default::default()
         };
         assert!(apply_changes(&mut c, &bad).is_err());
+    }
+
+    #[test]
+    fn another_world_keeps_the_global_batch_or_says_why_not() {
+        let mut meta = StateMeta {
+            step: 10,
+            position: Default::default(),
+            best_val: None,
+            config: TrainConfig {
+                accum: 1,
+                ..TrainConfig::default()
+            },
+            elapsed: 0.0,
+            world: 4,
+        };
+        let ch = keep_global_batch(&mut meta, 2).unwrap().unwrap();
+        assert_eq!(
+            (ch.from.as_str(), ch.to.as_str(), meta.config.accum, meta.world),
+            ("1", "2", 2, 2)
+        );
+        assert_eq!(keep_global_batch(&mut meta, 2).unwrap(), None);
+        let e = keep_global_batch(&mut meta, 3).unwrap_err().to_string();
+        assert!(e.contains("4 micro-batches") && e.contains("divides 4"), "{e}");
     }
 }

@@ -25,6 +25,14 @@ pub struct StateMeta {
     pub config: TrainConfig,
     /// Seconds of training so far (for the metrics' time column).
     pub elapsed: f64,
+    /// Ranks the run trained on (a resume on another number keeps the
+    /// global batch, batch × accum × ranks, by changing accum).
+    #[serde(default = "one_rank")]
+    pub world: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// `latest.json` of a run: the newest complete checkpoint.

@@ -269,6 +269,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 best_val: None,
                 config: c,
                 elapsed: 0.0,
+                world: 1,
             };
             (store, opt, meta, opts.out.clone())
         }
@@ -336,6 +337,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         };
     }
     let writer = plan.shard.rank == 0;
+    meta.world = plan.shard.world;
     let skipped: Vec<String> = bad.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
     for s in &skipped {
         obs.message(&format!("skipped {s}"));
