@@ -242,3 +242,15 @@ fn several_ranks_in_a_build_without_mpi_say_how_to_build_it() {
         "{err}"
     );
 }
+
+#[test]
+#[cfg(not(feature = "mpi"))]
+fn nproc_per_node_in_a_build_without_mpi_says_how_to_build_it() {
+    let o = nemesis(&["pretrain", "--preset", "tiny", "--nproc-per-node", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--nproc-per-node") && err.contains("--features mpi"),
+        "{err}"
+    );
+}

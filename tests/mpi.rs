@@ -214,3 +214,76 @@ fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
     assert!(text.contains(&format!("finished {} steps", step + 2)), "{text}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn nproc_per_node_equals_the_mpirun_run() {
+    let d = tmp("nproc");
+    let (a, b) = (d.join("A"), d.join("B"));
+    ok(&mpirun(2, &run_args(&a, &["--batch", "2", "--device", "cpu"])));
+    let text = ok(&Command::new(bin())
+        .args(run_args(
+            &b,
+            &["--batch", "2", "--device", "cpu", "--nproc-per-node", "2"],
+        ))
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("starting 2 ranks") && text.contains("rank 1 of 2"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(a.join("checkpoints/step-0000006.safetensors")).unwrap(),
+        std::fs::read(b.join("checkpoints/step-0000006.safetensors")).unwrap()
+    );
+    assert_eq!(metrics(&a), metrics(&b));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Ctrl-C to mpirun: every rank finishes the same step, rank 0 writes its
+/// checkpoint, and the metrics end at that step.
+#[test]
+fn ctrl_c_to_the_launcher_stops_every_rank_after_one_checkpoint() {
+    use std::time::{Duration, Instant};
+    let d = tmp("int");
+    let a = d.join("A");
+    let mut child = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
+        .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
+        .args([
+            "--steps",
+            "100000",
+            "--val-every",
+            "100000",
+            "--out",
+            a.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !a.join("metrics.jsonl").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "mpirun ended early");
+        assert!(t.elapsed() < Duration::from_secs(60), "no step");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "the ranks do not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("latest.json")).unwrap()).unwrap();
+    let last = metrics(&a).last().cloned().unwrap();
+    assert!(
+        last.starts_with(&format!("\"train\" {}", latest["step"])),
+        "{last} vs {latest}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

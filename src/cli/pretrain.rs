@@ -118,6 +118,10 @@ pub struct PretrainArgs {
     /// recorded step graph (one launch a step) from the third step on.
     #[arg(long)]
     pub no_graphs: bool,
+    /// Start this many ranks on this machine (through mpirun; a build with
+    /// `--features mpi`), as one would with `mpirun -np N nemesis pretrain …`.
+    #[arg(long, value_name = "N")]
+    pub nproc_per_node: Option<usize>,
 }
 
 impl PretrainArgs {
@@ -278,6 +282,9 @@ impl Observer for Bar {
 /// Runs `pretrain`; the exit status is 0, or 130/143 when SIGINT/SIGTERM
 /// stopped the run (after its checkpoint).
 pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
+    if let Some(n) = a.nproc_per_node.filter(|&n| n != 1) {
+        return start_local_ranks(n);
+    }
     let world = World::from_env()?;
     if world.launcher != Launcher::Single {
         eprintln!("world: {}", world.describe());
@@ -415,6 +422,58 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     }
     drop(lock);
     status
+}
+
+/// `--nproc-per-node N`: this command again on N ranks of this machine,
+/// started by `mpirun` (which forwards Ctrl-C and SIGTERM to every rank and
+/// stops them all if one dies); its exit status is the run's.
+fn start_local_ranks(n: usize) -> Result<u8> {
+    if n == 0 {
+        return Err(Error::invalid("--nproc-per-node", "must be at least 1"));
+    }
+    if !cfg!(feature = "mpi") {
+        return Err(Error::invalid(
+            "--nproc-per-node",
+            "several ranks join over MPI, which this build lacks: cargo build --release --features mpi",
+        ));
+    }
+    let me = std::env::current_exe().map_err(|e| Error::invalid("--nproc-per-node", e.to_string()))?;
+    // Every argument but --nproc-per-node and its value, passed through.
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args_os().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        let s = arg.to_string_lossy();
+        if s == "--nproc-per-node" {
+            skip = true;
+            continue;
+        }
+        if s.starts_with("--nproc-per-node=") {
+            continue;
+        }
+        args.push(arg);
+    }
+    let mut cmd = std::process::Command::new("mpirun");
+    // Open MPI refuses root unless told; more ranks than cores are fine.
+    // SAFETY: geteuid only reads the process's user id.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.args(["--oversubscribe", "-np", &n.to_string()]).arg(me).args(args);
+    eprintln!("starting {n} ranks on this machine through mpirun");
+    let status = cmd.status().map_err(|e| {
+        Error::invalid(
+            "--nproc-per-node",
+            format!("cannot start mpirun ({e}); install Open MPI (Debian: openmpi-bin)"),
+        )
+    })?;
+    Ok(match status.code() {
+        Some(c) => c.clamp(0, 255) as u8,
+        None => 1,
+    })
 }
 
 /// This process among the ranks of a run: the collective that joins them
