@@ -539,6 +539,11 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 report(p, &last_ckpt, obs)?;
             }
         }
+        // At each validation the ranks compare their weights: a rank that
+        // drifted (a bad node, a bug) stops the run instead of spoiling it.
+        if let (true, Some(col)) = (boundary, &collective) {
+            super::reduce::check_same_weights(&store, col.as_ref(), meta.step)?;
+        }
         if boundary {
             // Every rank validates the same weights on the same set; rank 0
             // writes.
