@@ -133,11 +133,18 @@ fn validate(
     c: &TrainConfig,
     val: &ValSet,
     picture: Option<&Path>,
+    collective: Option<&dyn crate::dist::Collective>,
 ) -> Result<ValResult> {
     let [d, h, w] = c.model.superpatch_size;
     let per = d * h * w;
     let (mut loss_sum, mut sse, mut count) = (0.0f64, 0.0f64, 0usize);
+    // Across ranks, chunk k goes to rank k mod W and the sums are reduced
+    // (so the result equals one rank's up to the order of summation).
+    let (rank, world) = collective.map_or((0, 1), |col| (col.rank(), col.size()));
     for (k, chunk) in val.images.chunks(c.batch).enumerate() {
+        if k % world != rank {
+            continue;
+        }
         let b = chunk.len();
         let first = k * c.batch;
         let x = Tensor::from_vec(chunk.concat(), [b, 1, d, h, w])?;
@@ -159,6 +166,11 @@ fn validate(
                 reconstruction_png(p, &c.model, (&x, &x, &rec), &mask, 0)?;
             }
         }
+    }
+    if let Some(col) = collective {
+        let mut sums = [loss_sum, sse, count as f64];
+        col.all_reduce_sum_f64(&mut sums)?;
+        (loss_sum, sse, count) = (sums[0], sums[1], sums[2] as usize);
     }
     let mse = sse / (count * per) as f64;
     Ok(ValResult {
@@ -545,10 +557,16 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             super::reduce::check_same_weights(&store, col.as_ref(), meta.step)?;
         }
         if boundary {
-            // Every rank validates the same weights on the same set; rank 0
-            // writes.
+            // The ranks share the validation set; rank 0 writes.
             let pic = out.join(format!("recon/step-{:07}.png", meta.step));
-            let v = validate(&model, &store, c, &val_set, writer.then_some(pic.as_path()))?;
+            let v = validate(
+                &model,
+                &store,
+                c,
+                &val_set,
+                writer.then_some(pic.as_path()),
+                collective.as_deref(),
+            )?;
             if writer {
                 append_jsonl(
                     &metrics,
