@@ -6,27 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nemesis")
-}
+mod common;
+use common::{bin, succeeded as ok};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nemesis-mpi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
-    text
+    common::fresh_dir("mpi", name)
 }
 
 fn mpirun(np: usize, args: &[&str]) -> Output {
@@ -74,6 +60,56 @@ fn metrics(run: &Path) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A long 2-rank run (until stopped) of `out`, validating every `val_every` steps.
+fn spawn_long_run(out: &Path, val_every: &str) -> std::process::Child {
+    Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
+        .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
+        .args([
+            "--steps",
+            "100000",
+            "--val-every",
+            val_every,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most a minute, against a hang) until `file` exists, while the run goes on.
+fn wait_for_file(child: &mut std::process::Child, file: &Path) {
+    let t = Instant::now();
+    while !file.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mpirun ended before {}",
+            file.display()
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "no {}", file.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most a minute, against a hang) for the run to end.
+fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the ranks do not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The run's `latest.json`.
+fn latest(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("latest.json")).unwrap()).unwrap()
 }
 
 /// Training lines equal; validation lines equal up to the order in which the
@@ -181,23 +217,10 @@ fn two_emulator_ranks_track_the_cpu_run() {
 /// loads, and two ranks resume the run.
 #[test]
 fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
-    use std::time::{Duration, Instant};
     let d = tmp("kill");
     let a = d.join("A");
-    let mut child = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
-        .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
-        .args(["--steps", "100000", "--val-every", "2", "--out", a.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !a.join("latest.json").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "mpirun ended before a checkpoint");
-        assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_long_run(&a, "2");
+    wait_for_file(&mut child, &a.join("latest.json"));
     let ranks = Command::new("pgrep")
         .args(["-P", &child.id().to_string()])
         .output()
@@ -208,17 +231,9 @@ fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
         .collect();
     assert_eq!(pids.len(), 2, "{pids:?}");
     assert!(Command::new("kill").args(["-9", &pids[1]]).status().unwrap().success());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "the surviving rank hangs");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut child);
     assert!(!status.success());
-    let latest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("latest.json")).unwrap()).unwrap();
+    let latest = latest(&a);
     let step = latest["step"].as_u64().unwrap();
     let w = a.join(latest["weights"].as_str().unwrap());
     nemesis::model::load_checkpoint(&w, nemesis::tensor::DType::F32).unwrap();
@@ -266,43 +281,18 @@ fn nproc_per_node_equals_the_mpirun_run() {
 /// checkpoint, and the metrics end at that step.
 #[test]
 fn ctrl_c_to_the_launcher_stops_every_rank_after_one_checkpoint() {
-    use std::time::{Duration, Instant};
     let d = tmp("int");
     let a = d.join("A");
-    let mut child = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
-        .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
-        .args([
-            "--steps",
-            "100000",
-            "--val-every",
-            "100000",
-            "--out",
-            a.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !a.join("metrics.jsonl").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "mpirun ended early");
-        assert!(t.elapsed() < Duration::from_secs(60), "no step");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_long_run(&a, "100000");
+    wait_for_file(&mut child, &a.join("metrics.jsonl"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(60), "the ranks do not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let latest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("latest.json")).unwrap()).unwrap();
+    wait_for_exit(&mut child);
+    let latest = latest(&a);
     let last = metrics(&a).last().cloned().unwrap();
     assert!(
         last.starts_with(&format!("\"train\" {}", latest["step"])),

@@ -18,7 +18,7 @@ use crate::progress::Progress;
 use crate::train::{
     apply_changes, keep_global_batch, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags,
 };
-use crate::train::{check_run_fits, RunOptions, Start, StepMetrics, TrainConfig};
+use crate::train::{check_run_fits, run_dir_of, RunOptions, Start, StepMetrics, TrainConfig};
 use std::sync::Arc;
 
 /// Steps of the built-in default run: a few minutes of the `small` preset on 2 cores.
@@ -312,15 +312,7 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
             ));
         }
         // The folder is locked before anything is read or written.
-        let dir = if r.is_dir() {
-            r.clone()
-        } else {
-            r.parent()
-                .and_then(|c| c.parent())
-                .filter(|d| !d.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."))
-        };
+        let dir = run_dir_of(r);
         let lock = if ranks.writer && (dir.join("latest.json").exists() || r.is_dir()) {
             ranks.agree(FolderLock::acquire(&dir, "--resume").map(Some))?
         } else {

@@ -3,7 +3,7 @@
 use crate::autograd::ParamStore;
 use crate::dist::Collective;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Sums every parameter's gradient over the ranks (one call for all of
 /// them; a parameter without a gradient on this rank counts as zeros, so
@@ -18,7 +18,7 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
     for (id, p) in store.iter() {
         let n = p.value.numel();
         match &p.grad {
-            Some(g) => flat.extend_from_slice(&g.to_f64_vec()?.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+            Some(g) => flat.extend_from_slice(g.to_cpu()?.to_dtype(DType::F32)?.cpu_slice::<f32>()?),
             None => flat.extend(std::iter::repeat_n(0.0f32, n)),
         }
         shapes.push((id, p.value.dims().to_vec(), n));
@@ -48,9 +48,7 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
 pub fn weights_checksum(store: &ParamStore) -> Result<u32> {
     let mut h = crc32fast::Hasher::new();
     for (_, p) in store.to_cpu()?.iter() {
-        for v in p.value.to_f64_vec()? {
-            h.update(&(v as f32).to_le_bytes());
-        }
+        h.update(bytemuck::cast_slice(p.value.to_dtype(DType::F32)?.cpu_slice::<f32>()?));
     }
     Ok(h.finalize())
 }

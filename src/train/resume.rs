@@ -111,20 +111,27 @@ pub fn open_resume(p: &Path, warn: &mut dyn FnMut(String)) -> Result<Resumed> {
             ),
         ));
     }
-    let dir = p
-        .parent()
-        .and_then(|c| c.parent())
-        .map(Path::to_path_buf)
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
     let (store, opt, meta) = open_checkpoint(p, &state)?;
     Ok(Resumed {
-        dir,
+        dir: run_dir_of(p),
         weights: p.to_path_buf(),
         store,
         opt,
         meta,
     })
+}
+
+/// The run folder of `--resume P`: P itself, or the run a checkpoint
+/// (`RUN/checkpoints/step-N.safetensors`) belongs to.
+pub fn run_dir_of(p: &Path) -> PathBuf {
+    if p.is_dir() {
+        return p.to_path_buf();
+    }
+    p.parent()
+        .and_then(|c| c.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Weights and training state, checked to belong together.

@@ -257,6 +257,8 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let (mut store, mut opt, mut meta, out) = match start {
         Start::Resume(r) => {
             let r = *r;
+            // The resumed recipe (its batch, perhaps changed accum) on this device.
+            check_run_fits(&r.meta.config, opts.device.as_ref())?;
             last_ckpt = Some(r.weights.clone());
             obs.message(&format!(
                 "resuming {} at step {} from {}",
@@ -287,7 +289,6 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         }
     };
     opts.config = meta.config.clone();
-    check_run_fits(&opts.config, opts.device.as_ref())?;
     if let Some(dev) = &opts.device {
         store = store.to_device(dev)?;
     }
@@ -502,23 +503,14 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             obs.step(number, total, &m);
             Ok(())
         };
-    if let Some(s) = opts.stop_at.filter(|&s| s <= meta.step && meta.step < total) {
+    let already = opts.stop_at.filter(|&s| s <= meta.step && meta.step < total);
+    if let Some(s) = already {
         obs.message(&format!(
             "the run is already at step {} (--stop-at {s}): no step taken",
             meta.step
         ));
-        drop(loader);
-        return Ok(RunReport {
-            out,
-            step: meta.step,
-            total_steps: total,
-            finished: false,
-            checkpoint: last_ckpt,
-            best_val: meta.best_val,
-            skipped_volumes: skipped,
-        });
     }
-    while meta.step < total {
+    while already.is_none() && meta.step < total {
         let step = meta.step;
         // A step's time includes waiting for its batches.
         let t0 = Instant::now();
@@ -598,17 +590,8 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
                 redraw_curves(&out)?;
             }
         }
-        if stopping && meta.step < total {
-            drop(loader);
-            return Ok(RunReport {
-                out,
-                step: meta.step,
-                total_steps: total,
-                finished: false,
-                checkpoint: last_ckpt,
-                best_val: meta.best_val,
-                skipped_volumes: skipped,
-            });
+        if stopping {
+            break;
         }
     }
     drop(loader);
@@ -616,7 +599,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         out,
         step: meta.step,
         total_steps: total,
-        finished: true,
+        finished: meta.step >= total,
         checkpoint: last_ckpt,
         best_val: meta.best_val,
         skipped_volumes: skipped,

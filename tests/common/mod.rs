@@ -103,3 +103,28 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&Tape, &[Var]) -> Res
     }
     worst
 }
+
+/// The `nemesis` binary cargo built for this test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nemesis")
+}
+
+/// A fresh, empty folder `nemesis-PREFIX-PID-NAME` under the temp folder.
+pub fn fresh_dir(prefix: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("nemesis-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("the temp folder is writable");
+    d
+}
+
+/// A command that succeeded: its stdout and stderr, one after the other.
+#[track_caller]
+pub fn succeeded(o: &std::process::Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    text
+}
