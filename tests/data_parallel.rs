@@ -1,8 +1,9 @@
 //! Data-parallel semantics that hold without any collective: a rank's share
 //! of a step draws its masks, noise and dropout by the global micro-batch,
 //! so W ranks with accum A compute the micro-batches of one rank with
-//! accum A × W (the loader's side is in tests/data_pipeline.rs). The
-//! all-reduce that sums their gradients is issue 20's next part.
+//! accum A × W (the loader's side is in tests/data_pipeline.rs). The ranks
+//! themselves, joined by MPI, are in tests/mpi.rs; the launchers in
+//! tests/launchers.rs.
 
 use nemesis::data::{Batch, BatchData, Position};
 use nemesis::dist::Shard;

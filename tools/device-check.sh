@@ -77,6 +77,17 @@ if [ "$WHAT" = check ] || [ "$WHAT" = all ]; then
         part check-cuda-cublas 120 env NEMESIS_GEMM=cublas NEMESIS_ATTENTION=plain \
             "$BIN" check --device cuda --seed 1 --steps tiny
     fi
+    # The data-parallel path: one GPU rank started as torchrun would,
+    # joined through NCCL (the image's pip wheel nvidia-nccl-cu13 has
+    # libnccl.so.2), its gradients all-reduced every step. 12 tiny steps.
+    if [ -z "${NEMESIS_NCCL:-}" ] && command -v python3 >/dev/null; then
+        NEMESIS_NCCL=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
+        [ -n "$NEMESIS_NCCL" ] && export NEMESIS_NCCL
+    fi
+    echo "NCCL: ${NEMESIS_NCCL:-none given, the library path}"
+    part nccl-one-rank 120 "$BIN" pretrain --preset tiny --batch 2 --steps 12 --val-every 6 --device cuda \
+        --nproc-per-node 1 --collective-timeout 60 --out "$OUT/nccl-run"
+    grep -h "NCCL [0-9]\|world:\|finished" "$OUT/nccl-one-rank.log" 2>/dev/null
     if command -v compute-sanitizer >/dev/null; then
         part sanitizer-memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$BIN" check --device cuda --seed 1 --steps tiny

@@ -17,7 +17,7 @@ use super::kernels;
 use super::limits::OptIns;
 use super::staging::{HostBuf, Staging};
 use crate::device::{Arg, Buffer, DeviceApi, Gemm, Launch, PendingDownload};
-use crate::device::{Device, DeviceSettings, GraphCounts, MemoryUse};
+use crate::device::{Device, DeviceSettings, GraphCounts, MemoryUse, Peers, Reduce};
 use crate::error::{Error, Result};
 
 /// A device below its recorder: its own calls, and how it builds and runs
@@ -55,6 +55,10 @@ pub trait RawDevice {
     fn run_graph(&self, ops: &[Op], updated: &[usize]) -> Result<()>;
     /// Forgets the built graph (after it has finished running).
     fn drop_built_graph(&self);
+    /// Joins the other ranks (`DeviceApi::join`).
+    fn join_raw(&self, peers: Peers) -> Result<()>;
+    /// `DeviceApi::all_reduce` outside graphs.
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
     /// Bytes the device could still allocate, when it says.
     fn available_raw(&self) -> Option<u64> {
         None
@@ -213,6 +217,29 @@ impl<T: RawDevice> DeviceApi for T {
 
     fn address(&self, buf: &Buffer) -> Result<u64> {
         RawDevice::address(self, buf)
+    }
+
+    fn join(&self, peers: Peers) -> Result<()> {
+        self.join_raw(peers)
+    }
+
+    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+        // Not (yet) part of a step graph: the trainer turns graphs off for
+        // a run of several ranks.
+        lock(self.recorder())?.wait("an all-reduce")?;
+        for (b, count) in bufs {
+            if count * op.elem_bytes() > b.bytes {
+                return Err(Error::invalid(
+                    "all-reduce",
+                    format!(
+                        "{count} elements of {} bytes in a buffer of {}",
+                        op.elem_bytes(),
+                        b.bytes
+                    ),
+                ));
+            }
+        }
+        self.all_reduce_raw(bufs, op)
     }
 
     fn memory(&self) -> MemoryUse {

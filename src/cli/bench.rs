@@ -157,7 +157,7 @@ fn step(a: &StepArgs) -> Result<()> {
     use crate::tensor::DType;
     use crate::train::{read_deferred, AdamW, PendingStep, StepGraphs, StepSpec};
 
-    let dev = super::device::select(a.device, a.bf16)?;
+    let dev = super::device::select(a.device, a.bf16, 0)?;
     if a.batch == 0 || a.steps == 0 {
         return Err(Error::invalid("bench step", "--batch and --steps must be at least 1"));
     }

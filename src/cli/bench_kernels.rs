@@ -131,7 +131,7 @@ pub(super) fn reference_rates(dev: &SharedDevice, quick: bool) -> Result<(f64, f
 }
 
 pub fn run(a: &KernelArgs) -> Result<()> {
-    let Some(dev) = super::device::select(a.device, false)? else {
+    let Some(dev) = super::device::select(a.device, false, 0)? else {
         return Err(Error::invalid(
             "bench kernels",
             "times device kernels: use --device cuda on a GPU (or --device emu --quick to check the tool)",

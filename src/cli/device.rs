@@ -26,13 +26,14 @@ pub enum DeviceArg {
 
 /// Resolves the flag: `None` is the CPU backend. `auto` says in one line what
 /// it picked and why. `bf16` asks for mixed-precision GEMMs (device only).
-pub fn select(arg: DeviceArg, bf16: bool) -> Result<Option<SharedDevice>> {
+/// The device of `--device`; a CUDA device is GPU `gpu` (a rank's).
+pub fn select(arg: DeviceArg, bf16: bool, gpu: usize) -> Result<Option<SharedDevice>> {
     let dev: Option<SharedDevice> = match arg {
         DeviceArg::Cpu => None,
         DeviceArg::Emu => Some(Arc::new(if bf16 { EmuDevice::mixed() } else { EmuDevice::new() })),
-        DeviceArg::Cuda => Some(Arc::new(CudaDevice::open(0)?.with_mixed_precision(bf16))),
+        DeviceArg::Cuda => Some(Arc::new(CudaDevice::open(gpu)?.with_mixed_precision(bf16))),
         DeviceArg::Auto => match probe() {
-            CudaProbe::Gpus(n) if n > 0 => match CudaDevice::open(0) {
+            CudaProbe::Gpus(n) if n > 0 => match CudaDevice::open(gpu) {
                 Ok(d) => Some(Arc::new(d.with_mixed_precision(bf16))),
                 Err(e) => {
                     eprintln!("device: cpu (a GPU is present but unusable: {e})");

@@ -45,7 +45,7 @@ pub struct EncodeArgs {
 
 pub fn run(a: &EncodeArgs) -> Result<()> {
     let io = &a.io;
-    let dev = select(io.device, false)?;
+    let dev = select(io.device, false, 0)?;
     if a.batch == 0 {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }

@@ -14,6 +14,7 @@ mod model_source;
 mod prepare;
 mod pretrain;
 mod probe;
+mod ranks;
 mod reconstruct;
 mod signals;
 mod synth;

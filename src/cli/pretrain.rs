@@ -7,11 +7,12 @@ use clap::Args;
 
 use super::device::{select, DeviceArg};
 use super::prepare::prepare_dataset;
+use super::ranks::{gpu_of, start_local_ranks, Ranks};
 use super::signals::Signals;
 use super::synth::{data_home, default_cache};
 use crate::data::{CacheManifest, DatasetIndex, MANIFEST};
 use crate::device::SharedDevice;
-use crate::dist::{Collective, Launcher, World};
+use crate::dist::{Launcher, World};
 use crate::error::{Error, Result};
 use crate::io::{claim_folder, FolderLock, LOCK_FILE};
 use crate::progress::Progress;
@@ -19,7 +20,7 @@ use crate::train::{
     apply_changes, keep_global_batch, open_resume, run, run_cache, Change, LrSchedule, Observer, ResumeFlags,
 };
 use crate::train::{check_run_fits, run_dir_of, RunOptions, Start, StepMetrics, TrainConfig};
-use std::sync::Arc;
+use std::time::Duration;
 
 /// Steps of the built-in default run: a few minutes of the `small` preset on 2 cores.
 pub const DEFAULT_STEPS: u64 = 600;
@@ -118,10 +119,16 @@ pub struct PretrainArgs {
     /// recorded step graph (one launch a step) from the third step on.
     #[arg(long)]
     pub no_graphs: bool,
-    /// Start this many ranks on this machine (through mpirun; a build with
-    /// `--features mpi`), as one would with `mpirun -np N nemesis pretrain …`.
+    /// Start this many ranks on this machine: GPU ranks as torchrun would
+    /// (one per GPU, joined by NCCL), CPU and emulator ranks through mpirun
+    /// (a build with `--features mpi`).
     #[arg(long, value_name = "N")]
     pub nproc_per_node: Option<usize>,
+    /// How long a rank waits for the others at a collective (or at the
+    /// start, for them to join) before it stops with an error naming
+    /// what it waited for (default: 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub collective_timeout: u64,
 }
 
 impl PretrainArgs {
@@ -282,14 +289,25 @@ impl Observer for Bar {
 /// Runs `pretrain`; the exit status is 0, or 130/143 when SIGINT/SIGTERM
 /// stopped the run (after its checkpoint).
 pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
-    if let Some(n) = a.nproc_per_node.filter(|&n| n != 1) {
-        return start_local_ranks(n);
+    let timeout = Duration::from_secs(a.collective_timeout.max(1));
+    if let Some(n) = a.nproc_per_node {
+        // One CPU rank is this process; one GPU rank still goes through
+        // NCCL, as a cluster's ranks do. (The ranks started get every
+        // argument but this one.)
+        if n != 1 || matches!(a.device, DeviceArg::Cuda) {
+            return start_local_ranks(n, a.device, timeout);
+        }
     }
     let world = World::from_env()?;
     if world.launcher != Launcher::Single {
         eprintln!("world: {}", world.describe());
     }
-    let ranks = Ranks::open(&world)?;
+    let gpu = match a.device {
+        DeviceArg::Cuda | DeviceArg::Auto => gpu_of(&world)?,
+        _ => 0,
+    };
+    let device = select(a.device, a.bf16, gpu)?;
+    let ranks = Ranks::open(&world, device.as_ref(), timeout)?;
     if ranks.col.is_some() && a.out.is_none() && a.resume.is_none() {
         return Err(Error::invalid(
             "--out",
@@ -297,7 +315,6 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
         ));
     }
     let signals = Signals::install()?;
-    let device = select(a.device, a.bf16)?;
     if let Some(r) = &a.resume {
         let refused = refused_on_resume(a);
         if !refused.is_empty() {
@@ -414,138 +431,6 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     }
     drop(lock);
     status
-}
-
-/// `--nproc-per-node N`: this command again on N ranks of this machine,
-/// started by `mpirun` (which forwards Ctrl-C and SIGTERM to every rank and
-/// stops them all if one dies); its exit status is the run's.
-fn start_local_ranks(n: usize) -> Result<u8> {
-    if n == 0 {
-        return Err(Error::invalid("--nproc-per-node", "must be at least 1"));
-    }
-    if !cfg!(feature = "mpi") {
-        return Err(Error::invalid(
-            "--nproc-per-node",
-            "several ranks join over MPI, which this build lacks: cargo build --release --features mpi",
-        ));
-    }
-    let me = std::env::current_exe().map_err(|e| Error::invalid("--nproc-per-node", e.to_string()))?;
-    // Every argument but --nproc-per-node and its value, passed through.
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut skip = false;
-    for arg in std::env::args_os().skip(1) {
-        if skip {
-            skip = false;
-            continue;
-        }
-        let s = arg.to_string_lossy();
-        if s == "--nproc-per-node" {
-            skip = true;
-            continue;
-        }
-        if s.starts_with("--nproc-per-node=") {
-            continue;
-        }
-        args.push(arg);
-    }
-    let mut cmd = std::process::Command::new("mpirun");
-    // Open MPI refuses root unless told; more ranks than cores are fine.
-    // SAFETY: geteuid only reads the process's user id.
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.args(["--oversubscribe", "-np", &n.to_string()]).arg(me).args(args);
-    eprintln!("starting {n} ranks on this machine through mpirun");
-    let status = cmd.status().map_err(|e| {
-        Error::invalid(
-            "--nproc-per-node",
-            format!("cannot start mpirun ({e}); install Open MPI (Debian: openmpi-bin)"),
-        )
-    })?;
-    Ok(match status.code() {
-        Some(c) => c.clamp(0, 255) as u8,
-        None => 1,
-    })
-}
-
-/// This process among the ranks of a run: the collective that joins them
-/// (none for one process) and whether it is rank 0, the one that writes.
-struct Ranks {
-    col: Option<Arc<dyn Collective>>,
-    writer: bool,
-}
-
-impl Ranks {
-    fn open(world: &World) -> Result<Ranks> {
-        if world.size <= 1 {
-            return Ok(Ranks {
-                col: None,
-                writer: true,
-            });
-        }
-        #[cfg(feature = "mpi")]
-        {
-            if world.launcher == Launcher::Torchrun {
-                return Err(Error::invalid(
-                    "pretrain",
-                    "ranks started by torchrun join over NCCL, which is not built yet; start them with mpirun \
-                     (CPU or emulator ranks)",
-                ));
-            }
-            let m = crate::dist::Mpi::init()?;
-            if m.size() != world.size || m.rank() != world.rank {
-                return Err(Error::invalid(
-                    "pretrain",
-                    format!(
-                        "MPI says rank {} of {}, the launcher's variables {}",
-                        m.rank(),
-                        m.size(),
-                        world.describe()
-                    ),
-                ));
-            }
-            Ok(Ranks {
-                col: Some(Arc::new(m)),
-                writer: world.rank == 0,
-            })
-        }
-        #[cfg(not(feature = "mpi"))]
-        Err(Error::invalid(
-            "pretrain",
-            format!(
-                "this process is {}; several ranks join over MPI, which this build lacks: \
-                 cargo build --release --features mpi (needs Open MPI or MPICH, and libclang)",
-                world.describe()
-            ),
-        ))
-    }
-
-    /// Every rank learns whether any failed: a rank that failed returns its
-    /// error, the others one that points to it, so no rank waits forever
-    /// for one that has given up.
-    fn agree<T>(&self, r: Result<T>) -> Result<T> {
-        let Some(col) = &self.col else { return r };
-        let failed = col.all_reduce_max(u64::from(r.is_err()))? > 0;
-        match r {
-            Ok(_) if failed => Err(Error::invalid(
-                "pretrain",
-                "another rank failed before training (its message says why)",
-            )),
-            r => r,
-        }
-    }
-
-    /// `f` on rank 0 first (preparing data, say), then on the others, which
-    /// find its work done.
-    fn first_then_others<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
-        if self.writer {
-            let r = f();
-            self.agree(r)
-        } else {
-            self.agree(Ok(()))?;
-            f()
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

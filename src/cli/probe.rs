@@ -112,7 +112,7 @@ fn file_id(path: &Path) -> Result<String> {
 }
 
 pub fn run(a: &ProbeArgs) -> Result<()> {
-    let device = select(a.device, false)?;
+    let device = select(a.device, false, 0)?;
     let (config, store, encoder_id) = match (&a.checkpoint, a.random_init) {
         (Some(w), false) => {
             let (c, s) = load_checkpoint(w, DType::F32)?;

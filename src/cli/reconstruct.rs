@@ -61,7 +61,7 @@ fn read_mask(path: &std::path::Path, config: &ModelConfig, batch: usize) -> Resu
 
 pub fn run(a: &ReconstructArgs) -> Result<()> {
     let io = &a.io;
-    let dev = select(io.device, false)?;
+    let dev = select(io.device, false, 0)?;
     if !a.noise_std.is_finite() || a.noise_std < 0.0 {
         return Err(Error::invalid(
             "--noise-std",

@@ -138,6 +138,46 @@ impl Gemm {
     }
 }
 
+/// An element-wise operation over the ranks of a data-parallel run, and
+/// the elements it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    SumF32,
+    SumF64,
+    MaxU64,
+}
+
+impl Reduce {
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            Reduce::SumF32 => 4,
+            Reduce::SumF64 | Reduce::MaxU64 => 8,
+        }
+    }
+}
+
+/// An operation over the ranks on host memory (MPI, `dist::Mpi`): how the
+/// emulator's ranks join, through host copies.
+pub trait HostReduce: Send + Sync {
+    /// `op` over the ranks, in place; `values` holds whole elements.
+    fn all_reduce_host(&self, values: &mut [u8], op: Reduce) -> Result<()>;
+}
+
+/// The other ranks a device joins (`DeviceApi::join`).
+pub enum Peers {
+    /// NCCL between GPUs: every rank passes the unique id rank 0 made
+    /// (`backend::cuda::nccl::unique_id`); a collective that waits longer
+    /// than `timeout` for the others aborts with an error.
+    Nccl {
+        id: [u8; 128],
+        rank: usize,
+        size: usize,
+        timeout: std::time::Duration,
+    },
+    /// Host copies of the buffers go through `HostReduce` (the emulator).
+    Host(Arc<dyn HostReduce>),
+}
+
 pub trait DeviceApi {
     /// In words, for messages ("emulator", "NVIDIA H100 …").
     fn name(&self) -> String;
@@ -175,6 +215,13 @@ pub trait DeviceApi {
     /// Bytes the device could still allocate, when it says (a GPU's free
     /// memory); `None` on the emulator, whose memory is the host's.
     fn available_memory(&self) -> Option<u64>;
+
+    /// Joins the other ranks of a data-parallel run, once, before the first
+    /// `all_reduce`.
+    fn join(&self, peers: Peers) -> Result<()>;
+    /// `op` over the ranks on the first `count` elements of each buffer, in
+    /// place, after the work queued so far; later work sees the result.
+    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
 
     /// Step graphs (backend/graph.rs): starts recording the device calls
     /// that follow, which still run as usual.

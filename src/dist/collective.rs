@@ -1,6 +1,6 @@
 //! The operations ranks do together, behind one trait so the trainer does
 //! not care which library carries them: MPI between CPU and emulator ranks
-//! (`--features mpi`, `dist::mpi`); NCCL between GPUs is still to come.
+//! (`--features mpi`, `dist::mpi`), NCCL between GPUs (`dist::device`).
 //! Nothing here is a collective of our own.
 
 use crate::error::Result;

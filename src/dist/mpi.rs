@@ -8,6 +8,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::collective::Collective;
+use crate::device::{HostReduce, Reduce};
 use crate::error::{Error, Result};
 
 pub struct Mpi {
@@ -31,6 +32,38 @@ impl Mpi {
             world,
             _universe: universe,
         })
+    }
+}
+
+impl Mpi {
+    /// Rank `root`'s bytes to every rank (the NCCL unique id, say).
+    pub fn broadcast(&self, bytes: &mut [u8], root: usize) -> Result<()> {
+        self.world.process_at_rank(root as i32).broadcast_into(bytes);
+        Ok(())
+    }
+}
+
+/// The emulator's ranks sum host copies of their device buffers here.
+impl HostReduce for Mpi {
+    fn all_reduce_host(&self, values: &mut [u8], op: Reduce) -> Result<()> {
+        fn through<T: bytemuck::Pod>(values: &mut [u8], f: impl FnOnce(&mut [T]) -> Result<()>) -> Result<()> {
+            let mut v: Vec<T> = bytemuck::pod_collect_to_vec(values);
+            f(&mut v)?;
+            values.copy_from_slice(bytemuck::cast_slice(&v));
+            Ok(())
+        }
+        if values.len() % op.elem_bytes() != 0 {
+            return Err(Error::invalid("mpi", "an all-reduce of partial elements"));
+        }
+        match op {
+            Reduce::SumF32 => through::<f32>(values, |v| self.all_reduce_sum(v)),
+            Reduce::SumF64 => through::<f64>(values, |v| self.all_reduce_sum_f64(v)),
+            Reduce::MaxU64 => through::<u64>(values, |v| {
+                let send = v.to_vec();
+                self.world.all_reduce_into(&send[..], v, SystemOperation::max());
+                Ok(())
+            }),
+        }
     }
 }
 

@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 pub enum Launcher {
     /// torchrun (or anything that sets its variables).
     Torchrun,
+    /// `nemesis pretrain --nproc-per-node N` on GPUs: torchrun's variables,
+    /// set by nemesis itself (with `NEMESIS_LOCAL_RANKS=1`).
+    Local,
     OpenMpi,
     /// MPICH, Intel MPI and other PMI launchers.
     Pmi,
@@ -20,6 +23,7 @@ impl Launcher {
     pub fn name(self) -> &'static str {
         match self {
             Launcher::Torchrun => "torchrun",
+            Launcher::Local => "nemesis --nproc-per-node",
             Launcher::OpenMpi => "Open MPI (mpirun)",
             Launcher::Pmi => "MPICH/PMI (mpiexec)",
             Launcher::Slurm => "SLURM (srun)",
@@ -38,6 +42,8 @@ pub struct World {
     pub local_rank: usize,
     /// Where rank 0 listens for the others (torchrun's MASTER_ADDR:MASTER_PORT).
     pub master: Option<(String, u16)>,
+    /// torchrun's agent holds MASTER_PORT itself (`TORCHELASTIC_USE_AGENT_STORE=True`).
+    pub agent_store: bool,
 }
 
 impl World {
@@ -48,6 +54,7 @@ impl World {
             size: 1,
             local_rank: 0,
             master: None,
+            agent_store: false,
         }
     }
 
@@ -104,12 +111,17 @@ impl World {
                 )),
                 _ => None,
             };
+            let launcher = match launcher {
+                Launcher::Torchrun if get("NEMESIS_LOCAL_RANKS").as_deref() == Some("1") => Launcher::Local,
+                l => l,
+            };
             return Ok(World {
                 launcher,
                 rank,
                 size,
                 local_rank,
                 master,
+                agent_store: get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             });
         }
         Ok(World::single())
@@ -195,6 +207,17 @@ mod tests {
             (Launcher::Torchrun, 3, 8, 3)
         );
         assert_eq!(t.master, Some(("node1".into(), 29500)));
+        assert!(!t.agent_store);
+        let torchrun = [
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ];
+        assert!(world(&torchrun).unwrap().agent_store);
+        // The ranks `--nproc-per-node` starts on GPUs say so.
+        let local = world(&[("RANK", "1"), ("WORLD_SIZE", "2"), ("NEMESIS_LOCAL_RANKS", "1")]).unwrap();
+        assert_eq!(local.launcher, Launcher::Local);
+        assert!(local.describe().contains("launched by nemesis --nproc-per-node"));
         let o = world(&[
             ("OMPI_COMM_WORLD_RANK", "1"),
             ("OMPI_COMM_WORLD_SIZE", "2"),

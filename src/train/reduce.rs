@@ -1,17 +1,25 @@
 //! Gradients summed over the ranks of a data-parallel run.
 
-use crate::autograd::ParamStore;
+use crate::autograd::{ParamId, ParamStore};
+use crate::backend::gpu;
+use crate::device::{Buffer, Reduce};
 use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
-/// Sums every parameter's gradient over the ranks (one call for all of
-/// them; a parameter without a gradient on this rank counts as zeros, so
-/// every rank sends the same number of values). On a device the gradients
-/// go through host copies.
+/// The most gradient bytes one all-reduce call carries on a device (NCCL's
+/// group of buffers); docs/SCALING.md says how the size was chosen.
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// Sums every parameter's gradient over the ranks; a parameter without a
+/// gradient on this rank counts as zeros, so every rank sends the same
+/// values. On the host: one collective call for all of them. On a device:
+/// the device's own all-reduce (NCCL on a GPU; host copies through MPI on
+/// the emulator), in buckets of at most `BUCKET_BYTES`, last parameter
+/// first (the order the backward finishes them).
 pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()> {
-    if c.size() <= 1 {
-        return Ok(());
+    if store.shared_device().is_some() {
+        return all_reduce_device_grads(store);
     }
     let mut flat = Vec::with_capacity(store.num_elements());
     let mut shapes = Vec::new();
@@ -40,6 +48,54 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
             "all-reduce",
             "gradient sizes changed under the reduction",
         ));
+    }
+    Ok(())
+}
+
+fn all_reduce_device_grads(store: &mut ParamStore) -> Result<()> {
+    let dev = store
+        .shared_device()
+        .ok_or_else(|| Error::invalid("all-reduce", "the weights are not on a device"))?;
+    // Each gradient in an f32 buffer of its own that nothing else reads,
+    // since the sum lands in place.
+    let ids: Vec<ParamId> = store.iter().map(|(id, _)| id).collect();
+    for &id in ids.iter().rev() {
+        let p = store.get(id);
+        let own = match &p.grad {
+            None => Some(Tensor::zeros(p.value.dims().to_vec(), DType::F32).to_device(&dev)?),
+            Some(g) => {
+                let plain = g
+                    .device_storage()
+                    .is_some_and(|d| d.f32.get().is_some() && d.bf16.get().is_none());
+                (g.is_shared() || !plain).then(|| gpu::scale(g, 1.0)).transpose()?
+            }
+        };
+        if let Some(g) = own {
+            store.set_grad(id, g)?;
+        }
+    }
+    let mut bucket: Vec<(&Buffer, usize)> = Vec::new();
+    let mut bytes = 0;
+    for &id in ids.iter().rev() {
+        let g = store
+            .get(id)
+            .grad
+            .as_ref()
+            .ok_or_else(|| Error::invalid("all-reduce", "a gradient went missing"))?;
+        let buf = g
+            .device_storage()
+            .and_then(|d| d.f32.get())
+            .ok_or_else(|| Error::invalid("all-reduce", "a gradient is not in an f32 device buffer"))?;
+        if bytes + 4 * g.numel() > BUCKET_BYTES && !bucket.is_empty() {
+            dev.all_reduce(&bucket, Reduce::SumF32)?;
+            bucket.clear();
+            bytes = 0;
+        }
+        bucket.push((buf, g.numel()));
+        bytes += 4 * g.numel();
+    }
+    if !bucket.is_empty() {
+        dev.all_reduce(&bucket, Reduce::SumF32)?;
     }
     Ok(())
 }

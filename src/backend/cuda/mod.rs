@@ -17,6 +17,7 @@
 
 mod graph;
 mod lt;
+pub mod nccl;
 mod queue;
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use super::limits::{self, OptIns};
 use super::nvrtc::Nvrtc;
 use super::raw::RawDevice;
 use super::staging::{HostBuf, Staging};
-use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch};
+use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch, Peers, Reduce};
 use crate::error::{Error, Result};
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -63,6 +64,7 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuStreamCreate",
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
+    "cuStreamQuery",
     "cuStreamBeginCapture_v2",
     "cuStreamEndCapture",
     "cuStreamGetCaptureInfo_v3",
@@ -105,6 +107,9 @@ pub struct CudaDevice {
     poison: bool,
     /// `NEMESIS_CUDA_SYNC=1`: wait after every launch and GEMM.
     sync_each: bool,
+    /// The ranks' NCCL communicator, once joined; dropped before the
+    /// context.
+    nccl: Mutex<Option<nccl::Comm>>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// `None` unless `NEMESIS_GEMM=cublas` selects the classic SGEMM.
@@ -255,6 +260,7 @@ impl CudaDevice {
             settings,
             poison: false,
             sync_each: std::env::var("NEMESIS_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            nccl: Mutex::new(None),
             ctx,
             stream,
             blas,
@@ -805,5 +811,52 @@ impl RawDevice for CudaDevice {
         if let Ok(mut g) = self.cuda_graph.lock() {
             *g = None;
         }
+    }
+
+    fn join_raw(&self, peers: Peers) -> Result<()> {
+        let Peers::Nccl {
+            id,
+            rank,
+            size,
+            timeout,
+        } = peers
+        else {
+            return Err(Error::invalid("cuda", "GPU ranks join through NCCL, not host copies"));
+        };
+        self.bind()?;
+        let comm = nccl::Comm::init(&id, rank, size, timeout)?;
+        *self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))? = Some(comm);
+        Ok(())
+    }
+
+    /// NCCL on the device's one stream, in stream order with the kernels
+    /// around it; the host then waits for it, so that a rank that stopped
+    /// answering is an error after the timeout rather than a hang.
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+        use cudarc::driver::sys;
+        let ptrs = {
+            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+            bufs.iter()
+                .map(|(b, n)| Ok((self.ptr_of(&m, b)?, *n)))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let mut comm = self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?;
+        let comm = comm
+            .as_mut()
+            .ok_or_else(|| Error::invalid("all-reduce", "the GPU has not joined other ranks"))?;
+        self.bind()?;
+        let stream = self.stream.cu_stream();
+        // SAFETY: the addresses are live allocations of this device, sized
+        // for their counts (checked in raw.rs), on our own stream; the
+        // wait below keeps them alive until the work is done.
+        unsafe { comm.all_reduce(&ptrs, op, stream) }?;
+        comm.wait("all-reduce", || {
+            // SAFETY: queries our own stream.
+            match unsafe { sys::cuStreamQuery(stream) } {
+                sys::CUresult::CUDA_SUCCESS => Ok(true),
+                sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+                r => Err(cuda_err("all-reduce", r)),
+            }
+        })
     }
 }

@@ -29,7 +29,7 @@ use crate::backend::graph::{Op, Recorder};
 use crate::backend::limits::{self, OptIns};
 use crate::backend::raw::{run_calls, RawDevice};
 use crate::backend::staging::{HostBuf, Staging};
-use crate::device::{Arg, Buffer, DeviceSettings, Gemm, Launch};
+use crate::device::{Arg, Buffer, DeviceApi, DeviceSettings, Gemm, HostReduce, Launch, Peers, Reduce};
 use crate::error::{Error, Result};
 
 /// Launch geometry as the C++ side reads it.
@@ -93,6 +93,8 @@ pub struct EmuDevice {
     shared_allowed: Mutex<HashMap<String, u32>>,
     capture: Mutex<Option<Capture>>,
     stats: Mutex<EmuStats>,
+    /// The other ranks of a data-parallel run, reached through host copies.
+    peers: Mutex<Option<Arc<dyn HostReduce>>>,
 }
 
 impl Default for EmuDevice {
@@ -120,6 +122,7 @@ impl EmuDevice {
             shared_allowed: Mutex::new(HashMap::new()),
             capture: Mutex::new(None),
             stats: Mutex::new(EmuStats::default()),
+            peers: Mutex::new(None),
         }
     }
 
@@ -539,4 +542,46 @@ impl RawDevice for EmuDevice {
     }
 
     fn drop_built_graph(&self) {}
+
+    fn join_raw(&self, peers: Peers) -> Result<()> {
+        match peers {
+            Peers::Host(h) => {
+                *self
+                    .peers
+                    .lock()
+                    .map_err(|_| Error::device("emulator", "peers", "lock poisoned"))? = Some(h);
+                Ok(())
+            }
+            Peers::Nccl { .. } => Err(Error::invalid(
+                "emu",
+                "the emulator's ranks join through host copies over MPI, not NCCL",
+            )),
+        }
+    }
+
+    /// Host copies of the buffers, reduced over the ranks as one message,
+    /// then copied back: the orchestration of the GPU's all-reduce with
+    /// MPI in place of NCCL.
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+        let peers = self
+            .peers
+            .lock()
+            .map_err(|_| Error::device("emulator", "peers", "lock poisoned"))?
+            .clone();
+        let peers = peers.ok_or_else(|| Error::invalid("all-reduce", "the device has not joined other ranks"))?;
+        let sizes: Vec<usize> = bufs.iter().map(|(_, n)| n * op.elem_bytes()).collect();
+        let mut host = vec![0u8; sizes.iter().sum()];
+        let mut at = 0;
+        for ((b, _), &n) in bufs.iter().zip(&sizes) {
+            DeviceApi::download(self, b, &mut host[at..at + n])?;
+            at += n;
+        }
+        peers.all_reduce_host(&mut host, op)?;
+        let mut at = 0;
+        for ((b, _), &n) in bufs.iter().zip(&sizes) {
+            DeviceApi::upload(self, b, &host[at..at + n])?;
+            at += n;
+        }
+        Ok(())
+    }
 }
