@@ -64,6 +64,15 @@ fn metrics(run: &Path) -> Vec<String> {
 
 /// A long 2-rank run (until stopped) of `out`, validating every `val_every` steps.
 fn spawn_long_run(out: &Path, val_every: &str) -> std::process::Child {
+    spawn_long_run_with(out, val_every, &[], std::process::Stdio::null())
+}
+
+fn spawn_long_run_with(
+    out: &Path,
+    val_every: &str,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
     Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
         .args(["pretrain", "--preset", "tiny", "--batch", "1", "--device", "cpu"])
@@ -75,8 +84,9 @@ fn spawn_long_run(out: &Path, val_every: &str) -> std::process::Child {
             "--out",
             out.to_str().unwrap(),
         ])
+        .args(extra)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -221,14 +231,7 @@ fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
     let a = d.join("A");
     let mut child = spawn_long_run(&a, "2");
     wait_for_file(&mut child, &a.join("latest.json"));
-    let ranks = Command::new("pgrep")
-        .args(["-P", &child.id().to_string()])
-        .output()
-        .unwrap();
-    let pids: Vec<String> = String::from_utf8_lossy(&ranks.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let pids = rank_pids(&child);
     assert_eq!(pids.len(), 2, "{pids:?}");
     assert!(Command::new("kill").args(["-9", &pids[1]]).status().unwrap().success());
     let status = wait_for_exit(&mut child);
@@ -250,6 +253,75 @@ fn a_killed_rank_ends_the_run_and_leaves_a_checkpoint_to_resume() {
         ],
     ));
     assert!(text.contains(&format!("finished {} steps", step + 2)), "{text}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// The ranks mpirun started, by rank (read from each one's environment).
+fn rank_pids(child: &std::process::Child) -> Vec<String> {
+    let ranks = Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let mut pids: Vec<(usize, String)> = String::from_utf8_lossy(&ranks.stdout)
+        .split_whitespace()
+        .map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            let rank = env
+                .split(|&b| b == 0)
+                .filter_map(|kv| {
+                    String::from_utf8_lossy(kv)
+                        .strip_prefix("OMPI_COMM_WORLD_RANK=")
+                        .map(String::from)
+                })
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (rank, pid.to_string())
+        })
+        .collect();
+    pids.sort();
+    pids.into_iter().map(|(_, p)| p).collect()
+}
+
+/// A rank that stops answering (SIGSTOP: alive, silent): the other waits
+/// `--collective-timeout`, names it, and MPI stops the job; the last
+/// checkpoint loads.
+#[test]
+fn a_rank_that_stops_answering_is_named_after_the_timeout() {
+    let d = tmp("stop");
+    let a = d.join("A");
+    let log = d.join("stderr.txt");
+    let mut child = spawn_long_run_with(
+        &a,
+        "2",
+        &["--collective-timeout", "3"],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    wait_for_file(&mut child, &a.join("latest.json"));
+    let pids = rank_pids(&child);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(Command::new("kill")
+        .args(["-STOP", &pids[1]])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = Instant::now();
+    let status = wait_for_exit(&mut child);
+    assert!(!status.success());
+    // The timeout, the grace for answers, then MPI's abort.
+    assert!(stopped.elapsed() < Duration::from_secs(40), "{:?}", stopped.elapsed());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("rank 0 waited 3 s") && text.contains("rank 1 does not answer"),
+        "{text}"
+    );
+    let latest = latest(&a);
+    nemesis::model::load_checkpoint(
+        &a.join(latest["weights"].as_str().unwrap()),
+        nemesis::tensor::DType::F32,
+    )
+    .unwrap();
     std::fs::remove_dir_all(&d).ok();
 }
 

@@ -11,6 +11,7 @@
 //!   more than the default and never lowered (backend/limits.rs).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::graph::{lock, Flow, Op, Recorder, Replay};
 use super::kernels;
@@ -58,7 +59,7 @@ pub trait RawDevice {
     /// Joins the other ranks (`DeviceApi::join`).
     fn join_raw(&self, peers: Peers) -> Result<()>;
     /// `DeviceApi::all_reduce` outside graphs.
-    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<Duration>) -> Result<()>;
     /// Bytes the device could still allocate, when it says.
     fn available_raw(&self) -> Option<u64> {
         None
@@ -223,7 +224,7 @@ impl<T: RawDevice> DeviceApi for T {
         self.join_raw(peers)
     }
 
-    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<Duration>) -> Result<()> {
         // Not (yet) part of a step graph: the trainer turns graphs off for
         // a run of several ranks.
         lock(self.recorder())?.wait("an all-reduce")?;
@@ -239,7 +240,7 @@ impl<T: RawDevice> DeviceApi for T {
                 ));
             }
         }
-        self.all_reduce_raw(bufs, op)
+        self.all_reduce_raw(bufs, op, timeout)
     }
 
     fn memory(&self) -> MemoryUse {

@@ -445,6 +445,11 @@ fn train(
     signals: &Signals,
     ranks: &Ranks,
 ) -> Result<u8> {
+    // From here on a rank waits for the others at most this long; before,
+    // while rank 0 prepared the data, for as long as that took.
+    if let Some(c) = &ranks.col {
+        c.set_timeout(Some(Duration::from_secs(a.collective_timeout.max(1))));
+    }
     let mut bar = Bar {
         progress: None,
         terminal: std::io::stderr().is_terminal(),

@@ -53,7 +53,6 @@ impl Ranks {
                 id,
                 rank: world.rank,
                 size: world.size,
-                timeout,
             })?;
             let col: Arc<dyn Collective> = Arc::new(DeviceCollective::new(dev.clone(), world.rank, world.size));
             return Ok(Ranks {

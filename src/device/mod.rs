@@ -166,14 +166,8 @@ pub trait HostReduce: Send + Sync {
 /// The other ranks a device joins (`DeviceApi::join`).
 pub enum Peers {
     /// NCCL between GPUs: every rank passes the unique id rank 0 made
-    /// (`backend::cuda::nccl::unique_id`); a collective that waits longer
-    /// than `timeout` for the others aborts with an error.
-    Nccl {
-        id: [u8; 128],
-        rank: usize,
-        size: usize,
-        timeout: std::time::Duration,
-    },
+    /// (`backend::cuda::nccl::unique_id`).
+    Nccl { id: [u8; 128], rank: usize, size: usize },
     /// Host copies of the buffers go through `HostReduce` (the emulator).
     Host(Arc<dyn HostReduce>),
 }
@@ -221,7 +215,9 @@ pub trait DeviceApi {
     fn join(&self, peers: Peers) -> Result<()>;
     /// `op` over the ranks on the first `count` elements of each buffer, in
     /// place, after the work queued so far; later work sees the result.
-    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
+    /// Waiting longer than `timeout` for the other ranks is an error that
+    /// leaves the device unable to join them again.
+    fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<std::time::Duration>) -> Result<()>;
 
     /// Step graphs (backend/graph.rs): starts recording the device calls
     /// that follow, which still run as usual.

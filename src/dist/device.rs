@@ -3,6 +3,9 @@
 //! through the same NCCL communicator that sums their gradients, a few
 //! values at a time through a small device buffer.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use super::collective::Collective;
 use crate::device::{Reduce, SharedDevice};
 use crate::error::Result;
@@ -11,12 +14,18 @@ pub struct DeviceCollective {
     dev: SharedDevice,
     rank: usize,
     size: usize,
+    timeout: Mutex<Option<Duration>>,
 }
 
 impl DeviceCollective {
     /// `dev` has joined the other ranks (`DeviceApi::join`).
     pub fn new(dev: SharedDevice, rank: usize, size: usize) -> Self {
-        DeviceCollective { dev, rank, size }
+        DeviceCollective {
+            dev,
+            rank,
+            size,
+            timeout: Mutex::new(None),
+        }
     }
 
     fn through<T: bytemuck::Pod>(&self, values: &mut [T], op: Reduce) -> Result<()> {
@@ -27,7 +36,8 @@ impl DeviceCollective {
         let buf = self.dev.alloc_for_upload(bytes.len())?;
         let r = (|| {
             self.dev.upload(&buf, bytes)?;
-            self.dev.all_reduce(&[(&buf, values_len(bytes.len(), op))], op)?;
+            self.dev
+                .all_reduce(&[(&buf, values_len(bytes.len(), op))], op, self.timeout())?;
             self.dev.download(&buf, bytes)
         })();
         self.dev.free(&buf);
@@ -46,6 +56,16 @@ impl Collective for DeviceCollective {
 
     fn size(&self) -> usize {
         self.size
+    }
+
+    fn set_timeout(&self, timeout: Option<Duration>) {
+        if let Ok(mut t) = self.timeout.lock() {
+            *t = timeout;
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout.lock().map(|t| *t).unwrap_or(None)
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<()> {

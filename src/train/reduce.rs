@@ -19,7 +19,7 @@ pub const BUCKET_BYTES: usize = 25 << 20;
 /// first (the order the backward finishes them).
 pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()> {
     if store.shared_device().is_some() {
-        return all_reduce_device_grads(store);
+        return all_reduce_device_grads(store, c.timeout());
     }
     let mut flat = Vec::with_capacity(store.num_elements());
     let mut shapes = Vec::new();
@@ -52,7 +52,7 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
     Ok(())
 }
 
-fn all_reduce_device_grads(store: &mut ParamStore) -> Result<()> {
+fn all_reduce_device_grads(store: &mut ParamStore, timeout: Option<std::time::Duration>) -> Result<()> {
     let dev = store
         .shared_device()
         .ok_or_else(|| Error::invalid("all-reduce", "the weights are not on a device"))?;
@@ -87,7 +87,7 @@ fn all_reduce_device_grads(store: &mut ParamStore) -> Result<()> {
             .and_then(|d| d.f32.get())
             .ok_or_else(|| Error::invalid("all-reduce", "a gradient is not in an f32 device buffer"))?;
         if bytes + 4 * g.numel() > BUCKET_BYTES && !bucket.is_empty() {
-            dev.all_reduce(&bucket, Reduce::SumF32)?;
+            dev.all_reduce(&bucket, Reduce::SumF32, timeout)?;
             bucket.clear();
             bytes = 0;
         }
@@ -95,7 +95,7 @@ fn all_reduce_device_grads(store: &mut ParamStore) -> Result<()> {
         bytes += 4 * g.numel();
     }
     if !bucket.is_empty() {
-        dev.all_reduce(&bucket, Reduce::SumF32)?;
+        dev.all_reduce(&bucket, Reduce::SumF32, timeout)?;
     }
     Ok(())
 }

@@ -512,6 +512,9 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     }
     while already.is_none() && meta.step < total {
         let step = meta.step;
+        if let Some(col) = &collective {
+            col.at_step(step + 1);
+        }
         // A step's time includes waiting for its batches.
         let t0 = Instant::now();
         let mut batches = Vec::with_capacity(c.accum);

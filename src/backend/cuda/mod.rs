@@ -814,17 +814,11 @@ impl RawDevice for CudaDevice {
     }
 
     fn join_raw(&self, peers: Peers) -> Result<()> {
-        let Peers::Nccl {
-            id,
-            rank,
-            size,
-            timeout,
-        } = peers
-        else {
+        let Peers::Nccl { id, rank, size } = peers else {
             return Err(Error::invalid("cuda", "GPU ranks join through NCCL, not host copies"));
         };
         self.bind()?;
-        let comm = nccl::Comm::init(&id, rank, size, timeout)?;
+        let comm = nccl::Comm::init(&id, rank, size)?;
         *self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))? = Some(comm);
         Ok(())
     }
@@ -832,7 +826,12 @@ impl RawDevice for CudaDevice {
     /// NCCL on the device's one stream, in stream order with the kernels
     /// around it; the host then waits for it, so that a rank that stopped
     /// answering is an error after the timeout rather than a hang.
-    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+    fn all_reduce_raw(
+        &self,
+        bufs: &[(&Buffer, usize)],
+        op: Reduce,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<()> {
         use cudarc::driver::sys;
         let ptrs = {
             let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
@@ -850,7 +849,7 @@ impl RawDevice for CudaDevice {
         // for their counts (checked in raw.rs), on our own stream; the
         // wait below keeps them alive until the work is done.
         unsafe { comm.all_reduce(&ptrs, op, stream) }?;
-        comm.wait("all-reduce", || {
+        comm.wait("all-reduce", timeout, || {
             // SAFETY: queries our own stream.
             match unsafe { sys::cuStreamQuery(stream) } {
                 sys::CUresult::CUDA_SUCCESS => Ok(true),

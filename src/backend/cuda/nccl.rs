@@ -165,8 +165,6 @@ pub fn unique_id() -> Result<[u8; UNIQUE_ID_BYTES]> {
 /// One rank's membership of the ranks' NCCL communicator, on its device.
 pub struct Comm {
     comm: ncclComm_t,
-    /// How long a collective may wait for the other ranks.
-    pub timeout: Duration,
     pub rank: usize,
     pub size: usize,
     /// Aborted after a timeout or an error: no further collective runs.
@@ -181,7 +179,7 @@ impl Comm {
     /// Joins the communicator every rank makes with the same `id`; blocks
     /// until all `size` ranks have joined. The device's context must be
     /// the calling thread's.
-    pub fn init(id: &[u8; UNIQUE_ID_BYTES], rank: usize, size: usize, timeout: Duration) -> Result<Comm> {
+    pub fn init(id: &[u8; UNIQUE_ID_BYTES], rank: usize, size: usize) -> Result<Comm> {
         let a = api()?;
         let mut uid = ncclUniqueId { internal: [0; 128] };
         for (d, s) in uid.internal.iter_mut().zip(id) {
@@ -193,7 +191,6 @@ impl Comm {
         check(a, &format!("rank {rank} of {size} joining the others"), r)?;
         Ok(Comm {
             comm,
-            timeout,
             rank,
             size,
             broken: false,
@@ -245,10 +242,15 @@ impl Comm {
     }
 
     /// Waits until `done` says the queued work has finished, checking NCCL
-    /// for an error as it goes. Past the timeout the communicator is
-    /// aborted (which ends its kernels) and the error says that a rank
-    /// stopped answering.
-    pub fn wait(&mut self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    /// for an error as it goes. Past `timeout` the communicator is aborted
+    /// (which ends its kernels) and the error says that a rank stopped
+    /// answering.
+    pub fn wait(
+        &mut self,
+        what: &str,
+        timeout: Option<Duration>,
+        mut done: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
         let a = api()?;
         let start = Instant::now();
         let mut pause = Duration::from_micros(20);
@@ -265,7 +267,7 @@ impl Comm {
                 self.abort();
                 return check(a, &format!("{what}: another rank failed"), async_err);
             }
-            if start.elapsed() > self.timeout {
+            if let Some(timeout) = timeout.filter(|&t| start.elapsed() > t) {
                 self.abort();
                 return Err(Error::device(
                     "nccl",
@@ -276,7 +278,7 @@ impl Comm {
                          continue with --resume",
                         self.rank,
                         self.size,
-                        self.timeout.as_secs()
+                        timeout.as_secs()
                     ),
                 ));
             }

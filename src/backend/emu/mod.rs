@@ -561,8 +561,8 @@ impl RawDevice for EmuDevice {
 
     /// Host copies of the buffers, reduced over the ranks as one message,
     /// then copied back: the orchestration of the GPU's all-reduce with
-    /// MPI in place of NCCL.
-    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+    /// MPI in place of NCCL (which keeps its own timeout).
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce, _: Option<std::time::Duration>) -> Result<()> {
         let peers = self
             .peers
             .lock()
