@@ -65,3 +65,62 @@ fn ranks_draw_what_one_rank_with_accum_times_world_draws() {
     let unkeyed = loss(Shard::default(), vec![batch(&c, 1)]);
     assert_ne!(unkeyed, r1);
 }
+
+/// What a data-parallel rank's backward pass hands its gradient buckets:
+/// every parameter once, each when its gradient is already what it will be
+/// at the end, and the gradients those of a plain backward, bit for bit.
+#[test]
+fn each_gradient_is_handed_on_once_complete() {
+    use nemesis::autograd::Tape;
+    use nemesis::model::DualMask;
+    let c = config();
+    let model = Nemesis::new(c.clone()).unwrap();
+    let b = batch(&c, 3);
+    let clean = nemesis::tensor::Tensor::from_vec(
+        match b.data {
+            BatchData::F32(v) => v,
+            _ => unreachable!(),
+        },
+        b.shape.to_vec(),
+    )
+    .unwrap();
+    let grads = |each: bool| {
+        let mut store = init_params(&c, 1, DType::F32).unwrap();
+        let tape = Tape::new();
+        let mask = DualMask::sample(&c, 1, RngStream::new(2, 3));
+        let out = model
+            .forward_train(&tape, &store, &clean, &clean, &mask, None)
+            .unwrap();
+        let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
+        if each {
+            let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
+            tape.backward_each(&out.loss, &mut store, &mut |id, s| {
+                let i = ids.iter().position(|&x| x == id).unwrap();
+                let g = s.get(id).grad.as_ref().map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default();
+                seen.push((i, g));
+                Ok(())
+            })
+            .unwrap();
+        } else {
+            tape.backward(&out.loss, &mut store).unwrap();
+        }
+        let finals: Vec<Vec<f32>> = store
+            .iter()
+            .map(|(_, p)| p.grad.as_ref().map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default())
+            .collect();
+        (finals, seen)
+    };
+    let (plain, _) = grads(false);
+    let (finals, seen) = grads(true);
+    assert_eq!(finals, plain);
+    let mut order: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order.len(), plain.len(), "every parameter handed on once");
+    // Handed on as the backward finishes them: the later layers first.
+    assert!(order.first() > order.last(), "{order:?}");
+    order.sort_unstable();
+    order.dedup();
+    assert_eq!(order.len(), plain.len());
+    for (i, g) in &seen {
+        assert_eq!(g, &plain[*i], "parameter {i} was handed on before its gradient was complete");
+    }
+}

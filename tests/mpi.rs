@@ -219,6 +219,21 @@ fn two_emulator_ranks_track_the_cpu_run() {
     for (x, y) in la.iter().zip(&lb) {
         assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "emulator ranks {x}, CPU {y}");
     }
+    // With 4 KiB buckets the gradients go in dozens of all-reduces started
+    // during the backward pass instead of one: the same sums, bit for bit.
+    let c = d.join("C");
+    let many = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", bin()])
+        .args(run_args(&c, &["--batch", "1", "--device", "emu"]))
+        .env("NEMESIS_BUCKET_BYTES", "4096")
+        .output()
+        .unwrap();
+    let text = ok(&many);
+    assert!(text.contains("gradient buckets of 4096 bytes"), "{text}");
+    assert_eq!(
+        std::fs::read(a.join("checkpoints/step-0000006.safetensors")).unwrap(),
+        std::fs::read(c.join("checkpoints/step-0000006.safetensors")).unwrap()
+    );
     std::fs::remove_dir_all(&d).ok();
 }
 

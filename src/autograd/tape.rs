@@ -199,6 +199,52 @@ impl Tape {
     /// Backward from any output with a given upstream gradient. Consumes the
     /// recorded nodes; parameter gradients are added to `store`.
     pub fn backward_with(&self, out: &Var, seed: Tensor, store: &mut ParamStore) -> Result<Gradients> {
+        self.backward_inner(out, seed, store, &mut |_, _| Ok(()))
+    }
+
+    /// `backward` that hands each parameter to `ready` as soon as its
+    /// gradient for this pass is complete (in the store): the first node
+    /// that used it in the forward pass has run backward. Data-parallel
+    /// training starts summing a bucket of gradients over the ranks there,
+    /// while the rest of the backward pass runs. Every parameter of the
+    /// store that this pass did not reach comes last, in order. The
+    /// gradients are the same as `backward`'s, bit for bit.
+    pub fn backward_each(
+        &self,
+        loss: &Var,
+        store: &mut ParamStore,
+        ready: &mut dyn FnMut(ParamId, &mut ParamStore) -> Result<()>,
+    ) -> Result<Gradients> {
+        let mut seed = Tensor::full(1.0, loss.shape(), loss.value.dtype());
+        if let Some(dev) = loss.value.shared_device() {
+            seed = seed.to_device(&dev)?;
+        }
+        if loss.value.numel() != 1 {
+            return Err(Error::bad_shape(
+                "backward",
+                loss.shape(),
+                "the loss must have one element",
+            ));
+        }
+        let mut reported = vec![false; store.len()];
+        let mut hook = |pid: ParamId, store: &mut ParamStore| -> Result<()> {
+            reported[pid.0] = true;
+            ready(pid, store)
+        };
+        let g = self.backward_inner(loss, seed, store, &mut hook)?;
+        for i in (0..reported.len()).filter(|&i| !reported[i]) {
+            ready(ParamId(i), store)?;
+        }
+        Ok(g)
+    }
+
+    fn backward_inner(
+        &self,
+        out: &Var,
+        seed: Tensor,
+        store: &mut ParamStore,
+        ready: &mut dyn FnMut(ParamId, &mut ParamStore) -> Result<()>,
+    ) -> Result<Gradients> {
         if seed.shape() != out.shape() {
             return Err(Error::shape_mismatch(
                 "backward",
@@ -215,33 +261,65 @@ impl Tape {
             ));
         }
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
-        let mut grads: HashMap<VarId, Tensor> = HashMap::new();
-        grads.insert(out.id, seed);
-        for node in nodes.into_iter().rev() {
-            let Some(g) = grads.remove(&node.output) else {
-                continue;
-            };
-            let needs: Vec<bool> = node.inputs.iter().map(|&(_, t)| t).collect();
-            let input_grads = node.op.backward(&g, &needs)?;
-            for (&(id, tracked), gi) in node.inputs.iter().zip(input_grads) {
-                let (true, Some(gi)) = (tracked, gi) else {
-                    continue;
-                };
-                let acc = match grads.remove(&id) {
-                    Some(prev) => add_same(&prev, &gi)?,
-                    None => gi,
-                };
-                grads.insert(id, acc);
+        let params: HashMap<VarId, ParamId> = self.params.borrow_mut().drain().collect();
+        // Where each parameter's gradient is complete: after the earliest
+        // node that reads one of its variables has run backward. A
+        // parameter's variables are added to the store in variable order,
+        // so repeated uses add up the same way on every run (bit-for-bit
+        // resumes depend on it).
+        let mut vars_of: HashMap<ParamId, Vec<VarId>> = HashMap::new();
+        for (&var, &pid) in &params {
+            vars_of.entry(pid).or_default().push(var);
+        }
+        vars_of.values_mut().for_each(|v| v.sort_unstable());
+        let mut first_use: HashMap<ParamId, usize> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            for (id, _) in &node.inputs {
+                if let Some(&pid) = params.get(id) {
+                    first_use.entry(pid).or_insert(i);
+                }
             }
         }
-        // In variable order, so repeated uses of a parameter add up the same
-        // way on every run (bit-for-bit resumes depend on it).
-        let mut params: Vec<(VarId, ParamId)> = self.params.borrow_mut().drain().collect();
-        params.sort_unstable_by_key(|&(var, _)| var);
-        for (var, pid) in params {
-            if let Some(g) = grads.remove(&var) {
-                store.accumulate_grad(pid, g)?;
+        let mut complete_at: HashMap<usize, Vec<ParamId>> = HashMap::new();
+        for (&pid, &i) in &first_use {
+            complete_at.entry(i).or_default().push(pid);
+        }
+        complete_at.values_mut().for_each(|v| v.sort_unstable_by_key(|p| p.0));
+        let mut grads: HashMap<VarId, Tensor> = HashMap::new();
+        grads.insert(out.id, seed);
+        let mut store_param =
+            |pid: ParamId, grads: &mut HashMap<VarId, Tensor>, store: &mut ParamStore| -> Result<()> {
+                for var in vars_of.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+                    if let Some(g) = grads.remove(var) {
+                        store.accumulate_grad(pid, g)?;
+                    }
+                }
+                ready(pid, store)
+            };
+        for (i, node) in nodes.into_iter().enumerate().rev() {
+            if let Some(g) = grads.remove(&node.output) {
+                let needs: Vec<bool> = node.inputs.iter().map(|&(_, t)| t).collect();
+                let input_grads = node.op.backward(&g, &needs)?;
+                for (&(id, tracked), gi) in node.inputs.iter().zip(input_grads) {
+                    let (true, Some(gi)) = (tracked, gi) else {
+                        continue;
+                    };
+                    let acc = match grads.remove(&id) {
+                        Some(prev) => add_same(&prev, &gi)?,
+                        None => gi,
+                    };
+                    grads.insert(id, acc);
+                }
             }
+            for &pid in complete_at.get(&i).map(Vec::as_slice).unwrap_or_default() {
+                store_param(pid, &mut grads, store)?;
+            }
+        }
+        // Parameters on the tape that no node read (the output itself, say).
+        let mut rest: Vec<ParamId> = vars_of.keys().filter(|p| !first_use.contains_key(p)).copied().collect();
+        rest.sort_unstable_by_key(|p| p.0);
+        for pid in rest {
+            store_param(pid, &mut grads, store)?;
         }
         let mut inputs = HashMap::new();
         for id in self.wants_grad.borrow_mut().drain(..) {

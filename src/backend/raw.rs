@@ -60,6 +60,9 @@ pub trait RawDevice {
     fn join_raw(&self, peers: Peers) -> Result<()>;
     /// `DeviceApi::all_reduce` outside graphs.
     fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<Duration>) -> Result<()>;
+    /// `DeviceApi::all_reduce_start` and `all_reduce_finish` outside graphs.
+    fn all_reduce_start_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
+    fn all_reduce_finish_raw(&self, timeout: Option<Duration>) -> Result<()>;
     /// Bytes the device could still allocate, when it says.
     fn available_raw(&self) -> Option<u64> {
         None
@@ -134,6 +137,25 @@ fn staged_download<D: RawDevice + ?Sized>(d: &D, src: &Buffer, bytes: usize) -> 
         ));
     }
     d.staging().download(bytes, |host| d.copy_to_host(src, host, bytes))
+}
+
+/// An all-reduce outside any recording (the trainer turns step graphs off
+/// for a run of several ranks), on buffers that hold what it covers.
+fn check_all_reduce<D: RawDevice + ?Sized>(d: &D, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+    lock(d.recorder())?.wait("an all-reduce")?;
+    for (b, count) in bufs {
+        if count * op.elem_bytes() > b.bytes {
+            return Err(Error::invalid(
+                "all-reduce",
+                format!(
+                    "{count} elements of {} bytes in a buffer of {}",
+                    op.elem_bytes(),
+                    b.bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl<T: RawDevice> DeviceApi for T {
@@ -225,22 +247,18 @@ impl<T: RawDevice> DeviceApi for T {
     }
 
     fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<Duration>) -> Result<()> {
-        // Not (yet) part of a step graph: the trainer turns graphs off for
-        // a run of several ranks.
-        lock(self.recorder())?.wait("an all-reduce")?;
-        for (b, count) in bufs {
-            if count * op.elem_bytes() > b.bytes {
-                return Err(Error::invalid(
-                    "all-reduce",
-                    format!(
-                        "{count} elements of {} bytes in a buffer of {}",
-                        op.elem_bytes(),
-                        b.bytes
-                    ),
-                ));
-            }
-        }
+        check_all_reduce(self, bufs, op)?;
         self.all_reduce_raw(bufs, op, timeout)
+    }
+
+    fn all_reduce_start(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+        check_all_reduce(self, bufs, op)?;
+        self.all_reduce_start_raw(bufs, op)
+    }
+
+    fn all_reduce_finish(&self, timeout: Option<Duration>) -> Result<()> {
+        lock(self.recorder())?.wait("an all-reduce")?;
+        self.all_reduce_finish_raw(timeout)
     }
 
     fn memory(&self) -> MemoryUse {

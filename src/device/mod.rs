@@ -218,6 +218,14 @@ pub trait DeviceApi {
     /// Waiting longer than `timeout` for the other ranks is an error that
     /// leaves the device unable to join them again.
     fn all_reduce(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<std::time::Duration>) -> Result<()>;
+    /// `all_reduce` begun behind the work queued so far and left running
+    /// beside the work queued after it (on a GPU: NCCL on a stream of its
+    /// own, overlapping the rest of the backward pass). Nothing may touch
+    /// the buffers until `all_reduce_finish`.
+    fn all_reduce_start(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()>;
+    /// Work queued after this sees every started all-reduce done; the host
+    /// waits for them at most `timeout`.
+    fn all_reduce_finish(&self, timeout: Option<std::time::Duration>) -> Result<()>;
 
     /// Step graphs (backend/graph.rs): starts recording the device calls
     /// that follow, which still run as usual.

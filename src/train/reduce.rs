@@ -6,21 +6,31 @@ use crate::device::{Buffer, Reduce};
 use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+use std::time::Duration;
 
 /// The most gradient bytes one all-reduce call carries on a device (NCCL's
 /// group of buffers); docs/SCALING.md says how the size was chosen.
+/// `NEMESIS_BUCKET_BYTES` sets another (tests use tiny ones).
 pub const BUCKET_BYTES: usize = 25 << 20;
 
-/// Sums every parameter's gradient over the ranks; a parameter without a
-/// gradient on this rank counts as zeros, so every rank sends the same
-/// values. On the host: one collective call for all of them. On a device:
-/// the device's own all-reduce (NCCL on a GPU; host copies through MPI on
-/// the emulator), in buckets of at most `BUCKET_BYTES`, last parameter
-/// first (the order the backward finishes them).
-pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()> {
-    if store.shared_device().is_some() {
-        return all_reduce_device_grads(store, c.timeout());
+/// The bucket size in force: `NEMESIS_BUCKET_BYTES`, else `BUCKET_BYTES`.
+pub fn bucket_bytes() -> Result<usize> {
+    match std::env::var("NEMESIS_BUCKET_BYTES") {
+        Err(_) => Ok(BUCKET_BYTES),
+        Ok(v) => v.trim().parse::<usize>().ok().filter(|&b| b > 0).ok_or_else(|| {
+            Error::invalid(
+                "NEMESIS_BUCKET_BYTES",
+                format!("{v:?} is not a positive number of bytes"),
+            )
+        }),
     }
+}
+
+/// Sums every parameter's gradient over the ranks of a run on the host
+/// (CPU ranks): one collective call for all of them; a parameter without a
+/// gradient on this rank counts as zeros, so every rank sends the same
+/// values. Device ranks sum theirs during the backward pass (`GradBuckets`).
+pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()> {
     let mut flat = Vec::with_capacity(store.num_elements());
     let mut shapes = Vec::new();
     for (id, p) in store.iter() {
@@ -52,52 +62,127 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
     Ok(())
 }
 
-fn all_reduce_device_grads(store: &mut ParamStore, timeout: Option<std::time::Duration>) -> Result<()> {
-    let dev = store
-        .shared_device()
-        .ok_or_else(|| Error::invalid("all-reduce", "the weights are not on a device"))?;
-    // Each gradient in an f32 buffer of its own that nothing else reads,
-    // since the sum lands in place.
-    let ids: Vec<ParamId> = store.iter().map(|(id, _)| id).collect();
-    for &id in ids.iter().rev() {
-        let p = store.get(id);
-        let own = match &p.grad {
-            None => Some(Tensor::zeros(p.value.dims().to_vec(), DType::F32).to_device(&dev)?),
-            Some(g) => {
-                let plain = g
-                    .device_storage()
-                    .is_some_and(|d| d.f32.get().is_some() && d.bf16.get().is_none());
-                (g.is_shared() || !plain).then(|| gpu::scale(g, 1.0)).transpose()?
+/// The gradients of a device rank, summed over the ranks in buckets of at
+/// most `BUCKET_BYTES` while the backward pass goes on: parameters are
+/// bucketed last first (the order the backward finishes them), a bucket
+/// starts its all-reduce once all its gradients are complete, and buckets
+/// start in order, the same on every rank (NCCL needs the ranks' calls in
+/// one order). `finish` makes later work wait for them.
+pub struct GradBuckets {
+    buckets: Vec<Vec<ParamId>>,
+    bucket_of: Vec<usize>,
+    /// Gradients each bucket still waits for.
+    waiting: Vec<usize>,
+    /// The next bucket to start.
+    next: usize,
+    timeout: Option<Duration>,
+}
+
+impl GradBuckets {
+    pub fn new(store: &ParamStore, bucket_bytes: usize, timeout: Option<Duration>) -> Self {
+        let ids: Vec<ParamId> = store.iter().map(|(id, _)| id).collect();
+        let mut buckets: Vec<Vec<ParamId>> = Vec::new();
+        let mut bytes = 0;
+        for &id in ids.iter().rev() {
+            let n = 4 * store.get(id).value.numel();
+            match buckets.last_mut() {
+                Some(b) if bytes + n <= bucket_bytes => b.push(id),
+                _ => {
+                    buckets.push(vec![id]);
+                    bytes = 0;
+                }
             }
-        };
-        if let Some(g) = own {
-            store.set_grad(id, g)?;
+            bytes += n;
+        }
+        let mut bucket_of = vec![0; ids.len()];
+        for (b, members) in buckets.iter().enumerate() {
+            members.iter().for_each(|id| bucket_of[id.0] = b);
+        }
+        GradBuckets {
+            waiting: buckets.iter().map(Vec::len).collect(),
+            buckets,
+            bucket_of,
+            next: 0,
+            timeout,
         }
     }
-    let mut bucket: Vec<(&Buffer, usize)> = Vec::new();
-    let mut bytes = 0;
-    for &id in ids.iter().rev() {
-        let g = store
-            .get(id)
-            .grad
-            .as_ref()
-            .ok_or_else(|| Error::invalid("all-reduce", "a gradient went missing"))?;
-        let buf = g
-            .device_storage()
-            .and_then(|d| d.f32.get())
-            .ok_or_else(|| Error::invalid("all-reduce", "a gradient is not in an f32 device buffer"))?;
-        if bytes + 4 * g.numel() > BUCKET_BYTES && !bucket.is_empty() {
-            dev.all_reduce(&bucket, Reduce::SumF32, timeout)?;
-            bucket.clear();
-            bytes = 0;
+
+    /// How many buckets the gradients make.
+    pub fn count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// `id`'s gradient is complete: starts every bucket, in order, that
+    /// waits for nothing more.
+    pub fn ready(&mut self, id: ParamId, store: &mut ParamStore) -> Result<()> {
+        let b = *self
+            .bucket_of
+            .get(id.0)
+            .ok_or_else(|| Error::invalid("all-reduce", "a parameter outside the store"))?;
+        self.waiting[b] = self.waiting[b]
+            .checked_sub(1)
+            .ok_or_else(|| Error::invalid("all-reduce", "a gradient reported complete twice"))?;
+        while self.next < self.buckets.len() && self.waiting[self.next] == 0 {
+            self.start(self.next, store)?;
+            self.next += 1;
         }
-        bucket.push((buf, g.numel()));
-        bytes += 4 * g.numel();
+        Ok(())
     }
-    if !bucket.is_empty() {
-        dev.all_reduce(&bucket, Reduce::SumF32, timeout)?;
+
+    /// Every bucket started; later work on the device waits for them.
+    pub fn finish(self, store: &ParamStore) -> Result<()> {
+        if self.next < self.buckets.len() {
+            return Err(Error::invalid(
+                "all-reduce",
+                format!(
+                    "{} of {} gradient buckets never completed",
+                    self.buckets.len() - self.next,
+                    self.buckets.len()
+                ),
+            ));
+        }
+        match store.shared_device() {
+            Some(dev) => dev.all_reduce_finish(self.timeout),
+            None => Ok(()),
+        }
     }
-    Ok(())
+
+    fn start(&self, b: usize, store: &mut ParamStore) -> Result<()> {
+        let dev = store
+            .shared_device()
+            .ok_or_else(|| Error::invalid("all-reduce", "the weights are not on a device"))?;
+        // Each gradient in an f32 buffer of its own that nothing else
+        // reads, since the sum lands in place.
+        for &id in &self.buckets[b] {
+            let p = store.get(id);
+            let own = match &p.grad {
+                None => Some(Tensor::zeros(p.value.dims().to_vec(), DType::F32).to_device(&dev)?),
+                Some(g) => {
+                    let plain = g
+                        .device_storage()
+                        .is_some_and(|d| d.f32.get().is_some() && d.bf16.get().is_none());
+                    (g.is_shared() || !plain).then(|| gpu::scale(g, 1.0)).transpose()?
+                }
+            };
+            if let Some(g) = own {
+                store.set_grad(id, g)?;
+            }
+        }
+        let mut bufs: Vec<(&Buffer, usize)> = Vec::with_capacity(self.buckets[b].len());
+        for &id in &self.buckets[b] {
+            let g = store
+                .get(id)
+                .grad
+                .as_ref()
+                .ok_or_else(|| Error::invalid("all-reduce", "a gradient went missing"))?;
+            let buf = g
+                .device_storage()
+                .and_then(|d| d.f32.get())
+                .ok_or_else(|| Error::invalid("all-reduce", "a gradient is not in an f32 device buffer"))?;
+            bufs.push((buf, g.numel()));
+        }
+        dev.all_reduce_start(&bufs, Reduce::SumF32)
+    }
 }
 
 /// A checksum of the weights (CRC-32 of their bytes, in parameter order).

@@ -183,16 +183,29 @@ pub fn queue_step(
         } else {
             out.loss
         };
-        tape.backward(&scaled, store)?;
+        // A device rank sums its gradients over the ranks while the last
+        // micro-batch's backward pass runs, bucket by bucket.
+        match (spec.collective, &device) {
+            (Some(c), Some(_)) if local + 1 == accum => {
+                let size = super::reduce::bucket_bytes()?;
+                let mut buckets = super::reduce::GradBuckets::new(store, size, c.timeout());
+                tape.backward_each(&scaled, store, &mut |id, store| buckets.ready(id, store))?;
+                buckets.finish(store)?;
+            }
+            _ => {
+                tape.backward(&scaled, store)?;
+            }
+        }
     }
     // The σ logged is that of the step's last global micro-batch, whichever
     // rank drew it.
     let levels = spec.noise_levels;
     let noise_rng = RngStream::new(spec.seed, stream_id(Purpose::Noise, step, 0));
     pending.sigma = levels[noise_rng.bits(global_accum as u64 - 1) as usize % levels.len()];
-    // The ranks' gradients summed before the clip, so every rank clips by
-    // the norm of the same, global gradient and takes the same update.
-    if let Some(c) = spec.collective {
+    // The ranks' gradients summed before the clip (on a device, above), so
+    // every rank clips by the norm of the same, global gradient and takes
+    // the same update.
+    if let (Some(c), None) = (spec.collective, &device) {
         super::reduce::all_reduce_grads(store, c)?;
     }
     // The clip: on a device it is computed and used there; on the host a

@@ -458,6 +458,14 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let deferred = read_deferred(opts.device.as_ref());
     // A recorded step cannot stop in the middle for the ranks' all-reduce.
     let mut graphs = StepGraphs::new(opts.graphs && collective.is_none());
+    if let (Some(_), Some(_), true) = (&collective, &opts.device, writer) {
+        let size = super::reduce::bucket_bytes()?;
+        let buckets = super::reduce::GradBuckets::new(&store, size, None);
+        obs.message(&format!(
+            "gradients summed over the ranks during the backward pass: {} gradient buckets of {size} bytes",
+            buckets.count()
+        ));
+    }
     let mut report =
         |(p, t0): (PendingStep, Instant), last_ckpt: &Option<PathBuf>, obs: &mut dyn Observer| -> Result<()> {
             let (number, lr, sigma, epoch, superpatches) = (p.number, p.lr, p.sigma, p.epoch, p.superpatches);

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
@@ -65,6 +66,7 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
     "cuStreamQuery",
+    "cuStreamWaitEvent",
     "cuStreamBeginCapture_v2",
     "cuStreamEndCapture",
     "cuStreamGetCaptureInfo_v3",
@@ -110,6 +112,9 @@ pub struct CudaDevice {
     /// The ranks' NCCL communicator, once joined; dropped before the
     /// context.
     nccl: Mutex<Option<nccl::Comm>>,
+    /// The stream gradients are all-reduced on while the backward pass
+    /// goes on (made when the device joins other ranks).
+    side: Mutex<Option<Arc<CudaStream>>>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// `None` unless `NEMESIS_GEMM=cublas` selects the classic SGEMM.
@@ -261,6 +266,7 @@ impl CudaDevice {
             poison: false,
             sync_each: std::env::var("NEMESIS_CUDA_SYNC").is_ok_and(|v| v == "1"),
             nccl: Mutex::new(None),
+            side: Mutex::new(None),
             ctx,
             stream,
             blas,
@@ -819,43 +825,82 @@ impl RawDevice for CudaDevice {
         };
         self.bind()?;
         let comm = nccl::Comm::init(&id, rank, size)?;
+        let side = self
+            .stream
+            .fork()
+            .map_err(|e| cuda_err("creating the all-reduce stream", e))?;
         *self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))? = Some(comm);
+        *self.side.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))? = Some(side);
         Ok(())
     }
 
     /// NCCL on the device's one stream, in stream order with the kernels
     /// around it; the host then waits for it, so that a rank that stopped
     /// answering is an error after the timeout rather than a hang.
-    fn all_reduce_raw(
-        &self,
-        bufs: &[(&Buffer, usize)],
-        op: Reduce,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<()> {
-        use cudarc::driver::sys;
-        let ptrs = {
-            let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
-            bufs.iter()
-                .map(|(b, n)| Ok((self.ptr_of(&m, b)?, *n)))
-                .collect::<Result<Vec<_>>>()?
-        };
+    fn all_reduce_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce, timeout: Option<Duration>) -> Result<()> {
+        let ptrs = self.addresses(bufs)?;
         let mut comm = self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?;
-        let comm = comm
-            .as_mut()
-            .ok_or_else(|| Error::invalid("all-reduce", "the GPU has not joined other ranks"))?;
+        let comm = comm.as_mut().ok_or_else(not_joined)?;
         self.bind()?;
         let stream = self.stream.cu_stream();
         // SAFETY: the addresses are live allocations of this device, sized
         // for their counts (checked in raw.rs), on our own stream; the
         // wait below keeps them alive until the work is done.
         unsafe { comm.all_reduce(&ptrs, op, stream) }?;
-        comm.wait("all-reduce", timeout, || {
-            // SAFETY: queries our own stream.
-            match unsafe { sys::cuStreamQuery(stream) } {
-                sys::CUresult::CUDA_SUCCESS => Ok(true),
-                sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-                r => Err(cuda_err("all-reduce", r)),
-            }
-        })
+        comm.wait("all-reduce", timeout, || stream_done(stream))
+    }
+
+    /// NCCL on the side stream, which first waits for the work queued so
+    /// far (the gradients of this bucket); the backward's later kernels go
+    /// on beside it on the main stream.
+    fn all_reduce_start_raw(&self, bufs: &[(&Buffer, usize)], op: Reduce) -> Result<()> {
+        let ptrs = self.addresses(bufs)?;
+        let side = self.side.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?.clone();
+        let side = side.ok_or_else(not_joined)?;
+        let mut comm = self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?;
+        let comm = comm.as_mut().ok_or_else(not_joined)?;
+        side.join(&self.stream)
+            .map_err(|e| cuda_err("ordering the all-reduce after the gradients", e))?;
+        // SAFETY: live allocations of this device, sized for their counts
+        // (raw.rs); freed only on the main stream, which waits for the side
+        // stream in `all_reduce_finish_raw` before anything frees them.
+        unsafe { comm.all_reduce(&ptrs, op, side.cu_stream()) }
+    }
+
+    /// The main stream waits for the side stream; the host waits for the
+    /// side stream within the timeout.
+    fn all_reduce_finish_raw(&self, timeout: Option<Duration>) -> Result<()> {
+        let side = self.side.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?.clone();
+        let side = side.ok_or_else(not_joined)?;
+        self.stream
+            .join(&side)
+            .map_err(|e| cuda_err("ordering the update after the all-reduce", e))?;
+        let mut comm = self.nccl.lock().map_err(|_| cuda_err("nccl", "poisoned lock"))?;
+        let comm = comm.as_mut().ok_or_else(not_joined)?;
+        let s = side.cu_stream();
+        comm.wait("all-reduce", timeout, || stream_done(s))
+    }
+}
+
+fn not_joined() -> Error {
+    Error::invalid("all-reduce", "the GPU has not joined other ranks")
+}
+
+/// Whether everything queued on `stream` has run.
+fn stream_done(stream: cudarc::driver::sys::CUstream) -> Result<bool> {
+    use cudarc::driver::sys;
+    // SAFETY: queries a live stream of ours.
+    match unsafe { sys::cuStreamQuery(stream) } {
+        sys::CUresult::CUDA_SUCCESS => Ok(true),
+        sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+        r => Err(cuda_err("all-reduce", r)),
+    }
+}
+
+impl CudaDevice {
+    /// The device addresses of `bufs`, with their element counts.
+    fn addresses(&self, bufs: &[(&Buffer, usize)]) -> Result<Vec<(u64, usize)>> {
+        let m = self.mem.lock().map_err(|_| cuda_err("memory table", "poisoned lock"))?;
+        bufs.iter().map(|(b, n)| Ok((self.ptr_of(&m, b)?, *n))).collect()
     }
 }
