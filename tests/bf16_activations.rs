@@ -61,6 +61,7 @@ fn two_steps(c: &ModelConfig, bf16_alone: bool) -> Run {
         clip: 0.5,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let cfg = AdamWConfig {
         betas: (0.9, 0.95),

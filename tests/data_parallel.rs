@@ -43,6 +43,7 @@ fn loss(shard: Shard, batches: Vec<Batch>) -> f64 {
         clip: 1.0,
         shard,
         collective: None,
+        allreduce_bf16: false,
     };
     queue_step(&spec, &mut store, &mut opt, 3, 1e-4, batches)
         .unwrap()
@@ -88,15 +89,18 @@ fn each_gradient_is_handed_on_once_complete() {
         let mut store = init_params(&c, 1, DType::F32).unwrap();
         let tape = Tape::new();
         let mask = DualMask::sample(&c, 1, RngStream::new(2, 3));
-        let out = model
-            .forward_train(&tape, &store, &clean, &clean, &mask, None)
-            .unwrap();
+        let out = model.forward_train(&tape, &store, &clean, &clean, &mask, None).unwrap();
         let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
         if each {
             let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
             tape.backward_each(&out.loss, &mut store, &mut |id, s| {
                 let i = ids.iter().position(|&x| x == id).unwrap();
-                let g = s.get(id).grad.as_ref().map(|g| g.to_vec::<f32>().unwrap()).unwrap_or_default();
+                let g = s
+                    .get(id)
+                    .grad
+                    .as_ref()
+                    .map(|g| g.to_vec::<f32>().unwrap())
+                    .unwrap_or_default();
                 seen.push((i, g));
                 Ok(())
             })
@@ -121,6 +125,9 @@ fn each_gradient_is_handed_on_once_complete() {
     order.dedup();
     assert_eq!(order.len(), plain.len());
     for (i, g) in &seen {
-        assert_eq!(g, &plain[*i], "parameter {i} was handed on before its gradient was complete");
+        assert_eq!(
+            g, &plain[*i],
+            "parameter {i} was handed on before its gradient was complete"
+        );
     }
 }

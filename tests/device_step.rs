@@ -101,6 +101,7 @@ mod queued {
             clip: 0.5,
             shard: Default::default(),
             collective: None,
+            allreduce_bf16: false,
         };
         let mut opt = optimizer(&store);
         let before = waits.map(|e| e.host_waits());

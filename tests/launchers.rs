@@ -41,6 +41,30 @@ fn gpu_ranks_without_a_gpu_end_with_the_reason() {
 }
 
 #[test]
+fn bf16_allreduce_alone_is_refused() {
+    let out = common::fresh_dir("launchers", "alone");
+    let o = Command::new(bin())
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--bf16-allreduce",
+            "--out",
+        ])
+        .arg(out.join("run"))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("--bf16-allreduce") && t.contains("several ranks"), "{t}");
+    assert!(!out.join("run").exists());
+}
+
+#[test]
 fn cpu_and_emulator_ranks_from_torchrun_are_told_to_use_mpirun() {
     for device in ["cpu", "emu"] {
         let out = common::fresh_dir("launchers", device);

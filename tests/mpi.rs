@@ -229,11 +229,60 @@ fn two_emulator_ranks_track_the_cpu_run() {
         .output()
         .unwrap();
     let text = ok(&many);
-    assert!(text.contains("gradient buckets of 4096 bytes"), "{text}");
+    assert!(text.contains("43 bucket(s) of at most 4096 bytes"), "{text}");
     assert_eq!(
         std::fs::read(a.join("checkpoints/step-0000006.safetensors")).unwrap(),
         std::fs::read(c.join("checkpoints/step-0000006.safetensors")).unwrap()
     );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `--bf16-allreduce`: the sums are rounded to bf16, the same way on CPU
+/// ranks (MPI) and emulator ranks (rounded on the device, summed through
+/// MPI, widened on the device): the two track each other closely, and
+/// both stay near the fp32 run without equalling it.
+#[test]
+fn bf16_allreduce_rounds_alike_on_cpu_and_emulator_ranks() {
+    let d = tmp("bf16");
+    let (a, b, c) = (d.join("A"), d.join("B"), d.join("C"));
+    ok(&mpirun(2, &run_args(&a, &["--batch", "1", "--device", "cpu"])));
+    let text = ok(&mpirun(
+        2,
+        &run_args(&b, &["--batch", "1", "--device", "cpu", "--bf16-allreduce"]),
+    ));
+    let emu = ok(&mpirun(
+        2,
+        &run_args(&c, &["--batch", "1", "--device", "emu", "--bf16-allreduce"]),
+    ));
+    assert!(!text.contains("bucket"), "CPU ranks sum on the host: {text}");
+    assert!(emu.contains("in bf16: 1 bucket(s)"), "{emu}");
+    let norms = |run: &Path| -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["grad_norm"].as_f64())
+            .collect()
+    };
+    let (fp32, cpu, emu) = (norms(&a), norms(&b), norms(&c));
+    assert_eq!(fp32.len(), 6);
+    // Step 1 starts from the same weights: only the rounding differs.
+    assert_ne!(fp32[0], cpu[0]);
+    for i in 0..6 {
+        assert!(
+            (fp32[i] - cpu[i]).abs() <= 1e-3 * fp32[i],
+            "step {}: fp32 {} bf16 {}",
+            i + 1,
+            fp32[i],
+            cpu[i]
+        );
+        assert!(
+            (emu[i] - cpu[i]).abs() <= 1e-5 * cpu[i],
+            "step {}: emu {} cpu {}",
+            i + 1,
+            emu[i],
+            cpu[i]
+        );
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 

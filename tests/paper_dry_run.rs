@@ -33,6 +33,7 @@ fn dry_run(bf16: bool) {
         clip: 1.0,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let mut opt = AdamW::new(TrainConfig::default().adamw(), &store);
     let mut graphs = StepGraphs::new(true);

@@ -62,6 +62,7 @@ fn run(emu: Arc<EmuDevice>, graphs: bool, steps: u64, accum: u64) -> Run {
         clip: 0.5,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let mut opt = optimizer(&store);
     let mut g = StepGraphs::new(graphs);
@@ -136,6 +137,7 @@ fn a_step_that_does_not_match_the_graph_is_refused_and_the_device_stays_usable()
         clip: 1.0,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let mut opt = optimizer(&store);
     let mut g = StepGraphs::new(true);

@@ -133,6 +133,7 @@ pub fn step_graphs(dev: &crate::device::SharedDevice, batch: usize, seed: u64) -
         clip: 0.5,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let steps = 4u64;
     let run = |graphs: bool| -> Result<(Vec<f32>, Vec<f32>, u64)> {

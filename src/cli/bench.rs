@@ -199,6 +199,7 @@ fn step(a: &StepArgs) -> Result<()> {
         clip: 1.0,
         shard: Default::default(),
         collective: None,
+        allreduce_bf16: false,
     };
     let mut graphs = StepGraphs::new(!a.no_graphs);
     // Steps before the timed ones: the first, and with graphs the recorded one.

@@ -129,6 +129,11 @@ pub struct PretrainArgs {
     /// what it waited for (default: 300).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub collective_timeout: u64,
+    /// Sum the ranks' gradients as bf16 rather than f32: half the bytes
+    /// between GPUs, each value rounded to 8 bits of mantissa
+    /// (docs/BENCHMARKS.md measures the effect on training).
+    #[arg(long)]
+    pub bf16_allreduce: bool,
 }
 
 impl PretrainArgs {
@@ -308,6 +313,12 @@ pub fn run_cli(a: &PretrainArgs) -> Result<u8> {
     };
     let device = select(a.device, a.bf16, gpu)?;
     let ranks = Ranks::open(&world, device.as_ref(), timeout)?;
+    if a.bf16_allreduce && ranks.col.is_none() {
+        return Err(Error::invalid(
+            "--bf16-allreduce",
+            "one process has no gradients to sum with others; the flag is for runs of several ranks",
+        ));
+    }
     if ranks.col.is_some() && a.out.is_none() && a.resume.is_none() {
         return Err(Error::invalid(
             "--out",
@@ -468,6 +479,7 @@ fn train(
             device,
             graphs: !a.no_graphs,
             collective: ranks.col.clone(),
+            allreduce_bf16: a.bf16_allreduce,
         },
         &mut bar,
     )?;

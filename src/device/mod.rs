@@ -145,11 +145,15 @@ pub enum Reduce {
     SumF32,
     SumF64,
     MaxU64,
+    /// bf16 bits summed (NCCL adds in f32 and rounds each partial sum to
+    /// bf16, nearest even).
+    SumBf16,
 }
 
 impl Reduce {
     pub fn elem_bytes(self) -> usize {
         match self {
+            Reduce::SumBf16 => 2,
             Reduce::SumF32 => 4,
             Reduce::SumF64 | Reduce::MaxU64 => 8,
         }

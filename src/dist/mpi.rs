@@ -189,6 +189,17 @@ impl HostReduce for Mpi {
             Reduce::SumF32 => through::<f32>(values, |v| self.all_reduce(v, SystemOperation::sum())),
             Reduce::SumF64 => through::<f64>(values, |v| self.all_reduce(v, SystemOperation::sum())),
             Reduce::MaxU64 => through::<u64>(values, |v| self.all_reduce(v, SystemOperation::max())),
+            // MPI has no bf16: the values are widened, summed in f32 and
+            // rounded once (as NCCL's sum of two ranks; with more, NCCL
+            // rounds each partial sum).
+            Reduce::SumBf16 => through::<u16>(values, |v| {
+                let mut wide: Vec<f32> = v.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
+                self.all_reduce(&mut wide, SystemOperation::sum())?;
+                v.iter_mut()
+                    .zip(&wide)
+                    .for_each(|(b, &x)| *b = half::bf16::from_f32(x).to_bits());
+                Ok(())
+            }),
         }
     }
 }

@@ -30,7 +30,9 @@ pub fn bucket_bytes() -> Result<usize> {
 /// (CPU ranks): one collective call for all of them; a parameter without a
 /// gradient on this rank counts as zeros, so every rank sends the same
 /// values. Device ranks sum theirs during the backward pass (`GradBuckets`).
-pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()> {
+/// With `bf16`, each rank's values are rounded to bf16 and so is the sum,
+/// as a bf16 all-reduce between GPUs does.
+pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective, bf16: bool) -> Result<()> {
     let mut flat = Vec::with_capacity(store.num_elements());
     let mut shapes = Vec::new();
     for (id, p) in store.iter() {
@@ -41,7 +43,14 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective) -> Result<()
         }
         shapes.push((id, p.value.dims().to_vec(), n));
     }
+    let round = |v: &mut [f32]| v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+    if bf16 {
+        round(&mut flat);
+    }
     c.all_reduce_sum(&mut flat)?;
+    if bf16 {
+        round(&mut flat);
+    }
     let device = store.shared_device();
     let mut at = 0;
     for (id, dims, n) in shapes {
@@ -76,15 +85,21 @@ pub struct GradBuckets {
     /// The next bucket to start.
     next: usize,
     timeout: Option<Duration>,
+    /// Sum bf16 copies of the gradients (half the bytes), widened back
+    /// into the gradients once the sums are done.
+    bf16: bool,
+    /// The bf16 copies in flight and whose gradient each becomes.
+    copies: Vec<(Buffer, ParamId, usize)>,
 }
 
 impl GradBuckets {
-    pub fn new(store: &ParamStore, bucket_bytes: usize, timeout: Option<Duration>) -> Self {
+    pub fn new(store: &ParamStore, bucket_bytes: usize, timeout: Option<Duration>, bf16: bool) -> Self {
         let ids: Vec<ParamId> = store.iter().map(|(id, _)| id).collect();
         let mut buckets: Vec<Vec<ParamId>> = Vec::new();
         let mut bytes = 0;
+        let elem = if bf16 { 2 } else { 4 };
         for &id in ids.iter().rev() {
-            let n = 4 * store.get(id).value.numel();
+            let n = elem * store.get(id).value.numel();
             match buckets.last_mut() {
                 Some(b) if bytes + n <= bucket_bytes => b.push(id),
                 _ => {
@@ -104,6 +119,8 @@ impl GradBuckets {
             bucket_of,
             next: 0,
             timeout,
+            bf16,
+            copies: Vec::new(),
         }
     }
 
@@ -141,13 +158,30 @@ impl GradBuckets {
                 ),
             ));
         }
-        match store.shared_device() {
-            Some(dev) => dev.all_reduce_finish(self.timeout),
-            None => Ok(()),
+        let Some(dev) = store.shared_device() else {
+            return Ok(());
+        };
+        let done = dev.all_reduce_finish(self.timeout);
+        let mut widened = Ok(());
+        for (copy, id, n) in &self.copies {
+            if done.is_ok() && widened.is_ok() {
+                widened = match store
+                    .get(*id)
+                    .grad
+                    .as_ref()
+                    .and_then(|g| g.device_storage())
+                    .and_then(|d| d.f32.get())
+                {
+                    Some(g) => gpu::widen_bf16(&dev, copy, g, *n),
+                    None => Err(Error::invalid("all-reduce", "a gradient went missing")),
+                };
+            }
+            dev.free(copy);
         }
+        done.and(widened)
     }
 
-    fn start(&self, b: usize, store: &mut ParamStore) -> Result<()> {
+    fn start(&mut self, b: usize, store: &mut ParamStore) -> Result<()> {
         let dev = store
             .shared_device()
             .ok_or_else(|| Error::invalid("all-reduce", "the weights are not on a device"))?;
@@ -181,7 +215,16 @@ impl GradBuckets {
                 .ok_or_else(|| Error::invalid("all-reduce", "a gradient is not in an f32 device buffer"))?;
             bufs.push((buf, g.numel()));
         }
-        dev.all_reduce_start(&bufs, Reduce::SumF32)
+        if !self.bf16 {
+            return dev.all_reduce_start(&bufs, Reduce::SumF32);
+        }
+        let first = self.copies.len();
+        for (&id, (buf, n)) in self.buckets[b].iter().zip(&bufs) {
+            let copy = gpu::round_to_bf16(&dev, buf, *n)?;
+            self.copies.push((copy, id, *n));
+        }
+        let copies: Vec<(&Buffer, usize)> = self.copies[first..].iter().map(|(c, _, n)| (c, *n)).collect();
+        dev.all_reduce_start(&copies, Reduce::SumBf16)
     }
 }
 

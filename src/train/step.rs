@@ -29,6 +29,8 @@ pub struct StepSpec<'a> {
     pub shard: Shard,
     /// How the ranks sum their gradients (none: one rank).
     pub collective: Option<&'a dyn Collective>,
+    /// Sum bf16 copies of the gradients over the ranks (half the bytes).
+    pub allreduce_bf16: bool,
 }
 
 /// A step that has been queued; `wait` gives its metrics.
@@ -188,7 +190,7 @@ pub fn queue_step(
         match (spec.collective, &device) {
             (Some(c), Some(_)) if local + 1 == accum => {
                 let size = super::reduce::bucket_bytes()?;
-                let mut buckets = super::reduce::GradBuckets::new(store, size, c.timeout());
+                let mut buckets = super::reduce::GradBuckets::new(store, size, c.timeout(), spec.allreduce_bf16);
                 tape.backward_each(&scaled, store, &mut |id, store| buckets.ready(id, store))?;
                 buckets.finish(store)?;
             }
@@ -206,7 +208,7 @@ pub fn queue_step(
     // every rank clips by the norm of the same, global gradient and takes
     // the same update.
     if let (Some(c), None) = (spec.collective, &device) {
-        super::reduce::all_reduce_grads(store, c)?;
+        super::reduce::all_reduce_grads(store, c, spec.allreduce_bf16)?;
     }
     // The clip: on a device it is computed and used there; on the host a
     // norm that is not finite skips the update just as the device does.

@@ -71,6 +71,8 @@ pub struct RunOptions {
     pub graphs: bool,
     /// The other ranks of a data-parallel run (none: one process).
     pub collective: Option<Arc<dyn crate::dist::Collective>>,
+    /// Sum the ranks' gradients as bf16 (`--bf16-allreduce`).
+    pub allreduce_bf16: bool,
 }
 
 #[derive(Debug)]
@@ -451,6 +453,7 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         clip: c.clip,
         shard: plan.shard,
         collective: opts.collective.as_deref(),
+        allreduce_bf16: opts.allreduce_bf16,
     };
     // A queued step and when it began (its batches' wait included).
     let mut pending: Option<(PendingStep, Instant)> = None;
@@ -460,9 +463,11 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     let mut graphs = StepGraphs::new(opts.graphs && collective.is_none());
     if let (Some(_), Some(_), true) = (&collective, &opts.device, writer) {
         let size = super::reduce::bucket_bytes()?;
-        let buckets = super::reduce::GradBuckets::new(&store, size, None);
+        let bf16 = opts.allreduce_bf16;
+        let buckets = super::reduce::GradBuckets::new(&store, size, None, bf16);
         obs.message(&format!(
-            "gradients summed over the ranks during the backward pass: {} gradient buckets of {size} bytes",
+            "gradients summed over the ranks during the backward pass, in {}: {} bucket(s) of at most {size} bytes",
+            if bf16 { "bf16" } else { "fp32" },
             buckets.count()
         ));
     }

@@ -222,6 +222,7 @@ impl Comm {
             Reduce::SumF32 => (ncclDataType_t::ncclFloat32, ncclRedOp_t::ncclSum),
             Reduce::SumF64 => (ncclDataType_t::ncclFloat64, ncclRedOp_t::ncclSum),
             Reduce::MaxU64 => (ncclDataType_t::ncclUint64, ncclRedOp_t::ncclMax),
+            Reduce::SumBf16 => (ncclDataType_t::ncclBfloat16, ncclRedOp_t::ncclSum),
         };
         // SAFETY: group calls bracket the collectives queued between them.
         check(a, "starting a group", unsafe { (a.group_start)() })?;

@@ -118,6 +118,22 @@ fn bf16_copy(t: &Tensor) -> Result<&Buffer> {
     convert_once(s, storage_values(s)?, 2, &s.bf16)
 }
 
+/// A new buffer holding the first `n` f32 values of `src` rounded to bf16
+/// (nearest even): what a bf16 all-reduce sends.
+pub fn round_to_bf16(dev: &SharedDevice, src: &Buffer, n: usize) -> Result<Buffer> {
+    let b = dev.alloc(n.max(1) * 2)?;
+    if let Err(e) = k::f32_to_bf16(&**dev, &grid_stride(n), src, &b, n as u64) {
+        dev.free(&b);
+        return Err(e);
+    }
+    Ok(b)
+}
+
+/// The first `n` bf16 values of `src` widened into the f32 buffer `dst`.
+pub fn widen_bf16(dev: &SharedDevice, src: &Buffer, dst: &Buffer, n: usize) -> Result<()> {
+    k::bf16_to_f32(&**dev, &grid_stride(n), src, dst, n as u64)
+}
+
 /// Fills `cell` of `s` (once; a second writer's buffer is freed) with a new
 /// buffer of `elem` bytes a value converted from `src`: widened from bf16
 /// (`elem` 4) or rounded to it (`elem` 2).
