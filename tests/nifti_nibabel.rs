@@ -105,3 +105,19 @@ fn every_bad_fixture_is_a_clear_error() {
         assert!(String::from_utf8_lossy(&run.stderr).contains(file));
     }
 }
+
+/// Either half of a `.hdr`/`.img` pair opens the pair (as nibabel does); an
+/// image without its header is an error naming the header looked for.
+#[test]
+fn either_half_of_a_pair_opens_it() {
+    let by_hdr = read_volume(&dir().join("int16_pair.hdr")).unwrap();
+    let by_img = read_volume(&dir().join("int16_pair.img")).unwrap();
+    assert_eq!(by_hdr.shape, by_img.shape);
+    assert!(by_hdr.hu.iter().zip(&by_img.hu).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let lone = std::env::temp_dir().join(format!("nemesis-lone-{}", std::process::id()));
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(dir().join("int16_pair.img"), lone.join("scan.img")).unwrap();
+    let e = read_volume(&lone.join("scan.img")).unwrap_err().to_string();
+    assert!(e.contains("scan.hdr") && e.contains("only voxels"), "{e}");
+    std::fs::remove_dir_all(&lone).ok();
+}

@@ -11,7 +11,7 @@ use crate::io::{Array, ArrayData, TensorFile};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// A NIfTI-1 volume: .nii, .nii.gz or .hdr (with its .img).
+    /// A NIfTI-1 volume: .nii, .nii.gz, or either half of a .hdr/.img pair.
     pub volume: PathBuf,
     /// Write the HU volume after orientation as f32 tensor `volume` (D×H×W)
     /// and its spacing as `spacing` (mm, D, H, W).

@@ -259,6 +259,28 @@ impl Volume {
     }
 }
 
+/// The header of a volume: the file itself, or the `.hdr` beside an `.img`
+/// (either half of an Analyze-style pair opens the pair, as in nibabel).
+fn header_file(path: &Path) -> Result<PathBuf> {
+    let name = path.to_string_lossy().to_string();
+    let lower = name.to_ascii_lowercase();
+    for ext in [".img.gz", ".img"] {
+        if lower.ends_with(ext) {
+            let stem = &name[..name.len() - ext.len()];
+            for hdr in [format!("{stem}.hdr"), format!("{stem}.hdr.gz")] {
+                if Path::new(&hdr).exists() {
+                    return Ok(PathBuf::from(hdr));
+                }
+            }
+            return Err(Error::format(
+                path,
+                format!("an .img holds only voxels; its header {stem}.hdr (or .hdr.gz) is not there"),
+            ));
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
 /// Where the voxel bytes live: the file itself, or the `.img` beside a `.hdr`.
 fn data_file(path: &Path) -> Result<(PathBuf, bool)> {
     let name = path.to_string_lossy().to_string();
@@ -318,6 +340,8 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
     }
+    let header = header_file(path)?;
+    let path = header.as_path();
     let h = &checked_header(path)?;
     let (dt_name, elem) = datatype_name(h.datatype).unwrap_or(("?", 1));
     let rank = h.dim[0] as usize;
