@@ -456,13 +456,11 @@ fn duplicate_dataset_entries_are_prepared_once_and_said_once() {
 }
 
 #[test]
-fn a_too_small_dataset_names_what_was_dropped_and_leaves_no_run_folder() {
+fn a_dataset_with_no_usable_volume_names_what_was_dropped_and_leaves_no_run_folder() {
     let d = tmp("small");
-    let good = d.join("good.nii");
-    volume(&good, 40);
     let broken = d.join("broken.nii");
     std::fs::write(&broken, b"not a nifti").unwrap();
-    index(&d.join("index.json"), &[&good, &broken], &[]);
+    index(&d.join("index.json"), &[&broken], &[]);
     let r = d.join("run");
     let o = nemesis(&[
         "pretrain",
@@ -475,8 +473,37 @@ fn a_too_small_dataset_names_what_was_dropped_and_leaves_no_run_folder() {
         "--device",
         "cpu",
     ]);
-    refused(&o, 1, &["needs at least two", "broken.nii"]);
+    refused(&o, 1, &["no volume could be prepared", "broken.nii"]);
     assert!(!r.exists(), "a run refused before its first step leaves no folder");
+    // One good volume beside the broken one trains, and says both.
+    let good = d.join("good.nii");
+    volume(&good, 40);
+    index(&d.join("index2.json"), &[&good, &broken], &[]);
+    let o = nemesis(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        s(&d.join("index2.json")),
+        "--out",
+        s(&r),
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--val-superpatches",
+        "1",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("broken.nii") && text.contains("one usable volume"),
+        "{text}"
+    );
 }
 
 // --- resume continues the run ---

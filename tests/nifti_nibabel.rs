@@ -113,7 +113,11 @@ fn either_half_of_a_pair_opens_it() {
     let by_hdr = read_volume(&dir().join("int16_pair.hdr")).unwrap();
     let by_img = read_volume(&dir().join("int16_pair.img")).unwrap();
     assert_eq!(by_hdr.shape, by_img.shape);
-    assert!(by_hdr.hu.iter().zip(&by_img.hu).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(by_hdr
+        .hu
+        .iter()
+        .zip(&by_img.hu)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
     let lone = std::env::temp_dir().join(format!("nemesis-lone-{}", std::process::id()));
     std::fs::create_dir_all(&lone).unwrap();
     std::fs::copy(dir().join("int16_pair.img"), lone.join("scan.img")).unwrap();

@@ -470,3 +470,84 @@ fn a_run_states_its_plan_and_its_config_agrees() {
     assert!(err.contains("no such file or folder"), "{err}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// Small datasets of one's own: a folder `synth` made (its dataset.json,
+/// the volumes under images/) is that dataset for `--data`; one scan
+/// trains, its validation crops taken from it with a warning; too few
+/// volumes for a batch draw more crops each, said and recorded.
+#[test]
+fn one_scan_in_a_dataset_folder_trains() {
+    let d = tmp("one-scan");
+    let data = d.join("data");
+    let o = Command::new(bin())
+        .args([
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "1",
+            "--seed",
+            "5",
+            "--size",
+            "40,64,64",
+        ])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(data.join("dataset.json").is_file() && !data.join("one.nii.gz").exists());
+    let run = d.join("run");
+    let o = Command::new(bin())
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .args(["--batch", "2", "--steps", "2", "--val-superpatches", "2"])
+        .env("NEMESIS_DATA", d.join("home"))
+        .output()
+        .unwrap();
+    ok(&o);
+    let text = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(text.contains("warning: one usable volume"), "{text}");
+    assert!(
+        text.contains(
+            "1 training volume(s) × 1 crop(s) per volume make no full batch of 2: drawing 2 crops per volume"
+        ),
+        "{text}"
+    );
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["crops_per_volume"], 2);
+    // Asked for, more crops need no saying.
+    let run2 = d.join("run2");
+    let o = Command::new(bin())
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run2.to_str().unwrap(),
+        ])
+        .args([
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--val-superpatches",
+            "2",
+            "--crops-per-volume",
+            "3",
+        ])
+        .env("NEMESIS_DATA", d.join("home"))
+        .output()
+        .unwrap();
+    ok(&o);
+    let text = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!text.contains("make no full batch"), "{text}");
+    std::fs::remove_dir_all(&d).ok();
+}

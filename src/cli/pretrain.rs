@@ -97,6 +97,11 @@ pub struct PretrainArgs {
     /// Fixed validation superpatches, the same at every validation (default: 8).
     #[arg(long, value_name = "N")]
     pub val_superpatches: Option<usize>,
+    /// Superpatches cropped from each training volume per epoch (default:
+    /// 1; raised by itself, and said, when the volumes are too few for a
+    /// batch).
+    #[arg(long, value_name = "N")]
+    pub crops_per_volume: Option<usize>,
     /// Checkpoints kept besides best.safetensors; older ones are removed (default: 3).
     #[arg(long, value_name = "N")]
     pub keep_last: Option<usize>,
@@ -164,7 +169,7 @@ impl PretrainArgs {
             noise_levels,
             seed
         );
-        set!(val_every, val_superpatches, keep_last, log_every);
+        set!(val_every, val_superpatches, keep_last, log_every, crops_per_volume);
         if self.steps.is_some() {
             c.steps = self.steps;
         }
@@ -245,6 +250,7 @@ fn refused_on_resume(a: &PretrainArgs) -> Vec<&'static str> {
         ("--dropout", a.dropout.is_some()),
         ("--seed", a.seed.is_some()),
         ("--val-superpatches", a.val_superpatches.is_some()),
+        ("--crops-per-volume", a.crops_per_volume.is_some()),
         ("--out", a.out.is_some()),
     ]
     .into_iter()

@@ -80,8 +80,14 @@ impl DatasetIndex {
         Ok(DatasetIndex { training, validation })
     }
 
-    /// Every NIfTI volume in `dir` (not recursive), sorted by name, all for training.
+    /// The dataset a folder holds: its `dataset.json` when it has one (as
+    /// `nemesis synth` writes), else every NIfTI volume in it (not
+    /// recursive), sorted by name, all for training.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("dataset.json");
+        if index.is_file() {
+            return Self::from_json(&index);
+        }
         let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -89,7 +95,11 @@ impl DatasetIndex {
             .collect();
         images.sort();
         if images.is_empty() {
-            return Err(Error::format(dir, "holds no .nii, .nii.gz or .hdr volumes"));
+            return Err(Error::format(
+                dir,
+                "holds no .nii, .nii.gz or .hdr volumes and no dataset.json (volumes in subfolders are \
+                 found through a dataset JSON)",
+            ));
         }
         Ok(DatasetIndex {
             training: images.into_iter().map(|image| Entry { image, label: None }).collect(),

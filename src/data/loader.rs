@@ -101,7 +101,8 @@ impl EpochPlan {
             return Err(Error::invalid(
                 "loader",
                 format!(
-                    "{} usable volumes × {crops_per_volume} crops make no full batch of {batch}",
+                    "{} usable volumes × {crops_per_volume} crops make no full batch of {batch}; raise \
+                     --crops-per-volume or lower --batch",
                     plan.files.len()
                 ),
             ));

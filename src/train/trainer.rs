@@ -294,8 +294,6 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
     if let Some(dev) = &opts.device {
         store = store.to_device(dev)?;
     }
-    let c = &opts.config;
-
     // --- data ---
     let manifest = CacheManifest::load(&opts.cache)?;
     for d in &manifest.damaged {
@@ -313,6 +311,30 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
             "no validation volumes in the cache: holding out the last {n} training volume(s)"
         ));
     }
+    if val.is_empty() && train.len() == 1 {
+        // One scan still trains; its validation crops are fixed crops of
+        // the same scan, drawn apart from the training crops.
+        val = train.clone();
+        obs.message(
+            "warning: one usable volume: validation takes its fixed crops from the training scan, so it \
+             measures the fit to this scan, not to unseen anatomy; add a second scan (or a `validation` list \
+             in a dataset JSON) to hold one out",
+        );
+    }
+    // Too few volumes for a batch: more crops from each, said.
+    let per_batch = opts.config.batch;
+    if !train.is_empty() && train.len() * opts.config.crops_per_volume < per_batch {
+        let crops = per_batch.div_ceil(train.len());
+        obs.message(&format!(
+            "{} training volume(s) × {} crop(s) per volume make no full batch of {per_batch}: drawing {crops} \
+             crops per volume (--crops-per-volume sets it)",
+            train.len(),
+            opts.config.crops_per_volume
+        ));
+        opts.config.crops_per_volume = crops;
+        meta.config.crops_per_volume = crops;
+    }
+    let c = &opts.config;
     if val.is_empty() {
         let dropped: Vec<String> = manifest
             .failures
@@ -323,9 +345,8 @@ pub fn run(mut opts: RunOptions, obs: &mut dyn Observer) -> Result<RunReport> {
         return Err(Error::invalid(
             "pretrain",
             format!(
-                "the cache {} holds {} usable volume(s) and needs at least two (one for validation){}",
+                "the cache {} holds no usable training volume{}",
                 opts.cache.display(),
-                train.len(),
                 if dropped.is_empty() {
                     String::new()
                 } else {
