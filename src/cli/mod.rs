@@ -5,6 +5,7 @@ mod bench;
 mod bench_kernels;
 mod check;
 mod compile_kernels;
+mod convert;
 mod device;
 mod encode;
 mod flops;
@@ -57,6 +58,11 @@ pub enum Command {
         after_help = "Examples:\n  nemesis init --preset tiny --out tiny.safetensors\n  nemesis init --config model.json --seed 7 --out w.safetensors"
     )]
     Init(init::InitArgs),
+    /// Convert an official PyTorch checkpoint (.pt) into safetensors weights, no Python needed.
+    #[command(
+        after_help = "Examples:\n  nemesis convert MAE_768_0.5.pt paper.safetensors                # configuration inferred from the shapes (said)\n  nemesis convert MAE_768_0.5.pt paper.safetensors --preset paper\n  nemesis convert ckpt.pt w.safetensors --num-heads 12 --superpatch-size 96,96,96\n--checkpoint and --init take a .pt directly too."
+    )]
+    Convert(convert::ConvertArgs),
     /// Encode superpatches into encoder features (inference: nothing masked).
     #[command(
         after_help = "Examples:\n  nemesis encode --checkpoint runs/pretrain-1/best.safetensors --input ct.nii.gz --output features.safetensors\n  nemesis encode --checkpoint w.safetensors --input superpatches.safetensors --output f.safetensors --batch 1"
@@ -117,6 +123,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let done = match &cli.command {
         Command::Pretrain(a) => return pretrain::run_cli(a),
         Command::Init(a) => init::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Flops(a) => flops::run(a),

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::config::ModelConfig;
+use super::convert::{convert_pt, PtConfig};
 use super::params::param_specs;
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
-use crate::io::{Array, ArrayData, TensorFile};
+use crate::io::{is_torch_file, Array, ArrayData, TensorFile};
 use crate::tensor::{DType, Tensor};
 
 /// Writes every parameter of `store` as f32 under its name, with `config`,
@@ -55,13 +56,42 @@ fn check_store(config: &ModelConfig, store: &ParamStore) -> Result<()> {
 /// Reads a checkpoint: its configuration and its parameters in `dtype`.
 /// Every parameter of the configuration must be present, as F32 with the
 /// exact shape, and nothing else may be; each miss is named.
+///
+/// A PyTorch `.pt` checkpoint is read too (model/convert.rs), its
+/// configuration inferred from the shapes; what that took is said on
+/// stderr.
 pub fn load_checkpoint(path: &Path, dtype: DType) -> Result<(ModelConfig, ParamStore)> {
-    let file = TensorFile::read(path)?;
+    if is_torch_file(path) {
+        return load_pt(path, &PtConfig::default(), dtype);
+    }
+    load_file(TensorFile::read(path)?, dtype)
+}
+
+/// A `.pt` checkpoint under the configuration `how` settles, its notes said
+/// on stderr.
+pub fn load_pt(path: &Path, how: &PtConfig, dtype: DType) -> Result<(ModelConfig, ParamStore)> {
+    let c = convert_pt(path, how)?;
+    for n in &c.notes {
+        eprintln!("{}: {n}", path.display());
+    }
+    let mut metadata = HashMap::new();
+    metadata.insert("config".to_string(), c.config.to_json());
+    let file = TensorFile {
+        path: path.to_path_buf(),
+        metadata,
+        arrays: c.arrays,
+    };
+    load_file(file, dtype)
+}
+
+fn load_file(file: TensorFile, dtype: DType) -> Result<(ModelConfig, ParamStore)> {
+    let path = file.path.clone();
+    let path = path.as_path();
     let json = file.metadata.get("config").ok_or_else(|| {
         Error::format(
             path,
-            "no `config` in the safetensors metadata; official PyTorch checkpoints must be converted \
-             first with tools/convert_checkpoint.py",
+            "no `config` in the safetensors metadata: not a checkpoint of this engine (an official PyTorch \
+             checkpoint is read as the .pt itself, or converted with `nemesis convert`)",
         )
     })?;
     let config = ModelConfig::from_json(json).map_err(|e| Error::format(path, format!("its {e}")))?;
@@ -123,6 +153,14 @@ pub fn load_checkpoint(path: &Path, dtype: DType) -> Result<(ModelConfig, ParamS
 /// `load_checkpoint`, also requiring the configuration to equal `expected`
 /// (a run resumed or probed with another model is refused, naming the keys).
 pub fn load_checkpoint_for(path: &Path, expected: &ModelConfig, dtype: DType) -> Result<ParamStore> {
+    // A `.pt` takes the expected configuration; its shapes must fit it.
+    if is_torch_file(path) {
+        let how = PtConfig {
+            base: Some(expected.clone()),
+            ..PtConfig::default()
+        };
+        return load_pt(path, &how, dtype).map(|(_, store)| store);
+    }
     let (config, store) = load_checkpoint(path, dtype)?;
     if &config != expected {
         let a = serde_json::to_value(&config).unwrap_or_default();

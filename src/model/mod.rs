@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod config;
+mod convert;
 mod flops;
 mod mask;
 mod memory;
@@ -13,8 +14,9 @@ mod params;
 mod patch;
 mod pos_embed;
 
-pub use checkpoint::{load_checkpoint, load_checkpoint_for, param_value, save_checkpoint};
+pub use checkpoint::{load_checkpoint, load_checkpoint_for, load_pt, param_value, save_checkpoint};
 pub use config::{ModelConfig, ModelSizes, MAX_ELEMENTS, PRESETS};
+pub use convert::{convert_pt, Converted, PtConfig};
 pub use flops::{encoder_flops, training_flops, FlopCount, FlopEntry};
 pub use mask::DualMask;
 pub use memory::{check_fits, ensure_fits, estimate, MemoryEstimate, Pass, Place};
