@@ -17,11 +17,12 @@ use crate::tensor::{DType, Tensor};
 #[derive(Args, Debug)]
 pub struct ModelIo {
     /// Weights (safetensors with the config in its metadata).
-    #[arg(long, value_name = "W.safetensors")]
+    #[arg(long, value_name = "W.safetensors|W.pt")]
     pub checkpoint: PathBuf,
     /// Superpatches: safetensors with tensor `image` (f32, B×1×D×H×W in
-    /// [0, 1]), or a NIfTI volume in HU (windowed, cut into superpatch tiles
-    /// in z, y, x order, zero-padded at the far ends).
+    /// [0, 1]), or a CT volume in HU, a NIfTI file or a DICOM series folder
+    /// (windowed, cut into superpatch tiles in z, y, x order, zero-padded
+    /// at the far ends).
     #[arg(long, value_name = "X")]
     pub input: PathBuf,
     /// Output safetensors (encode: `features` B×N×E and `pooled` B×E;

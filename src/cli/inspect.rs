@@ -1,18 +1,24 @@
-//! `nemesis inspect`: what a NIfTI volume holds and how it will be read.
+//! `nemesis inspect`: what a NIfTI volume or DICOM series holds and how it
+//! will be read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::{read_volume, AffineSource, Volume};
+use crate::data::{read_series, read_volume, AffineSource, Volume};
 use crate::error::Result;
 use crate::io::{Array, ArrayData, TensorFile};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// A NIfTI-1 volume: .nii, .nii.gz, or either half of a .hdr/.img pair.
+    /// A NIfTI-1 volume (.nii, .nii.gz, or either half of a .hdr/.img pair)
+    /// or a folder holding a DICOM series.
     pub volume: PathBuf,
+    /// In a folder of several DICOM series, the one to read (its
+    /// SeriesInstanceUID, as the error listing them gives).
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
     /// Write the HU volume after orientation as f32 tensor `volume` (D×H×W)
     /// and its spacing as `spacing` (mm, D, H, W).
     #[arg(long, value_name = "OUT.safetensors")]
@@ -38,10 +44,31 @@ fn label_values(v: &Volume) -> Option<Vec<u32>> {
 }
 
 pub fn run(a: &InspectArgs) -> Result<()> {
-    let v = read_volume(&a.volume)?;
+    let (v, series) = if a.volume.is_dir() {
+        let (v, s) = read_series(&a.volume, a.series.as_deref())?;
+        (v, Some(s))
+    } else {
+        (read_volume(&a.volume)?, None)
+    };
     let i = &v.info;
     let names = ["i", "j", "k"];
     println!("{}", a.volume.display());
+    if let Some(s) = &series {
+        println!(
+            "  DICOM series   {}{}",
+            s.uid,
+            if s.description.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.description)
+            }
+        );
+        println!("  transfer       {}", s.transfer_syntax);
+        println!(
+            "  slices         {}, {:.4} mm apart along the normal (from ImagePositionPatient)",
+            s.slices, s.slice_spacing
+        );
+    }
     println!(
         "  stored shape   {:?} ({}, {})",
         i.stored_shape,
@@ -59,6 +86,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         AffineSource::Sform => "sform",
         AffineSource::Qform => "qform",
         AffineSource::Identity => "none (identity)",
+        AffineSource::Dicom => "DICOM (orientation, positions, pixel spacing; LPS turned to RAS)",
     };
     println!("  affine         from {source}");
     for row in &i.affine {

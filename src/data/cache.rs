@@ -53,6 +53,14 @@ impl CacheHeader {
 
 /// `(size, mtime in seconds)` of a file, or zeros when unreadable.
 pub fn file_stamp(path: &Path) -> (u64, u64) {
+    // A DICOM series: its files' total size and latest change.
+    if path.is_dir() {
+        let files = std::fs::read_dir(path).into_iter().flatten().flatten();
+        return files.fold((0, 0), |(size, time), e| {
+            let (s, t) = file_stamp(&e.path());
+            (size + s, time.max(t))
+        });
+    }
     std::fs::metadata(path)
         .map(|m| {
             let t = m

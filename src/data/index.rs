@@ -81,12 +81,35 @@ impl DatasetIndex {
     }
 
     /// The dataset a folder holds: its `dataset.json` when it has one (as
-    /// `nemesis synth` writes), else every NIfTI volume in it (not
-    /// recursive), sorted by name, all for training.
+    /// `nemesis synth` writes); else every NIfTI volume in it (not
+    /// recursive), sorted by name; else, for a folder of DICOM series
+    /// folders, each series; else the one series the folder itself holds.
+    /// All for training.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("dataset.json");
         if index.is_file() {
             return Self::from_json(&index);
+        }
+        let has_nifti = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .any(|p| p.is_file() && is_nifti_path(&p));
+        if !has_nifti {
+            let mut series: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir() && super::is_dicom_folder(p))
+                .collect();
+            series.sort();
+            if series.is_empty() && super::is_dicom_folder(dir) {
+                series.push(dir.to_path_buf());
+            }
+            if !series.is_empty() {
+                return Ok(DatasetIndex {
+                    training: series.into_iter().map(|image| Entry { image, label: None }).collect(),
+                    validation: Vec::new(),
+                });
+            }
         }
         let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
@@ -97,8 +120,8 @@ impl DatasetIndex {
         if images.is_empty() {
             return Err(Error::format(
                 dir,
-                "holds no .nii, .nii.gz or .hdr volumes and no dataset.json (volumes in subfolders are \
-                 found through a dataset JSON)",
+                "holds no .nii, .nii.gz or .hdr volumes, no DICOM series (in it or in its subfolders) and no \
+                 dataset.json (NIfTI volumes in subfolders are found through a dataset JSON)",
             ));
         }
         Ok(DatasetIndex {

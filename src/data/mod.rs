@@ -2,6 +2,7 @@
 //! of the CLI, synthetic phantoms.
 
 mod cache;
+mod dicom;
 mod index;
 mod loader;
 mod manifest;
@@ -13,6 +14,7 @@ pub mod synth;
 mod tiles;
 
 pub use cache::{file_stamp, write_cache, CacheHeader, CachedVolume};
+pub use dicom::{is_dicom_folder, read_series, SeriesInfo};
 pub use index::{DatasetIndex, Entry};
 pub use loader::{Batch, BatchData, EpochPlan, Loader, Position};
 pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};

@@ -18,6 +18,9 @@ pub enum AffineSource {
     Qform,
     /// Neither code set: the identity (the third stored axis is D).
     Identity,
+    /// A DICOM series: from ImageOrientationPatient, ImagePositionPatient
+    /// and PixelSpacing (data/dicom.rs).
+    Dicom,
 }
 
 /// What a volume's header says, and how it was oriented.
@@ -217,7 +220,7 @@ pub const HU_LIMIT: f32 = 1e5;
 
 /// Rejects a volume with non-finite voxels after scaling, or voxels that
 /// no f32 holds, counting them and naming the first (stored `x, y, z`).
-fn check_values(path: &Path, values: &[f64], [x, y]: [usize; 2]) -> Result<()> {
+pub(super) fn check_values(path: &Path, values: &[f64], [x, y]: [usize; 2]) -> Result<()> {
     let at = |k: usize| (k % x, (k / x) % y, k / (x * y));
     let bad = |v: &f64| !(v.is_finite() && v.abs() <= f32::MAX as f64);
     let count = values.iter().filter(|v| bad(v)).count();
@@ -281,6 +284,54 @@ fn header_file(path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// A volume put in (D, H, W) order: shape, spacing (mm), HU, and the
+/// stored axes that became D, H, W.
+pub(super) type Oriented = ([usize; 3], [f32; 3], Vec<f32>, [usize; 3]);
+
+/// The stored volume `values` (`dims`, first axis fastest) in HU, put in
+/// (D, H, W) order by MODEL.md §2's rule from its voxel-to-world `affine`:
+/// its shape, spacing (from the affine's columns, or `identity_spacing`
+/// when there is no affine), voxels and the stored axes taken. `source`
+/// names where the affine came from, for messages.
+pub(super) fn orient(
+    path: &Path,
+    values: &[f64],
+    dims: [usize; 3],
+    affine: &[[f64; 4]; 3],
+    identity_spacing: Option<[f32; 3]>,
+    source: &str,
+) -> Result<Oriented> {
+    let order = orientation(affine);
+    let col_norm = |j: usize| (0..3).map(|i| affine[i][j].powi(2)).sum::<f64>().sqrt();
+    let spacing = order.map(|j| match identity_spacing {
+        Some(p) => p[j],
+        None => col_norm(j) as f32,
+    });
+    if let Some(a) = (0..3).find(|&a| !(spacing[a].is_finite() && spacing[a] > 0.0)) {
+        return Err(Error::format(
+            path,
+            format!(
+                "voxel spacing {spacing:?} ({source} affine): axis {a} is {}, not a positive size",
+                spacing[a]
+            ),
+        ));
+    }
+    let [x, y, _] = dims;
+    let strides = [1, x, x * y];
+    let shape = order.map(|j| dims[j]);
+    let mut hu = vec![0.0f32; values.len()];
+    let mut k = 0;
+    for d in 0..shape[0] {
+        for r in 0..shape[1] {
+            for c in 0..shape[2] {
+                hu[k] = values[d * strides[order[0]] + r * strides[order[1]] + c * strides[order[2]]] as f32;
+                k += 1;
+            }
+        }
+    }
+    Ok((shape, spacing, hu, order))
+}
+
 /// Where the voxel bytes live: the file itself, or the `.img` beside a `.hdr`.
 fn data_file(path: &Path) -> Result<(PathBuf, bool)> {
     let name = path.to_string_lossy().to_string();
@@ -333,12 +384,17 @@ fn read_raw(path: &Path, offset: usize, nbytes: usize) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// A CT volume from a NIfTI file (either half of a pair) or a folder
+/// holding one DICOM series (data/dicom.rs).
 pub fn read_volume(path: &Path) -> Result<Volume> {
     if !path.exists() {
         return Err(Error::io(
             path,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
+    }
+    if path.is_dir() {
+        return super::dicom::read_series(path, None).map(|(v, _)| v);
     }
     let header = header_file(path)?;
     let path = header.as_path();
@@ -400,42 +456,14 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
             ),
         ));
     }
-    let order = orientation(&affine);
-    let col_norm = |j: usize| (0..3).map(|i| affine[i][j].powi(2)).sum::<f64>().sqrt();
-    let spacing = order.map(|j| {
-        if affine_source == AffineSource::Identity {
-            h.pixdim[j + 1].abs()
-        } else {
-            col_norm(j) as f32
-        }
-    });
-    if let Some(a) = (0..3).find(|&a| !(spacing[a].is_finite() && spacing[a] > 0.0)) {
-        return Err(Error::format(
-            path,
-            format!(
-                "voxel spacing {spacing:?} ({} affine): axis {a} is {}, not a positive size",
-                match affine_source {
-                    AffineSource::Sform => "sform",
-                    AffineSource::Qform => "qform",
-                    AffineSource::Identity => "pixdim, no",
-                },
-                spacing[a]
-            ),
-        ));
-    }
-    let strides = [1, x, x * y];
-    let dims = [x, y, z];
-    let shape = order.map(|j| dims[j]);
-    let mut hu = vec![0.0f32; n];
-    let mut k = 0;
-    for d in 0..shape[0] {
-        for r in 0..shape[1] {
-            for c in 0..shape[2] {
-                hu[k] = values[d * strides[order[0]] + r * strides[order[1]] + c * strides[order[2]]] as f32;
-                k += 1;
-            }
-        }
-    }
+    let pixdim = [h.pixdim[1].abs(), h.pixdim[2].abs(), h.pixdim[3].abs()];
+    let identity = (affine_source == AffineSource::Identity).then_some(pixdim);
+    let source = match affine_source {
+        AffineSource::Sform => "sform",
+        AffineSource::Qform => "qform",
+        _ => "pixdim, no",
+    };
+    let (shape, spacing, hu, order) = orient(path, &values, [x, y, z], &affine, identity, source)?;
     Ok(Volume {
         shape,
         spacing,

@@ -21,13 +21,14 @@ pub fn is_nifti_path(path: &Path) -> bool {
 pub struct Superpatches {
     /// `B × C × D × H × W`, in [0, 1].
     pub image: Tensor,
-    /// For a NIfTI volume: its oriented shape and the tile grid (z, y, x).
+    /// For a CT volume: its oriented shape and the tile grid (z, y, x).
     pub tiling: Option<([usize; 3], [usize; 3])>,
 }
 
-/// Reads superpatches for `config` from a safetensors `image` or a NIfTI volume.
+/// Reads superpatches for `config` from a safetensors `image`, a NIfTI
+/// volume or a folder holding a DICOM series.
 pub fn read_superpatches(path: &Path, config: &ModelConfig) -> Result<Superpatches> {
-    if is_nifti_path(path) {
+    if is_nifti_path(path) || path.is_dir() {
         if config.in_channels != 1 {
             return Err(Error::format(
                 path,
