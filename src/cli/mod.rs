@@ -91,7 +91,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Generate synthetic CT phantoms with organ label maps and a dataset.json.
     #[command(
-        after_help = "Examples:\n  nemesis synth --out phantoms/ --count 10\n  nemesis synth --out small/ --count 4 --size 48,96,96 --seed 1"
+        after_help = "Examples:\n  nemesis synth --out phantoms/ --count 10\n  nemesis synth --out small/ --count 4 --size 48,96,96 --seed 1\n  nemesis synth --out dicom/ --count 4 --format dicom      # each image a DICOM series folder"
     )]
     Synth(synth::SynthArgs),
     /// Linear-probe a frozen encoder on organ presence (AUROC, F1).

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::prepare::prepare_dataset;
 use crate::data::synth::{phantom, PhantomOptions};
-use crate::data::{write_volume, CacheManifest, DatasetIndex, VoxelData};
+use crate::data::{write_series, write_volume, CacheManifest, DatasetIndex, VoxelData};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::progress::Progress;
@@ -31,6 +31,17 @@ pub struct SynthArgs {
     /// side 1 to 1024) (default: 96,160,160, at 2.5 × 0.8 × 0.8 mm).
     #[arg(long, value_name = "D,H,W", value_parser = parse_size)]
     pub size: Option<[usize; 3]>,
+    /// How the images are written: nifti (images/phantom_NNNN.nii.gz) or
+    /// dicom (images/phantom_NNNN/, a CT series of one file a slice, as a
+    /// scanner exports it); label maps are NIfTI either way.
+    #[arg(long, value_enum, default_value_t = ImageFormat::Nifti)]
+    pub format: ImageFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Nifti,
+    Dicom,
 }
 
 fn parse_size(s: &str) -> std::result::Result<[usize; 3], String> {
@@ -59,7 +70,7 @@ pub const ORGANS: [(u8, &str); 8] = [
 /// Writes `count` phantoms and `dataset.json` (the last fifth, at least one,
 /// held out for validation). Existing phantom files are kept: the same seed
 /// and index always give the same phantom.
-pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>) -> Result<()> {
+pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>, format: ImageFormat) -> Result<()> {
     if count == 0 {
         return Err(Error::invalid("synth", "--count must be at least 1"));
     }
@@ -72,12 +83,21 @@ pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>)
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
     let name = |i: usize| format!("phantom_{i:04}.nii.gz");
+    let image = |i: usize| match format {
+        ImageFormat::Nifti => name(i),
+        ImageFormat::Dicom => format!("phantom_{i:04}"),
+    };
     let progress = Mutex::new(Progress::new("synth", count as u64));
     (0..count).into_par_iter().try_for_each(|i| -> Result<()> {
-        let (img, lab) = (out.join("images").join(name(i)), out.join("labels").join(name(i)));
+        let (img, lab) = (out.join("images").join(image(i)), out.join("labels").join(name(i)));
         if !(img.exists() && lab.exists()) {
             let p = phantom(seed, i as u64, &opts).map_err(|e| Error::invalid("synth", e.to_string()))?;
-            write_volume(&img, p.size, p.spacing, VoxelData::I16(&p.hu))?;
+            match format {
+                ImageFormat::Nifti => write_volume(&img, p.size, p.spacing, VoxelData::I16(&p.hu))?,
+                ImageFormat::Dicom => {
+                    write_series(&img, p.size, p.spacing, &p.hu, [seed, i as u64], "synthetic phantom")?
+                }
+            }
             write_volume(&lab, p.size, p.spacing, VoxelData::U8(&p.labels))?;
         }
         if let Ok(mut p) = progress.lock() {
@@ -89,7 +109,7 @@ pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>)
         p.finish();
     }
     let held_out = if count >= 2 { (count / 5).max(1) } else { 0 };
-    let entry = |i: usize| json!({"image": format!("images/{}", name(i)), "label": format!("labels/{}", name(i))});
+    let entry = |i: usize| json!({"image": format!("images/{}", image(i)), "label": format!("labels/{}", name(i))});
     let index = json!({
         "description": "synthetic abdominal CT phantoms made by `nemesis synth`",
         "seed": seed,
@@ -106,7 +126,7 @@ pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>)
 }
 
 pub fn run(a: &SynthArgs) -> Result<()> {
-    synthesize(&a.out, a.count, a.seed, a.size)?;
+    synthesize(&a.out, a.count, a.seed, a.size, a.format)?;
     println!(
         "wrote {} phantoms and {}",
         a.count,
@@ -142,7 +162,7 @@ pub fn default_cache() -> Result<PathBuf> {
     }
     let raw = base.join("nifti");
     eprintln!("building the default synthetic dataset in {} (once)", base.display());
-    synthesize(&raw, 30, 42, None)?;
+    synthesize(&raw, 30, 42, None, ImageFormat::Nifti)?;
     let index = DatasetIndex::from_json(&raw.join("dataset.json"))?;
     let s = prepare_dataset(&index, &cache, rayon::current_num_threads(), false)?;
     if !s.manifest.failures.is_empty() {

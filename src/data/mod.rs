@@ -3,6 +3,7 @@
 
 mod cache;
 mod dicom;
+mod dicom_write;
 mod index;
 mod loader;
 mod manifest;
@@ -15,6 +16,7 @@ mod tiles;
 
 pub use cache::{file_stamp, write_cache, CacheHeader, CachedVolume};
 pub use dicom::{is_dicom_folder, read_series, SeriesInfo};
+pub use dicom_write::write_series;
 pub use index::{DatasetIndex, Entry};
 pub use loader::{Batch, BatchData, EpochPlan, Loader, Position};
 pub use manifest::{CacheManifest, Failure, ManifestEntry, Split, MANIFEST};
