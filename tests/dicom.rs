@@ -3,7 +3,8 @@
 //! tools/make_dicom_fixtures.py, each good series beside a .nii of the same
 //! array and affine): every transfer syntax, shuffled file names and
 //! instance numbers, coronal and tilted series, signed and unsigned pixels
-//! with rescale; and each bad case a clear error naming what is wrong.
+//! with rescale, a multi-frame (enhanced) CT object; and each bad case a
+//! clear error naming what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,7 +72,8 @@ fn every_transfer_syntax_reads_as_its_nifti_twin() {
 
 #[test]
 fn geometry_and_pixels_of_every_kind_read_as_their_nifti_twins() {
-    for name in ["unsigned", "coronal", "tilted"] {
+    // One enhanced CT object: frames shuffled, geometry in the functional groups.
+    for name in ["unsigned", "coronal", "tilted", "multiframe"] {
         same_as_nifti(name);
     }
     // A coronal series' slices run anterior–posterior: D is still the axis
@@ -150,6 +152,31 @@ fn inspect_names_the_series_its_transfer_syntax_and_spacing() {
     assert!(t.contains("affine         from DICOM"), "{t}");
 }
 
+/// `pretrain` on the tiny preset for one step, on `data`, into `out`.
+fn pretrain_one_step(data: &Path, out: &Path, home: &Path) {
+    let o = Command::new(bin())
+        .args([
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--val-superpatches",
+            "1",
+            "--data",
+        ])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .env("NEMESIS_DATA", home)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("latest.json").is_file());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -186,27 +213,7 @@ fn a_folder_of_series_is_a_dataset_everywhere() {
     .unwrap();
     for source in [data.clone(), d.join("index.json")] {
         let run = d.join(format!("run-{}", source.file_name().unwrap().to_string_lossy()));
-        let o = Command::new(bin())
-            .args([
-                "pretrain",
-                "--preset",
-                "tiny",
-                "--steps",
-                "1",
-                "--batch",
-                "1",
-                "--val-superpatches",
-                "1",
-                "--data",
-            ])
-            .arg(&source)
-            .arg("--out")
-            .arg(&run)
-            .env("NEMESIS_DATA", d.join("home"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(run.join("latest.json").is_file());
+        pretrain_one_step(&source, &run, &d.join("home"));
     }
     std::fs::remove_dir_all(&d).ok();
 }
@@ -278,25 +285,6 @@ fn synthetic_phantoms_as_dicom_read_as_their_nifti_selves() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(bin())
-        .args([
-            "pretrain",
-            "--preset",
-            "tiny",
-            "--steps",
-            "1",
-            "--batch",
-            "1",
-            "--val-superpatches",
-            "1",
-            "--data",
-        ])
-        .arg(d.join("dcm"))
-        .arg("--out")
-        .arg(d.join("run"))
-        .env("NEMESIS_DATA", d.join("home"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pretrain_one_step(&d.join("dcm"), &d.join("run"), &d.join("home"));
     std::fs::remove_dir_all(&d).ok();
 }

@@ -20,6 +20,8 @@ rescale, or uint16), written as a series per case:
 - two_series: two series in one folder.
 - with_localizer: a series plus a localizer image (ImageType LOCALIZER) and
   a non-image object.
+- multiframe: one enhanced CT object, its frames in shuffled order, the
+  geometry in the per-frame and shared functional groups.
 - bad_spacing: one slice missing in the middle.
 - bad_truncated: one file cut short; bad_notdicom: a text file among them.
 """
@@ -188,6 +190,54 @@ def main():
     normal = np.cross((1, 0, 0), col)
     case(out, "tilted", ExplicitVRLittleEndian, seed=9, col_dir=col, step=tuple(2.0 * normal))
     case(out, "bad_spacing", ExplicitVRLittleEndian, seed=10, drop=3)
+
+    # One enhanced (multi-frame) CT object.
+    stored, slope, inter = phantom(17)
+    origin, spacing, step = (-4.0, -5.0, 30.0), (0.8, 0.7), (0, 0, 2.5)
+    perm = list(range(SLICES))
+    random.Random(17).shuffle(perm)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.Rows, ds.Columns = ROWS, COLS
+    ds.NumberOfFrames = SLICES
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    shared = Dataset()
+    po = Dataset()
+    po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = [po]
+    pm = Dataset()
+    pm.PixelSpacing = list(spacing)
+    pm.SliceThickness = 2.5
+    shared.PixelMeasuresSequence = [pm]
+    pv = Dataset()
+    pv.RescaleSlope, pv.RescaleIntercept, pv.RescaleType = slope, inter, "HU"
+    shared.PixelValueTransformationSequence = [pv]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in perm:
+        g = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [float(x) for x in np.asarray(origin) + k * np.asarray(step)]
+        g.PlanePositionSequence = [pp]
+        frames.append(g)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = b"".join(stored[k].tobytes() for k in perm)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    os.makedirs(os.path.join(out, "multiframe"), exist_ok=True)
+    ds.save_as(os.path.join(out, "multiframe", "enhanced.dcm"), enforce_file_format=True)
+    nifti(os.path.join(out, "multiframe.nii"), stored, slope, inter, (1, 0, 0), (0, 1, 0), origin, spacing, step)
 
     # Two series in one folder.
     stored, slope, inter = phantom(11)

@@ -101,7 +101,7 @@ pub fn synthesize(out: &Path, count: usize, seed: u64, size: Option<[usize; 3]>,
             write_volume(&lab, p.size, p.spacing, VoxelData::U8(&p.labels))?;
         }
         if let Ok(mut p) = progress.lock() {
-            p.inc(&name(i));
+            p.inc(&image(i));
         }
         Ok(())
     })?;

@@ -70,9 +70,11 @@ fn files_of(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// One slice's header.
+/// One slice's header: a file, or a frame of a multi-frame file.
 struct Slice {
     path: PathBuf,
+    /// The frame within the file (0 for a single-frame file).
+    frame: u32,
     rows: usize,
     cols: usize,
     iop: [f64; 6],
@@ -82,20 +84,53 @@ struct Slice {
     inter: f64,
     signed: bool,
     bits: u16,
-    frames: u32,
 }
 
-fn text(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
+type Item = dicom_object::InMemDicomObject;
+
+fn text(obj: &Item, tag: dicom_object::Tag) -> Option<String> {
     obj.element(tag)
         .ok()
         .and_then(|e| e.to_str().ok())
         .map(|s| s.trim().to_string())
 }
 
-fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag, name: &str, n: usize, path: &Path) -> Result<Vec<f64>> {
-    let v = obj
-        .element(tag)
-        .map_err(|_| Error::format(path, format!("no {name}: not a slice of a CT volume")))?
+/// Where an attribute of frame `frame` is looked for: the data set itself,
+/// then (for a multi-frame object) that frame's functional group, then the
+/// shared functional groups, each in the item of sequence `group`.
+fn find(
+    obj: &Item,
+    frame: u32,
+    group: dicom_object::Tag,
+    tag: dicom_object::Tag,
+) -> Option<&dicom_object::mem::InMemElement> {
+    if let Ok(e) = obj.element(tag) {
+        return Some(e);
+    }
+    let in_group = |seq: dicom_object::Tag, index: usize| {
+        obj.element(seq)
+            .ok()
+            .and_then(|e| e.items())
+            .and_then(|items| items.get(index))
+            .and_then(|g| g.element(group).ok())
+            .and_then(|e| e.items())
+            .and_then(|items| items.first())
+            .and_then(|item| item.element(tag).ok())
+    };
+    in_group(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frame as usize)
+        .or_else(|| in_group(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 0))
+}
+
+fn floats(
+    obj: &Item,
+    frame: u32,
+    (group, tag): (dicom_object::Tag, dicom_object::Tag),
+    name: &str,
+    n: usize,
+    path: &Path,
+) -> Result<Vec<f64>> {
+    let v = find(obj, frame, group, tag)
+        .ok_or_else(|| Error::format(path, format!("no {name}: not a slice of a CT volume")))?
         .to_multi_float64()
         .map_err(|e| Error::format(path, format!("{name} is not numbers ({e})")))?;
     if v.len() != n || v.iter().any(|x| !x.is_finite()) {
@@ -173,15 +208,9 @@ pub fn read_series(dir: &Path, series: Option<&str>) -> Result<(Volume, SeriesIn
         .unwrap_or_default();
     let mut slices = Vec::with_capacity(members.len());
     for (path, obj) in &members {
-        slices.push(header(path, obj)?);
+        slices.extend(headers(path, obj)?);
     }
     let first = &slices[0];
-    if slices.iter().any(|s| s.frames > 1) {
-        return Err(Error::format(
-            dir,
-            "a multi-frame (enhanced) CT object: not read yet; export the series as single-frame slices",
-        ));
-    }
     for s in &slices[1..] {
         if (s.rows, s.cols) != (first.rows, first.cols) {
             return Err(Error::format(
@@ -258,12 +287,16 @@ pub fn read_series(dir: &Path, series: Option<&str>) -> Result<(Volume, SeriesIn
     let (x, y, z) = (first.cols, first.rows, slices.len());
     let mut values = vec![0.0f64; x * y * z];
     let raw = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+    // Each file decoded once, its frames placed at their sorted positions.
+    let mut place: BTreeMap<&Path, Vec<(usize, usize)>> = BTreeMap::new();
     for (k, &(_, idx)) in order.iter().enumerate() {
-        let s = &slices[idx];
-        let obj = open_file(&s.path).map_err(|e| Error::format(&s.path, format!("not a readable DICOM file ({e})")))?;
+        place.entry(slices[idx].path.as_path()).or_default().push((idx, k));
+    }
+    for (path, frames) in &place {
+        let obj = open_file(path).map_err(|e| Error::format(path, format!("not a readable DICOM file ({e})")))?;
         let decoded = obj.decode_pixel_data().map_err(|e| {
             Error::format(
-                &s.path,
+                path,
                 format!(
                     "its pixel data ({}) cannot be decoded: {e}{}",
                     transfer_syntax,
@@ -271,19 +304,19 @@ pub fn read_series(dir: &Path, series: Option<&str>) -> Result<(Volume, SeriesIn
                 ),
             )
         })?;
-        let px: Vec<f64> = decoded
-            .to_vec_with_options(&raw)
-            .map_err(|e| Error::format(&s.path, format!("its pixel data cannot be read ({e})")))?;
-        if px.len() != x * y {
-            return Err(Error::format(
-                &s.path,
-                format!("{} pixels for a {y}×{x} slice", px.len()),
-            ));
-        }
-        let plane = &mut values[k * x * y..(k + 1) * x * y];
-        for row in 0..y {
-            for col in 0..x {
-                plane[col + x * row] = px[row * x + col] * s.slope + s.inter;
+        for &(idx, k) in frames {
+            let s = &slices[idx];
+            let px: Vec<f64> = decoded
+                .to_vec_frame_with_options(s.frame, &raw)
+                .map_err(|e| Error::format(path, format!("its pixel data cannot be read ({e})")))?;
+            if px.len() != x * y {
+                return Err(Error::format(path, format!("{} pixels for a {y}×{x} slice", px.len())));
+            }
+            let plane = &mut values[k * x * y..(k + 1) * x * y];
+            for row in 0..y {
+                for col in 0..x {
+                    plane[col + x * row] = px[row * x + col] * s.slope + s.inter;
+                }
             }
         }
     }
@@ -350,28 +383,14 @@ fn members_uid(members: &[(PathBuf, DefaultDicomObject)]) -> String {
         .unwrap_or_default()
 }
 
-fn header(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
+/// The slices of one file: itself, or each frame of a multi-frame
+/// (enhanced) CT object, its geometry from the functional groups.
+fn headers(path: &Path, obj: &Item) -> Result<Vec<Slice>> {
     let int = |tag, what: &str| -> Result<u32> {
         obj.element(tag)
             .ok()
             .and_then(|e| e.to_int::<u32>().ok())
             .ok_or_else(|| Error::format(path, format!("no {what}")))
-    };
-    let iop = floats(obj, tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6, path)?;
-    let ipp = floats(obj, tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3, path)?;
-    let spacing = floats(obj, tags::PIXEL_SPACING, "PixelSpacing", 2, path)?;
-    if spacing.iter().any(|&s| s <= 0.0) {
-        return Err(Error::format(path, format!("PixelSpacing {spacing:?} is not positive")));
-    }
-    let opt = |tag, default: f64| -> Result<f64> {
-        match obj.element(tag) {
-            Err(_) => Ok(default),
-            Ok(e) => e
-                .to_float64()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| Error::format(path, "RescaleSlope or RescaleIntercept is not a number")),
-        }
     };
     let samples = int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").unwrap_or(1);
     if samples != 1 {
@@ -380,19 +399,49 @@ fn header(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
             format!("{samples} samples per pixel: not a CT slice"),
         ));
     }
-    Ok(Slice {
-        path: path.to_path_buf(),
-        rows: int(tags::ROWS, "Rows")? as usize,
-        cols: int(tags::COLUMNS, "Columns")? as usize,
-        iop: [iop[0], iop[1], iop[2], iop[3], iop[4], iop[5]],
-        ipp: [ipp[0], ipp[1], ipp[2]],
-        spacing: [spacing[0], spacing[1]],
-        slope: opt(tags::RESCALE_SLOPE, 1.0)?,
-        inter: opt(tags::RESCALE_INTERCEPT, 0.0)?,
-        signed: int(tags::PIXEL_REPRESENTATION, "PixelRepresentation").unwrap_or(0) == 1,
-        bits: int(tags::BITS_ALLOCATED, "BitsAllocated")? as u16,
-        frames: int(tags::NUMBER_OF_FRAMES, "NumberOfFrames").unwrap_or(1),
-    })
+    let frames = int(tags::NUMBER_OF_FRAMES, "NumberOfFrames").unwrap_or(1).max(1);
+    let (rows, cols) = (
+        int(tags::ROWS, "Rows")? as usize,
+        int(tags::COLUMNS, "Columns")? as usize,
+    );
+    let bits = int(tags::BITS_ALLOCATED, "BitsAllocated")? as u16;
+    let signed = int(tags::PIXEL_REPRESENTATION, "PixelRepresentation").unwrap_or(0) == 1;
+    let mut out = Vec::with_capacity(frames as usize);
+    for frame in 0..frames {
+        let orientation = (tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT);
+        let iop = floats(obj, frame, orientation, "ImageOrientationPatient", 6, path)?;
+        let position = (tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT);
+        let ipp = floats(obj, frame, position, "ImagePositionPatient", 3, path)?;
+        let measures = (tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING);
+        let spacing = floats(obj, frame, measures, "PixelSpacing", 2, path)?;
+        if spacing.iter().any(|&s| s <= 0.0) {
+            return Err(Error::format(path, format!("PixelSpacing {spacing:?} is not positive")));
+        }
+        let opt = |tag, default: f64| -> Result<f64> {
+            match find(obj, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tag) {
+                None => Ok(default),
+                Some(e) => e
+                    .to_float64()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| Error::format(path, "RescaleSlope or RescaleIntercept is not a number")),
+            }
+        };
+        out.push(Slice {
+            path: path.to_path_buf(),
+            frame,
+            rows,
+            cols,
+            iop: [iop[0], iop[1], iop[2], iop[3], iop[4], iop[5]],
+            ipp: [ipp[0], ipp[1], ipp[2]],
+            spacing: [spacing[0], spacing[1]],
+            slope: opt(tags::RESCALE_SLOPE, 1.0)?,
+            inter: opt(tags::RESCALE_INTERCEPT, 0.0)?,
+            signed,
+            bits,
+        });
+    }
+    Ok(out)
 }
 
 fn ts_name(uid: &str) -> String {

@@ -262,26 +262,33 @@ impl Volume {
     }
 }
 
+/// The other half of an Analyze-style pair: for a name ending in one of
+/// `from`, the first existing file of the same stem ending in one of `to`
+/// (else the stem, for the message); `None` for any other name.
+fn partner(path: &Path, from: [&str; 2], to: [&str; 2]) -> Option<std::result::Result<PathBuf, String>> {
+    let name = path.to_string_lossy().to_string();
+    let lower = name.to_ascii_lowercase();
+    let ext = from.iter().find(|e| lower.ends_with(*e))?;
+    let stem = &name[..name.len() - ext.len()];
+    Some(
+        to.iter()
+            .map(|t| PathBuf::from(format!("{stem}{t}")))
+            .find(|p| p.exists())
+            .ok_or_else(|| stem.to_string()),
+    )
+}
+
 /// The header of a volume: the file itself, or the `.hdr` beside an `.img`
 /// (either half of an Analyze-style pair opens the pair, as in nibabel).
 fn header_file(path: &Path) -> Result<PathBuf> {
-    let name = path.to_string_lossy().to_string();
-    let lower = name.to_ascii_lowercase();
-    for ext in [".img.gz", ".img"] {
-        if lower.ends_with(ext) {
-            let stem = &name[..name.len() - ext.len()];
-            for hdr in [format!("{stem}.hdr"), format!("{stem}.hdr.gz")] {
-                if Path::new(&hdr).exists() {
-                    return Ok(PathBuf::from(hdr));
-                }
-            }
-            return Err(Error::format(
-                path,
-                format!("an .img holds only voxels; its header {stem}.hdr (or .hdr.gz) is not there"),
-            ));
-        }
+    match partner(path, [".img.gz", ".img"], [".hdr", ".hdr.gz"]) {
+        None => Ok(path.to_path_buf()),
+        Some(Ok(hdr)) => Ok(hdr),
+        Some(Err(stem)) => Err(Error::format(
+            path,
+            format!("an .img holds only voxels; its header {stem}.hdr (or .hdr.gz) is not there"),
+        )),
     }
-    Ok(path.to_path_buf())
 }
 
 /// A volume put in (D, H, W) order: shape, spacing (mm), HU, and the
@@ -334,23 +341,14 @@ pub(super) fn orient(
 
 /// Where the voxel bytes live: the file itself, or the `.img` beside a `.hdr`.
 fn data_file(path: &Path) -> Result<(PathBuf, bool)> {
-    let name = path.to_string_lossy().to_string();
-    let lower = name.to_ascii_lowercase();
-    for ext in [".hdr.gz", ".hdr"] {
-        if lower.ends_with(ext) {
-            let stem = &name[..name.len() - ext.len()];
-            for img in [format!("{stem}.img"), format!("{stem}.img.gz")] {
-                if Path::new(&img).exists() {
-                    return Ok((PathBuf::from(img), true));
-                }
-            }
-            return Err(Error::format(
-                path,
-                format!("no {stem}.img (or .img.gz) beside this header"),
-            ));
-        }
+    match partner(path, [".hdr.gz", ".hdr"], [".img", ".img.gz"]) {
+        None => Ok((path.to_path_buf(), false)),
+        Some(Ok(img)) => Ok((img, true)),
+        Some(Err(stem)) => Err(Error::format(
+            path,
+            format!("no {stem}.img (or .img.gz) beside this header"),
+        )),
     }
-    Ok((path.to_path_buf(), false))
 }
 
 /// Reads `nbytes` of voxel data starting at `offset`, through gzip when the
