@@ -127,7 +127,16 @@ fn what_is_not_a_state_dict_is_named() {
     let o = convert(&fixture("bad_global.pt"), &dir.join("x.safetensors"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("encoder.norm.weight (__main__.Thing)"), "{err}");
+    assert!(
+        err.contains("model_state_dict.encoder.norm.weight (__main__.Thing)"),
+        "{err}"
+    );
+    assert!(err.contains("nothing in it was run"), "{err}");
+    // Beside the state dict too: a training script's saved arguments.
+    let o = convert(&fixture("foreign_args.pt"), &dir.join("x.safetensors"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("args (argparse.Namespace)"), "{err}");
     let o = convert(&fixture("bad_layout.pt"), &dir.join("x.safetensors"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());

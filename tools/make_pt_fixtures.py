@@ -16,10 +16,13 @@ writes and the release uses:
   names with nn.DataParallel's `module.` prefix, storages in f16, bf16 and
   f64, and tensors that are views (a transpose, a slice at an offset).
 - bad_global.pt: a state dict holding an object of a class of its own.
+- foreign_args.pt: a training checkpoint with an argparse.Namespace beside
+  the state dict (as training scripts often save their arguments).
 - bad_layout.pt: neither a training checkpoint nor a bare state dict.
 
 Needs torch and safetensors (any torch since 1.13).
 """
+import argparse
 import os
 import sys
 from types import SimpleNamespace
@@ -98,6 +101,8 @@ def main():
     bad["encoder.norm.weight"] = Thing()
     torch.save({"model_state_dict": bad}, os.path.join(out, "bad_global.pt"))
     torch.save({"weights": [1, 2, 3], "epoch": 1}, os.path.join(out, "bad_layout.pt"))
+    torch.save({"model_state_dict": state_dict(a, 4), "args": argparse.Namespace(lr=1e-4, epochs=50)},
+               os.path.join(out, "foreign_args.pt"))
     for f in sorted(os.listdir(out)):
         print(f, os.path.getsize(os.path.join(out, f)))
 

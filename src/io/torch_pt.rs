@@ -2,12 +2,14 @@
 //! module of ours over the `pytorch-reader` crate (docs/DESIGN.md says why
 //! that crate). It parses the pickle and runs nothing: it rebuilds tensors
 //! (views gathered, any storage type), dicts, lists, tuples, numbers and
-//! strings, and leaves any other object opaque. Here the state dict is
-//! found (a training checkpoint's `model_state_dict`, beside optimizer and
-//! scheduler state, or a bare state dict), every entry of it must be a
-//! tensor (anything else is an error naming its Python type), the
-//! `module.` prefix of `nn.DataParallel` is dropped, and float tensors are
-//! widened or narrowed to f32.
+//! strings, and leaves any other object opaque. Here any such other object
+//! anywhere in the file is an error naming its Python type and where it
+//! sits (torch's own classes, dtypes say, excepted), as torch's restricted
+//! loader refuses them; then the state dict is found (a training
+//! checkpoint's `model_state_dict`, beside optimizer and scheduler state,
+//! or a bare state dict), every entry of it must be a tensor, the `module.`
+//! prefix of `nn.DataParallel` is dropped, and float tensors are widened or
+//! narrowed to f32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,6 +47,20 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     }
     let mut notes = Vec::new();
     let root = PytorchReader::read_pickle_data(path, None).map_err(|e| err(path, e))?;
+    let mut foreign = Vec::new();
+    foreign_objects(&root, "", &mut foreign);
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Err(Error::format(
+            path,
+            format!(
+                "holds objects that are not tensors, dicts, lists, tuples, numbers or strings: {}; nothing in it \
+                 was run. Save the state dict alone (torch.save(model.state_dict(), …)), or, if you trust the \
+                 file, convert it with tools/convert_checkpoint.py --trust-pickle",
+                foreign.join(", ")
+            ),
+        ));
+    }
     let key = match &root {
         PickleValue::Dict(d) if d.contains_key("model_state_dict") => {
             let mut others: Vec<&String> = d.keys().filter(|k| *k != "model_state_dict").collect();
@@ -166,6 +182,29 @@ fn dtype_name(d: PtDType) -> &'static str {
         PtDType::F16 => "f16",
         PtDType::BF16 => "bf16",
         _ => "other",
+    }
+}
+
+/// Every value in `v` that is neither plain data nor torch's own (a
+/// tensor, a storage, a dtype), as `place (type)`.
+fn foreign_objects(v: &PickleValue, at: &str, out: &mut Vec<String>) {
+    let place = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        PickleValue::Dict(d) => d.iter().for_each(|(k, v)| foreign_objects(v, &place(k), out)),
+        PickleValue::List(l) => l
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| foreign_objects(v, &format!("{at}[{i}]"), out)),
+        PickleValue::Unsupported(t) if !t.starts_with("torch.") => {
+            out.push(format!("{} ({t})", if at.is_empty() { "the file itself" } else { at }))
+        }
+        _ => {}
     }
 }
 
