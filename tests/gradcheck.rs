@@ -267,3 +267,37 @@ fn full_mha_in_pytorch_layout() {
         );
     }
 }
+
+#[test]
+fn conv3d_three_cubed_padded_and_one_cubed() {
+    // Odd, unequal sides; 3³ with padding 1 (same size) and without (it
+    // shrinks), and 1³ with a bias.
+    let (d, h, w) = (3, rand_size(2, 5, 40), 4);
+    for (k, pad, bias) in [(3, 1, false), (3, 0, false), (1, 0, true), (3, 1, true)] {
+        let x = t(&[2, 3, d, h, w], 50 + k as u64);
+        let wt = t(&[2, 3, k, k, k], 51 + pad as u64);
+        if bias {
+            gradcheck("conv3d+b", &[x, wt, t(&[2], 52)], |tp, v| {
+                tp.conv3d(&v[0], &v[1], Some(&v[2]), pad)
+            });
+        } else {
+            gradcheck("conv3d", &[x, wt], |tp, v| tp.conv3d(&v[0], &v[1], None, pad));
+        }
+    }
+}
+
+#[test]
+fn batch_norm3d_in_training_and_evaluation_and_relu() {
+    use nemesis::ops::BatchStats;
+    let x = t(&[2, 3, 2, rand_size(2, 4, 41), 3], 70);
+    let running = BatchStats::Running {
+        mean: vec![0.1, -0.2, 0.3],
+        var: vec![0.5, 1.5, 0.25],
+    };
+    for stats in [BatchStats::Batch, running] {
+        gradcheck("batch_norm3d", &[x.clone(), t(&[3], 71), t(&[3], 72)], |tp, v| {
+            Ok(tp.batch_norm3d(&v[0], &v[1], &v[2], &stats, 1e-5)?.0)
+        });
+    }
+    gradcheck("relu", &[t(&[3, 5, 2], 73)], |tp, v| tp.relu(&v[0]));
+}

@@ -340,3 +340,98 @@ fn large_linear_uses_blocks_and_agrees_with_f64() {
         .unwrap();
     assert!(rel_err(&got, &naive) < 1e-5);
 }
+
+/// conv3d against the definition, summed element by element: PyTorch's
+/// Conv3d (cross-correlation) with zero padding, stride 1.
+#[test]
+fn conv3d_is_the_textbook_sum() {
+    let (b, ci, co, [d, h, w], k, pad) = (2, 2, 3, [4, 3, 5], 3, 1);
+    let x = common::rand_values(b * ci * d * h * w, 61);
+    let wt = common::rand_values(co * ci * k * k * k, 62);
+    let bias = [0.5, -0.25, 0.125];
+    let tape = Tape::inference();
+    let y = tape
+        .conv3d(
+            &tape.input(Tensor::from_vec(x.clone(), vec![b, ci, d, h, w]).unwrap(), false),
+            &tape.input(Tensor::from_vec(wt.clone(), vec![co, ci, k, k, k]).unwrap(), false),
+            Some(&tape.input(Tensor::from_vec(bias.to_vec(), vec![co]).unwrap(), false)),
+            pad,
+        )
+        .unwrap();
+    let got = y.value().to_f64_vec().unwrap();
+    let at = |v: &[f64], idx: [usize; 5], dims: [usize; 5]| {
+        v[(((idx[0] * dims[1] + idx[1]) * dims[2] + idx[2]) * dims[3] + idx[3]) * dims[4] + idx[4]]
+    };
+    let mut n = 0;
+    for bi in 0..b {
+        for (o, &bias_o) in bias.iter().enumerate() {
+            for z in 0..d {
+                for yy in 0..h {
+                    for xx in 0..w {
+                        let mut s = bias_o;
+                        for c in 0..ci {
+                            for a in 0..k {
+                                for bb in 0..k {
+                                    for cc in 0..k {
+                                        let (iz, iy, ix) = (z + a, yy + bb, xx + cc);
+                                        if iz < pad
+                                            || iy < pad
+                                            || ix < pad
+                                            || iz - pad >= d
+                                            || iy - pad >= h
+                                            || ix - pad >= w
+                                        {
+                                            continue;
+                                        }
+                                        s += at(&wt, [o, c, a, bb, cc], [co, ci, k, k, k])
+                                            * at(&x, [bi, c, iz - pad, iy - pad, ix - pad], [b, ci, d, h, w]);
+                                    }
+                                }
+                            }
+                        }
+                        assert!((got[n] - s).abs() < 1e-12, "voxel {n}: {} vs {s}", got[n]);
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(n, got.len());
+}
+
+/// BatchNorm3d in training normalises each channel by the batch's mean and
+/// biased variance and reports the unbiased one for the running update (as
+/// PyTorch's); in evaluation it uses the running statistics given.
+#[test]
+fn batch_norm3d_statistics_are_pytorchs() {
+    use nemesis::ops::BatchStats;
+    let tape = Tape::inference();
+    // Two channels of four values each (B 2, 1×1×2 voxels).
+    let x = Tensor::from_vec(vec![1.0f64, 2.0, 10.0, 20.0, 3.0, 4.0, 30.0, 40.0], vec![2, 2, 1, 1, 2]).unwrap();
+    let (g, b) = (
+        Tensor::from_vec(vec![2.0f64, 1.0], vec![2]).unwrap(),
+        Tensor::from_vec(vec![0.5f64, -1.0], vec![2]).unwrap(),
+    );
+    let (xv, gv, bv) = (tape.input(x, false), tape.input(g, false), tape.input(b, false));
+    let (y, m) = tape.batch_norm3d(&xv, &gv, &bv, &BatchStats::Batch, 0.0).unwrap();
+    let m = m.unwrap();
+    assert_eq!(m.mean, vec![2.5, 25.0]);
+    // Channel 0 holds 1, 2, 3, 4: biased variance 1.25, unbiased 5/3.
+    assert!((m.var_unbiased[0] - 5.0 / 3.0).abs() < 1e-12);
+    let y = y.value().to_f64_vec().unwrap();
+    assert!(
+        (y[0] - (0.5 + 2.0 * (1.0 - 2.5) / 1.25f64.sqrt())).abs() < 1e-12,
+        "{y:?}"
+    );
+    let running = BatchStats::Running {
+        mean: vec![0.0, 10.0],
+        var: vec![4.0, 100.0],
+    };
+    let (y, m) = tape.batch_norm3d(&xv, &gv, &bv, &running, 0.0).unwrap();
+    assert!(m.is_none());
+    let y = y.value().to_f64_vec().unwrap();
+    assert!(
+        (y[0] - (0.5 + 2.0 * 1.0 / 2.0)).abs() < 1e-12 && (y[2] - (-1.0 + 0.0)).abs() < 1e-12,
+        "{y:?}"
+    );
+}

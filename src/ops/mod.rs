@@ -5,6 +5,8 @@
 mod activation;
 mod arith;
 mod attention;
+mod batch_norm;
+mod conv;
 mod dropout;
 mod gate;
 mod index;
@@ -14,6 +16,7 @@ mod loss;
 mod reduce;
 
 pub use attention::{AttentionOptions, AttnDropout, MhaParams};
+pub use batch_norm::{BatchMoments, BatchStats};
 pub use loss::{psnr, psnr_from_sse, sum_sq_err};
 
 use crate::autograd::{Backward, Var};
