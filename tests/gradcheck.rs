@@ -301,3 +301,20 @@ fn batch_norm3d_in_training_and_evaluation_and_relu() {
     }
     gradcheck("relu", &[t(&[3, 5, 2], 73)], |tp, v| tp.relu(&v[0]));
 }
+
+#[test]
+fn resize3d_up_and_to_any_size() {
+    let x = t(&[1, 2, 2, 3, rand_size(2, 4, 42)], 80);
+    for size in [[4, 6, 6], [3, 5, 2], [1, 1, 1]] {
+        gradcheck("resize3d", std::slice::from_ref(&x), |tp, v| tp.resize3d(&v[0], size));
+    }
+}
+
+#[test]
+fn dice_ce() {
+    let (b, c, d, h, w) = (2, 3, 2, 3, 2);
+    let labels: Vec<u32> = (0..b * d * h * w).map(|k| (k * 7 % 5 % 3) as u32).collect();
+    gradcheck("dice_ce", &[t(&[b, c, d, h, w], 81)], |tp, v| {
+        tp.dice_ce(&v[0], &labels)
+    });
+}

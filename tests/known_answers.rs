@@ -435,3 +435,34 @@ fn batch_norm3d_statistics_are_pytorchs() {
         "{y:?}"
     );
 }
+
+/// Trilinear ×2 with align_corners false, as PyTorch computes it: along
+/// W, [a, b] becomes [a, ¾a + ¼b, ¼a + ¾b, b]; a side of 1 repeats.
+#[test]
+fn resize3d_is_pytorchs_trilinear() {
+    let tape = Tape::inference();
+    let x = tape.input(Tensor::from_vec(vec![2.0f64, 6.0], vec![1, 1, 1, 1, 2]).unwrap(), false);
+    let y = tape.resize3d(&x, [2, 1, 4]).unwrap().value().to_f64_vec().unwrap();
+    assert_eq!(y, vec![2.0, 3.0, 5.0, 6.0, 2.0, 3.0, 5.0, 6.0]);
+}
+
+/// Dice + CE of logits that put all mass on the right class is the CE of
+/// those logits alone (the Dice term ~0); of uniform logits, ln C plus the
+/// Dice loss of a prediction spread evenly.
+#[test]
+fn dice_ce_limits() {
+    let tape = Tape::inference();
+    // One item, 2 classes, 4 voxels: labels 0, 1, 1, 0.
+    let labels = [0u32, 1, 1, 0];
+    let confident: Vec<f64> = vec![30.0, -30.0, -30.0, 30.0, -30.0, 30.0, 30.0, -30.0];
+    let z = tape.input(Tensor::from_vec(confident, vec![1, 2, 1, 1, 4]).unwrap(), false);
+    let l = tape.dice_ce(&z, &labels).unwrap().value().to_f64_vec().unwrap()[0];
+    assert!(l.abs() < 1e-6, "{l}");
+    let z = tape.input(Tensor::from_vec(vec![0.0f64; 8], vec![1, 2, 1, 1, 4]).unwrap(), false);
+    let l = tape.dice_ce(&z, &labels).unwrap().value().to_f64_vec().unwrap()[0];
+    // Class 1: intersection 1, predicted 2, truth 2: Dice loss 1 − (2 + ε)/(4 + ε).
+    let want = 2f64.ln() + 1.0 - (2.0 + 1e-5) / (4.0 + 1e-5);
+    assert!((l - want).abs() < 1e-12, "{l} vs {want}");
+    let e = tape.dice_ce(&z, &[0, 1, 2, 0]).unwrap_err().to_string();
+    assert!(e.contains("class 2 for a model of 2 classes"), "{e}");
+}

@@ -14,6 +14,8 @@ mod layer_norm;
 mod linear;
 mod loss;
 mod reduce;
+mod resize;
+mod seg_loss;
 
 pub use attention::{AttentionOptions, AttnDropout, MhaParams};
 pub use batch_norm::{BatchMoments, BatchStats};
