@@ -9,15 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::bin;
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{bin, output_text};
 
 #[test]
 fn gpu_ranks_without_a_gpu_end_with_the_reason() {
@@ -31,7 +23,7 @@ fn gpu_ranks_without_a_gpu_end_with_the_reason() {
         .env("CUDA_VISIBLE_DEVICES", "")
         .output()
         .unwrap();
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("starting 2 GPU ranks"), "{t}");
     // Both ranks say why, and neither waited for the other until the timeout.
@@ -58,7 +50,7 @@ fn bf16_allreduce_alone_is_refused() {
         .arg(out.join("run"))
         .output()
         .unwrap();
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("--bf16-allreduce") && t.contains("several ranks"), "{t}");
     assert!(!out.join("run").exists());
@@ -82,7 +74,7 @@ fn cpu_and_emulator_ranks_from_torchrun_are_told_to_use_mpirun() {
             ])
             .output()
             .unwrap();
-        let t = text(&o);
+        let t = output_text(&o);
         assert!(!o.status.success(), "{t}");
         assert!(t.contains("rank 0 of 2") && t.contains("torchrun"), "{t}");
         assert!(t.contains("start them with mpirun"), "{t}");

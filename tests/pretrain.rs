@@ -495,22 +495,28 @@ fn one_scan_in_a_dataset_folder_trains() {
         .unwrap();
     ok(&o);
     assert!(data.join("dataset.json").is_file() && !data.join("one.nii.gz").exists());
+    // One step of the tiny preset on the folder, into `out`, with `extra`.
+    let pretrain_on = |out: &Path, extra: &[&str]| {
+        let o = Command::new(bin())
+            .args([
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--batch", "2", "--val-superpatches", "2"])
+            .args(extra)
+            .env("NEMESIS_DATA", d.join("home"))
+            .output()
+            .unwrap();
+        ok(&o);
+        o
+    };
     let run = d.join("run");
-    let o = Command::new(bin())
-        .args([
-            "pretrain",
-            "--preset",
-            "tiny",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .args(["--batch", "2", "--steps", "2", "--val-superpatches", "2"])
-        .env("NEMESIS_DATA", d.join("home"))
-        .output()
-        .unwrap();
-    ok(&o);
+    let o = pretrain_on(&run, &["--steps", "2"]);
     let text = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(text.contains("warning: one usable volume"), "{text}");
     assert!(
@@ -522,31 +528,7 @@ fn one_scan_in_a_dataset_folder_trains() {
     let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["crops_per_volume"], 2);
     // Asked for, more crops need no saying.
-    let run2 = d.join("run2");
-    let o = Command::new(bin())
-        .args([
-            "pretrain",
-            "--preset",
-            "tiny",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run2.to_str().unwrap(),
-        ])
-        .args([
-            "--batch",
-            "2",
-            "--steps",
-            "1",
-            "--val-superpatches",
-            "2",
-            "--crops-per-volume",
-            "3",
-        ])
-        .env("NEMESIS_DATA", d.join("home"))
-        .output()
-        .unwrap();
-    ok(&o);
+    let o = pretrain_on(&d.join("run2"), &["--steps", "1", "--crops-per-volume", "3"]);
     let text = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!text.contains("make no full batch"), "{text}");
     std::fs::remove_dir_all(&d).ok();

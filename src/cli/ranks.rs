@@ -18,13 +18,15 @@ use crate::device::{Device, Peers, SharedDevice};
 use crate::dist::{rendezvous, Collective, DeviceCollective, Launcher, World};
 use crate::error::{Error, Result};
 
+type SharedCollective = Arc<dyn Collective>;
+
 /// This process among the ranks of a run: the collective that joins them
 /// (none for one process) and whether it is rank 0, the one that writes.
 pub struct Ranks {
     pub col: Option<Arc<dyn Collective>>,
     pub writer: bool,
     /// MPI, kept initialised for the run when it only carried NCCL's id.
-    _mpi: Option<Arc<MpiWorld>>,
+    _mpi: Option<SharedCollective>,
 }
 
 impl Ranks {
@@ -68,16 +70,20 @@ impl Ranks {
                  ranks join over MPI: start them with mpirun (or --nproc-per-node with --device cpu or emu)",
             ));
         }
-        let m = mpi_world(world)?;
         #[cfg(feature = "mpi")]
-        if let Some(dev) = device {
-            dev.join(Peers::Host(m.clone()))?;
+        {
+            let m = mpi_world(world)?;
+            if let Some(dev) = device {
+                dev.join(Peers::Host(m.clone()))?;
+            }
+            Ok(Ranks {
+                col: Some(m),
+                writer,
+                _mpi: None,
+            })
         }
-        Ok(Ranks {
-            col: Some(m as Arc<dyn Collective>),
-            writer,
-            _mpi: None,
-        })
+        #[cfg(not(feature = "mpi"))]
+        Err(without_mpi(world))
     }
 
     /// Every rank learns whether any failed: a rank that failed returns its
@@ -108,37 +114,6 @@ impl Ranks {
     }
 }
 
-#[cfg(feature = "mpi")]
-type MpiWorld = crate::dist::Mpi;
-#[cfg(not(feature = "mpi"))]
-type MpiWorld = NoMpi;
-
-/// A build without MPI has no MPI world to join.
-#[cfg(not(feature = "mpi"))]
-pub enum NoMpi {}
-
-#[cfg(not(feature = "mpi"))]
-impl Collective for NoMpi {
-    fn rank(&self) -> usize {
-        match *self {}
-    }
-    fn size(&self) -> usize {
-        match *self {}
-    }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
-        match *self {}
-    }
-    fn all_reduce_max(&self, _: u64) -> Result<u64> {
-        match *self {}
-    }
-    fn barrier(&self) -> Result<()> {
-        match *self {}
-    }
-}
-
 #[cfg(not(feature = "mpi"))]
 fn without_mpi(world: &World) -> Error {
     Error::invalid(
@@ -152,31 +127,27 @@ fn without_mpi(world: &World) -> Error {
 }
 
 /// MPI's world, checked against the launcher's variables.
-fn mpi_world(world: &World) -> Result<Arc<MpiWorld>> {
-    #[cfg(feature = "mpi")]
-    {
-        let m = crate::dist::Mpi::init()?;
-        if m.size() != world.size || m.rank() != world.rank {
-            return Err(Error::invalid(
-                "pretrain",
-                format!(
-                    "MPI says rank {} of {}, the launcher's variables {}",
-                    m.rank(),
-                    m.size(),
-                    world.describe()
-                ),
-            ));
-        }
-        Ok(Arc::new(m))
+#[cfg(feature = "mpi")]
+fn mpi_world(world: &World) -> Result<Arc<crate::dist::Mpi>> {
+    let m = crate::dist::Mpi::init()?;
+    if m.size() != world.size || m.rank() != world.rank {
+        return Err(Error::invalid(
+            "pretrain",
+            format!(
+                "MPI says rank {} of {}, the launcher's variables {}",
+                m.rank(),
+                m.size(),
+                world.describe()
+            ),
+        ));
     }
-    #[cfg(not(feature = "mpi"))]
-    Err(without_mpi(world))
+    Ok(Arc::new(m))
 }
 
 /// The NCCL unique id of this run: rank 0 makes it; it reaches the others
 /// over MPI when an MPI launcher started them and this build has MPI, else
 /// over the TCP rendezvous at MASTER_ADDR:MASTER_PORT.
-fn nccl_id(world: &World, timeout: Duration) -> Result<([u8; 128], Option<Arc<MpiWorld>>)> {
+fn nccl_id(world: &World, timeout: Duration) -> Result<([u8; 128], Option<SharedCollective>)> {
     // Every rank loads NCCL first, so a machine without it says so at once
     // rather than leaving the others waiting at the rendezvous.
     let which = nccl::describe()?;
@@ -204,7 +175,7 @@ fn nccl_id(world: &World, timeout: Duration) -> Result<([u8; 128], Option<Arc<Mp
                 let m = mpi_world(world)?;
                 let mut id = mine;
                 m.broadcast(&mut id, 0)?;
-                Ok((id, Some(m)))
+                Ok((id, Some(m as SharedCollective)))
             }
             #[cfg(not(feature = "mpi"))]
             Err(Error::invalid(

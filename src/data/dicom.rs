@@ -339,9 +339,10 @@ pub fn read_series(dir: &Path, series: Option<&str>) -> Result<(Volume, SeriesIn
         affine[a][3] = sign * origin[a];
     }
     let (shape, spacing, hu, axes) = orient(dir, &values, [x, y, z], &affine, None, "DICOM")?;
+    let description = described.get(&uid).cloned().unwrap_or_default();
     let info = SeriesInfo {
         uid,
-        description: described.get(&members_uid(&members)).cloned().unwrap_or_default(),
+        description,
         transfer_syntax,
         slices: z,
         slice_spacing,
@@ -374,13 +375,6 @@ pub fn read_series(dir: &Path, series: Option<&str>) -> Result<(Volume, SeriesIn
         },
     };
     Ok((volume, info))
-}
-
-fn members_uid(members: &[(PathBuf, DefaultDicomObject)]) -> String {
-    members
-        .first()
-        .and_then(|(_, o)| text(o, tags::SERIES_INSTANCE_UID))
-        .unwrap_or_default()
 }
 
 /// The slices of one file: itself, or each frame of a multi-frame

@@ -94,8 +94,8 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
         }
     };
     // Every entry of the state dict is a tensor; anything else is named.
-    if let Some(k) = key {
-        match PytorchReader::read_pickle_data(path, Some(k)).map_err(|e| err(path, e))? {
+    if let (Some(k), PickleValue::Dict(top)) = (key, &root) {
+        match &top[k] {
             PickleValue::Dict(d) => {
                 let mut bad: Vec<String> = d
                     .iter()
@@ -110,7 +110,7 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
                     ));
                 }
             }
-            other => return Err(Error::format(path, format!("{k} is a {}, not a dict", kind(&other)))),
+            other => return Err(Error::format(path, format!("{k} is a {}, not a dict", kind(other)))),
         }
     }
     let reader = match key {

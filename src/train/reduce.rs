@@ -26,8 +26,8 @@ pub fn bucket_bytes() -> Result<usize> {
     }
 }
 
-/// Sums every parameter's gradient over the ranks of a run on the host
-/// (CPU ranks): one collective call for all of them; a parameter without a
+/// Sums every parameter's gradient over the ranks of a run whose weights
+/// are on the host (CPU ranks): one collective call for all of them; a parameter without a
 /// gradient on this rank counts as zeros, so every rank sends the same
 /// values. Device ranks sum theirs during the backward pass (`GradBuckets`).
 /// With `bf16`, each rank's values are rounded to bf16 and so is the sum,
@@ -51,15 +51,9 @@ pub fn all_reduce_grads(store: &mut ParamStore, c: &dyn Collective, bf16: bool) 
     if bf16 {
         round(&mut flat);
     }
-    let device = store.shared_device();
     let mut at = 0;
     for (id, dims, n) in shapes {
-        let g = Tensor::from_vec(flat[at..at + n].to_vec(), dims)?;
-        let g = match &device {
-            Some(d) => g.to_device(d)?,
-            None => g,
-        };
-        store.set_grad(id, g)?;
+        store.set_grad(id, Tensor::from_vec(flat[at..at + n].to_vec(), dims)?)?;
         at += n;
     }
     if at != flat.len() {

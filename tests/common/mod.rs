@@ -117,14 +117,19 @@ pub fn fresh_dir(prefix: &str, name: &str) -> std::path::PathBuf {
     d
 }
 
-/// A command that succeeded: its stdout and stderr, one after the other.
-#[track_caller]
-pub fn succeeded(o: &std::process::Output) -> String {
-    let text = format!(
+/// A command's stdout and stderr, one after the other.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
+    )
+}
+
+/// A command that succeeded: its stdout and stderr, one after the other.
+#[track_caller]
+pub fn succeeded(o: &std::process::Output) -> String {
+    let text = output_text(o);
     assert!(o.status.success(), "{text}");
     text
 }
