@@ -21,6 +21,7 @@ pub mod picture;
 pub mod probe;
 pub mod progress;
 pub mod rng;
+pub mod seg;
 pub mod tempname;
 pub mod tensor;
 pub mod train;

@@ -311,6 +311,11 @@ fn resize3d_up_and_to_any_size() {
 }
 
 #[test]
+fn transpose12() {
+    gradcheck("transpose12", &[t(&[2, 3, 4], 82)], |tp, v| tp.transpose12(&v[0]));
+}
+
+#[test]
 fn dice_ce() {
     let (b, c, d, h, w) = (2, 3, 2, 3, 2);
     let labels: Vec<u32> = (0..b * d * h * w).map(|k| (k * 7 % 5 % 3) as u32).collect();

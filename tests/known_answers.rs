@@ -446,6 +446,18 @@ fn resize3d_is_pytorchs_trilinear() {
     assert_eq!(y, vec![2.0, 3.0, 5.0, 6.0, 2.0, 3.0, 5.0, 6.0]);
 }
 
+/// Tokens to channels: `B × M × N → B × N × M`, item by item.
+#[test]
+fn transpose12_swaps_the_last_two_axes() {
+    let tape = Tape::inference();
+    let v: Vec<f64> = (0..12).map(f64::from).collect();
+    let x = tape.input(Tensor::from_vec(v, vec![2, 2, 3]).unwrap(), false);
+    let y = tape.transpose12(&x).unwrap();
+    assert_eq!(y.shape().dims(), [2, 3, 2]);
+    let want = [0.0, 3.0, 1.0, 4.0, 2.0, 5.0, 6.0, 9.0, 7.0, 10.0, 8.0, 11.0];
+    assert_eq!(y.value().to_f64_vec().unwrap(), want);
+}
+
 /// Dice + CE of logits that put all mass on the right class is the CE of
 /// those logits alone (the Dice term ~0); of uniform logits, ln C plus the
 /// Dice loss of a prediction spread evenly.

@@ -321,7 +321,8 @@ impl Nemesis {
     }
 
     /// A stack of blocks and the layer norm `norm` after it, whose output
-    /// `readers` read.
+    /// `readers` read; also the outputs of the blocks listed in `taps` (in
+    /// that order), for the segmentation decoder's skips.
     #[allow(clippy::too_many_arguments)]
     fn blocks(
         &self,
@@ -334,8 +335,10 @@ impl Nemesis {
         heads: usize,
         dropout: Option<&Dropout>,
         readers: Readers,
-    ) -> Result<Var> {
+        taps: &[usize],
+    ) -> Result<(Var, Vec<Var>)> {
         let (mut x, mut f) = (x, None);
+        let mut tapped = vec![None; taps.len()];
         for i in 0..depth {
             let (x2, f2) = self.matb(
                 tape,
@@ -347,13 +350,27 @@ impl Nemesis {
                 heads,
                 dropout,
             )?;
+            if taps.contains(&i) {
+                // A block's output is its residual stream plus its FFN
+                // branch, which the next block's norm1 would otherwise add.
+                let out = tape.add(&x2, &f2)?;
+                for (k, _) in taps.iter().enumerate().filter(|(_, &t)| t == i) {
+                    tapped[k] = Some(out.clone());
+                }
+            }
             (x, f) = (x2, Some(f2));
         }
+        let tapped = tapped
+            .into_iter()
+            .zip(taps)
+            .map(|(t, i)| t.ok_or_else(|| Error::invalid("model", format!("block {i} of {depth} cannot be tapped"))))
+            .collect::<Result<Vec<Var>>>()?;
         let norm = format!("{stack}.norm");
-        match f {
-            Some(f) => Ok(self.add_layer_norm(tape, store, &norm, &x, &f, 1.0, readers)?.1),
-            None => self.layer_norm(tape, store, &norm, &x, readers),
-        }
+        let out = match f {
+            Some(f) => self.add_layer_norm(tape, store, &norm, &x, &f, 1.0, readers)?.1,
+            None => self.layer_norm(tape, store, &norm, &x, readers)?,
+        };
+        Ok((out, tapped))
     }
 
     /// MODEL.md §5.1: visible patch vectors `B × Nv × P` → `H0`, `B × Nv × E`.
@@ -417,7 +434,8 @@ impl Nemesis {
         patches: &Var,
         mask: &DualMask,
         dropout: Option<&Dropout>,
-    ) -> Result<Var> {
+        taps: &[usize],
+    ) -> Result<(Var, Vec<Var>)> {
         let c = &self.config;
         let (b, nv, e) = (mask.batch(), mask.visible(), c.embed_dim);
         let dtype = patches.value().dtype();
@@ -427,7 +445,7 @@ impl Nemesis {
         let x = tape.reshape(&tape.add(&h0, &tape.mul(&pe, &s)?)?, [b * nv, e])?;
         let grid = (b, mask.slices(), mask.per_slice());
         // The latent goes on to the decoder's scatter (and to `encode`).
-        let x = self.blocks(
+        let (x, tapped) = self.blocks(
             tape,
             store,
             "encoder",
@@ -437,8 +455,13 @@ impl Nemesis {
             c.num_heads,
             dropout,
             Readers::Any,
+            taps,
         )?;
-        tape.reshape(&x, [b, nv, e])
+        let tapped = tapped
+            .iter()
+            .map(|t| tape.reshape(t, [b, nv, e]))
+            .collect::<Result<Vec<Var>>>()?;
+        Ok((tape.reshape(&x, [b, nv, e])?, tapped))
     }
 
     /// MODEL.md §6: latent `B × Nv × E` → predicted patches `B × N × P`.
@@ -466,17 +489,20 @@ impl Nemesis {
         let grid = (b, c.grid()[0], c.plane_tokens());
         let heads = c.decoder_num_heads;
         // The decoder's final norm feeds the head's GEMM alone.
-        let x = self.blocks(
-            tape,
-            store,
-            "decoder",
-            c.decoder_depth,
-            x,
-            grid,
-            heads,
-            dropout,
-            Readers::Bf16,
-        )?;
+        let x = self
+            .blocks(
+                tape,
+                store,
+                "decoder",
+                c.decoder_depth,
+                x,
+                grid,
+                heads,
+                dropout,
+                Readers::Bf16,
+                &[],
+            )?
+            .0;
         let x = self.linear(tape, store, "decoder.head", &x)?;
         tape.reshape(&x, [b, n, p])
     }
@@ -552,7 +578,7 @@ impl Nemesis {
             ));
         }
         let dtype = target.dtype();
-        let latent = self.encoder(tape, store, visible, mask, dropout)?;
+        let latent = self.encoder(tape, store, visible, mask, dropout, &[])?.0;
         let pred = self.decoder(tape, store, &latent, mask, dropout)?;
         let target = tape.constant(target);
         // `pred` is the decoder head's output: its gradient feeds that
@@ -572,6 +598,25 @@ impl Nemesis {
         let patches = tape.constant(self.place(store, patchify(&self.config, &x.to_cpu()?)?)?);
         let b = patches.shape().dims()[0];
         let mask = DualMask::full(&self.config, b);
-        self.encoder(tape, store, &patches, &mask, None)
+        Ok(self.encoder(tape, store, &patches, &mask, None, &[])?.0)
+    }
+
+    /// The encoder on whole superpatches (no masking, no noise) for the
+    /// segmentation model (SPEC §14): its final tokens after `encoder.norm`
+    /// and the outputs of blocks `taps`, each `B × N × E` in grid order.
+    /// `dropout` applies in training only.
+    pub fn encode_with_skips(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        x: &Tensor,
+        taps: &[usize],
+        dropout: Option<&Dropout>,
+    ) -> Result<(Var, Vec<Var>)> {
+        self.check_input(store, x, "encode")?;
+        let patches = tape.constant(self.place(store, patchify(&self.config, &x.to_cpu()?)?)?);
+        let b = patches.shape().dims()[0];
+        let mask = DualMask::full(&self.config, b);
+        self.encoder(tape, store, &patches, &mask, dropout, taps)
     }
 }

@@ -189,3 +189,45 @@ impl Tape {
         ))
     }
 }
+
+impl Tape {
+    /// `B × M × N → B × N × M`: tokens (`B × N × E`) to channels over the
+    /// grid (`B × E × N`, then reshaped to `B × E × Dp × Hp × Wp`) for the
+    /// segmentation decoder (SPEC §14), and back. CPU only so far.
+    pub fn transpose12(&self, x: &Var) -> Result<Var> {
+        const OP: &str = "transpose12";
+        let xs = x.shape().clone();
+        if xs.rank() != 3 {
+            return Err(Error::bad_shape(OP, &xs, "the input must be B × M × N"));
+        }
+        if on_device(&[x]) {
+            return Err(Error::invalid(OP, "runs on the CPU only so far"));
+        }
+        let [b, m, n] = [xs.dims()[0], xs.dims()[1], xs.dims()[2]];
+        let swap = move |v: &[f64], m: usize, n: usize| {
+            let mut out = vec![0.0; v.len()];
+            for bi in 0..b {
+                let base = bi * m * n;
+                for i in 0..m {
+                    for j in 0..n {
+                        out[base + j * m + i] = v[base + i * n + j];
+                    }
+                }
+            }
+            out
+        };
+        let dtype = x.value().dtype();
+        let y = Tensor::from_f64_slice(&swap(&x.value().to_f64_vec()?, m, n), [b, n, m], dtype)?;
+        Ok(self.record(
+            y,
+            &[x],
+            backward_fn(OP, move |g, _| {
+                Ok(vec![Some(Tensor::from_f64_slice(
+                    &swap(&g.to_f64_vec()?, n, m),
+                    xs.clone(),
+                    dtype,
+                )?)])
+            }),
+        ))
+    }
+}
