@@ -150,12 +150,13 @@ fn checkpoint_round_trip() {
     let dir = std::env::temp_dir().join(format!("nemesis-seg-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let a = dir.join("a.safetensors");
-    save_seg(&a, &f.config, &store, &stats).unwrap();
-    let (c, s2, st2) = load_seg(&a, DType::F32).unwrap();
+    save_seg(&a, &f.config, &store, &stats, None).unwrap();
+    let ck = load_seg(&a, DType::F32).unwrap();
+    let (c, s2, st2) = (ck.config, ck.store, ck.stats);
     assert_eq!(c, f.config);
     assert_eq!(s2.len(), store.len());
     let b = dir.join("b.safetensors");
-    save_seg(&b, &c, &s2, &st2).unwrap();
+    save_seg(&b, &c, &s2, &st2, None).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -17,6 +17,7 @@ mod pretrain;
 mod probe;
 mod ranks;
 mod reconstruct;
+mod segment;
 mod signals;
 mod synth;
 
@@ -100,6 +101,11 @@ pub enum Command {
         after_help = "Examples:\n  nemesis probe --checkpoint runs/pretrain-1/best.safetensors              # built-in phantoms\n  nemesis probe --checkpoint runs/pretrain-1/best.safetensors --random-init  # the random-encoder baseline\n  nemesis probe --checkpoint paper.safetensors --data dataset.json --label-fraction 0.1"
     )]
     Probe(probe::ProbeArgs),
+    /// Segmentation: fine-tune an encoder with a UNETR-style decoder, predict whole scans, evaluate.
+    #[command(
+        after_help = "Examples:\n  nemesis segment train --checkpoint runs/pretrain-1/best.safetensors        # built-in phantoms and their organ labels\n  nemesis segment train --checkpoint runs/pretrain-1/best.safetensors --random-init   # the baseline\n  nemesis segment predict --model runs/segment-1/best.safetensors --input ct.nii.gz --png overlay.png\n  nemesis segment eval --model runs/segment-1/best.safetensors"
+    )]
+    Segment(segment::SegmentArgs),
     /// Compare every GPU kernel with the CPU reference, on the emulator or a GPU.
     #[command(
         after_help = "Examples:\n  nemesis check                       # every kernel and whole steps on the emulator (about 40 s on 2 cores)\n  nemesis check --device cuda --seed 1\n  nemesis check --steps none          # the kernels only"
@@ -131,6 +137,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Inspect(a) => inspect::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::Segment(a) => return segment::run(a),
         Command::Check(a) => check::run(a),
         Command::CompileKernels(a) => compile_kernels::run(a),
         Command::Bench(a) => bench::run(a),

@@ -2,9 +2,7 @@
 //! tiles (the tiling of `nemesis encode`), and per tile the presence of each
 //! of the eight organs (more than 100 voxels of its label).
 
-use std::path::Path;
-
-use crate::data::{hu_window, read_volume, tile, tile_grid, Entry};
+use crate::data::{hu_window, read_label_map, read_volume, tile, tile_grid, Entry};
 use crate::error::{Error, Result};
 
 /// The eight organs in the paper's order, with their BTCV label values.
@@ -45,22 +43,7 @@ pub fn labelled_tiles(entry: &Entry, size: [usize; 3], allowed: &[u8]) -> Result
     })?;
     let image = read_volume(&entry.image)?;
     image.check_ct_range()?;
-    let label = read_volume(label_path)?;
-    check_same_grid(&entry.image, &image, label_path, &label)?;
-    let mut codes = Vec::with_capacity(label.hu.len());
-    for (i, &v) in label.hu.iter().enumerate() {
-        let code = v.round();
-        if (v - code).abs() > 1e-3 || !(0.0..=255.0).contains(&code) || !allowed.contains(&(code as u8)) {
-            return Err(Error::format(
-                label_path,
-                format!(
-                    "label value {v} at voxel {i} is outside the label table {allowed:?}; \
-                     check that this is a label map of this dataset"
-                ),
-            ));
-        }
-        codes.push(code as u8);
-    }
+    let codes = read_label_map(&entry.image, &image, label_path, allowed)?;
     let values = tile(&image.hu, image.shape, size, 0.0f32, hu_window)?;
     let label_tiles = tile(&codes, image.shape, size, 0u8, |c| c)?;
     let count = tile_grid(image.shape, size).iter().product::<usize>();
@@ -73,43 +56,4 @@ pub fn labelled_tiles(entry: &Entry, size: [usize; 3], allowed: &[u8]) -> Result
         }
     }
     Ok(VolumeTiles { count, values, labels })
-}
-
-fn check_same_grid(
-    image_path: &Path,
-    image: &crate::data::Volume,
-    label_path: &Path,
-    label: &crate::data::Volume,
-) -> Result<()> {
-    if image.shape != label.shape {
-        return Err(Error::format(
-            label_path,
-            format!(
-                "label map of shape {:?} (D, H, W) for image {} of shape {:?}",
-                label.shape,
-                image_path.display(),
-                image.shape
-            ),
-        ));
-    }
-    let same_axes = image.info.axis_order == label.info.axis_order;
-    let close = image
-        .info
-        .affine
-        .iter()
-        .flatten()
-        .zip(label.info.affine.iter().flatten())
-        .all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + a.abs()));
-    if !same_axes || !close {
-        return Err(Error::format(
-            label_path,
-            format!(
-                "label map is oriented differently from image {} (affines {:?} and {:?})",
-                image_path.display(),
-                label.info.affine,
-                image.info.affine
-            ),
-        ));
-    }
-    Ok(())
 }

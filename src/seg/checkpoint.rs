@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
+use super::data::ClassTable;
 use super::model::{batch_norms, decoder_specs, RunningStats, SegConfig};
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
@@ -47,8 +48,24 @@ pub fn load_encoder(path: &Path, dtype: DType) -> Result<(ModelConfig, ParamStor
     Ok((config, store))
 }
 
-/// Writes the model atomically; equal weights give byte-identical files.
-pub fn save_seg(path: &Path, c: &SegConfig, store: &ParamStore, stats: &RunningStats) -> Result<()> {
+/// A segmentation model read back: configuration, parameters, running
+/// statistics, and the label value of each class when the file says.
+pub struct SegCheckpoint {
+    pub config: SegConfig,
+    pub store: ParamStore,
+    pub stats: RunningStats,
+    pub classes: Option<ClassTable>,
+}
+
+/// Writes the model atomically (the class table, when given, in metadata
+/// `classes`); equal weights give byte-identical files.
+pub fn save_seg(
+    path: &Path,
+    c: &SegConfig,
+    store: &ParamStore,
+    stats: &RunningStats,
+    classes: Option<&ClassTable>,
+) -> Result<()> {
     let mut arrays = BTreeMap::new();
     for (name, shape) in expected(c) {
         if let Some(id) = store.id(&name) {
@@ -80,6 +97,16 @@ pub fn save_seg(path: &Path, c: &SegConfig, store: &ParamStore, stats: &RunningS
     }
     let mut meta = HashMap::new();
     meta.insert("config".to_string(), c.to_json());
+    if let Some(t) = classes {
+        if t.len() != c.num_classes {
+            return Err(Error::invalid(
+                "save_seg",
+                format!("{} classes in the table, {} in the model", t.len(), c.num_classes),
+            ));
+        }
+        let json = serde_json::to_string(t).map_err(|e| Error::invalid("save_seg", e.to_string()))?;
+        meta.insert("classes".to_string(), json);
+    }
     TensorFile::write(path, &meta, &arrays)
 }
 
@@ -87,7 +114,7 @@ pub fn save_seg(path: &Path, c: &SegConfig, store: &ParamStore, stats: &RunningS
 /// running statistics. Every tensor must be present as F32 with its exact
 /// shape and finite; PyTorch's `num_batches_tracked` counters are ignored;
 /// anything else is named as unexpected.
-pub fn load_seg(path: &Path, dtype: DType) -> Result<(SegConfig, ParamStore, RunningStats)> {
+pub fn load_seg(path: &Path, dtype: DType) -> Result<SegCheckpoint> {
     let file = TensorFile::read(path)?;
     let json = file.metadata.get("config").ok_or_else(|| {
         Error::format(
@@ -147,5 +174,24 @@ pub fn load_seg(path: &Path, dtype: DType) -> Result<(SegConfig, ParamStore, Run
             store.add(name.clone(), t.to_dtype(dtype)?)?;
         }
     }
-    Ok((c, store, stats))
+    let classes = match file.metadata.get("classes") {
+        None => None,
+        Some(j) => {
+            let t: ClassTable =
+                serde_json::from_str(j).map_err(|e| Error::format(path, format!("its class table: {e}")))?;
+            if t.len() != c.num_classes || t.names.len() != t.len() {
+                return Err(Error::format(
+                    path,
+                    format!("its class table has {} classes, the model {}", t.len(), c.num_classes),
+                ));
+            }
+            Some(t)
+        }
+    };
+    Ok(SegCheckpoint {
+        config: c,
+        store,
+        stats,
+        classes,
+    })
 }
