@@ -97,18 +97,21 @@ fn check(name: &str, dtype: DType, out_tol: f64, grad_tol: f64) {
     cmp("loss", &loss.value().to_f64_vec().unwrap(), "out.loss", out_tol);
     let mut after = before.clone();
     after.update(&moments).unwrap();
+    // Running statistics are kept in f32, as PyTorch's buffers and our
+    // checkpoints hold them.
+    let stat_tol = out_tol.max(1e-7);
     for (p, (mean, var)) in &after.0 {
         cmp(
             &format!("{p} running mean"),
             mean,
             &format!("out.{p}.running_mean"),
-            out_tol,
+            stat_tol,
         );
         cmp(
             &format!("{p} running var"),
             var,
             &format!("out.{p}.running_var"),
-            out_tol,
+            stat_tol,
         );
     }
     tape.backward(&loss, &mut store).unwrap();

@@ -203,7 +203,9 @@ impl RunningStats {
         )
     }
 
-    /// `running = (1 − momentum)·running + momentum·batch`, per layer.
+    /// `running = (1 − momentum)·running + momentum·batch`, per layer,
+    /// kept in f32 as PyTorch's buffers are (and as checkpoints store them,
+    /// so a resumed run continues from exactly these values).
     pub fn update(&mut self, moments: &[(String, BatchMoments)]) -> Result<()> {
         for (prefix, m) in moments {
             let (mean, var) = self
@@ -211,10 +213,10 @@ impl RunningStats {
                 .get_mut(prefix)
                 .ok_or_else(|| Error::invalid("segmentation", format!("no running statistics for `{prefix}`")))?;
             for (r, b) in mean.iter_mut().zip(&m.mean) {
-                *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * b;
+                *r = ((1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * b) as f32 as f64;
             }
             for (r, b) in var.iter_mut().zip(&m.var_unbiased) {
-                *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * b;
+                *r = ((1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * b) as f32 as f64;
             }
         }
         Ok(())
