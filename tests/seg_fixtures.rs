@@ -163,3 +163,33 @@ fn checkpoint_round_trip() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The whole model on the emulator (the CUDA kernels on the CPU) against
+/// the same fixture: training logits, loss and every gradient in f32.
+#[test]
+fn resized_logits_on_the_emulator() {
+    let f = fixture("seg_resize.safetensors");
+    let dev: nemesis::device::SharedDevice = std::sync::Arc::new(nemesis::backend::emu::EmuDevice::new());
+    let model = SegModel::new(f.config.clone()).unwrap();
+    let mut store = f.store(DType::F32).to_device(&dev).unwrap();
+    let x = f.t("input.x", DType::F32);
+    let tape = Tape::new();
+    let train = Mode::Train {
+        dropout: None,
+        freeze_encoder: false,
+    };
+    let (logits, _) = model.forward(&tape, &store, &f.stats("buffer"), &x, train).unwrap();
+    let loss = tape.dice_ce(&logits, &f.labels()).unwrap();
+    let cmp = |what: &str, got: &Tensor, want: &str, tol: f64| {
+        let got = got.to_cpu().unwrap().to_f64_vec().unwrap();
+        let e = rel_err(&got, &f.t(want, DType::F64).to_f64_vec().unwrap());
+        assert!(e <= tol, "emulator {what}: relative error {e:e} > {tol:e}");
+    };
+    cmp("train logits", logits.value(), "out.train_logits", 1e-5);
+    cmp("loss", loss.value(), "out.loss", 1e-5);
+    tape.backward(&loss, &mut store).unwrap();
+    for (_, p) in store.iter() {
+        let g = p.grad.as_ref().unwrap_or_else(|| panic!("no gradient for {}", p.name));
+        cmp(&format!("grad {}", p.name), g, &format!("grad.{}", p.name), 1e-4);
+    }
+}

@@ -13,6 +13,7 @@ mod mma;
 mod norm;
 mod optim;
 mod pointwise;
+mod seg;
 mod step;
 mod tokens;
 
@@ -123,5 +124,6 @@ pub fn run(dev: &SharedDevice, seed: u64) -> Result<Vec<CheckRow>> {
     optim::cases(&mut kit)?;
     input::cases(&mut kit)?;
     mma::cases(&mut kit)?;
+    seg::cases(&mut kit)?;
     Ok(kit.rows)
 }

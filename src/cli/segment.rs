@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use super::device::{select, DeviceArg};
 use super::signals::Signals;
 use crate::data::{is_nifti_path, DatasetIndex, Entry};
 use crate::error::{Error, Result};
@@ -89,6 +90,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "RUN")]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    #[serde(skip, default = "auto")]
+    pub device: DeviceArg,
+}
+
+fn auto() -> DeviceArg {
+    DeviceArg::Auto
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +118,10 @@ pub struct PredictArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +139,10 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
+    /// Where to run: cpu, auto (CUDA when a usable GPU is there, else the
+    /// CPU; says which), cuda, or emu (the CUDA kernels on the CPU, slow).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 }
 
 pub fn run(a: &SegmentArgs) -> Result<u8> {
@@ -403,6 +421,9 @@ fn run_train(a: &TrainArgs) -> Result<u8> {
         }
     };
     let mut run = run;
+    if let Some(dev) = select(a.device, false, 0)? {
+        run.store = run.store.to_device(&dev)?;
+    }
     let window = run.model.config().encoder.superpatch_size;
     let r = &run.state.recipe;
     eprintln!(
@@ -455,8 +476,17 @@ fn run_train(a: &TrainArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The model of `path`, on the device `--device` picks.
+fn predictor(path: &Path, batch: usize, device: DeviceArg) -> Result<Predictor> {
+    let mut ck = load_seg(path, DType::F32)?;
+    if let Some(dev) = select(device, false, 0)? {
+        ck.store = ck.store.to_device(&dev)?;
+    }
+    Predictor::new(ck, batch)
+}
+
 fn run_predict(a: &PredictArgs) -> Result<()> {
-    let p = Predictor::new(load_seg(&a.model, DType::F32)?, a.batch)?;
+    let p = predictor(&a.model, a.batch, a.device)?;
     let table = p.classes();
     let (v, image, classes) = p.predict_scan(&a.input)?;
     let output = a.output.clone().unwrap_or_else(|| {
@@ -498,7 +528,7 @@ fn run_predict(a: &PredictArgs) -> Result<()> {
 }
 
 fn run_eval(a: &EvalArgs) -> Result<()> {
-    let p = Predictor::new(load_seg(&a.model, DType::F32)?, a.batch)?;
+    let p = predictor(&a.model, a.batch, a.device)?;
     let data = read_data(a.data.as_deref())?;
     let entries: Vec<Entry> = match a.split.as_str() {
         "validation" => data.index.validation.clone(),

@@ -193,7 +193,7 @@ impl Tape {
 impl Tape {
     /// `B × M × N → B × N × M`: tokens (`B × N × E`) to channels over the
     /// grid (`B × E × N`, then reshaped to `B × E × Dp × Hp × Wp`) for the
-    /// segmentation decoder (SPEC §14), and back. CPU only so far.
+    /// segmentation decoder (SPEC §14), and back.
     pub fn transpose12(&self, x: &Var) -> Result<Var> {
         const OP: &str = "transpose12";
         let xs = x.shape().clone();
@@ -201,7 +201,11 @@ impl Tape {
             return Err(Error::bad_shape(OP, &xs, "the input must be B × M × N"));
         }
         if on_device(&[x]) {
-            return Err(Error::invalid(OP, "runs on the CPU only so far"));
+            return Ok(self.record(
+                gpu::transpose12(x.value())?,
+                &[x],
+                backward_fn(OP, |g, _| Ok(vec![Some(gpu::transpose12(g)?)])),
+            ));
         }
         let [b, m, n] = [xs.dims()[0], xs.dims()[1], xs.dims()[2]];
         let swap = move |v: &[f64], m: usize, n: usize| {

@@ -1,11 +1,12 @@
-//! The segmentation decoder's normalisation and activation (SPEC §14),
-//! CPU only so far: `batch_norm3d` as PyTorch's BatchNorm3d (statistics of
+//! The segmentation decoder's normalisation and activation (SPEC §14):
+//! `batch_norm3d` as PyTorch's BatchNorm3d (statistics of
 //! the batch in training, running statistics in evaluation; eps and the
 //! momentum of the running update are the caller's, PyTorch's 1e-5 and
 //! 0.1 by default) and `relu`.
 
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -31,7 +32,12 @@ impl Tape {
     /// `max(x, 0)`; its gradient at 0 is 0, as PyTorch's.
     pub fn relu(&self, x: &Var) -> Result<Var> {
         if on_device(&[x]) {
-            return Err(Error::invalid("relu", "runs on the CPU only so far"));
+            let xv = x.value().clone();
+            return Ok(self.record(
+                gpu::relu(x.value())?,
+                &[x],
+                backward_fn("relu", move |g, _| Ok(vec![Some(gpu::relu_backward(g, &xv)?)])),
+            ));
         }
         let v = x.value().to_f64_vec()?;
         let y = Tensor::from_f64_slice(
@@ -81,7 +87,7 @@ impl Tape {
         }
         let dtype = same_dtype(OP, &[x, gamma, beta])?;
         if on_device(&[x, gamma, beta]) {
-            return Err(Error::invalid(OP, "runs on the CPU only so far"));
+            return self.batch_norm3d_device(x, gamma, beta, stats, eps);
         }
         let n = b * vox;
         if n == 0 || (matches!(stats, BatchStats::Batch) && n < 2) {
@@ -178,5 +184,47 @@ impl Tape {
             }),
         );
         Ok((out, moments))
+    }
+
+    fn batch_norm3d_device(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        stats: &BatchStats,
+        eps: f64,
+    ) -> Result<(Var, Option<BatchMoments>)> {
+        const OP: &str = "batch_norm3d";
+        let c = x.shape().dims()[1];
+        let running = match stats {
+            BatchStats::Batch => None,
+            BatchStats::Running { mean, var } => {
+                if mean.len() != c || var.len() != c {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("running statistics of {} channels for {c}", mean.len()),
+                    ));
+                }
+                Some((mean.as_slice(), var.as_slice()))
+            }
+        };
+        let (y, saved, moments) = gpu::batch_norm(x.value(), gamma.value(), beta.value(), running, eps)?;
+        let g = gamma.value().clone();
+        let out = self.record(
+            y,
+            &[x, gamma, beta],
+            backward_fn(OP, move |dy, needs| {
+                let (dx, dg, db) = gpu::batch_norm_backward(dy, &g, &saved)?;
+                Ok(vec![
+                    needs[0].then_some(dx),
+                    needs[1].then_some(dg),
+                    needs[2].then_some(db),
+                ])
+            }),
+        );
+        Ok((
+            out,
+            moments.map(|(mean, var_unbiased)| BatchMoments { mean, var_unbiased }),
+        ))
     }
 }

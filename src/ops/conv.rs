@@ -1,10 +1,11 @@
 //! `conv3d`: PyTorch's Conv3d with stride 1, a cubic kernel and zero
-//! padding, for the segmentation decoder (SPEC §14). CPU only so far: the
-//! device kernels (or cuDNN) come with the rest of issue 22.
+//! padding, for the segmentation decoder (SPEC §14); on a device, im2col,
+//! one GEMM and a layout swap (backend/gpu/seg.rs).
 
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::conv::Conv3d;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{with_dtype, Tensor};
 
@@ -60,7 +61,29 @@ impl Tape {
         }
         let dtype = same_dtype(OP, &inputs)?;
         if on_device(&inputs) {
-            return Err(Error::invalid(OP, "3-D convolution runs on the CPU only so far"));
+            let dims = gpu::ConvDims {
+                batch: conv.batch,
+                cin: conv.cin,
+                cout: conv.cout,
+                dims: conv.dims,
+                k: conv.k,
+                pad: conv.pad,
+            };
+            let y = gpu::conv3d(x.value(), w.value(), b.map(|b| b.value()), &dims)?;
+            let (xv, wv) = (x.value().clone(), w.value().clone());
+            return Ok(self.record(
+                y,
+                &inputs,
+                backward_fn(OP, move |g, needs| {
+                    let want = [needs[0], needs[1], needs.get(2).copied().unwrap_or(false)];
+                    let [dx, dw, db] = gpu::conv3d_backward(g, &xv, &wv, &dims, want)?;
+                    let mut out = vec![dx, dw];
+                    if needs.len() > 2 {
+                        out.push(db);
+                    }
+                    Ok(out)
+                }),
+            ));
         }
         let [od, oh, ow] = conv.out_dims();
         let shape = vec![conv.batch, conv.cout, od, oh, ow];

@@ -1,7 +1,6 @@
 //! `resize3d`: trilinear resizing of `B × C × D × H × W` volumes to a given
 //! size, as PyTorch's `interpolate(mode="trilinear", align_corners=False)`
-//! (the decoder's ×2 upsampling and the skips' resizing, SPEC §14). CPU
-//! only so far.
+//! (the decoder's ×2 upsampling and the skips' resizing, SPEC §14).
 
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
@@ -36,7 +35,14 @@ impl Tape {
             ));
         }
         if on_device(&[x]) {
-            return Err(Error::invalid(OP, "runs on the CPU only so far"));
+            let dims = xs.dims().to_vec();
+            return Ok(self.record(
+                crate::backend::gpu::resize3d(x.value(), size)?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(crate::backend::gpu::resize3d_backward(g, &dims)?)])
+                }),
+            ));
         }
         let d = xs.dims();
         let (planes, inp) = (d[0] * d[1], [d[2], d[3], d[4]]);

@@ -26,7 +26,14 @@ impl Tape {
             ));
         }
         if on_device(&[logits]) {
-            return Err(Error::invalid(OP, "runs on the CPU only so far"));
+            let (loss, saved) = crate::backend::gpu::dice_ce(logits.value(), labels)?;
+            return Ok(self.record(
+                loss,
+                &[logits],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(crate::backend::gpu::dice_ce_backward(g, &saved)?)])
+                }),
+            ));
         }
         let d = s.dims();
         let (b, c, v) = (d[0], d[1], d[2] * d[3] * d[4]);

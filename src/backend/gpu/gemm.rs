@@ -24,7 +24,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, readers: Readers) -> R
 
 /// `op(a)·op(b)` (+ `bias` on every row) into a fresh tensor of `shape`, in
 /// the device's precision.
-fn product(
+pub(super) fn product(
     dev: &SharedDevice,
     g: Gemm,
     a: &Tensor,

@@ -14,6 +14,7 @@ mod loss;
 mod norm;
 mod optim;
 mod pointwise;
+mod seg;
 mod tokens;
 
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub use self::optim::{adamw_multi, clip_norm, clip_values, sum_of_squares_multi,
 pub use self::pointwise::{
     add, column_sums, concat, concat_backward, dropout, gate_mix, gate_mix_backward, gelu, gelu_backward, gelu_dropout,
     gelu_dropout_backward, mul, scale, sigmoid, sigmoid_backward, sum,
+};
+pub use self::seg::{
+    batch_norm, batch_norm_backward, conv3d, conv3d_backward, dice_ce, dice_ce_backward, relu, relu_backward, resize3d,
+    resize3d_backward, transpose12, BnSaved, ConvDims, DiceSaved,
 };
 pub use self::tokens::{gather_rows, gather_rows_backward, scatter_mask_pe, scatter_rows, scatter_rows_backward};
 use super::kernels::{consts, k};
