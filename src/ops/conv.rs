@@ -40,6 +40,12 @@ impl Tape {
             k: wd[2],
             pad,
         };
+        if pad >= conv.k {
+            return Err(Error::invalid(
+                OP,
+                format!("padding {pad} must be below the kernel's side {}", conv.k),
+            ));
+        }
         if conv.dims.iter().any(|&n| n + 2 * pad < conv.k) {
             return Err(Error::bad_shape(
                 OP,

@@ -1,12 +1,21 @@
 //! 3-D convolution on the CPU (the reference for the segmentation decoder,
 //! SPEC §14): stride 1, a cubic kernel of side `k`, zero padding `pad` on
-//! every side, cross-correlation as PyTorch's Conv3d. Each batch item goes
-//! through im2col and one GEMM; the backward pass is the same two GEMMs the
-//! other way round and col2im. Plain rather than fast: the device kernels
-//! are what is fast, and this is what they are checked against.
+//! every side (`pad < k`), cross-correlation as PyTorch's Conv3d.
+//!
+//! The output voxels go in slabs of `SLAB` columns, in parallel: a slab's
+//! im2col (one row per input channel and kernel offset) is small enough to
+//! stay in cache while its GEMM reads it. The weight gradient sums each
+//! slab's `dy · colsᵀ` in slab order (so the result does not depend on the
+//! thread count); the input gradient is the forward convolution of `dy`
+//! with the kernel flipped and its channels swapped, padded `k − 1 − pad`.
 
-use super::gemm::{matmul, MatRef};
+use rayon::prelude::*;
+
+use super::gemm::{gemm, MatRef};
 use super::CpuFloat;
+
+/// Output voxels per slab.
+const SLAB: usize = 1024;
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,45 +48,58 @@ impl Conv3d {
         self.cin * self.k * self.k * self.k
     }
 
-    /// For output voxel `o` and kernel offset `(a, b, c)`, the input voxel
-    /// read, if inside the volume.
-    fn source(&self, o: [usize; 3], off: [usize; 3]) -> Option<usize> {
-        let [d, h, w] = self.dims;
-        let z = (o[0] + off[0]).checked_sub(self.pad).filter(|&z| z < d)?;
-        let y = (o[1] + off[1]).checked_sub(self.pad).filter(|&y| y < h)?;
-        let x = (o[2] + off[2]).checked_sub(self.pad).filter(|&x| x < w)?;
-        Some((z * h + y) * w + x)
-    }
-
-    /// Visits every (im2col row, output voxel, input voxel) of one item.
-    fn each(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let [od, oh, ow] = self.out_dims();
-        let k = self.k;
+    /// The im2col rows of output voxels `c0 .. c0 + w` of one item `x`
+    /// (`cin × D × H × W`), `patch × w`, zero where the kernel reads padding.
+    fn im2col_slab<T: CpuFloat>(&self, x: &[T], c0: usize, w: usize) -> Vec<T> {
+        let [d, h, wd] = self.dims;
+        let [_, oh, ow] = self.out_dims();
+        let (k, pad) = (self.k, self.pad);
+        let mut cols = vec![T::zero(); self.patch() * w];
+        // The slab's columns as runs along an output row: (first column,
+        // output z, output y, first output x, length).
+        let mut runs = Vec::new();
+        let mut j = 0;
+        while j < w {
+            let o = c0 + j;
+            let (z, y, x0) = (o / (oh * ow), (o / ow) % oh, o % ow);
+            let len = (ow - x0).min(w - j);
+            runs.push((j, z, y, x0, len));
+            j += len;
+        }
         for ci in 0..self.cin {
+            let plane = &x[ci * self.voxels()..][..self.voxels()];
             for a in 0..k {
                 for b in 0..k {
                     for c in 0..k {
                         let row = ((ci * k + a) * k + b) * k + c;
-                        for z in 0..od {
-                            for y in 0..oh {
-                                for x in 0..ow {
-                                    if let Some(src) = self.source([z, y, x], [a, b, c]) {
-                                        f(row, (z * oh + y) * ow + x, ci * self.voxels() + src);
-                                    }
-                                }
+                        let out = &mut cols[row * w..][..w];
+                        for &(j, z, y, x0, len) in &runs {
+                            // Input z, y of this run; nothing to copy where they fall in the padding.
+                            let (Some(zz), Some(yy)) = ((z + a).checked_sub(pad), (y + b).checked_sub(pad)) else {
+                                continue;
+                            };
+                            if zz >= d || yy >= h {
+                                continue;
+                            }
+                            // Output x reads input x + c − pad: the part inside 0..wd.
+                            let lo = pad.saturating_sub(c).max(x0);
+                            let hi = (wd + pad).saturating_sub(c).min(x0 + len);
+                            if lo < hi {
+                                let src = &plane[(zz * h + yy) * wd + lo + c - pad..][..hi - lo];
+                                out[j + lo - x0..][..hi - lo].copy_from_slice(src);
                             }
                         }
                     }
                 }
             }
         }
+        cols
     }
 
-    fn im2col<T: CpuFloat>(&self, x: &[T]) -> Vec<T> {
+    /// The column ranges of the slabs.
+    fn slabs(&self) -> Vec<(usize, usize)> {
         let n = self.out_voxels();
-        let mut cols = vec![T::zero(); self.patch() * n];
-        self.each(|row, o, i| cols[row * n + o] = x[i]);
-        cols
+        (0..n).step_by(SLAB).map(|c0| (c0, SLAB.min(n - c0))).collect()
     }
 
     /// `y = w ⊛ x + b`: x is `B × Cin × D × H × W`, w `Cout × Cin × k³`,
@@ -86,14 +108,30 @@ impl Conv3d {
         let (n, p) = (self.out_voxels(), self.patch());
         let mut y = vec![T::zero(); self.batch * self.cout * n];
         for (item, out) in y.chunks_mut(self.cout * n).enumerate() {
-            let cols = self.im2col(&x[item * self.cin * self.voxels()..][..self.cin * self.voxels()]);
-            matmul(
-                T::one(),
-                MatRef::rm(w, self.cout, p),
-                MatRef::rm(&cols, p, n),
-                T::zero(),
-                out,
-            );
+            let xi = &x[item * self.cin * self.voxels()..][..self.cin * self.voxels()];
+            let parts: Vec<Vec<T>> = self
+                .slabs()
+                .par_iter()
+                .map(|&(c0, wd)| {
+                    let cols = self.im2col_slab(xi, c0, wd);
+                    let mut part = vec![T::zero(); self.cout * wd];
+                    gemm(
+                        T::one(),
+                        MatRef::rm(w, self.cout, p),
+                        MatRef::rm(&cols, p, wd),
+                        T::zero(),
+                        &mut part,
+                        wd,
+                        1,
+                    );
+                    part
+                })
+                .collect();
+            for ((c0, wd), part) in self.slabs().into_iter().zip(&parts) {
+                for co in 0..self.cout {
+                    out[co * n + c0..][..wd].copy_from_slice(&part[co * wd..][..wd]);
+                }
+            }
             if let Some(b) = bias {
                 for (co, plane) in out.chunks_mut(n).enumerate() {
                     plane.iter_mut().for_each(|v| *v += b[co]);
@@ -103,38 +141,70 @@ impl Conv3d {
         y
     }
 
+    /// The convolution whose forward pass is this one's input gradient:
+    /// channels swapped, padding `k − 1 − pad`, over the output's size.
+    fn transposed(&self) -> Conv3d {
+        Conv3d {
+            batch: self.batch,
+            cin: self.cout,
+            cout: self.cin,
+            dims: self.out_dims(),
+            k: self.k,
+            pad: self.k - 1 - self.pad,
+        }
+    }
+
+    /// `w` flipped along every kernel axis with its channel axes swapped:
+    /// `w'[ci][co][a][b][c] = w[co][ci][k−1−a][k−1−b][k−1−c]`.
+    fn flipped<T: CpuFloat>(&self, w: &[T]) -> Vec<T> {
+        let k = self.k;
+        let k3 = k * k * k;
+        let mut out = vec![T::zero(); w.len()];
+        for co in 0..self.cout {
+            for ci in 0..self.cin {
+                for off in 0..k3 {
+                    out[(ci * self.cout + co) * k3 + (k3 - 1 - off)] = w[(co * self.cin + ci) * k3 + off];
+                }
+            }
+        }
+        out
+    }
+
     /// The gradients `(dx, dw, db)` from the output's `dy`.
     pub fn backward<T: CpuFloat>(&self, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (n, p, v) = (self.out_voxels(), self.patch(), self.voxels());
-        let mut dx = vec![T::zero(); self.batch * self.cin * v];
         let mut dw = vec![T::zero(); self.cout * p];
         let mut db = vec![T::zero(); self.cout];
         for item in 0..self.batch {
             let g = &dy[item * self.cout * n..][..self.cout * n];
-            let cols = self.im2col(&x[item * self.cin * v..][..self.cin * v]);
-            // dW += dy · colsᵀ
-            matmul(
-                T::one(),
-                MatRef::rm(g, self.cout, n),
-                MatRef::rm(&cols, p, n).t(),
-                T::one(),
-                &mut dw,
-            );
-            // dcols = Wᵀ · dy, then scattered back (col2im).
-            let mut dcols = vec![T::zero(); p * n];
-            matmul(
-                T::one(),
-                MatRef::rm(w, self.cout, p).t(),
-                MatRef::rm(g, self.cout, n),
-                T::zero(),
-                &mut dcols,
-            );
-            let dxi = &mut dx[item * self.cin * v..][..self.cin * v];
-            self.each(|row, o, i| dxi[i] += dcols[row * n + o]);
+            let xi = &x[item * self.cin * v..][..self.cin * v];
+            // dW += Σ_slabs dy[:, slab] · cols(slab)ᵀ, summed in slab order.
+            let parts: Vec<Vec<T>> = self
+                .slabs()
+                .par_iter()
+                .map(|&(c0, wd)| {
+                    let cols = self.im2col_slab(xi, c0, wd);
+                    let mut part = vec![T::zero(); self.cout * p];
+                    gemm(
+                        T::one(),
+                        MatRef::strided(g, c0, self.cout, wd, n),
+                        MatRef::rm(&cols, p, wd).t(),
+                        T::zero(),
+                        &mut part,
+                        p,
+                        1,
+                    );
+                    part
+                })
+                .collect();
+            for part in &parts {
+                dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+            }
             for (co, plane) in g.chunks(n).enumerate() {
                 db[co] += plane.iter().fold(T::zero(), |s, &x| s + x);
             }
         }
+        let dx = self.transposed().forward(dy, &self.flipped(w), None);
         (dx, dw, db)
     }
 }
