@@ -106,7 +106,10 @@ if [ "$WHAT" = speed ] || [ "$WHAT" = all ]; then
     # And keeping f32 values beside every bf16 activation, for what storing
     # bf16 alone buys (time and the device memory peak).
     part ours-paper-bf16-f32kept 90 env NEMESIS_BF16_ACTIVATIONS=0 "$BIN" bench step --preset paper --batch 4 --steps 3 --device cuda --bf16
+    # The segmentation step (SPEC §14) at the paper's shapes, batch 2.
+    part ours-seg-paper-fp32 120 "$BIN" bench seg-step --preset paper --batch 2 --steps 3 --device cuda
     if command -v python3 >/dev/null && python3 -c "import torch" 2>/dev/null; then
+        part torch-seg-paper-eager 120 python3 tools/torch_seg_baseline.py --device cuda --preset paper --batch 2 --steps 3
         part torch-sdpa 90 python3 tools/torch_attention.py --device cuda --dtype bf16 --iters 20
         for mode in eager autocast compile; do
             part "torch-paper-$mode" 240 python3 tools/torch_baseline.py --device cuda --preset paper --batch 4 --steps 5 --mode "$mode"

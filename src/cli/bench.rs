@@ -24,6 +24,8 @@ pub enum BenchWhat {
     Kernels(super::bench_kernels::KernelArgs),
     /// Whole training steps: forward, backward and AdamW at a preset's shapes.
     Step(StepArgs),
+    /// Whole segmentation training steps (encoder + decoder, Dice + CE, AdamW) at a preset's shapes.
+    SegStep(super::bench_seg::SegStepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +79,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Data(d) => data(d),
         BenchWhat::Kernels(k) => super::bench_kernels::run(k),
         BenchWhat::Step(s) => step(s),
+        BenchWhat::SegStep(s) => super::bench_seg::run(s),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_kernels;
+mod bench_seg;
 mod check;
 mod compile_kernels;
 mod convert;
@@ -118,7 +119,7 @@ pub enum Command {
     CompileKernels(compile_kernels::CompileKernelsArgs),
     /// Benchmarks with side-by-side baselines: data loading, kernels, training steps.
     #[command(
-        after_help = "Examples:\n  nemesis bench step --preset small --device cpu\n  nemesis bench step --preset paper --device cuda --bf16\n  nemesis bench data\n  nemesis bench kernels --device cuda --only all"
+        after_help = "Examples:\n  nemesis bench step --preset small --device cpu\n  nemesis bench step --preset paper --device cuda --bf16\n  nemesis bench data\n  nemesis bench kernels --device cuda --only all\n  nemesis bench seg-step --preset small --device cpu    # beside tools/torch_seg_baseline.py"
     )]
     Bench(bench::BenchArgs),
 }
