@@ -373,7 +373,9 @@ fn bad_input_is_refused_clearly() {
 /// `bench seg-step` times whole segmentation steps and names the machine.
 #[test]
 fn bench_seg_step_reports_its_median() {
-    let o = run(&["bench", "seg-step", "--preset", "tiny", "--steps", "1", "--device", "cpu"]);
+    let o = run(&[
+        "bench", "seg-step", "--preset", "tiny", "--steps", "1", "--device", "cpu",
+    ]);
     let text = ok(&o);
     assert!(text.contains("median step") && text.contains("crops/s"), "{text}");
     assert!(text.contains("threads"), "names the CPU: {text}");

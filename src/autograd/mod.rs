@@ -5,6 +5,7 @@
 //! across micro-batches until cleared.
 
 mod params;
+pub mod profile;
 mod tape;
 
 pub use params::{Param, ParamId, ParamStore};

@@ -167,6 +167,15 @@ impl Tape {
 
     /// Wraps an op's output; records `op` when recording and some input is tracked.
     pub fn record(&self, value: Tensor, inputs: &[&Var], op: impl Backward + 'static) -> Var {
+        if super::profile::enabled() {
+            let bytes: usize = inputs.iter().map(|v| v.value.numel()).sum::<usize>() + value.numel();
+            let size = if value.dtype() == crate::tensor::DType::F64 {
+                8
+            } else {
+                4
+            };
+            super::profile::forward(op.name(), (bytes * size) as f64);
+        }
         let tracked = self.is_recording() && inputs.iter().any(|v| v.tracked);
         let out = self.fresh(value, tracked);
         if tracked {
@@ -299,7 +308,11 @@ impl Tape {
         for (i, node) in nodes.into_iter().enumerate().rev() {
             if let Some(g) = grads.remove(&node.output) {
                 let needs: Vec<bool> = node.inputs.iter().map(|&(_, t)| t).collect();
+                let t0 = super::profile::enabled().then(std::time::Instant::now);
                 let input_grads = node.op.backward(&g, &needs)?;
+                if let Some(t0) = t0 {
+                    super::profile::backward(node.op.name(), t0.elapsed().as_secs_f64());
+                }
                 for (&(id, tracked), gi) in node.inputs.iter().zip(input_grads) {
                     let (true, Some(gi)) = (tracked, gi) else {
                         continue;

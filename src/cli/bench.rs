@@ -50,6 +50,10 @@ pub struct StepArgs {
     /// recorded step graph.
     #[arg(long)]
     pub no_graphs: bool,
+    /// On the CPU: a table of where the timed steps' time goes, per op
+    /// kind, forward and backward, with the bytes each moves.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +168,12 @@ fn step(a: &StepArgs) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
         return Err(Error::invalid("bench step", "--batch and --steps must be at least 1"));
     }
+    if a.profile && dev.is_some() {
+        return Err(Error::invalid(
+            "--profile",
+            "times the CPU path (a device runs ops asynchronously); use --device cpu, or `bench kernels` on a device",
+        ));
+    }
     let c = a.model.load()?;
     crate::model::check_fits(
         &c,
@@ -229,6 +239,10 @@ fn step(a: &StepArgs) -> Result<()> {
     // A GPU works on this step while the previous one is read.
     let deferred = read_deferred(dev.as_ref());
     for s in 0..a.steps as u64 + warmup {
+        if a.profile && s == warmup {
+            crate::autograd::profile::start();
+        }
+        crate::autograd::profile::mark();
         let queued = graphs.queue(&spec, &mut store, &mut opt, s, 1e-4, vec![batch.clone()])?;
         if let Some(w) = graphs.warning.take() {
             eprintln!("{w}");
@@ -244,6 +258,7 @@ fn step(a: &StepArgs) -> Result<()> {
     if let Some(p) = pending.take() {
         finish(p, &mut times)?;
     }
+    let profile = crate::autograd::profile::stop();
     // Before the rate measurement below allocates its own matrices.
     let peak = dev.as_ref().map(|d| d.memory().peak);
     times.sort_by(f64::total_cmp);
@@ -278,6 +293,9 @@ fn step(a: &StepArgs) -> Result<()> {
         a.batch as f64 / median,
         flops / median / 1e9
     );
+    if a.profile {
+        print_profile(&profile, times.iter().sum::<f64>(), times.len());
+    }
     if let Some(peak) = peak {
         println!(
             "device memory: peak {:.1} MiB allocated (weights, optimizer state, the steps and any step graph)",
@@ -296,4 +314,55 @@ fn step(a: &StepArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The per-op table of `--profile`: per step, each op kind's forward and
+/// backward time, its share of the step, and the rate its forward calls
+/// moved bytes at; what no op took (the optimizer, the clip, bookkeeping)
+/// last.
+fn print_profile(
+    ops: &std::collections::BTreeMap<&'static str, crate::autograd::profile::OpTime>,
+    total: f64,
+    steps: usize,
+) {
+    let n = steps.max(1) as f64;
+    let mut rows: Vec<_> = ops.iter().collect();
+    rows.sort_by(|a, b| (b.1.forward_s + b.1.backward_s).total_cmp(&(a.1.forward_s + a.1.backward_s)));
+    println!(
+        "\nwhere a step's {:.1} ms go (the mean of {steps} timed steps):",
+        1e3 * total / n
+    );
+    println!(
+        "{:<28} {:>7} {:>11} {:>11} {:>11} {:>7} {:>12}",
+        "op", "calls", "forward ms", "backward ms", "total ms", "share", "fwd GB/s"
+    );
+    let mut covered = 0.0;
+    for (name, t) in rows {
+        let sum = t.forward_s + t.backward_s;
+        covered += sum;
+        println!(
+            "{:<28} {:>7} {:>11.2} {:>11.2} {:>11.2} {:>6.1}% {:>12.2}",
+            name,
+            (t.calls as f64 / n).round(),
+            1e3 * t.forward_s / n,
+            1e3 * t.backward_s / n,
+            1e3 * sum / n,
+            100.0 * sum / total.max(1e-12),
+            if t.forward_s > 0.0 {
+                t.forward_bytes / t.forward_s / 1e9
+            } else {
+                0.0
+            }
+        );
+    }
+    let rest = (total - covered).max(0.0);
+    println!(
+        "{:<28} {:>7} {:>11} {:>11} {:>11.2} {:>6.1}%",
+        "outside ops (AdamW, clip, …)",
+        "",
+        "",
+        "",
+        1e3 * rest / n,
+        100.0 * rest / total.max(1e-12)
+    );
 }

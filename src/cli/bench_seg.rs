@@ -38,7 +38,10 @@ pub struct SegStepArgs {
 
 pub fn run(a: &SegStepArgs) -> Result<()> {
     if a.batch == 0 || a.steps == 0 {
-        return Err(Error::invalid("bench seg-step", "--batch and --steps must be at least 1"));
+        return Err(Error::invalid(
+            "bench seg-step",
+            "--batch and --steps must be at least 1",
+        ));
     }
     let dev = super::device::select(a.device, false, 0)?;
     let enc = a.model.load()?;

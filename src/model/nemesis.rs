@@ -540,6 +540,7 @@ impl Nemesis {
         }
         let input = tape.constant(self.place(store, patchify(&self.config, &noisy.to_cpu()?)?)?);
         let target = self.place(store, patchify(&self.config, &clean.to_cpu()?)?)?;
+        crate::autograd::profile::charge("input (noise, patchify)");
         let b = input.shape().dims()[0];
         if mask.batch() != b || mask.slices() != self.config.grid()[0] {
             return Err(Error::invalid(
