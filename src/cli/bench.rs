@@ -24,6 +24,8 @@ pub enum BenchWhat {
     Kernels(super::bench_kernels::KernelArgs),
     /// Whole training steps: forward, backward and AdamW at a preset's shapes.
     Step(StepArgs),
+    /// The CPU's measured FMA peak and our GEMM's rate at a preset's shapes against it.
+    Gemm(super::bench_gemm::GemmArgs),
     /// Whole segmentation training steps (encoder + decoder, Dice + CE, AdamW) at a preset's shapes.
     SegStep(super::bench_seg::SegStepArgs),
 }
@@ -84,6 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Kernels(k) => super::bench_kernels::run(k),
         BenchWhat::Step(s) => step(s),
         BenchWhat::SegStep(s) => super::bench_seg::run(s),
+        BenchWhat::Gemm(g) => super::bench_gemm::run(g),
     }
 }
 

@@ -97,7 +97,7 @@ pub fn run(a: &SegStepArgs) -> Result<()> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let med = times[times.len() / 2];
-    let isa = instruction_set();
+    let isa = crate::backend::cpu::peak::instruction_set();
     let where_ = match &dev {
         Some(d) => d.name(),
         None => format!("CPU, {} threads, {isa}", rayon::current_num_threads()),
@@ -116,22 +116,4 @@ pub fn run(a: &SegStepArgs) -> Result<()> {
         a.batch as f64 / med
     );
     Ok(())
-}
-
-/// The widest vector instruction set this CPU has, for naming beside a figure.
-fn instruction_set() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return "AVX2";
-        }
-        "x86-64 without AVX2"
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        std::env::consts::ARCH
-    }
 }

@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod index;
 pub mod layer_norm;
 pub mod loss;
+pub mod peak;
 pub mod reduce;
 pub mod softmax;
 

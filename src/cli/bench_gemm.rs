@@ -1,0 +1,135 @@
+//! `nemesis bench gemm`: the CPU's limit and our GEMM against it — the
+//! detected instruction set, the measured f32 FMA peak of every thread,
+//! and the GEMM's rate at a preset's shapes (the attention and FFN
+//! projections at the decoder's token count, forward and the backward's
+//! transposed products) as a fraction of that peak; tools/torch_matmul.py
+//! times torch.matmul at the same shapes.
+
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::backend::cpu::gemm::{matmul, MatRef};
+use crate::backend::cpu::peak::{fma_peak, instruction_set};
+use crate::error::{Error, Result};
+use crate::rng::RngStream;
+
+#[derive(Args, Debug)]
+pub struct GemmArgs {
+    #[command(flatten)]
+    pub model: super::model_source::ModelSource,
+    /// Superpatches whose tokens make the rows.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Timed repetitions of each product (the median is shown).
+    #[arg(long, default_value_t = 7)]
+    pub reps: usize,
+}
+
+/// One product `C (m × n) = op(A) · op(B)` of the step.
+struct Shape {
+    name: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// A is stored `k × m` (its transpose is used).
+    ta: bool,
+    /// B is stored `n × k`.
+    tb: bool,
+}
+
+/// The step's products at `rows` tokens of width `e`, FFN width `f`: each
+/// linear `y = x·Wᵀ` forward, and for the QKV and first FFN projections
+/// the input gradient `dY·W` and the weight gradient `dYᵀ·X`.
+fn shapes(rows: usize, e: usize, f: usize) -> Vec<Shape> {
+    let s = |name: &str, m, k, n, ta, tb| Shape {
+        name: name.to_string(),
+        m,
+        k,
+        n,
+        ta,
+        tb,
+    };
+    vec![
+        s("qkv  x·Wᵀ", rows, e, 3 * e, false, true),
+        s("qkv  dY·W", rows, 3 * e, e, false, false),
+        s("qkv  dYᵀ·X", 3 * e, rows, e, true, false),
+        s("out  x·Wᵀ", rows, e, e, false, true),
+        s("ffn1 x·Wᵀ", rows, e, f, false, true),
+        s("ffn1 dY·W", rows, f, e, false, false),
+        s("ffn1 dYᵀ·X", f, rows, e, true, false),
+        s("ffn2 x·Wᵀ", rows, f, e, false, true),
+    ]
+}
+
+pub fn run(a: &GemmArgs) -> Result<()> {
+    if a.batch == 0 || a.reps == 0 {
+        return Err(Error::invalid("bench gemm", "--batch and --reps must be at least 1"));
+    }
+    let c = a.model.load()?;
+    let rows = a.batch * c.num_tokens();
+    let threads = rayon::current_num_threads();
+    let isa = instruction_set();
+    eprintln!("measuring the FMA peak of {threads} threads ({isa})…");
+    let peak = fma_peak(1.5);
+    println!(
+        "CPU: {isa}, {threads} threads; measured f32 FMA peak {:.1} GFLOP/s",
+        peak / 1e9
+    );
+    println!(
+        "GEMMs of a step at batch {} ({rows} token rows, E {}, FFN {}), f32, median of {} runs:",
+        a.batch, c.embed_dim, c.ffn_dim, a.reps
+    );
+    println!(
+        "{:<12} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}",
+        "product", "m", "k", "n", "ms", "GFLOP/s", "of peak"
+    );
+    for s in shapes(rows, c.embed_dim, c.ffn_dim) {
+        let av = values(s.m * s.k, 1);
+        let bv = values(s.k * s.n, 2);
+        let mut cv = vec![0f32; s.m * s.n];
+        let am = if s.ta {
+            MatRef::rm(&av, s.k, s.m).t()
+        } else {
+            MatRef::rm(&av, s.m, s.k)
+        };
+        let bm = if s.tb {
+            MatRef::rm(&bv, s.n, s.k).t()
+        } else {
+            MatRef::rm(&bv, s.k, s.n)
+        };
+        matmul(1.0, am, bm, 0.0, &mut cv);
+        let mut times: Vec<f64> = (0..a.reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                matmul(1.0, am, bm, 0.0, &mut cv);
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        std::hint::black_box(&cv);
+        times.sort_by(f64::total_cmp);
+        let med = times[times.len() / 2];
+        let rate = 2.0 * (s.m * s.k * s.n) as f64 / med;
+        println!(
+            "{:<12} {:>6} {:>6} {:>6} {:>10.3} {:>10.1} {:>7.1}%",
+            s.name,
+            s.m,
+            s.k,
+            s.n,
+            1e3 * med,
+            rate / 1e9,
+            100.0 * rate / peak
+        );
+    }
+    println!(
+        "PyTorch at the same shapes: python tools/torch_matmul.py --rows {rows} --embed {} --ffn {} --threads {threads}",
+        c.embed_dim, c.ffn_dim
+    );
+    Ok(())
+}
+
+fn values(n: usize, stream: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    RngStream::new(7, stream).fill_uniform(0, &mut v);
+    v
+}
