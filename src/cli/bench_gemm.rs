@@ -80,10 +80,17 @@ pub fn run(a: &GemmArgs) -> Result<()> {
         "GEMMs of a step at batch {} ({rows} token rows, E {}, FFN {}), f32, median of {} runs:",
         a.batch, c.embed_dim, c.ffn_dim, a.reps
     );
+    let other = if cfg!(feature = "gemm-crate") {
+        format!(" {:>14} {:>8}", "gemm crate ms", "of peak")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<12} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}",
+        "{:<12} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}{other}",
         "product", "m", "k", "n", "ms", "GFLOP/s", "of peak"
     );
+    #[cfg(not(feature = "gemm-crate"))]
+    let other = "";
     for s in shapes(rows, c.embed_dim, c.ffn_dim) {
         let av = values(s.m * s.k, 1);
         let bv = values(s.k * s.n, 2);
@@ -98,20 +105,17 @@ pub fn run(a: &GemmArgs) -> Result<()> {
         } else {
             MatRef::rm(&bv, s.k, s.n)
         };
-        matmul(1.0, am, bm, 0.0, &mut cv);
-        let mut times: Vec<f64> = (0..a.reps)
-            .map(|_| {
-                let t0 = Instant::now();
-                matmul(1.0, am, bm, 0.0, &mut cv);
-                t0.elapsed().as_secs_f64()
-            })
-            .collect();
+        let flops = 2.0 * (s.m * s.k * s.n) as f64;
+        let med = median_time(a.reps, || matmul(1.0, am, bm, 0.0, &mut cv));
         std::hint::black_box(&cv);
-        times.sort_by(f64::total_cmp);
-        let med = times[times.len() / 2];
-        let rate = 2.0 * (s.m * s.k * s.n) as f64 / med;
+        let rate = flops / med;
+        #[cfg(feature = "gemm-crate")]
+        let other = {
+            let t = median_time(a.reps, || gemm_crate(&s, &av, &bv, &mut cv, threads));
+            format!(" {:>14.3} {:>7.1}%", 1e3 * t, 100.0 * flops / t / peak)
+        };
         println!(
-            "{:<12} {:>6} {:>6} {:>6} {:>10.3} {:>10.1} {:>7.1}%",
+            "{:<12} {:>6} {:>6} {:>6} {:>10.3} {:>10.1} {:>7.1}%{other}",
             s.name,
             s.m,
             s.k,
@@ -126,6 +130,56 @@ pub fn run(a: &GemmArgs) -> Result<()> {
         c.embed_dim, c.ffn_dim
     );
     Ok(())
+}
+
+/// The median wall time of `reps` calls of `f`, after one untimed call.
+fn median_time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The same product through the `gemm` crate (its own rayon threading).
+#[cfg(feature = "gemm-crate")]
+fn gemm_crate(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
+    let (m, k, n) = (s.m, s.k, s.n);
+    // (column stride, row stride) of op(A) and op(B) as stored.
+    let (a_cs, a_rs) = if s.ta { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if s.tb { (k as isize, 1) } else { (1, n as isize) };
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the strides above address exactly the m·k, k·n and m·n
+    // elements of the three slices (checked just above), and `c` is
+    // borrowed mutably for the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        )
+    }
 }
 
 fn values(n: usize, stream: u64) -> Vec<f32> {
