@@ -113,20 +113,23 @@ impl RngStream {
     /// Fills `out` with uniforms for indices `start ..` (one Philox block per
     /// four values).
     pub fn fill_uniform(&self, start: u64, out: &mut [f32]) {
-        self.fill_words(start, out, |w, lane| (w[lane] >> 8) as f32 * UNIT);
+        self.fill_words(start, out, |w| w.map(|x| (x >> 8) as f32 * UNIT));
     }
 
     /// Fills `out` with normals for indices `start ..`.
+    /// Each pair of values shares its radius and angle, computed once
+    /// (the values are those of `normal`, bit for bit).
     pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
-        self.fill_words(start, out, |w, lane| {
-            let pair = lane & !1;
-            box_muller(w[pair], w[pair + 1], lane & 1 == 1)
+        self.fill_words(start, out, |w| {
+            let (c0, s0) = box_muller_pair(w[0], w[1]);
+            let (c1, s1) = box_muller_pair(w[2], w[3]);
+            [c0, s0, c1, s1]
         });
     }
 
     /// Value `i` of `out` depends only on index `start + i`, so chunks fill
     /// in parallel with exactly the values of a sequential fill.
-    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32; 4], usize) -> f32 + Sync) {
+    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32; 4]) -> [f32; 4] + Sync) {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 15;
         if out.len() <= CHUNK {
@@ -140,22 +143,18 @@ impl RngStream {
     /// One Philox block per four values: the values before the first block
     /// boundary, then whole blocks (the last one possibly cut short).
     #[inline]
-    fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4], usize) -> f32) {
+    fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4]) -> [f32; 4]) {
         let lead = (((4 - start % 4) % 4) as usize).min(out.len());
         let (head, rest) = out.split_at_mut(lead);
         if !head.is_empty() {
-            let w = self.block(start / 4);
+            let vals = f(&self.block(start / 4));
             let first = (start % 4) as usize;
-            for (k, v) in head.iter_mut().enumerate() {
-                *v = f(&w, first + k);
-            }
+            head.copy_from_slice(&vals[first..first + head.len()]);
         }
         let first_block = (start + lead as u64) / 4;
         for (b, quad) in rest.chunks_mut(4).enumerate() {
-            let w = self.block(first_block + b as u64);
-            for (lane, v) in quad.iter_mut().enumerate() {
-                *v = f(&w, lane);
-            }
+            let vals = f(&self.block(first_block + b as u64));
+            quad.copy_from_slice(&vals[..quad.len()]);
         }
     }
 }
@@ -165,12 +164,22 @@ impl RngStream {
 /// functions; both are accurate far below f32's resolution, so the rounded
 /// values agree (the emulator, on the host's libm, agrees exactly).
 fn box_muller(a: u32, b: u32, sine: bool) -> f32 {
+    let (c, s) = box_muller_pair(a, b);
+    if sine {
+        s
+    } else {
+        c
+    }
+}
+
+/// Both values of a Box–Muller pair: (cosine branch, sine branch).
+fn box_muller_pair(a: u32, b: u32) -> (f32, f32) {
     // u1 on (0, 1], so the logarithm is finite.
     let u1 = ((a >> 8) + 1) as f64 * (1.0 / 16_777_216.0);
     let u2 = (b >> 8) as f64 * (1.0 / 16_777_216.0);
     let r = (-2.0 * u1.ln()).sqrt();
     let theta = std::f64::consts::TAU * u2;
-    (if sine { r * theta.sin() } else { r * theta.cos() }) as f32
+    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
 }
 
 #[cfg(test)]
