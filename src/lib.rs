@@ -22,6 +22,7 @@ pub mod probe;
 pub mod progress;
 pub mod rng;
 pub mod seg;
+pub mod simd;
 pub mod tempname;
 pub mod tensor;
 pub mod train;

@@ -91,6 +91,27 @@ impl RngStream {
         philox4x32_10(ctr, self.key)
     }
 
+    /// The words of values `start .. start + out.len()`, word `i` the bits
+    /// of value `start + i` (what `bits` gives, many at a time: whole
+    /// blocks go through the vectorised [`philox_words`]).
+    pub fn fill_bits(&self, start: u64, out: &mut [u32]) {
+        let lead = (((4 - start % 4) % 4) as usize).min(out.len());
+        let (head, rest) = out.split_at_mut(lead);
+        if !head.is_empty() {
+            let w = self.block(start / 4);
+            let first = (start % 4) as usize;
+            head.copy_from_slice(&w[first..first + head.len()]);
+        }
+        let first_block = (start + lead as u64) / 4;
+        let whole = rest.len() / 4 * 4;
+        let (body, tail) = rest.split_at_mut(whole);
+        philox_words(self.key, self.stream, first_block, body);
+        if !tail.is_empty() {
+            let w = self.block(first_block + (whole / 4) as u64);
+            tail.copy_from_slice(&w[..tail.len()]);
+        }
+    }
+
     pub fn bits(&self, index: u64) -> u32 {
         self.block(index / 4)[(index % 4) as usize]
     }
@@ -141,9 +162,11 @@ impl RngStream {
     }
 
     /// One Philox block per four values: the values before the first block
-    /// boundary, then whole blocks (the last one possibly cut short).
+    /// boundary, then whole blocks (the last one possibly cut short), their
+    /// words made `GROUP` blocks at a time by [`philox_words`].
     #[inline]
     fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4]) -> [f32; 4]) {
+        const GROUP: usize = 4 * LANES;
         let lead = (((4 - start % 4) % 4) as usize).min(out.len());
         let (head, rest) = out.split_at_mut(lead);
         if !head.is_empty() {
@@ -152,9 +175,73 @@ impl RngStream {
             head.copy_from_slice(&vals[first..first + head.len()]);
         }
         let first_block = (start + lead as u64) / 4;
-        for (b, quad) in rest.chunks_mut(4).enumerate() {
-            let vals = f(&self.block(first_block + b as u64));
-            quad.copy_from_slice(&vals[..quad.len()]);
+        let mut words = [0u32; 4 * GROUP];
+        for (g, vals) in rest.chunks_mut(4 * GROUP).enumerate() {
+            let blocks = vals.len().div_ceil(4);
+            philox_words(
+                self.key,
+                self.stream,
+                first_block + (g * GROUP) as u64,
+                &mut words[..4 * blocks],
+            );
+            for (quad, w) in vals.chunks_mut(4).zip(words.chunks_exact(4)) {
+                let v = f(&[w[0], w[1], w[2], w[3]]);
+                quad.copy_from_slice(&v[..quad.len()]);
+            }
+        }
+    }
+}
+
+/// Philox blocks computed side by side, one per vector lane.
+const LANES: usize = 16;
+
+/// Blocks `first … first + LANES − 1` of a stream, lane by lane: the
+/// arithmetic of [`philox4x32_10`] on arrays, which the compiler turns into
+/// vector multiplies (`vpmuludq`) at the dispatched level. Returns the four
+/// words of each lane.
+#[inline(always)]
+fn philox_lanes(key: [u32; 2], stream: u64, first: u64) -> [[u32; LANES]; 4] {
+    let (mut c0, mut c1) = ([0u32; LANES], [0u32; LANES]);
+    for i in 0..LANES {
+        let b = first.wrapping_add(i as u64);
+        c0[i] = b as u32;
+        c1[i] = (b >> 32) as u32;
+    }
+    let mut c2 = [stream as u32; LANES];
+    let mut c3 = [(stream >> 32) as u32; LANES];
+    let mut k = key;
+    for r in 0..10 {
+        if r > 0 {
+            k[0] = k[0].wrapping_add(W0);
+            k[1] = k[1].wrapping_add(W1);
+        }
+        for i in 0..LANES {
+            let p0 = M0 as u64 * c0[i] as u64;
+            let p1 = M1 as u64 * c2[i] as u64;
+            let n0 = (p1 >> 32) as u32 ^ c1[i] ^ k[0];
+            let n2 = (p0 >> 32) as u32 ^ c3[i] ^ k[1];
+            c0[i] = n0;
+            c1[i] = p1 as u32;
+            c2[i] = n2;
+            c3[i] = p0 as u32;
+        }
+    }
+    [c0, c1, c2, c3]
+}
+
+crate::dispatched! {
+    /// The words of blocks `first, first + 1, …` into `out` (four a block,
+    /// in block order; `out.len()` a multiple of four), `LANES` blocks at a
+    /// time: the same words as `RngStream::block`, bit for bit.
+    fn philox_words(key: [u32; 2], stream: u64, first: u64, out: &mut [u32]) {
+        for (g, chunk) in out.chunks_mut(4 * LANES).enumerate() {
+            let w = philox_lanes(key, stream, first.wrapping_add((g * LANES) as u64));
+            for (i, quad) in chunk.chunks_mut(4).enumerate() {
+                quad[0] = w[0][i];
+                quad[1] = w[1][i];
+                quad[2] = w[2][i];
+                quad[3] = w[3][i];
+            }
         }
     }
 }
@@ -274,6 +361,28 @@ mod tests {
         s.fill_uniform(3, &mut big);
         for i in [0usize, 1, 32_767, 32_768, 65_536, 70_000] {
             assert_eq!(big[i], s.uniform(3 + i as u64), "at {i}");
+        }
+    }
+
+    #[test]
+    fn vector_lanes_give_the_words_of_single_blocks() {
+        let s = RngStream::new(0x1234_5678_9abc_def0, 0xfeed_0000_0000_0042);
+        // Lengths across the lane group (16 blocks) and the fill group (64
+        // blocks), starts inside a block, and a run of blocks whose counter
+        // crosses 2³² (its high word changes inside one lane group).
+        let near_wrap = 4 * (u32::MAX as u64) - 37;
+        for start in [0u64, 1, 3, 4, 62, near_wrap] {
+            for len in [0usize, 1, 5, 63, 64, 65, 255, 256, 257, 1030] {
+                let mut w = vec![0u32; len];
+                s.fill_bits(start, &mut w);
+                let mut u = vec![0.0f32; len];
+                s.fill_uniform(start, &mut u);
+                for i in 0..len {
+                    let idx = start + i as u64;
+                    assert_eq!(w[i], s.bits(idx), "bits start {start} len {len} at {i}");
+                    assert_eq!(u[i], s.uniform(idx), "uniform start {start} len {len} at {i}");
+                }
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::{elementwise, softmax};
+use crate::backend::cpu::{elementwise, fused, softmax};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
@@ -49,6 +49,19 @@ impl Tape {
                 &[x],
                 backward_fn(OP, move |g, _| {
                     Ok(vec![Some(gpu::gelu_dropout_backward(g, &xv, p, rng, readers)?)])
+                }),
+            ));
+        }
+        if let Ok(xs) = x.value().cpu_slice::<f32>() {
+            // f32 on the host: one fused pass each way (the plain ops below
+            // are its reference, tests/ in backend::cpu::fused).
+            let xv = x.value().clone();
+            return Ok(self.record(
+                Tensor::from_vec(fused::gelu_dropout(xs, p, rng), xv.shape())?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    let dx = fused::gelu_dropout_backward(g.cpu_slice::<f32>()?, xv.cpu_slice::<f32>()?, p, rng);
+                    Ok(vec![Some(Tensor::from_vec(dx, xv.shape())?)])
                 }),
             ));
         }

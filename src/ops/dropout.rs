@@ -1,6 +1,6 @@
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::elementwise;
+use crate::backend::cpu::{elementwise, fused};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
@@ -24,6 +24,20 @@ impl Tape {
                 gpu::dropout(x.value(), p, rng)?,
                 &[x],
                 backward_fn(OP, move |g, _| Ok(vec![Some(gpu::dropout(g, p, rng)?)])),
+            ));
+        }
+        if let Ok(xs) = x.value().cpu_slice::<f32>() {
+            // f32: the mask drawn as it is applied, and again in the backward
+            // (the same bits as the stored-mask path below).
+            return Ok(self.record(
+                Tensor::from_vec(fused::dropout(xs, p, rng), x.shape())?,
+                &[x],
+                backward_fn(OP, move |g, _| {
+                    Ok(vec![Some(Tensor::from_vec(
+                        fused::dropout(g.cpu_slice::<f32>()?, p, rng),
+                        g.shape(),
+                    )?)])
+                }),
             ));
         }
         let n = x.value().numel();

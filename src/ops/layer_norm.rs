@@ -1,10 +1,10 @@
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::layer_norm;
+use crate::backend::cpu::{elementwise, fused, layer_norm};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::with_dtype;
-use crate::tensor::{Readers, Tensor};
+use crate::tensor::{Element, Readers, Tensor};
 
 /// The checks of a layer norm over `x`'s last dimension; gives its width.
 fn check(op: &'static str, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<usize> {
@@ -46,11 +46,14 @@ impl Tape {
         readers: Readers,
     ) -> Result<(Var, Var)> {
         const OP: &str = "add_layer_norm";
-        if !on_device(&[x, a, w, b]) || x.shape() != a.shape() {
+        if x.shape() != a.shape() {
             let a = if k == 1.0 { a.clone() } else { self.scale(a, k)? };
             let s = self.add(x, &a)?;
             let y = self.layer_norm_read_by(&s, w, b, eps, readers)?;
             return Ok((s, y));
+        }
+        if !on_device(&[x, a, w, b]) {
+            return self.add_layer_norm_host(x, a, k, w, b, eps);
         }
         check(OP, x, w, b, eps)?;
         same_dtype(OP, &[x, a, w, b])?;
@@ -77,6 +80,62 @@ impl Tape {
             }),
         );
         Ok((sum, y))
+    }
+
+    /// `add_layer_norm` on the host: the sum and the norm of each row made
+    /// together (`fused::add_layer_norm`, the plain ops' bits), recorded as
+    /// the add and the norm, with the plain backward of each.
+    fn add_layer_norm_host(&self, x: &Var, a: &Var, k: f64, w: &Var, b: &Var, eps: f64) -> Result<(Var, Var)> {
+        const OP: &str = "add_layer_norm";
+        let cols = check(OP, x, w, b, eps)?;
+        let dtype = same_dtype(OP, &[x, a, w, b])?;
+        with_dtype!(dtype, T => {
+            let (s, y, stats) = fused::add_layer_norm(
+                x.value().cpu_slice::<T>()?,
+                a.value().cpu_slice::<T>()?,
+                T::from_f64(k),
+                w.value().cpu_slice::<T>()?,
+                b.value().cpu_slice::<T>()?,
+                cols,
+                eps,
+            );
+            let s = Tensor::from_vec(s, x.shape())?;
+            let sum = self.record(
+                s.clone(),
+                &[x, a],
+                backward_fn("add", move |g, needs| {
+                    let da = match (needs[1], k == 1.0) {
+                        (false, _) => None,
+                        (true, true) => Some(g.clone()),
+                        (true, false) => Some(Tensor::from_vec(
+                            elementwise::scale(g.cpu_slice::<T>()?, T::from_f64(k)),
+                            g.shape(),
+                        )?),
+                    };
+                    Ok(vec![needs[0].then(|| g.clone()), da])
+                }),
+            );
+            let wv = w.value().clone();
+            let y = self.record(
+                Tensor::from_vec(y, s.shape())?,
+                &[&sum, w, b],
+                backward_fn("layer_norm", move |g, _| {
+                    let (dx, dw, db) = layer_norm::backward(
+                        g.cpu_slice::<T>()?,
+                        s.cpu_slice::<T>()?,
+                        wv.cpu_slice::<T>()?,
+                        &stats,
+                        cols,
+                    );
+                    Ok(vec![
+                        Some(Tensor::from_vec(dx, s.shape())?),
+                        Some(Tensor::from_vec(dw, [cols])?),
+                        Some(Tensor::from_vec(db, [cols])?),
+                    ])
+                }),
+            );
+            Ok((sum, y))
+        })
     }
 
     /// LayerNorm over the last dimension with affine `w`, `b` (both `[C]`).

@@ -21,19 +21,25 @@ pub fn forward<T: CpuFloat>(x: &[T], w: &[T], b: &[T], cols: usize, eps: f64) ->
         .zip(mean.par_chunks_mut(blk).zip(rstd.par_chunks_mut(blk)))
         .for_each(|((y, x), (mean, rstd))| {
             for (r, (y, x)) in y.chunks_mut(cols).zip(x.chunks(cols)).enumerate() {
-                // Two passes in f64: a row of 768 f32 values loses digits otherwise.
-                let mu = x.iter().map(|v| v.to_f64()).sum::<f64>() / cols as f64;
-                let var = x.iter().map(|v| (v.to_f64() - mu).powi(2)).sum::<f64>() / cols as f64;
-                let rs = 1.0 / (var + eps).sqrt();
-                let (mu_t, rs_t) = (T::from_f64(mu), T::from_f64(rs));
-                for c in 0..cols {
-                    y[c] = (x[c] - mu_t) * rs_t * w[c] + b[c];
-                }
-                mean[r] = mu_t;
-                rstd[r] = rs_t;
+                (mean[r], rstd[r]) = row(x, w, b, eps, y);
             }
         });
     (y, LayerNormStats { mean, rstd })
+}
+
+/// One row: `y = (x − μ)/σ·w + b`; returns `(μ, 1/σ)`.
+#[inline]
+pub fn row<T: CpuFloat>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [T]) -> (T, T) {
+    let cols = x.len();
+    // Two passes in f64: a row of 768 f32 values loses digits otherwise.
+    let mu = x.iter().map(|v| v.to_f64()).sum::<f64>() / cols as f64;
+    let var = x.iter().map(|v| (v.to_f64() - mu).powi(2)).sum::<f64>() / cols as f64;
+    let rs = 1.0 / (var + eps).sqrt();
+    let (mu_t, rs_t) = (T::from_f64(mu), T::from_f64(rs));
+    for c in 0..cols {
+        y[c] = (x[c] - mu_t) * rs_t * w[c] + b[c];
+    }
+    (mu_t, rs_t)
 }
 
 /// Returns `(dx, dw, db)`.

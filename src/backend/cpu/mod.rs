@@ -6,6 +6,7 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 mod float;
+pub mod fused;
 pub mod gemm;
 pub mod index;
 pub mod layer_norm;
@@ -13,6 +14,7 @@ pub mod loss;
 pub mod peak;
 pub mod reduce;
 pub mod softmax;
+pub mod vecmath;
 
 pub use float::CpuFloat;
 

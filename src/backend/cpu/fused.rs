@@ -1,0 +1,242 @@
+//! The CPU's fused f32 paths of the training step: one pass over memory
+//! where the plain ops make several, in the spirit of the device kernels.
+//! Each is checked against the plain ops it replaces (elementwise.rs,
+//! layer_norm.rs), which stay the reference.
+//!
+//! - `dropout`: the mask comes from the Philox words of each chunk as it is
+//!   applied (no uniform buffer, no stored mask; the backward draws it
+//!   again). The same bits as the plain op.
+//! - `gelu_dropout`: GELU and that mask in one pass each way, the normal
+//!   CDF and density from vecmath (within 3e-7 of libm's), so the loop
+//!   vectorises.
+//! - `add_layer_norm`: `s = x + k·a` and the layer norm of each row of `s`
+//!   while the row is in cache.
+
+use rayon::prelude::*;
+
+use super::layer_norm::LayerNormStats;
+use super::{rows_per_task, vecmath, CpuFloat};
+use crate::rng::RngStream;
+
+/// Elements a task handles (a multiple of 4, so each chunk starts on a
+/// Philox block); its random words live on the task's stack.
+const CHUNK: usize = 4096;
+
+/// A value is kept when its 24-bit uniform `k·2⁻²⁴` is ≥ p, that is when
+/// `k ≥ ⌈p·2²⁴⌉`: exactly the plain dropout's test, in integers.
+fn keep_threshold(p: f64) -> u32 {
+    (p * 16_777_216.0).ceil() as u32
+}
+
+/// The factor of kept values, `1/(1 − p)` rounded to f32 as the plain
+/// dropout's mask holds it.
+fn keep_scale(p: f64) -> f32 {
+    (1.0 / (1.0 - p)) as f32
+}
+
+/// Runs `body(chunk index, random words, chunk of a, chunk of out)` over
+/// `CHUNK`-sized pieces in parallel; the words are value `c·CHUNK + i` of
+/// `rng` (all zero, so every value kept, when `p == 0`).
+fn chunks_with_bits(
+    a: &[f32],
+    out: &mut [f32],
+    p: f64,
+    rng: RngStream,
+    body: impl Fn(usize, &[u32], &[f32], &mut [f32]) + Sync,
+) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (out, a))| {
+            let mut words = [0u32; CHUNK];
+            let words = &mut words[..a.len()];
+            if p > 0.0 {
+                rng.fill_bits((c * CHUNK) as u64, words);
+            }
+            body(c, words, a, out);
+        });
+}
+
+crate::dispatched! {
+    /// `y = x·m` with m the dropout factor of each word.
+    fn mask_chunk(x: &[f32], words: &[u32], threshold: u32, scale: f32, y: &mut [f32]) {
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(words) {
+            *y = x * if w >> 8 >= threshold { scale } else { 0.0 };
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `y = x·Φ(x)·m`.
+    fn gelu_mask_chunk(x: &[f32], words: &[u32], threshold: u32, scale: f32, y: &mut [f32]) {
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(words) {
+            let (cdf, _) = vecmath::normal_cdf_pdf(x);
+            *y = x * cdf * if w >> 8 >= threshold { scale } else { 0.0 };
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `dx = g·m·(Φ(x) + x·φ(x))`.
+    fn gelu_mask_backward_chunk(g: &[f32], x: &[f32], words: &[u32], threshold: u32, scale: f32, dx: &mut [f32]) {
+        for (((dx, &g), &x), &w) in dx.iter_mut().zip(g).zip(x).zip(words) {
+            let (cdf, pdf) = vecmath::normal_cdf_pdf(x);
+            *dx = g * if w >> 8 >= threshold { scale } else { 0.0 } * (cdf + x * pdf);
+        }
+    }
+}
+
+/// Inverted dropout of `x` (value `i` kept when value `i` of `rng` is ≥ p);
+/// also its own backward, applied to the upstream gradient.
+pub fn dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
+    let (threshold, scale) = (keep_threshold(p), keep_scale(p));
+    let mut y = vec![0.0f32; x.len()];
+    chunks_with_bits(x, &mut y, p, rng, |_, words, x, y| {
+        mask_chunk(x, words, threshold, scale, y)
+    });
+    y
+}
+
+/// `dropout(gelu(x))` (no dropout when p is 0).
+pub fn gelu_dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
+    let (threshold, scale) = (keep_threshold(p), keep_scale(p));
+    let mut y = vec![0.0f32; x.len()];
+    chunks_with_bits(x, &mut y, p, rng, |_, words, x, y| {
+        gelu_mask_chunk(x, words, threshold, scale, y)
+    });
+    y
+}
+
+/// The gradient of `gelu_dropout` at `x` for the upstream `g`.
+pub fn gelu_dropout_backward(g: &[f32], x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
+    let (threshold, scale) = (keep_threshold(p), keep_scale(p));
+    let mut dx = vec![0.0f32; x.len()];
+    chunks_with_bits(g, &mut dx, p, rng, |c, words, g, dx| {
+        let x = &x[c * CHUNK..c * CHUNK + g.len()];
+        gelu_mask_backward_chunk(g, x, words, threshold, scale, dx)
+    });
+    dx
+}
+
+/// `s = x + k·a` and the layer norm of `s` over rows of `cols` (weight `w`,
+/// bias `b`): `(s, y, stats)`, each row's sum and norm made while it is in
+/// cache. The same arithmetic per element as `scale`, `add` and
+/// `layer_norm::forward` in turn.
+#[allow(clippy::type_complexity)]
+pub fn add_layer_norm<T: CpuFloat>(
+    x: &[T],
+    a: &[T],
+    k: T,
+    w: &[T],
+    b: &[T],
+    cols: usize,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, LayerNormStats<T>) {
+    let rows = x.len() / cols.max(1);
+    let mut s = vec![T::zero(); x.len()];
+    let mut y = vec![T::zero(); x.len()];
+    let mut mean = vec![T::zero(); rows];
+    let mut rstd = vec![T::zero(); rows];
+    let blk = rows_per_task(rows, cols);
+    let one = k == T::one();
+    s.par_chunks_mut(blk * cols)
+        .zip(y.par_chunks_mut(blk * cols))
+        .zip(x.par_chunks(blk * cols).zip(a.par_chunks(blk * cols)))
+        .zip(mean.par_chunks_mut(blk).zip(rstd.par_chunks_mut(blk)))
+        .for_each(|(((s, y), (x, a)), (mean, rstd))| {
+            for (r, ((s, y), (x, a))) in s
+                .chunks_mut(cols)
+                .zip(y.chunks_mut(cols))
+                .zip(x.chunks(cols).zip(a.chunks(cols)))
+                .enumerate()
+            {
+                for c in 0..cols {
+                    s[c] = x[c] + if one { a[c] } else { k * a[c] };
+                }
+                let (m, rs) = super::layer_norm::row(s, w, b, eps, y);
+                mean[r] = m;
+                rstd[r] = rs;
+            }
+        });
+    (s, y, LayerNormStats { mean, rstd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{elementwise, layer_norm};
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![0.0f32; n];
+        RngStream::new(seed, 9).fill_normal(0, &mut v);
+        v.iter().map(|x| 2.5 * x).collect()
+    }
+
+    fn plain_mask(n: usize, p: f64, rng: RngStream) -> Vec<f32> {
+        let mut u = vec![0.0f32; n];
+        rng.fill_uniform(0, &mut u);
+        u.iter()
+            .map(|&u| if (u as f64) >= p { (1.0 / (1.0 - p)) as f32 } else { 0.0 })
+            .collect()
+    }
+
+    /// Lengths around the chunk size, so chunks past the first are covered.
+    const LENGTHS: [usize; 4] = [1, 1000, CHUNK + 3, 3 * CHUNK + 17];
+
+    #[test]
+    fn dropout_is_the_plain_op_bit_for_bit() {
+        let rng = RngStream::new(3, 44);
+        for n in LENGTHS {
+            let x = data(n, 1);
+            for p in [0.1, 0.5, 0.9] {
+                let want = elementwise::apply_mask(&x, &plain_mask(n, p, rng));
+                assert_eq!(dropout(&x, p, rng), want, "n {n} p {p}");
+            }
+            assert_eq!(dropout(&x, 0.0, rng), x);
+        }
+    }
+
+    #[test]
+    fn gelu_dropout_matches_the_plain_ops() {
+        let rng = RngStream::new(8, 2);
+        for n in LENGTHS {
+            let (x, g) = (data(n, 4), data(n, 5));
+            for p in [0.0, 0.2] {
+                let mask = plain_mask(n, p, rng);
+                let want = elementwise::apply_mask(&elementwise::gelu(&x), &mask);
+                let want_dx = elementwise::gelu_backward(&elementwise::apply_mask(&g, &mask), &x);
+                let (y, dx) = (gelu_dropout(&x, p, rng), gelu_dropout_backward(&g, &x, p, rng));
+                for i in 0..n {
+                    // |ΔΦ| ≤ 3e-7 scaled by |x|, plus f32 rounding.
+                    let tol = |v: f32, s: f32| 4e-7 * s * (1.0 + x[i].abs()) + 1e-6 * v.abs();
+                    let s = (1.0 / (1.0 - p)) as f32;
+                    assert!((y[i] - want[i]).abs() <= tol(want[i], s), "y n {n} p {p} at {i}");
+                    assert!(
+                        (dx[i] - want_dx[i]).abs() <= tol(want_dx[i], s * g[i].abs()),
+                        "dx n {n} p {p} at {i}"
+                    );
+                    if mask[i] == 0.0 {
+                        assert_eq!((y[i], dx[i]), (0.0, 0.0), "dropped n {n} p {p} at {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_layer_norm_is_the_plain_ops_bit_for_bit() {
+        let (rows, cols) = (37, 48);
+        let (x, a) = (data(rows * cols, 1), data(rows * cols, 2));
+        let (w, b) = (data(cols, 3), data(cols, 4));
+        for k in [1.0f32, 0.3] {
+            let (s, y, st) = add_layer_norm(&x, &a, k, &w, &b, cols, 1e-6);
+            let a_k = if k == 1.0 { a.clone() } else { elementwise::scale(&a, k) };
+            let want_s = elementwise::add(&x, &a_k);
+            let (want_y, want_st) = layer_norm::forward(&want_s, &w, &b, cols, 1e-6);
+            assert_eq!(s, want_s);
+            assert_eq!(y, want_y);
+            assert_eq!(st.mean, want_st.mean);
+            assert_eq!(st.rstd, want_st.rstd);
+        }
+    }
+}
