@@ -178,7 +178,82 @@ impl TensorFile {
         } else {
             Some(metadata.clone())
         };
-        let out = safetensors::serialize(views, &meta).map_err(|e| Error::format(path, e.to_string()))?;
+        let mut out = safetensors::serialize(views, &meta).map_err(|e| Error::format(path, e.to_string()))?;
+        sort_header_keys(&mut out).map_err(|e| Error::format(path, e))?;
         write_atomic(path, &out)
+    }
+}
+
+/// Rewrites a serialized safetensors header with its keys in sorted order.
+/// The crate takes the metadata as a `HashMap`, whose order changes from
+/// map to map, so the same checkpoint would otherwise come out as different
+/// bytes; sorted, equal contents give equal files. The same pairs in another
+/// order serialize to the same length, so the data offsets stay valid.
+fn sort_header_keys(file: &mut [u8]) -> std::result::Result<(), String> {
+    let n = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|&n| 8 + n <= file.len())
+        .ok_or("a header shorter than its length field")?;
+    let header = &file[8..8 + n];
+    // serde_json's maps are BTreeMaps: parsing and writing again sorts them.
+    let value: serde_json::Value = serde_json::from_slice(header.trim_ascii_end()).map_err(|e| e.to_string())?;
+    let sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    if sorted.len() > n {
+        return Err(format!("the sorted header grew from {n} to {} bytes", sorted.len()));
+    }
+    file[8..8 + sorted.len()].copy_from_slice(&sorted);
+    file[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_contents_give_equal_bytes_whatever_the_metadata_order() {
+        let dir = std::env::temp_dir().join(format!("nemesis-tf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut arrays = BTreeMap::new();
+        arrays.insert(
+            "w".to_string(),
+            Array {
+                shape: vec![2, 3],
+                data: ArrayData::F32(vec![1.0, -2.0, 3.5, 0.0, 7.25, 1e-3]),
+            },
+        );
+        arrays.insert(
+            "labels".to_string(),
+            Array {
+                shape: vec![4],
+                data: ArrayData::U8(vec![0, 1, 4, 11]),
+            },
+        );
+        let keys = ["config", "classes", "format", "step", "zeta", "alpha"];
+        let mut files = Vec::new();
+        // Many maps, each with its own hash keys, filled in two orders.
+        for (i, order) in [keys.to_vec(), keys.iter().rev().copied().collect()]
+            .iter()
+            .cycle()
+            .take(8)
+            .enumerate()
+        {
+            let mut meta = HashMap::new();
+            for k in order {
+                meta.insert(k.to_string(), format!("{{\"value of\":\"{k}\"}}"));
+            }
+            let p = dir.join(format!("f{i}.safetensors"));
+            TensorFile::write(&p, &meta, &arrays).unwrap();
+            files.push(std::fs::read(&p).unwrap());
+            let back = TensorFile::read(&p).unwrap();
+            assert_eq!(back.arrays, arrays);
+            assert_eq!(back.metadata, meta);
+        }
+        assert!(
+            files.windows(2).all(|w| w[0] == w[1]),
+            "the bytes differ between writes"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
