@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, MatRef};
-use super::softmax::{softmax_row, softmax_row_backward};
+use super::softmax::softmax_row_backward;
 use super::CpuFloat;
 use crate::rng::RngStream;
 use crate::tensor::SeqLayout;
@@ -57,7 +57,7 @@ fn probabilities<T: CpuFloat>(
     let k = MatRef::strided(qkv, base + e + h * dh, l, dh, rs);
     let scale = T::from_f64(1.0 / (dh as f64).sqrt());
     gemm(scale, q, k.t(), T::zero(), p, l, 1);
-    p.chunks_mut(l).for_each(softmax_row);
+    T::softmax_rows(p, l);
     if let Some(d) = dropout {
         let start = ((s * sh.heads + h) * l * l) as u64;
         let mut u = vec![0.0f32; l * l];

@@ -30,6 +30,11 @@ pub trait CpuFloat:
     fn erf(self) -> Self;
     fn max(self, other: Self) -> Self;
 
+    /// The softmax of each row of `cols` values of `p`, in place, on the
+    /// attention's hot path: f32 vectorised (`fused::softmax_rows`), f64
+    /// the plain `softmax::softmax_row`.
+    fn softmax_rows(p: &mut [Self], cols: usize);
+
     /// `C ← α·A·B + β·C` on raw strided operands (see `gemm::gemm`).
     ///
     /// # Safety
@@ -55,7 +60,7 @@ pub trait CpuFloat:
 
 /// Both float types, with their libm erf and matrixmultiply GEMM.
 macro_rules! impl_cpu_float {
-    ($t:ty, $erf:path, $gemm:path) => {
+    ($t:ty, $erf:path, $gemm:path, $softmax_rows:path) => {
         impl CpuFloat for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -71,6 +76,9 @@ macro_rules! impl_cpu_float {
             }
             fn max(self, other: Self) -> Self {
                 <$t>::max(self, other)
+            }
+            fn softmax_rows(p: &mut [Self], cols: usize) {
+                $softmax_rows(p, cols)
             }
             unsafe fn gemm_raw(
                 m: usize,
@@ -94,5 +102,9 @@ macro_rules! impl_cpu_float {
     };
 }
 
-impl_cpu_float!(f32, libm::erff, matrixmultiply::sgemm);
-impl_cpu_float!(f64, libm::erf, matrixmultiply::dgemm);
+impl_cpu_float!(f32, libm::erff, matrixmultiply::sgemm, super::fused::softmax_rows);
+impl_cpu_float!(f64, libm::erf, matrixmultiply::dgemm, plain_softmax_rows);
+
+fn plain_softmax_rows(p: &mut [f64], cols: usize) {
+    p.chunks_mut(cols).for_each(super::softmax::softmax_row);
+}
