@@ -574,14 +574,19 @@ fn run_eval(a: &EvalArgs) -> Result<()> {
     let _lock = FolderLock::acquire(&out, "--out")?;
     let r = evaluate(&p, &entries, &a.model.display().to_string(), &data.name, &out)?;
     let fmt = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "undefined".into());
+    // HD95 needs voxels of the class in both maps; say so where it has none.
+    let mm = |v: Option<f64>| {
+        v.map(|v| format!("{v:.2} mm"))
+            .unwrap_or_else(|| "undefined (the class is missing from the prediction or the truth)".into())
+    };
     println!(
-        "segment eval: {} volumes; mean Dice {}, mean HD95 {} mm",
+        "segment eval: {} volumes; mean Dice {}, mean HD95 {}",
         r.volumes.len(),
         fmt(r.mean_dice, 4),
-        fmt(r.mean_hd95, 2)
+        mm(r.mean_hd95)
     );
     for c in &r.classes {
-        println!("  {:<14} Dice {}  HD95 {} mm", c.class, fmt(c.dice, 4), fmt(c.hd95, 2));
+        println!("  {:<14} Dice {}  HD95 {}", c.class, fmt(c.dice, 4), mm(c.hd95));
     }
     println!(
         "wrote {}/report.json, report.md, overlay.png and labels/",
