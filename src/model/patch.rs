@@ -37,13 +37,22 @@ pub fn patchify(c: &ModelConfig, x: &Tensor) -> Result<Tensor> {
     with_dtype!(x.dtype(), T => {
         let src = x.cpu_slice::<T>()?;
         let mut out = vec![T::from_f64(0.0); b * n * p];
+        let [pd, ph, pw] = c.patch_size;
+        let [_, hp, wp] = c.grid();
         out.par_chunks_mut(n * p).zip(src.par_chunks(ch * d * h * w)).for_each(|(o, s)| {
+            // A row of the volume by runs of `pw` voxels, one run a token:
+            // `patch_index` with its divisions made once a row.
             for k in 0..ch {
                 for z in 0..d {
                     for y in 0..h {
-                        for xx in 0..w {
-                            let (tok, off) = patch_index(c, k, z, y, xx);
-                            o[tok * p + off] = s[((k * d + z) * h + y) * w + xx];
+                        let row = &s[((k * d + z) * h + y) * w..][..w];
+                        let tok_row = ((z / pd) * hp + y / ph) * wp;
+                        let off_row = ((z % pd) * ph + y % ph) * pw * ch + k;
+                        for (px, run) in row.chunks_exact(pw).enumerate() {
+                            let dst = &mut o[(tok_row + px) * p + off_row..];
+                            for (ox, &v) in run.iter().enumerate() {
+                                dst[ox * ch] = v;
+                            }
                         }
                     }
                 }
@@ -110,6 +119,36 @@ mod tests {
         assert_eq!(v[3 * 24 + 1], want as f64);
         // Value 2·2 = 4 → (kd 0, kh 1, kw 0, c 0): z 0, y 4, x 2.
         assert_eq!(v[3 * 24 + 4], ((0 * 6 + 4) * 4 + 2) as f64);
+    }
+
+    #[test]
+    fn patchify_puts_every_voxel_where_patch_index_says() {
+        for ch in [1usize, 2] {
+            let c = ModelConfig {
+                superpatch_size: [4, 6, 8],
+                patch_size: [2, 3, 4],
+                in_channels: ch,
+                ..ModelConfig::tiny()
+            };
+            let [d, h, w] = c.superpatch_size;
+            let vals: Vec<f32> = (0..2 * ch * d * h * w).map(|i| i as f32).collect();
+            let x = Tensor::from_vec(vals.clone(), [2, ch, d, h, w]).unwrap();
+            let got = patchify(&c, &x).unwrap().to_vec::<f32>().unwrap();
+            let (n, p) = (c.num_tokens(), c.patch_dim());
+            for bi in 0..2 {
+                for k in 0..ch {
+                    for z in 0..d {
+                        for y in 0..h {
+                            for xx in 0..w {
+                                let (tok, off) = patch_index(&c, k, z, y, xx);
+                                let v = vals[(((bi * ch + k) * d + z) * h + y) * w + xx];
+                                assert_eq!(got[(bi * n + tok) * p + off], v, "ch {ch} at {bi},{k},{z},{y},{xx}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
