@@ -2,7 +2,7 @@ use rayon::prelude::*;
 
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::elementwise::{add, reduce_broadcast};
+use crate::backend::cpu::elementwise::reduce_broadcast;
 use crate::backend::cpu::gemm::{gemm, matmul, MatRef};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
@@ -69,12 +69,16 @@ impl Tape {
             *last = out_f;
         }
         let y = with_dtype!(dtype, T => {
-            let mut y = vec![T::zero(); rows * out_f];
+            // The bias, when there is one, starts as the GEMM's C (β = 1):
+            // x·Wᵀ + b without a pass of its own. Where k spans several of
+            // the GEMM's k-blocks the bias joins the sum before the last
+            // block: a rounding apart from adding it last, the same every run.
+            let (mut y, beta) = match b {
+                Some(b) => (b.value().cpu_slice::<T>()?.repeat(rows), T::one()),
+                None => (vec![T::zero(); rows * out_f], T::zero()),
+            };
             let wm = MatRef::rm(w.value().cpu_slice::<T>()?, out_f, in_f);
-            matmul(T::one(), MatRef::rm(x.value().cpu_slice::<T>()?, rows, in_f), wm.t(), T::zero(), &mut y);
-            if let Some(b) = b {
-                y = add(&y, b.value().cpu_slice::<T>()?);
-            }
+            matmul(T::one(), MatRef::rm(x.value().cpu_slice::<T>()?, rows, in_f), wm.t(), beta, &mut y);
             Tensor::from_vec(y, ys)?
         });
         let (xv, wv) = (x.value().clone(), w.value().clone());
