@@ -148,10 +148,8 @@ impl AdamW {
         for (k, id) in ids.into_iter().enumerate() {
             let p = store.get(id);
             let Some(g) = &p.grad else { continue };
-            let mut g = g.to_vec::<f32>()?;
-            if clip != 1.0 {
-                g.iter_mut().for_each(|v| *v = (*v as f64 * clip) as f32);
-            }
+            // The gradient read in place, the clip applied as it is read.
+            let g = g.cpu_slice::<f32>()?;
             let mut w = p.value.to_vec::<f32>()?;
             let (m, v) = (&mut self.m[k], &mut self.v[k]);
             // Each element on its own, so chunks run in parallel with the
@@ -163,10 +161,11 @@ impl AdamW {
                 .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
                 .for_each(|((w, m), (v, g))| {
                     for i in 0..w.len() {
+                        let g = if clip != 1.0 { (g[i] as f64 * clip) as f32 } else { g[i] };
                         // PyTorch's order: decay the weight, then the Adam step.
                         w[i] *= decay;
-                        m[i] = b1f * m[i] + (1.0 - b1f) * g[i];
-                        v[i] = b2f * v[i] + (1.0 - b2f) * g[i] * g[i];
+                        m[i] = b1f * m[i] + (1.0 - b1f) * g;
+                        v[i] = b2f * v[i] + (1.0 - b2f) * g * g;
                         let denom = v[i].sqrt() / bc2_sqrt + eps;
                         w[i] -= step_size * m[i] / denom;
                     }
@@ -208,9 +207,24 @@ pub fn grad_norm(store: &ParamStore) -> Result<f64> {
     }
     let mut sq = 0.0;
     for g in grads {
-        sq += g.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>();
+        sq += match g.cpu_slice::<f32>() {
+            Ok(s) => sum_of_squares(s),
+            Err(_) => g.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>(),
+        };
     }
     Ok(sq.sqrt())
+}
+
+/// `Σ x²` in f64 over fixed chunks in parallel, the chunks' sums added in
+/// chunk order: the same result for any number of threads.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+        .collect();
+    parts.iter().sum()
 }
 
 /// PyTorch's `clip_grad_norm_` factor: `max_norm / (norm + 1e-6)` when that
