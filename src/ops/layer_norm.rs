@@ -1,6 +1,7 @@
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::{elementwise, fused, layer_norm};
+use crate::backend::cpu::layer_norm::LayerNormStats;
+use crate::backend::cpu::{elementwise, fused, layer_norm, CpuFloat};
 use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::tensor::with_dtype;
@@ -26,6 +27,44 @@ fn check(op: &'static str, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<usize>
         return Err(Error::invalid(op, format!("eps must be ≥ 0, got {eps}")));
     }
     Ok(cols)
+}
+
+/// The backward of `s = x + k·a`: `g` for x, `k·g` (by `scale`) for a, each
+/// where it is needed.
+fn residual_backward(
+    g: &Tensor,
+    needs: &[bool],
+    k: f64,
+    scale: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Option<Tensor>>> {
+    let da = match (needs[1], k == 1.0) {
+        (false, _) => None,
+        (true, true) => Some(g.clone()),
+        (true, false) => Some(scale(g)?),
+    };
+    Ok(vec![needs[0].then(|| g.clone()), da])
+}
+
+/// The host backward of a layer norm over `x` (`dx`, `dw`, `db`).
+fn host_backward<T: CpuFloat>(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    stats: &LayerNormStats<T>,
+    cols: usize,
+) -> Result<Vec<Option<Tensor>>> {
+    let (dx, dw, db) = layer_norm::backward(
+        g.cpu_slice::<T>()?,
+        x.cpu_slice::<T>()?,
+        w.cpu_slice::<T>()?,
+        stats,
+        cols,
+    );
+    Ok(vec![
+        Some(Tensor::from_vec(dx, x.shape())?),
+        Some(Tensor::from_vec(dw, [cols])?),
+        Some(Tensor::from_vec(db, [cols])?),
+    ])
 }
 
 impl Tape {
@@ -62,12 +101,7 @@ impl Tape {
             s.clone(),
             &[x, a],
             backward_fn("add", move |g, needs| {
-                let da = match (needs[1], k == 1.0) {
-                    (false, _) => None,
-                    (true, true) => Some(g.clone()),
-                    (true, false) => Some(gpu::scale(g, k)?),
-                };
-                Ok(vec![needs[0].then(|| g.clone()), da])
+                residual_backward(g, needs, k, |g| gpu::scale(g, k))
             }),
         );
         let wv = w.value().clone();
@@ -104,35 +138,16 @@ impl Tape {
                 s.clone(),
                 &[x, a],
                 backward_fn("add", move |g, needs| {
-                    let da = match (needs[1], k == 1.0) {
-                        (false, _) => None,
-                        (true, true) => Some(g.clone()),
-                        (true, false) => Some(Tensor::from_vec(
-                            elementwise::scale(g.cpu_slice::<T>()?, T::from_f64(k)),
-                            g.shape(),
-                        )?),
-                    };
-                    Ok(vec![needs[0].then(|| g.clone()), da])
+                    residual_backward(g, needs, k, |g| {
+                        Tensor::from_vec(elementwise::scale(g.cpu_slice::<T>()?, T::from_f64(k)), g.shape())
+                    })
                 }),
             );
             let wv = w.value().clone();
             let y = self.record(
                 Tensor::from_vec(y, s.shape())?,
                 &[&sum, w, b],
-                backward_fn("layer_norm", move |g, _| {
-                    let (dx, dw, db) = layer_norm::backward(
-                        g.cpu_slice::<T>()?,
-                        s.cpu_slice::<T>()?,
-                        wv.cpu_slice::<T>()?,
-                        &stats,
-                        cols,
-                    );
-                    Ok(vec![
-                        Some(Tensor::from_vec(dx, s.shape())?),
-                        Some(Tensor::from_vec(dw, [cols])?),
-                        Some(Tensor::from_vec(db, [cols])?),
-                    ])
-                }),
+                backward_fn("layer_norm", move |g, _| host_backward::<T>(g, &s, &wv, &stats, cols)),
             );
             Ok((sum, y))
         })
@@ -175,20 +190,7 @@ impl Tape {
             Ok(self.record(
                 y,
                 &[x, w, b],
-                backward_fn(OP, move |g, _| {
-                    let (dx, dw, db) = layer_norm::backward(
-                        g.cpu_slice::<T>()?,
-                        xv.cpu_slice::<T>()?,
-                        wv.cpu_slice::<T>()?,
-                        &stats,
-                        cols,
-                    );
-                    Ok(vec![
-                        Some(Tensor::from_vec(dx, xv.shape())?),
-                        Some(Tensor::from_vec(dw, [cols])?),
-                        Some(Tensor::from_vec(db, [cols])?),
-                    ])
-                }),
+                backward_fn(OP, move |g, _| host_backward::<T>(g, &xv, &wv, &stats, cols)),
             ))
         })
     }
