@@ -24,7 +24,7 @@ pub enum Isa {
 impl Isa {
     pub fn name(self) -> &'static str {
         match self {
-            Isa::Baseline => "baseline x86-64 (SSE2)",
+            Isa::Baseline => "x86-64 without AVX2",
             Isa::Avx2Fma => "AVX2+FMA",
             Isa::Avx512 => "AVX-512",
         }

@@ -6,17 +6,12 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-/// The widest vector instruction set this CPU has, for naming beside a figure.
+/// The widest vector instruction set this CPU has, for naming beside a
+/// figure: the level the dispatched loops detect (`simd::detected`).
 pub fn instruction_set() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return "AVX2+FMA";
-        }
-        "x86-64 without AVX2"
+        crate::simd::detected().name()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -108,15 +103,16 @@ fn fma_avx2(iters: u64) {
 fn one_thread(iters: u64) -> (f64, f32) {
     let iters = iters.max(1);
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+    match crate::simd::detected() {
+        crate::simd::Isa::Avx512 => {
             fma_avx512(iters);
             return ((iters * CHAINS as u64 * 16 * 2) as f64, 0.0);
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        crate::simd::Isa::Avx2Fma => {
             fma_avx2(iters);
             return ((iters * CHAINS as u64 * 8 * 2) as f64, 0.0);
         }
+        crate::simd::Isa::Baseline => {}
     }
     // Without a vector FMA: a floor, not a peak.
     ((iters * CHAINS as u64 * 2) as f64, scalar_chains(iters))
