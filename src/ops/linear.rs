@@ -3,7 +3,7 @@ use rayon::prelude::*;
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise::reduce_broadcast;
-use crate::backend::cpu::gemm::{gemm, matmul, MatRef};
+use crate::backend::cpu::gemm::{gemm, matmul_new, Init, MatRef};
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
@@ -73,12 +73,12 @@ impl Tape {
             // x·Wᵀ + b without a pass of its own. Where k spans several of
             // the GEMM's k-blocks the bias joins the sum before the last
             // block: a rounding apart from adding it last, the same every run.
-            let (mut y, beta) = match b {
-                Some(b) => (b.value().cpu_slice::<T>()?.repeat(rows), T::one()),
-                None => (vec![T::zero(); rows * out_f], T::zero()),
+            let init = match b {
+                Some(b) => Init::Row(b.value().cpu_slice::<T>()?),
+                None => Init::Zero,
             };
             let wm = MatRef::rm(w.value().cpu_slice::<T>()?, out_f, in_f);
-            matmul(T::one(), MatRef::rm(x.value().cpu_slice::<T>()?, rows, in_f), wm.t(), beta, &mut y);
+            let y = matmul_new(T::one(), MatRef::rm(x.value().cpu_slice::<T>()?, rows, in_f), wm.t(), init);
             Tensor::from_vec(y, ys)?
         });
         let (xv, wv) = (x.value().clone(), w.value().clone());
@@ -91,13 +91,11 @@ impl Tape {
                     let gm = MatRef::rm(gs, rows, out_f);
                     let mut out = vec![None, None];
                     if needs[0] {
-                        let mut dx = vec![T::zero(); rows * in_f];
-                        matmul(T::one(), gm, MatRef::rm(wv.cpu_slice::<T>()?, out_f, in_f), T::zero(), &mut dx);
+                        let dx = matmul_new(T::one(), gm, MatRef::rm(wv.cpu_slice::<T>()?, out_f, in_f), Init::Zero);
                         out[0] = Some(Tensor::from_vec(dx, xv.shape())?);
                     }
                     if needs[1] {
-                        let mut dw = vec![T::zero(); out_f * in_f];
-                        matmul(T::one(), gm.t(), MatRef::rm(xv.cpu_slice::<T>()?, rows, in_f), T::zero(), &mut dw);
+                        let dw = matmul_new(T::one(), gm.t(), MatRef::rm(xv.cpu_slice::<T>()?, rows, in_f), Init::Zero);
                         out[1] = Some(Tensor::from_vec(dw, wv.shape())?);
                     }
                     if needs.len() > 2 {

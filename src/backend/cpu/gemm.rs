@@ -128,36 +128,103 @@ unsafe fn gemm_ptr<T: CpuFloat>(
 /// `C ← α·A·B + β·C` into a dense row-major `C` (`m × n`), split into row
 /// blocks across the rayon pool when the product is large enough to pay.
 pub fn matmul<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mut [T]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (m, n) = (a.rows, b.cols);
     assert_eq!(c.len(), m * n, "matmul: output size");
+    let c_ptr = SyncPtr(c.as_mut_ptr());
+    let len = c.len();
+    for_blocks(m, a.cols, n, |r0, rows, c0, cols| {
+        // SAFETY: `c` is borrowed mutably for the whole split and the blocks
+        // are disjoint, so each task writes only its own elements, all
+        // inside `c` (the view's bounds are checked in `gemm_ptr`).
+        unsafe {
+            let at = r0 * n + c0;
+            gemm_ptr(
+                alpha,
+                a.rows_from(r0, rows),
+                b.cols_from(c0, cols),
+                beta,
+                c_ptr.get().add(at),
+                len - at,
+                n,
+                1,
+            )
+        }
+    });
+}
+
+/// What a new product's `C` holds before `A·B` is added to it.
+#[derive(Clone, Copy)]
+pub enum Init<'a, T> {
+    /// Nothing: `C = α·A·B`.
+    Zero,
+    /// Every row of `C` starts as this row (a linear layer's bias).
+    Row(&'a [T]),
+}
+
+/// A new dense row-major `m × n` matrix `init + α·A·B`. Each task of the
+/// parallel split starts its own block of `C` (the bias copied in, or
+/// nothing: with β = 0 the GEMM writes `C` without reading it), so the
+/// output is never zeroed or filled by one thread before the product.
+pub fn matmul_new<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, init: Init<T>) -> Vec<T> {
+    let (m, n) = (a.rows, b.cols);
+    if let Init::Row(row) = init {
+        assert_eq!(row.len(), n, "matmul_new: the initial row must have n values");
+    }
+    let mut c: Vec<T> = Vec::with_capacity(m * n);
+    let c_ptr = SyncPtr(c.as_mut_ptr());
+    let len = m * n;
+    for_blocks(m, a.cols, n, |r0, rows, c0, cols| {
+        // SAFETY: the capacity holds `m·n` elements and the blocks are
+        // disjoint. A block is either written whole by its bias rows before
+        // the GEMM reads it (β = 1), or written by the GEMM without being
+        // read (β = 0, matrixmultiply's documented contract).
+        unsafe {
+            let at = r0 * n + c0;
+            let beta = match init {
+                Init::Zero => T::zero(),
+                Init::Row(row) => {
+                    for i in 0..rows {
+                        std::ptr::copy_nonoverlapping(row.as_ptr().add(c0), c_ptr.get().add(at + i * n), cols);
+                    }
+                    T::one()
+                }
+            };
+            gemm_ptr(
+                alpha,
+                a.rows_from(r0, rows),
+                b.cols_from(c0, cols),
+                beta,
+                c_ptr.get().add(at),
+                len - at,
+                n,
+                1,
+            )
+        }
+    });
+    // SAFETY: the blocks cover every element of the `m × n` matrix and each
+    // has been written above (a product with m or n zero has no elements).
+    unsafe { c.set_len(m * n) };
+    c
+}
+
+/// Runs `f(r0, rows, c0, cols)` over blocks of an `m × n` output: one block
+/// when the product is small, else one block per thread. Every block packs
+/// the shared operand again, so fewer blocks pack less; the longer side of
+/// `C` is the one split.
+fn for_blocks(m: usize, k: usize, n: usize, f: impl Fn(usize, usize, usize, usize) + Sync) {
     const PARALLEL_WORK: usize = 1 << 18;
     let threads = rayon::current_num_threads();
     if threads == 1 || m < 16 || m * k * n < PARALLEL_WORK {
-        gemm(alpha, a, b, beta, c, n, 1);
-        return;
-    }
-    // One block per thread: every block packs the shared operand again, so
-    // fewer blocks pack less; split the longer side of C.
-    if n > m {
+        f(0, m, 0, n);
+    } else if n > m {
         let block = n.div_ceil(threads).max(16);
-        let cols: Vec<usize> = (0..n).step_by(block).collect();
-        let c_ptr = SyncPtr(c.as_mut_ptr());
-        let len = c.len();
-        cols.par_iter().for_each(|&c0| {
-            let w = block.min(n - c0);
-            // SAFETY: `c` is borrowed mutably for the whole split; the column
-            // blocks are disjoint, so each task writes only its own elements
-            // (rows of `w` values starting at column c0), all inside `c`.
-            unsafe { gemm_ptr(alpha, a, b.cols_from(c0, w), beta, c_ptr.get().add(c0), len - c0, n, 1) };
-        });
-        return;
+        let starts: Vec<usize> = (0..n).step_by(block).collect();
+        starts.par_iter().for_each(|&c0| f(0, m, c0, block.min(n - c0)));
+    } else {
+        let block = m.div_ceil(threads).max(8);
+        let starts: Vec<usize> = (0..m).step_by(block).collect();
+        starts.par_iter().for_each(|&r0| f(r0, block.min(m - r0), 0, n));
     }
-    let block = m.div_ceil(threads).max(8);
-    c.par_chunks_mut(block * n).enumerate().for_each(|(i, c_blk)| {
-        let r0 = i * block;
-        let rows = c_blk.len() / n;
-        gemm(alpha, a.rows_from(r0, rows), b, beta, c_blk, n, 1);
-    });
 }
 
 /// A raw pointer the column-block tasks share (each writes its own columns).
@@ -176,6 +243,33 @@ impl<T> SyncPtr<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new product, zero-started or bias-started, in every split: the
+    /// same bits as `matmul` into a zeroed or bias-filled C.
+    #[test]
+    fn new_products_match_matmul_into_an_initialised_c() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (m, k, n) in [
+            (100usize, 300usize, 20usize),
+            (20, 300, 100),
+            (37, 513, 61),
+            (5, 4, 3),
+            (9, 0, 4),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+            let (am, bm) = (MatRef::rm(&a, m, k), MatRef::rm(&b, k, n));
+            let zero = pool.install(|| matmul_new(1.5, am, bm, Init::Zero));
+            let mut want = vec![0.0f32; m * n];
+            pool.install(|| matmul(1.5, am, bm, 0.0, &mut want));
+            assert_eq!(zero, want, "{m}×{k}×{n} zero-started");
+            let biased = pool.install(|| matmul_new(1.5, am, bm, Init::Row(&bias)));
+            let mut want = bias.repeat(m);
+            pool.install(|| matmul(1.5, am, bm, 1.0, &mut want));
+            assert_eq!(biased, want, "{m}×{k}×{n} bias-started");
+        }
+    }
 
     /// Both parallel splits (rows when C is tall, columns when it is wide)
     /// and the transposed views against a plain triple loop.
