@@ -22,6 +22,27 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// The main thread becomes worker 0 of rayon's global pool, so the CPU
+/// step's parallel loops start from inside the pool: no hand-off to a
+/// sleeping worker and back at each op (a third of the context switches of
+/// a step). With one thread the pool stays apart from the main thread, since
+/// a loader thread's parallel work would otherwise wait for a main thread
+/// that is waiting for the loader.
+fn main_thread_joins_the_pool() {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads >= 2 {
+        // An error means a pool already exists; the default one then serves.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .build_global();
+    }
+}
+
 /// Output piped into a program that stops reading (`nemesis inspect v.nii
 /// | head`) ends the process quietly, as for every Unix tool, instead of a
 /// panic on the failed write (Rust ignores SIGPIPE by default).
@@ -44,6 +65,7 @@ fn main() -> ExitCode {
         keep_freed_memory();
     }
     let cli = Cli::parse();
+    main_thread_joins_the_pool();
     match run(cli) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
