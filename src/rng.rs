@@ -236,11 +236,17 @@ crate::dispatched! {
     fn philox_words(key: [u32; 2], stream: u64, first: u64, out: &mut [u32]) {
         for (g, chunk) in out.chunks_mut(4 * LANES).enumerate() {
             let w = philox_lanes(key, stream, first.wrapping_add((g * LANES) as u64));
-            for (i, quad) in chunk.chunks_mut(4).enumerate() {
-                quad[0] = w[0][i];
-                quad[1] = w[1][i];
-                quad[2] = w[2][i];
-                quad[3] = w[3][i];
+            // Lane i's four words go to 4i … 4i + 3: on a whole group a
+            // fixed-size interleave, which the compiler does in registers.
+            let mut words = [0u32; 4 * LANES];
+            for i in 0..LANES {
+                for k in 0..4 {
+                    words[4 * i + k] = w[k][i];
+                }
+            }
+            match <&mut [u32; 4 * LANES]>::try_from(&mut *chunk) {
+                Ok(whole) => *whole = words,
+                Err(_) => chunk.copy_from_slice(&words[..chunk.len()]),
             }
         }
     }
