@@ -92,7 +92,16 @@ crate::dispatched! {
     /// `softmax::softmax_row` is its reference.
     pub fn softmax_rows(p: &mut [f32], cols: usize) {
         for row in p.chunks_mut(cols) {
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            // The maximum lane by lane (a vector max), then across lanes.
+            let mut top = [f32::NEG_INFINITY; 16];
+            let chunks = row.chunks_exact(16);
+            let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            for c in chunks {
+                for t in 0..16 {
+                    top[t] = top[t].max(c[t]);
+                }
+            }
+            let m = top.iter().fold(rest, |m, &x| m.max(x));
             for x in row.iter_mut() {
                 *x = vecmath::exp(*x - m);
             }
