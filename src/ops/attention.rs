@@ -1,6 +1,7 @@
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::attention::{self, AttnShape};
+use crate::backend::cpu::attention_tiled;
 use crate::backend::cpu::CpuFloat;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
@@ -81,22 +82,51 @@ impl Tape {
             ));
         }
         let dtype = qkv.value().dtype();
-        let y = with_dtype!(dtype, T => Tensor::from_vec(
-            attention::forward(qkv.value().cpu_slice::<T>()?, &sh, dropout.as_ref()),
-            ys,
-        )?);
+        let y = with_dtype!(dtype, T => {
+            let qv = qkv.value().cpu_slice::<T>()?;
+            let mut y = vec![T::zero(); qv.len() / (3 * sh.width).max(1) * sh.width];
+            cpu_forward_into(qv, &sh, dropout.as_ref(), &mut y);
+            Tensor::from_vec(y, ys)?
+        });
         let qv = qkv.value().clone();
         Ok(self.record(
             y,
             &[qkv],
             backward_fn(OP, move |g, _| {
-                with_dtype!(dtype, T => Ok(vec![Some(Tensor::from_vec(
-                    attention::backward(g.cpu_slice::<T>()?, qv.cpu_slice::<T>()?, &sh, dropout.as_ref()),
-                    qv.shape(),
-                )?)]))
+                with_dtype!(dtype, T => {
+                    let qs = qv.cpu_slice::<T>()?;
+                    let mut d = vec![T::zero(); qs.len()];
+                    cpu_backward_into(g.cpu_slice::<T>()?, qs, &sh, dropout.as_ref(), &mut d);
+                    Ok(vec![Some(Tensor::from_vec(d, qv.shape())?)])
+                })
             }),
         ))
     }
+}
+
+/// The CPU attention into the rows of `y` the layout owns: the tiled f32
+/// pass for sequences of up to `attention_tiled::MAX_LEN` rows, else (and
+/// for f64, the gradient checks' type) the plain GEMM reference that the
+/// tiled pass is checked against.
+fn cpu_forward_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
+    if sh.layout.len > attention_tiled::MAX_LEN {
+        return attention::forward_plain_into(qkv, sh, dropout, y);
+    }
+    if let (Some(qkv), Some(y)) = (T::as_f32(qkv), T::as_f32_mut(y)) {
+        return attention_tiled::forward_into(qkv, sh, dropout, y);
+    }
+    attention::forward_plain_into(qkv, sh, dropout, y)
+}
+
+/// The gradient counterpart of `cpu_forward_into`, into `dqkv`'s rows.
+fn cpu_backward_into<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [T]) {
+    if sh.layout.len > attention_tiled::MAX_LEN {
+        return attention::backward_plain_into(g, qkv, sh, dropout, dqkv);
+    }
+    if let (Some(g), Some(qkv), Some(dqkv)) = (T::as_f32(g), T::as_f32(qkv), T::as_f32_mut(dqkv)) {
+        return attention_tiled::backward_into(g, qkv, sh, dropout, dqkv);
+    }
+    attention::backward_plain_into(g, qkv, sh, dropout, dqkv)
 }
 
 /// The four tensors of a PyTorch `nn.MultiheadAttention` (MODEL.md §5.2).
@@ -201,8 +231,8 @@ impl Tape {
             let qv = qkv.value().cpu_slice::<T>()?;
             // Each stream fills its own rows of the 2·rows × E view.
             let mut y = vec![T::zero(); rows * 2 * e];
-            attention::forward_into(qv, &sa, da.as_ref(), &mut y);
-            attention::forward_into(qv, &sb, db.as_ref(), &mut y);
+            cpu_forward_into(qv, &sa, da.as_ref(), &mut y);
+            cpu_forward_into(qv, &sb, db.as_ref(), &mut y);
             Tensor::from_vec(y, [rows, 2 * e])?
         });
         let qv = qkv.value().clone();
@@ -213,8 +243,8 @@ impl Tape {
                 with_dtype!(dtype, T => {
                     let (gs, qs) = (g.cpu_slice::<T>()?, qv.cpu_slice::<T>()?);
                     let mut d = vec![T::zero(); qs.len()];
-                    attention::backward_into(gs, qs, &sa, da.as_ref(), &mut d);
-                    attention::backward_into(gs, qs, &sb, db.as_ref(), &mut d);
+                    cpu_backward_into(gs, qs, &sa, da.as_ref(), &mut d);
+                    cpu_backward_into(gs, qs, &sb, db.as_ref(), &mut d);
                     Ok(vec![Some(Tensor::from_vec(d, qv.shape())?)])
                 })
             }),

@@ -69,16 +69,9 @@ fn probabilities<T: CpuFloat>(
     }
 }
 
-pub fn forward<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
-    // Rows of the QKV matrix (more than the layout's when it is one of two
-    // interleaved streams; the other stream's rows stay zero).
-    let mut y = vec![T::zero(); qkv.len() / (3 * sh.width).max(1) * sh.width];
-    forward_into(qkv, sh, dropout, &mut y);
-    y
-}
-
-/// `forward` into the rows of `y` that the layout owns (others untouched).
-pub fn forward_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
+/// The attention of each sequence into the rows of `y` that the layout owns
+/// (others untouched): the reference, through general GEMM calls.
+pub fn forward_plain_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
         .into_par_iter()
@@ -107,15 +100,15 @@ pub fn forward_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&Att
     }
 }
 
-/// Gradient with respect to the fused QKV input, `rows × 3E`.
-pub fn backward<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>) -> Vec<T> {
-    let mut dqkv = vec![T::zero(); qkv.len()];
-    backward_into(g, qkv, sh, dropout, &mut dqkv);
-    dqkv
-}
-
-/// `backward` into the rows of `dqkv` that the layout owns (others untouched).
-pub fn backward_into<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [T]) {
+/// The gradient with respect to the fused QKV input (`rows × 3E`) into the
+/// rows of `dqkv` that the layout owns (others untouched): the reference.
+pub fn backward_plain_into<T: CpuFloat>(
+    g: &[T],
+    qkv: &[T],
+    sh: &AttnShape,
+    dropout: Option<&AttnDropout>,
+    dqkv: &mut [T],
+) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let scale = T::from_f64(1.0 / (dh as f64).sqrt());
     let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())

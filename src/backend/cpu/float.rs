@@ -35,6 +35,11 @@ pub trait CpuFloat:
     /// the plain `softmax::softmax_row`.
     fn softmax_rows(p: &mut [Self], cols: usize);
 
+    /// The slice as f32 when `Self` is f32 (the type of the CPU's fast
+    /// paths), else `None`.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+
     /// `C ← α·A·B + β·C` on raw strided operands (see `gemm::gemm`).
     ///
     /// # Safety
@@ -60,7 +65,7 @@ pub trait CpuFloat:
 
 /// Both float types, with their libm erf and matrixmultiply GEMM.
 macro_rules! impl_cpu_float {
-    ($t:ty, $erf:path, $gemm:path, $softmax_rows:path) => {
+    ($t:ty, $erf:path, $gemm:path, $softmax_rows:path, $as_f32:expr, $as_f32_mut:expr) => {
         impl CpuFloat for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -79,6 +84,12 @@ macro_rules! impl_cpu_float {
             }
             fn softmax_rows(p: &mut [Self], cols: usize) {
                 $softmax_rows(p, cols)
+            }
+            fn as_f32(s: &[Self]) -> Option<&[f32]> {
+                $as_f32(s)
+            }
+            fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32_mut(s)
             }
             unsafe fn gemm_raw(
                 m: usize,
@@ -102,8 +113,22 @@ macro_rules! impl_cpu_float {
     };
 }
 
-impl_cpu_float!(f32, libm::erff, matrixmultiply::sgemm, super::fused::softmax_rows);
-impl_cpu_float!(f64, libm::erf, matrixmultiply::dgemm, plain_softmax_rows);
+impl_cpu_float!(
+    f32,
+    libm::erff,
+    matrixmultiply::sgemm,
+    super::fused::softmax_rows,
+    Some,
+    Some
+);
+impl_cpu_float!(
+    f64,
+    libm::erf,
+    matrixmultiply::dgemm,
+    plain_softmax_rows,
+    |_| None,
+    |_| None
+);
 
 fn plain_softmax_rows(p: &mut [f64], cols: usize) {
     p.chunks_mut(cols).for_each(super::softmax::softmax_row);

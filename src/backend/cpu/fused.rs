@@ -24,13 +24,13 @@ const CHUNK: usize = 4096;
 
 /// A value is kept when its 24-bit uniform `k·2⁻²⁴` is ≥ p, that is when
 /// `k ≥ ⌈p·2²⁴⌉`: exactly the plain dropout's test, in integers.
-fn keep_threshold(p: f64) -> u32 {
+pub(super) fn keep_threshold(p: f64) -> u32 {
     (p * 16_777_216.0).ceil() as u32
 }
 
 /// The factor of kept values, `1/(1 − p)` rounded to f32 as the plain
 /// dropout's mask holds it.
-fn keep_scale(p: f64) -> f32 {
+pub(super) fn keep_scale(p: f64) -> f32 {
     (1.0 / (1.0 - p)) as f32
 }
 

@@ -3,6 +3,7 @@
 //! the ops module owns shape rules and the tape.
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod conv;
 pub mod elementwise;
 mod float;

@@ -1,0 +1,422 @@
+//! The f32 attention of the CPU step: one pass per (sequence, head) whose
+//! products are small register-blocked loops instead of general GEMM calls.
+//!
+//! The MATB streams attend over short sequences (a depth stream of 8 to 16
+//! rows, a slice of 64 to 256), so a general GEMM spends more time packing
+//! its operands and dispatching than multiplying: seven calls per (sequence,
+//! head) in a training step, tens of thousands a step. Here every product is
+//! `C = α·A·B` with `A` read element by element through any strides and `B`
+//! read by contiguous rows, accumulated in registers four rows and sixteen
+//! (or 8, 4, 1) columns at a time, compiled for AVX-512, AVX2 and baseline x86-64 (the
+//! same operations in the same order on each element, so the same bits on
+//! every level). Only `Kᵀ` and `Vᵀ` are copied (a head's `dh × L`), so that
+//! every `B` has contiguous rows.
+//!
+//! The plain GEMM version in attention.rs stays the reference; the tests
+//! below check this one against it, forward and backward, with and without
+//! dropout, on both stream layouts.
+
+use rayon::prelude::*;
+
+use super::attention::{AttnDropout, AttnShape};
+use super::fused::{keep_scale, keep_threshold, softmax_rows};
+use super::softmax::softmax_row_backward;
+
+/// The longest sequence this pass is used for. Measured against the GEMM
+/// reference (forward + backward, one thread pool of 2, AVX-512): 2–3.5×
+/// faster at 4 to 16 rows, 1.4× at 64, even at 96 to 128, and 1.3× slower
+/// at 256, where packing pays for itself (docs/BENCHMARKS.md).
+pub const MAX_LEN: usize = 64;
+
+/// Rows and columns of one register block.
+const ROWS: usize = 4;
+const COLS: usize = 16;
+
+crate::dispatched! {
+    /// `C ← α·A·B` (overwriting C): `m × n` with `C(i, j) = c[i·ldc + j]`,
+    /// `A(i, p) = a[i·rsa + p·csa]` and `B(p, j) = b[p·ldb + j]`; the sum over
+    /// `p` runs in order `0..k`.
+    #[allow(clippy::too_many_arguments)]
+    fn product(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], rsa: usize, csa: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(k == 0 || ((m - 1) * rsa + (k - 1) * csa < a.len() && (k - 1) * ldb + n <= b.len()), "product: an operand is shorter than its view");
+        assert!((m - 1) * ldc + n <= c.len(), "product: C is shorter than its view");
+        let ops = Operands { k, alpha, a: a.as_ptr(), rsa, csa, b: b.as_ptr(), ldb };
+        let c = c.as_mut_ptr();
+        let mut j0 = 0;
+        // SAFETY (each call below): every block lies inside the extents
+        // checked above, since i < m, j0 + W ≤ n and p < k.
+        while j0 + COLS <= n {
+            unsafe { columns::<COLS>(&ops, m, j0, c, ldc) };
+            j0 += COLS;
+        }
+        if j0 + 8 <= n {
+            unsafe { columns::<8>(&ops, m, j0, c, ldc) };
+            j0 += 8;
+        }
+        if j0 + 4 <= n {
+            unsafe { columns::<4>(&ops, m, j0, c, ldc) };
+            j0 += 4;
+        }
+        while j0 < n {
+            unsafe { columns::<1>(&ops, m, j0, c, ldc) };
+            j0 += 1;
+        }
+    }
+}
+
+/// The operands of one `product`, as raw pointers after its bounds checks.
+struct Operands {
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    b: *const f32,
+    ldb: usize,
+}
+
+/// Columns `j0 .. j0 + W` of every row of C.
+///
+/// # Safety
+/// Rows `0..m` and columns `j0 .. j0 + W` must lie inside the operands'
+/// checked extents.
+#[inline(always)]
+unsafe fn columns<const W: usize>(ops: &Operands, m: usize, j0: usize, c: *mut f32, ldc: usize) {
+    let mut i = 0;
+    while i + ROWS <= m {
+        block::<ROWS, W>(ops, i, j0, c, ldc);
+        i += ROWS;
+    }
+    while i < m {
+        block::<1, W>(ops, i, j0, c, ldc);
+        i += 1;
+    }
+}
+
+/// One `R × W` block of C at `(i0, j0)`, its sums held in registers.
+///
+/// # Safety
+/// As for `columns`, for rows `i0 .. i0 + R`.
+#[inline(always)]
+unsafe fn block<const R: usize, const W: usize>(ops: &Operands, i0: usize, j0: usize, c: *mut f32, ldc: usize) {
+    let mut acc = [[0.0f32; W]; R];
+    let rows: [*const f32; R] = std::array::from_fn(|r| ops.a.add((i0 + r) * ops.rsa));
+    for p in 0..ops.k {
+        let brow: [f32; W] = std::ptr::read_unaligned(ops.b.add(p * ops.ldb + j0) as *const [f32; W]);
+        for r in 0..R {
+            let av = *rows[r].add(p * ops.csa);
+            for t in 0..W {
+                acc[r][t] += av * brow[t];
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let crow = c.add((i0 + r) * ldc + j0);
+        for (t, &v) in acc.iter().enumerate() {
+            *crow.add(t) = ops.alpha * v;
+        }
+    }
+}
+
+/// Head `h`'s columns of a part (`0` q, `1` k, `2` v) of sequence `s`'s
+/// rows, transposed into `out` (`dh × L`, row `d` holding feature d of
+/// every position).
+fn transposed(qkv: &[f32], sh: &AttnShape, s: usize, part: usize, h: usize, out: &mut [f32]) {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let (first, rs) = (sh.layout.base(s) * 3 * e + part * e + h * dh, sh.layout.step * 3 * e);
+    assert!(l == 0 || dh == 0 || (first + (l - 1) * rs + dh <= qkv.len() && out.len() >= dh * l));
+    transpose(&qkv[first..], rs, l, dh, out);
+}
+
+crate::dispatched! {
+    /// `out[d·l + j] = src[j·rs + d]` for `j < l`, `d < dh`, in 8 × 8 tiles.
+    fn transpose(src: &[f32], rs: usize, l: usize, dh: usize, out: &mut [f32]) {
+        let (l8, d8) = (l / 8 * 8, dh / 8 * 8);
+        for j0 in (0..l8).step_by(8) {
+            for d0 in (0..d8).step_by(8) {
+                let mut tile = [[0.0f32; 8]; 8];
+                for (r, row) in tile.iter_mut().enumerate() {
+                    *row = src[(j0 + r) * rs + d0..][..8].try_into().expect("8 values");
+                }
+                for c in 0..8 {
+                    let dst: &mut [f32; 8] = (&mut out[(d0 + c) * l + j0..][..8]).try_into().expect("8 values");
+                    for r in 0..8 {
+                        dst[r] = tile[r][c];
+                    }
+                }
+            }
+        }
+        for j in 0..l {
+            let d_from = if j < l8 { d8 } else { 0 };
+            for d in d_from..dh {
+                out[d * l + j] = src[j * rs + d];
+            }
+        }
+    }
+}
+
+/// The probabilities of head `h` of sequence `s` into `p` (`L × L`), given
+/// `kt` = that head's `Kᵀ`; with dropout, also the kept factors into `keep`.
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    qkv: &[f32],
+    sh: &AttnShape,
+    s: usize,
+    h: usize,
+    kt: &[f32],
+    dropout: Option<&AttnDropout>,
+    p: &mut [f32],
+    keep: &mut [f32],
+) {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+    let scale = (1.0 / (dh as f64).sqrt()) as f32;
+    product(l, l, dh, scale, &qkv[base + h * dh..], rs, 1, kt, l, p, l);
+    softmax_rows(p, l);
+    if let Some(d) = dropout {
+        let mut words = vec![0u32; l * l];
+        d.rng.fill_bits(((s * sh.heads + h) * l * l) as u64, &mut words);
+        let (threshold, kept) = (keep_threshold(d.p), keep_scale(d.p));
+        for (k, &w) in keep.iter_mut().zip(&words) {
+            *k = if w >> 8 >= threshold { kept } else { 0.0 };
+        }
+    }
+}
+
+/// A raw pointer the sequence tasks share (each writes its own rows).
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// SAFETY: only used to hand the disjoint rows of distinct sequences to tasks.
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+
+impl RowsPtr {
+    /// Copies `row` to row `r` of a matrix of `row.len()`-wide rows.
+    ///
+    /// # Safety
+    /// Row `r` must lie inside the matrix and no other task may touch it.
+    unsafe fn put(self, r: usize, row: &[f32]) {
+        std::ptr::copy_nonoverlapping(row.as_ptr(), self.0.add(r * row.len()), row.len());
+    }
+}
+
+/// `attention::forward_into` for f32: the rows of `y` that the layout owns.
+pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let rows = y.len() / e.max(1);
+    assert!(
+        qkv.len() >= rows * 3 * e,
+        "attention: qkv shorter than the output's rows"
+    );
+    assert!(
+        (0..sh.layout.num_seqs()).all(|s| l == 0 || sh.layout.row(s, l - 1) < rows),
+        "attention: a sequence reaches past the output"
+    );
+    let y_ptr = RowsPtr(y.as_mut_ptr());
+    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
+        let mut out = vec![0.0f32; l * e];
+        let (mut kt, mut p) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
+        let mut keep = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+        for h in 0..sh.heads {
+            transposed(qkv, sh, s, 1, h, &mut kt);
+            probabilities(qkv, sh, s, h, &kt, dropout, &mut p, &mut keep);
+            if dropout.is_some() {
+                p.iter_mut().zip(&keep).for_each(|(p, &k)| *p *= k);
+            }
+            product(
+                l,
+                dh,
+                l,
+                1.0,
+                &p,
+                l,
+                1,
+                &qkv[base + 2 * e + h * dh..],
+                rs,
+                &mut out[h * dh..],
+                e,
+            );
+        }
+        for (i, row) in out.chunks(e).enumerate() {
+            // SAFETY: the layout was validated to cover each row once, so
+            // sequence s's rows are its own, and they lie inside `y`
+            // (checked above).
+            unsafe { y_ptr.put(sh.layout.row(s, i), row) };
+        }
+    });
+}
+
+/// `attention::backward_into` for f32: the rows of `dqkv` the layout owns.
+pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [f32]) {
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let rows = dqkv.len() / (3 * e).max(1);
+    assert!(
+        qkv.len() >= rows * 3 * e && g.len() >= rows * e,
+        "attention: inputs shorter than the gradient's rows"
+    );
+    assert!(
+        (0..sh.layout.num_seqs()).all(|s| l == 0 || sh.layout.row(s, l - 1) < rows),
+        "attention: a sequence reaches past the gradient"
+    );
+    let scale = (1.0 / (dh as f64).sqrt()) as f32;
+    let d_ptr = RowsPtr(dqkv.as_mut_ptr());
+    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
+        let mut d = vec![0.0f32; l * 3 * e];
+        let (mut kt, mut vt) = (vec![0.0f32; dh * l], vec![0.0f32; dh * l]);
+        let (mut p, mut dp) = (vec![0.0f32; l * l], vec![0.0f32; l * l]);
+        let mut keep = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        let mut p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+        let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
+        for h in 0..sh.heads {
+            transposed(qkv, sh, s, 1, h, &mut kt);
+            transposed(qkv, sh, s, 2, h, &mut vt);
+            probabilities(qkv, sh, s, h, &kt, dropout, &mut p, &mut keep);
+            let dout = &g[go + h * dh..];
+            // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
+            // read with its strides swapped).
+            let pt: &[f32] = if dropout.is_some() {
+                p_used
+                    .iter_mut()
+                    .zip(p.iter().zip(&keep))
+                    .for_each(|(u, (&p, &k))| *u = p * k);
+                &p_used
+            } else {
+                &p
+            };
+            product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
+            // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
+            product(l, l, dh, 1.0, dout, gs, 1, &vt, l, &mut dp, l);
+            if dropout.is_some() {
+                dp.iter_mut().zip(&keep).for_each(|(d, &k)| *d *= k);
+            }
+            dp.chunks_mut(l)
+                .zip(p.chunks(l))
+                .for_each(|(d, p)| softmax_row_backward(d, p));
+            // dQ = s·dS·K and dK = s·dSᵀ·Q.
+            product(
+                l,
+                dh,
+                l,
+                scale,
+                &dp,
+                l,
+                1,
+                &qkv[base + e + h * dh..],
+                rs,
+                &mut d[h * dh..],
+                3 * e,
+            );
+            product(
+                l,
+                dh,
+                l,
+                scale,
+                &dp,
+                1,
+                l,
+                &qkv[base + h * dh..],
+                rs,
+                &mut d[e + h * dh..],
+                3 * e,
+            );
+        }
+        for (i, row) in d.chunks(3 * e).enumerate() {
+            // SAFETY: as in `forward_into`: sequence s's rows are its own
+            // and inside `dqkv`.
+            unsafe { d_ptr.put(sh.layout.row(s, i), row) };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::attention;
+    use super::*;
+    use crate::rng::RngStream;
+    use crate::tensor::SeqLayout;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let rng = RngStream::new(seed, 7);
+        let mut v = vec![0.0f32; n];
+        rng.fill_normal(0, &mut v);
+        v
+    }
+
+    /// The product against a plain triple loop, at widths that take every
+    /// block size (16, 8 and single columns) and odd row counts.
+    #[test]
+    fn product_is_the_plain_sum() {
+        for (m, n, k) in [
+            (1usize, 1usize, 1usize),
+            (5, 16, 3),
+            (9, 27, 33),
+            (4, 8, 7),
+            (13, 41, 2),
+        ] {
+            for (rsa, csa) in [(k, 1), (1, m)] {
+                let a = data(m * k, 1);
+                let ldb = n + 2;
+                let b = data(k * ldb, 2);
+                let ldc = n + 3;
+                let mut c = vec![9.0f32; (m - 1) * ldc + n];
+                product(m, n, k, 0.5, &a, rsa, csa, &b, ldb, &mut c, ldc);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut sum = 0.0f32;
+                        for p in 0..k {
+                            sum += a[i * rsa + p * csa] * b[p * ldb + j];
+                        }
+                        assert_eq!(c[i * ldc + j], 0.5 * sum, "{m}×{n}×{k} ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Both stream layouts, interleaved as in the MATB, with and without
+    /// dropout: forward and backward within f32 rounding of the reference.
+    #[test]
+    fn matches_the_gemm_reference() {
+        let (batch, t, per, heads, e) = (2usize, 5usize, 7usize, 3usize, 24usize);
+        let rows = batch * t * per;
+        let qkv = data(2 * rows * 3 * e, 3);
+        let g = data(2 * rows * e, 4);
+        for (which, layout) in [SeqLayout::spatial(batch, t, per), SeqLayout::depth(batch, t, per)]
+            .into_iter()
+            .enumerate()
+        {
+            for p in [0.0, 0.25] {
+                let sh = AttnShape {
+                    layout: layout.interleaved(2, which),
+                    heads,
+                    width: e,
+                };
+                let drop = AttnDropout {
+                    p,
+                    rng: RngStream::new(11, 3),
+                };
+                let drop = (p > 0.0).then_some(&drop);
+                let (mut y, mut want) = (vec![7.0f32; 2 * rows * e], vec![7.0f32; 2 * rows * e]);
+                forward_into(&qkv, &sh, drop, &mut y);
+                attention::forward_plain_into(&qkv, &sh, drop, &mut want);
+                close(&y, &want, "forward");
+                let (mut d, mut want) = (vec![5.0f32; qkv.len()], vec![5.0f32; qkv.len()]);
+                backward_into(&g, &qkv, &sh, drop, &mut d);
+                attention::backward_plain_into(&g, &qkv, &sh, drop, &mut want);
+                close(&d, &want, "backward");
+            }
+        }
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what} at {i}: {a} vs {b}");
+        }
+    }
+}
