@@ -73,31 +73,23 @@ fn probabilities<T: CpuFloat>(
 /// (others untouched): the reference, through general GEMM calls.
 pub fn forward_plain_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
-    let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
-        .into_par_iter()
-        .map(|s| {
-            let mut out = vec![T::zero(); l * e];
-            let mut p = vec![T::zero(); l * l];
-            let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
-            let base = sh.layout.base(s) * 3 * e;
-            let rs = sh.layout.step * 3 * e;
-            for h in 0..sh.heads {
-                probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
-                if dropout.is_some() {
-                    p.iter_mut().zip(&keep).for_each(|(p, &k)| *p *= k);
-                }
-                let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
-                gemm(T::one(), MatRef::rm(&p, l, l), v, T::zero(), &mut out[h * dh..], e, 1);
+    let y_rows = RowsPtr::new(y, e, sh);
+    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
+        let mut out = vec![T::zero(); l * e];
+        let mut p = vec![T::zero(); l * l];
+        let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
+        let base = sh.layout.base(s) * 3 * e;
+        let rs = sh.layout.step * 3 * e;
+        for h in 0..sh.heads {
+            probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
+            if dropout.is_some() {
+                p.iter_mut().zip(&keep).for_each(|(p, &k)| *p *= k);
             }
-            out
-        })
-        .collect();
-    for (s, blk) in blocks.iter().enumerate() {
-        for (i, row) in blk.chunks(e).enumerate() {
-            let r = sh.layout.row(s, i);
-            y[r * e..(r + 1) * e].copy_from_slice(row);
+            let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
+            gemm(T::one(), MatRef::rm(&p, l, l), v, T::zero(), &mut out[h * dh..], e, 1);
         }
-    }
+        y_rows.put_sequence(sh, s, &out);
+    });
 }
 
 /// The gradient with respect to the fused QKV input (`rows × 3E`) into the
@@ -111,63 +103,95 @@ pub fn backward_plain_into<T: CpuFloat>(
 ) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let scale = T::from_f64(1.0 / (dh as f64).sqrt());
-    let blocks: Vec<Vec<T>> = (0..sh.layout.num_seqs())
-        .into_par_iter()
-        .map(|s| {
-            let mut d = vec![T::zero(); l * 3 * e];
-            let mut p = vec![T::zero(); l * l];
-            let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
-            let mut dp = vec![T::zero(); l * l];
-            let base = sh.layout.base(s) * 3 * e;
-            let rs = sh.layout.step * 3 * e;
-            let go = sh.layout.base(s) * e;
-            for h in 0..sh.heads {
-                probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
-                let q = MatRef::strided(qkv, base + h * dh, l, dh, rs);
-                let k = MatRef::strided(qkv, base + e + h * dh, l, dh, rs);
-                let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
-                let dout = MatRef::strided(g, go + h * dh, l, dh, sh.layout.step * e);
-                // dV = P̃ᵀ·dO with P̃ the probabilities after dropout.
-                let p_used: Vec<T> = if dropout.is_some() {
-                    p.iter().zip(&keep).map(|(&p, &k)| p * k).collect()
-                } else {
-                    p.clone()
-                };
-                gemm(
-                    T::one(),
-                    MatRef::rm(&p_used, l, l).t(),
-                    dout,
-                    T::zero(),
-                    &mut d[2 * e + h * dh..],
-                    3 * e,
-                    1,
-                );
-                // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
-                gemm(T::one(), dout, v.t(), T::zero(), &mut dp, l, 1);
-                if dropout.is_some() {
-                    dp.iter_mut().zip(&keep).for_each(|(d, &k)| *d *= k);
-                }
-                dp.chunks_mut(l)
-                    .zip(p.chunks(l))
-                    .for_each(|(d, p)| softmax_row_backward(d, p));
-                gemm(scale, MatRef::rm(&dp, l, l), k, T::zero(), &mut d[h * dh..], 3 * e, 1);
-                gemm(
-                    scale,
-                    MatRef::rm(&dp, l, l).t(),
-                    q,
-                    T::zero(),
-                    &mut d[e + h * dh..],
-                    3 * e,
-                    1,
-                );
+    let d_rows = RowsPtr::new(dqkv, 3 * e, sh);
+    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
+        let mut d = vec![T::zero(); l * 3 * e];
+        let mut p = vec![T::zero(); l * l];
+        let mut keep = vec![T::zero(); if dropout.is_some() { l * l } else { 0 }];
+        let mut dp = vec![T::zero(); l * l];
+        let base = sh.layout.base(s) * 3 * e;
+        let rs = sh.layout.step * 3 * e;
+        let go = sh.layout.base(s) * e;
+        for h in 0..sh.heads {
+            probabilities(qkv, sh, s, h, dropout, &mut p, &mut keep);
+            let q = MatRef::strided(qkv, base + h * dh, l, dh, rs);
+            let k = MatRef::strided(qkv, base + e + h * dh, l, dh, rs);
+            let v = MatRef::strided(qkv, base + 2 * e + h * dh, l, dh, rs);
+            let dout = MatRef::strided(g, go + h * dh, l, dh, sh.layout.step * e);
+            // dV = P̃ᵀ·dO with P̃ the probabilities after dropout.
+            let p_used: Vec<T> = if dropout.is_some() {
+                p.iter().zip(&keep).map(|(&p, &k)| p * k).collect()
+            } else {
+                p.clone()
+            };
+            gemm(
+                T::one(),
+                MatRef::rm(&p_used, l, l).t(),
+                dout,
+                T::zero(),
+                &mut d[2 * e + h * dh..],
+                3 * e,
+                1,
+            );
+            // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
+            gemm(T::one(), dout, v.t(), T::zero(), &mut dp, l, 1);
+            if dropout.is_some() {
+                dp.iter_mut().zip(&keep).for_each(|(d, &k)| *d *= k);
             }
-            d
-        })
-        .collect();
-    for (s, blk) in blocks.iter().enumerate() {
-        for (i, row) in blk.chunks(3 * e).enumerate() {
-            let r = sh.layout.row(s, i);
-            dqkv[r * 3 * e..(r + 1) * 3 * e].copy_from_slice(row);
+            dp.chunks_mut(l)
+                .zip(p.chunks(l))
+                .for_each(|(d, p)| softmax_row_backward(d, p));
+            gemm(scale, MatRef::rm(&dp, l, l), k, T::zero(), &mut d[h * dh..], 3 * e, 1);
+            gemm(
+                scale,
+                MatRef::rm(&dp, l, l).t(),
+                q,
+                T::zero(),
+                &mut d[e + h * dh..],
+                3 * e,
+                1,
+            );
+        }
+        d_rows.put_sequence(sh, s, &d);
+    });
+}
+
+/// A matrix whose rows the sequence tasks write in parallel, each task the
+/// rows of its own sequence (which the layout's validation makes disjoint).
+pub struct RowsPtr<T> {
+    ptr: *mut T,
+    width: usize,
+}
+
+// SAFETY: only used to hand the disjoint rows of distinct sequences to
+// tasks; every write is checked to lie inside the matrix.
+unsafe impl<T: Send> Send for RowsPtr<T> {}
+unsafe impl<T: Send> Sync for RowsPtr<T> {}
+
+impl<T: Copy> RowsPtr<T> {
+    /// `m`, rows of `width` values; every row of every sequence of `sh`
+    /// must lie inside it (checked here, once).
+    pub fn new(m: &mut [T], width: usize, sh: &AttnShape) -> Self {
+        let (rows, l) = (m.len() / width.max(1), sh.layout.len);
+        assert!(
+            (0..sh.layout.num_seqs()).all(|s| l == 0 || sh.layout.row(s, l - 1) < rows),
+            "attention: a sequence reaches past its matrix"
+        );
+        RowsPtr {
+            ptr: m.as_mut_ptr(),
+            width,
+        }
+    }
+
+    /// The `L` rows of sequence `s` (`block`, `L × width`) to their places.
+    pub fn put_sequence(&self, sh: &AttnShape, s: usize, block: &[T]) {
+        for (i, row) in block.chunks_exact(self.width).take(sh.layout.len).enumerate() {
+            // SAFETY: `new` checked that each row of each sequence lies
+            // inside the matrix, and the layout covers each row once, so
+            // this sequence's rows are written by this task alone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(sh.layout.row(s, i) * self.width), self.width)
+            };
         }
     }
 }

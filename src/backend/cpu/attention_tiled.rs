@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{AttnDropout, AttnShape};
+use super::attention::{AttnDropout, AttnShape, RowsPtr};
 use super::fused::{keep_scale, keep_threshold, softmax_rows};
 use super::softmax::softmax_row_backward;
 
@@ -186,36 +186,15 @@ fn probabilities(
     }
 }
 
-/// A raw pointer the sequence tasks share (each writes its own rows).
-#[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: only used to hand the disjoint rows of distinct sequences to tasks.
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
-
-impl RowsPtr {
-    /// Copies `row` to row `r` of a matrix of `row.len()`-wide rows.
-    ///
-    /// # Safety
-    /// Row `r` must lie inside the matrix and no other task may touch it.
-    unsafe fn put(self, r: usize, row: &[f32]) {
-        std::ptr::copy_nonoverlapping(row.as_ptr(), self.0.add(r * row.len()), row.len());
-    }
-}
-
-/// `attention::forward_into` for f32: the rows of `y` that the layout owns.
+/// `attention::forward_plain_into` for f32: the rows of `y` that the layout
+/// owns.
 pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
-    let rows = y.len() / e.max(1);
     assert!(
-        qkv.len() >= rows * 3 * e,
+        qkv.len() / (3 * e).max(1) >= y.len() / e.max(1),
         "attention: qkv shorter than the output's rows"
     );
-    assert!(
-        (0..sh.layout.num_seqs()).all(|s| l == 0 || sh.layout.row(s, l - 1) < rows),
-        "attention: a sequence reaches past the output"
-    );
-    let y_ptr = RowsPtr(y.as_mut_ptr());
+    let y_rows = RowsPtr::new(y, e, sh);
     (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
         let mut out = vec![0.0f32; l * e];
         let (mut kt, mut p) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
@@ -241,16 +220,12 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
                 e,
             );
         }
-        for (i, row) in out.chunks(e).enumerate() {
-            // SAFETY: the layout was validated to cover each row once, so
-            // sequence s's rows are its own, and they lie inside `y`
-            // (checked above).
-            unsafe { y_ptr.put(sh.layout.row(s, i), row) };
-        }
+        y_rows.put_sequence(sh, s, &out);
     });
 }
 
-/// `attention::backward_into` for f32: the rows of `dqkv` the layout owns.
+/// `attention::backward_plain_into` for f32: the rows of `dqkv` the layout
+/// owns.
 pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [f32]) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
     let rows = dqkv.len() / (3 * e).max(1);
@@ -258,12 +233,8 @@ pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&At
         qkv.len() >= rows * 3 * e && g.len() >= rows * e,
         "attention: inputs shorter than the gradient's rows"
     );
-    assert!(
-        (0..sh.layout.num_seqs()).all(|s| l == 0 || sh.layout.row(s, l - 1) < rows),
-        "attention: a sequence reaches past the gradient"
-    );
     let scale = (1.0 / (dh as f64).sqrt()) as f32;
-    let d_ptr = RowsPtr(dqkv.as_mut_ptr());
+    let d_rows = RowsPtr::new(dqkv, 3 * e, sh);
     (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
         let mut d = vec![0.0f32; l * 3 * e];
         let (mut kt, mut vt) = (vec![0.0f32; dh * l], vec![0.0f32; dh * l]);
@@ -325,11 +296,7 @@ pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&At
                 3 * e,
             );
         }
-        for (i, row) in d.chunks(3 * e).enumerate() {
-            // SAFETY: as in `forward_into`: sequence s's rows are its own
-            // and inside `dqkv`.
-            unsafe { d_ptr.put(sh.layout.row(s, i), row) };
-        }
+        d_rows.put_sequence(sh, s, &d);
     });
 }
 
