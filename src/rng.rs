@@ -192,41 +192,55 @@ impl RngStream {
     }
 }
 
-/// Philox blocks computed side by side, one per vector lane.
-const LANES: usize = 16;
+/// Philox blocks computed side by side, two per 64-bit vector lane.
+const LANES: usize = 64;
+const PAIRS: usize = LANES / 2;
+const LOW: u64 = 0xFFFF_FFFF;
 
-/// Blocks `first … first + LANES − 1` of a stream, lane by lane: the
-/// arithmetic of [`philox4x32_10`] on arrays, which the compiler turns into
-/// vector multiplies (`vpmuludq`) at the dispatched level. Returns the four
-/// words of each lane.
+/// Blocks `first … first + LANES − 1` of a stream: the arithmetic of
+/// [`philox4x32_10`] with each counter word of blocks `2j` and `2j + 1`
+/// packed into one u64 (low and high half). The 32 × 32 → 64-bit products of
+/// both halves are then two `vpmuludq` on whole lanes (the high half shifted
+/// down first) and their halves are put back with shifts and masks, all
+/// lane-local: no shuffles across lanes, which the one-block-per-lane form
+/// spent most of its time on. Returns the four packed words of each pair.
 #[inline(always)]
-fn philox_lanes(key: [u32; 2], stream: u64, first: u64) -> [[u32; LANES]; 4] {
-    let (mut c0, mut c1) = ([0u32; LANES], [0u32; LANES]);
-    for i in 0..LANES {
-        let b = first.wrapping_add(i as u64);
-        c0[i] = b as u32;
-        c1[i] = (b >> 32) as u32;
+fn philox_pairs(key: [u32; 2], stream: u64, first: u64) -> [[u64; PAIRS]; 4] {
+    let (mut c0, mut c1) = ([0u64; PAIRS], [0u64; PAIRS]);
+    for j in 0..PAIRS {
+        let (a, b) = (first.wrapping_add(2 * j as u64), first.wrapping_add(2 * j as u64 + 1));
+        c0[j] = (a & LOW) | (b << 32);
+        c1[j] = (a >> 32) | (b & !LOW);
     }
-    let mut c2 = [stream as u32; LANES];
-    let mut c3 = [(stream >> 32) as u32; LANES];
+    let both = |w: u32| w as u64 | (w as u64) << 32;
+    let mut c2 = [both(stream as u32); PAIRS];
+    let mut c3 = [both((stream >> 32) as u32); PAIRS];
     let mut k = key;
     for r in 0..10 {
         if r > 0 {
             k[0] = k[0].wrapping_add(W0);
             k[1] = k[1].wrapping_add(W1);
         }
-        for i in 0..LANES {
-            let p0 = M0 as u64 * c0[i] as u64;
-            let p1 = M1 as u64 * c2[i] as u64;
-            let n0 = (p1 >> 32) as u32 ^ c1[i] ^ k[0];
-            let n2 = (p0 >> 32) as u32 ^ c3[i] ^ k[1];
-            c0[i] = n0;
-            c1[i] = p1 as u32;
-            c2[i] = n2;
-            c3[i] = p0 as u32;
+        let (k0, k1) = (both(k[0]), both(k[1]));
+        for j in 0..PAIRS {
+            // M·c for the low block (p) and the high block (q) of the pair.
+            let (p0, q0) = (mul_wide(c0[j] as u32, M0), mul_wide((c0[j] >> 32) as u32, M0));
+            let (p1, q1) = (mul_wide(c2[j] as u32, M1), mul_wide((c2[j] >> 32) as u32, M1));
+            let (hi0, lo0) = ((p0 >> 32) | (q0 & !LOW), (p0 & LOW) | (q0 << 32));
+            let (hi1, lo1) = ((p1 >> 32) | (q1 & !LOW), (p1 & LOW) | (q1 << 32));
+            c0[j] = hi1 ^ c1[j] ^ k0;
+            c1[j] = lo1;
+            c2[j] = hi0 ^ c3[j] ^ k1;
+            c3[j] = lo0;
         }
     }
     [c0, c1, c2, c3]
+}
+
+/// The full product of two u32s.
+#[inline(always)]
+fn mul_wide(a: u32, b: u32) -> u64 {
+    a as u64 * b as u64
 }
 
 crate::dispatched! {
@@ -235,13 +249,14 @@ crate::dispatched! {
     /// time: the same words as `RngStream::block`, bit for bit.
     fn philox_words(key: [u32; 2], stream: u64, first: u64, out: &mut [u32]) {
         for (g, chunk) in out.chunks_mut(4 * LANES).enumerate() {
-            let w = philox_lanes(key, stream, first.wrapping_add((g * LANES) as u64));
-            // Lane i's four words go to 4i … 4i + 3: on a whole group a
-            // fixed-size interleave, which the compiler does in registers.
+            let w = philox_pairs(key, stream, first.wrapping_add((g * LANES) as u64));
+            // Block 2j's words go to 8j … 8j + 3, block 2j + 1's after them:
+            // on a whole group a fixed-size interleave, done in registers.
             let mut words = [0u32; 4 * LANES];
-            for i in 0..LANES {
+            for j in 0..PAIRS {
                 for k in 0..4 {
-                    words[4 * i + k] = w[k][i];
+                    words[8 * j + k] = w[k][j] as u32;
+                    words[8 * j + 4 + k] = (w[k][j] >> 32) as u32;
                 }
             }
             match <&mut [u32; 4 * LANES]>::try_from(&mut *chunk) {
@@ -373,11 +388,12 @@ mod tests {
     #[test]
     fn vector_lanes_give_the_words_of_single_blocks() {
         let s = RngStream::new(0x1234_5678_9abc_def0, 0xfeed_0000_0000_0042);
-        // Lengths across the lane group (16 blocks) and the fill group (64
-        // blocks), starts inside a block, and a run of blocks whose counter
-        // crosses 2³² (its high word changes inside one lane group).
+        // Lengths across the lane group (64 blocks, 256 words) and the fill
+        // group (256 blocks, 1024 words), starts inside a block, and a run of
+        // blocks whose counter crosses 2³² (its high word changes inside one
+        // lane group, and inside one packed pair of blocks).
         let near_wrap = 4 * (u32::MAX as u64) - 37;
-        for start in [0u64, 1, 3, 4, 62, near_wrap] {
+        for start in [0u64, 1, 3, 4, 62, near_wrap, near_wrap + 3] {
             for len in [0usize, 1, 5, 63, 64, 65, 255, 256, 257, 1030] {
                 let mut w = vec![0u32; len];
                 s.fill_bits(start, &mut w);
