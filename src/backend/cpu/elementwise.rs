@@ -4,24 +4,23 @@
 
 use rayon::prelude::*;
 
-use super::CpuFloat;
+use super::{par_chunks_new, CpuFloat};
 
 const CHUNK: usize = 1 << 14;
 
 fn map<T: CpuFloat>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
-    y
+    par_chunks_new(x.len(), CHUNK, |c, y| {
+        let x = &x[c * CHUNK..][..y.len()];
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x))
+    })
 }
 
 fn zip_map<T: CpuFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::zero(); a.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b)));
-    y
+    assert_eq!(a.len(), b.len(), "zip_map: lengths differ");
+    par_chunks_new(a.len(), CHUNK, |c, y| {
+        let (a, b) = (&a[c * CHUNK..][..y.len()], &b[c * CHUNK..][..y.len()]);
+        y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b))
+    })
 }
 
 /// `out[i] = f(a[i], b[i mod |b|])`.
@@ -30,11 +29,14 @@ fn broadcast_map<T: CpuFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) ->
     if nb == a.len() || a.is_empty() {
         return zip_map(a, b, f);
     }
-    let mut y = vec![T::zero(); a.len()];
-    y.par_chunks_mut(nb)
-        .zip(a.par_chunks(nb))
-        .for_each(|(y, a)| y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b)));
-    y
+    // Whole repeats of `b` per task.
+    let per = (CHUNK / nb).max(1) * nb;
+    par_chunks_new(a.len(), per, |c, y| {
+        let a = &a[c * per..][..y.len()];
+        for (y, a) in y.chunks_mut(nb).zip(a.chunks(nb)) {
+            y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = f(a, b));
+        }
+    })
 }
 
 /// Sums `g` (length a multiple of `nb`) down to `nb` values: the gradient of

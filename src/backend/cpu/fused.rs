@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::layer_norm::LayerNormStats;
-use super::{rows_per_task, vecmath, CpuFloat};
+use super::{par_chunks_new, rows_per_task, vecmath, CpuFloat};
 use crate::rng::RngStream;
 
 /// Elements a task handles (a multiple of 4, so each chunk starts on a
@@ -34,27 +34,24 @@ pub(super) fn keep_scale(p: f64) -> f32 {
     (1.0 / (1.0 - p)) as f32
 }
 
-/// Runs `body(chunk index, random words, chunk of a, chunk of out)` over
-/// `CHUNK`-sized pieces in parallel; the words are value `c·CHUNK + i` of
-/// `rng` (all zero, so every value kept, when `p == 0`).
-fn chunks_with_bits(
+/// A new vector from `body(chunk index, random words, chunk of a, chunk of
+/// out)` over `CHUNK`-sized pieces in parallel; the words are value
+/// `c·CHUNK + i` of `rng` (all zero, so every value kept, when `p == 0`).
+fn new_with_bits(
     a: &[f32],
-    out: &mut [f32],
     p: f64,
     rng: RngStream,
     body: impl Fn(usize, &[u32], &[f32], &mut [f32]) + Sync,
-) {
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK))
-        .enumerate()
-        .for_each(|(c, (out, a))| {
-            let mut words = [0u32; CHUNK];
-            let words = &mut words[..a.len()];
-            if p > 0.0 {
-                rng.fill_bits((c * CHUNK) as u64, words);
-            }
-            body(c, words, a, out);
-        });
+) -> Vec<f32> {
+    par_chunks_new(a.len(), CHUNK, |c, out| {
+        let a = &a[c * CHUNK..c * CHUNK + out.len()];
+        let mut words = [0u32; CHUNK];
+        let words = &mut words[..a.len()];
+        if p > 0.0 {
+            rng.fill_bits((c * CHUNK) as u64, words);
+        }
+        body(c, words, a, out);
+    })
 }
 
 crate::dispatched! {
@@ -123,32 +120,24 @@ crate::dispatched! {
 /// also its own backward, applied to the upstream gradient.
 pub fn dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
     let (threshold, scale) = (keep_threshold(p), keep_scale(p));
-    let mut y = vec![0.0f32; x.len()];
-    chunks_with_bits(x, &mut y, p, rng, |_, words, x, y| {
-        mask_chunk(x, words, threshold, scale, y)
-    });
-    y
+    new_with_bits(x, p, rng, |_, words, x, y| mask_chunk(x, words, threshold, scale, y))
 }
 
 /// `dropout(gelu(x))` (no dropout when p is 0).
 pub fn gelu_dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
     let (threshold, scale) = (keep_threshold(p), keep_scale(p));
-    let mut y = vec![0.0f32; x.len()];
-    chunks_with_bits(x, &mut y, p, rng, |_, words, x, y| {
+    new_with_bits(x, p, rng, |_, words, x, y| {
         gelu_mask_chunk(x, words, threshold, scale, y)
-    });
-    y
+    })
 }
 
 /// The gradient of `gelu_dropout` at `x` for the upstream `g`.
 pub fn gelu_dropout_backward(g: &[f32], x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
     let (threshold, scale) = (keep_threshold(p), keep_scale(p));
-    let mut dx = vec![0.0f32; x.len()];
-    chunks_with_bits(g, &mut dx, p, rng, |c, words, g, dx| {
+    new_with_bits(g, p, rng, |c, words, g, dx| {
         let x = &x[c * CHUNK..c * CHUNK + g.len()];
         gelu_mask_backward_chunk(g, x, words, threshold, scale, dx)
-    });
-    dx
+    })
 }
 
 /// `s = x + k·a` and the layer norm of `s` over rows of `cols` (weight `w`,

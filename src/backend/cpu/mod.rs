@@ -25,3 +25,61 @@ pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
     const TARGET_ELEMS: usize = 16 * 1024;
     (TARGET_ELEMS / cols.max(1)).clamp(1, rows.max(1))
 }
+
+/// A new vector of `len` values made in parallel chunks of `chunk`: each
+/// task zeroes its own chunk (while it is about to be in cache anyway) and
+/// then `fill(chunk index, chunk)` writes it. No thread zeroes the whole
+/// vector first, as `vec![0; len]` would on the caller's thread.
+pub(crate) fn par_chunks_new<T: CpuFloat>(len: usize, chunk: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let chunk = chunk.max(1);
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    let base = Chunks(v.as_mut_ptr());
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let n = chunk.min(len - c * chunk);
+        // SAFETY: chunk c is elements c·chunk .. c·chunk + n of the
+        // capacity, which no other task touches; it is zeroed (a valid f32
+        // or f64 0.0) before a slice of it is made.
+        let part = unsafe {
+            let p = base.at(c * chunk);
+            std::ptr::write_bytes(p, 0, n);
+            std::slice::from_raw_parts_mut(p, n)
+        };
+        fill(c, part);
+    });
+    // SAFETY: every element was zeroed by its chunk's task above.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The start of a vector's capacity, shared by the tasks that fill it.
+#[derive(Clone, Copy)]
+struct Chunks<T>(*mut T);
+// SAFETY: only used to hand disjoint chunks of one allocation to tasks.
+unsafe impl<T> Send for Chunks<T> {}
+unsafe impl<T> Sync for Chunks<T> {}
+
+impl<T> Chunks<T> {
+    /// # Safety
+    /// `i` must lie inside the allocation.
+    unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every element is written once, by its chunk, at lengths around the
+    /// chunk size (and zero).
+    #[test]
+    fn par_chunks_new_fills_every_chunk() {
+        for len in [0usize, 1, 6, 7, 8, 50] {
+            let v: Vec<f32> = super::par_chunks_new(len, 7, |c, part| {
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += (c * 7 + i) as f32;
+                }
+            });
+            assert_eq!(v, (0..len).map(|i| i as f32).collect::<Vec<_>>(), "len {len}");
+        }
+    }
+}
