@@ -1,7 +1,12 @@
 //! CPU reference speed, each op beside a baseline:
 //! - GEMM: the row-blocked parallel `matmul` against one `matrixmultiply`
 //!   call on one thread and (at a small size) a plain triple loop;
-//! - attention: the attention op against a naive per-head scalar loop.
+//! - attention: the attention op against a naive per-head scalar loop;
+//! - attention_step: a training step's attention (forward + backward, with
+//!   dropout) through the tiled f32 pass against the GEMM reference, at
+//!   the sequence lengths of the presets' streams;
+//! - random: Philox words, dropout and GELU + dropout over an FFN
+//!   activation of the small preset (2048 × 768).
 //!
 //! Shapes are the model's: the fused QKV projection and the MATB streams of
 //! the `small` and `paper` presets (MODEL.md §9). Run: `cargo bench --bench cpu_ops`.
@@ -10,7 +15,9 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nemesis::autograd::Tape;
+use nemesis::backend::cpu::attention::{self, AttnDropout, AttnShape};
 use nemesis::backend::cpu::gemm::{gemm, matmul, MatRef};
+use nemesis::backend::cpu::{attention_tiled, fused};
 use nemesis::ops::AttentionOptions;
 use nemesis::rng::RngStream;
 use nemesis::tensor::SeqLayout;
@@ -152,12 +159,74 @@ fn bench_attention(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_attention_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention_step");
+    // (name, layout, heads, E): the training step's streams, batch 4 at
+    // small (the decoder's 8 × 64 grid), batch 1 at paper (16 × 256), and a
+    // length between.
+    let cases = [
+        ("small_spatial_L64", SeqLayout::spatial(4, 8, 64), 6, 192),
+        ("small_depth_L8", SeqLayout::depth(4, 8, 64), 6, 192),
+        ("small_encoder_depth_L4", SeqLayout::depth(4, 4, 32), 6, 192),
+        ("paper_depth_L16", SeqLayout::depth(1, 16, 256), 8, 768),
+        ("mid_spatial_L128", SeqLayout::spatial(1, 16, 128), 8, 768),
+        ("paper_spatial_L256", SeqLayout::spatial(1, 16, 256), 8, 768),
+    ];
+    for (name, layout, heads, e) in cases {
+        let rows = layout.num_rows();
+        let qkv = values(rows * 3 * e, 3);
+        let grad = values(rows * e, 4);
+        let sh = AttnShape {
+            layout,
+            heads,
+            width: e,
+        };
+        let drop = AttnDropout {
+            p: 0.1,
+            rng: RngStream::new(5, 6),
+        };
+        let (mut y, mut d) = (vec![0.0f32; rows * e], vec![0.0f32; rows * 3 * e]);
+        g.bench_function(BenchmarkId::new("gemm_reference", name), |bch| {
+            bch.iter(|| {
+                attention::forward_plain_into(&qkv, &sh, Some(&drop), &mut y);
+                attention::backward_plain_into(&grad, &qkv, &sh, Some(&drop), &mut d);
+                black_box((&y, &d));
+            })
+        });
+        g.bench_function(BenchmarkId::new("tiled", name), |bch| {
+            bch.iter(|| {
+                attention_tiled::forward_into(&qkv, &sh, Some(&drop), &mut y);
+                attention_tiled::backward_into(&grad, &qkv, &sh, Some(&drop), &mut d);
+                black_box((&y, &d));
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_random(c: &mut Criterion) {
+    let mut g = c.benchmark_group("random");
+    let n = 2048 * 768;
+    let x = values(n, 7);
+    let rng = RngStream::new(8, 9);
+    g.throughput(Throughput::Elements(n as u64));
+    let mut words = vec![0u32; n];
+    g.bench_function("philox_fill_bits_one_thread", |bch| {
+        bch.iter(|| rng.fill_bits(0, black_box(&mut words)))
+    });
+    g.bench_function("dropout", |bch| bch.iter(|| black_box(fused::dropout(&x, 0.1, rng))));
+    g.bench_function("gelu_dropout", |bch| {
+        bch.iter(|| black_box(fused::gelu_dropout(&x, 0.1, rng)))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_gemm, bench_attention
+    targets = bench_gemm, bench_attention, bench_attention_step, bench_random
 }
 criterion_main!(benches);

@@ -22,10 +22,11 @@ use super::attention::{AttnDropout, AttnShape, RowsPtr};
 use super::fused::{keep_scale, keep_threshold, softmax_rows};
 use super::softmax::softmax_row_backward;
 
-/// The longest sequence this pass is used for. Measured against the GEMM
-/// reference (forward + backward, one thread pool of 2, AVX-512): 2–3.5×
-/// faster at 4 to 16 rows, 1.4× at 64, even at 96 to 128, and 1.3× slower
-/// at 256, where packing pays for itself (docs/BENCHMARKS.md).
+/// The longest sequence this pass is used for. Against the GEMM reference
+/// (`cargo bench --bench cpu_ops -- attention_step`, forward + backward, two
+/// threads, AVX-512): 2.3× faster at 4 rows, 1.6× at 8, 1.15× at 64, level
+/// at 16 rows of dh 96, and about 1.5× slower at 128 and 256, where packing
+/// pays for itself (docs/BENCHMARKS.md).
 pub const MAX_LEN: usize = 64;
 
 /// Rows and columns of one register block.
