@@ -136,20 +136,37 @@ pub fn matmul<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mu
         // SAFETY: `c` is borrowed mutably for the whole split and the blocks
         // are disjoint, so each task writes only its own elements, all
         // inside `c` (the view's bounds are checked in `gemm_ptr`).
-        unsafe {
-            let at = r0 * n + c0;
-            gemm_ptr(
-                alpha,
-                a.rows_from(r0, rows),
-                b.cols_from(c0, cols),
-                beta,
-                c_ptr.get().add(at),
-                len - at,
-                n,
-                1,
-            )
-        }
+        unsafe { block_product(alpha, a, b, beta, c_ptr, len, n, (r0, rows, c0, cols)) }
     });
+}
+
+/// The block `(r0, rows, c0, cols)` of `C ← α·A·B + β·C`, C dense with `n`
+/// columns and `len` elements at `c`.
+///
+/// # Safety
+/// As `gemm_ptr`, for the block's elements of C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_product<T: CpuFloat>(
+    alpha: T,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    beta: T,
+    c: SyncPtr<T>,
+    len: usize,
+    n: usize,
+    (r0, rows, c0, cols): (usize, usize, usize, usize),
+) {
+    let at = r0 * n + c0;
+    gemm_ptr(
+        alpha,
+        a.rows_from(r0, rows),
+        b.cols_from(c0, cols),
+        beta,
+        c.get().add(at),
+        len - at,
+        n,
+        1,
+    )
 }
 
 /// What a new product's `C` holds before `A·B` is added to it.
@@ -179,26 +196,17 @@ pub fn matmul_new<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, init: Init<
         // the GEMM reads it (β = 1), or written by the GEMM without being
         // read (β = 0, matrixmultiply's documented contract).
         unsafe {
-            let at = r0 * n + c0;
             let beta = match init {
                 Init::Zero => T::zero(),
                 Init::Row(row) => {
                     for i in 0..rows {
-                        std::ptr::copy_nonoverlapping(row.as_ptr().add(c0), c_ptr.get().add(at + i * n), cols);
+                        let at = (r0 + i) * n + c0;
+                        std::ptr::copy_nonoverlapping(row.as_ptr().add(c0), c_ptr.get().add(at), cols);
                     }
                     T::one()
                 }
             };
-            gemm_ptr(
-                alpha,
-                a.rows_from(r0, rows),
-                b.cols_from(c0, cols),
-                beta,
-                c_ptr.get().add(at),
-                len - at,
-                n,
-                1,
-            )
+            block_product(alpha, a, b, beta, c_ptr, len, n, (r0, rows, c0, cols))
         }
     });
     // SAFETY: the blocks cover every element of the `m × n` matrix and each
