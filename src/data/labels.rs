@@ -9,7 +9,8 @@ use std::path::Path;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::nifti::{read_volume, Volume, VolumeInfo};
+use super::nifti::{Volume, VolumeInfo};
+use super::volume::read_volume;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 

@@ -382,18 +382,9 @@ fn read_raw(path: &Path, offset: usize, nbytes: usize) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
-/// A CT volume from a NIfTI file (either half of a pair) or a folder
-/// holding one DICOM series (data/dicom.rs).
-pub fn read_volume(path: &Path) -> Result<Volume> {
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
-    }
-    if path.is_dir() {
-        return super::dicom::read_series(path, None).map(|(v, _)| v);
-    }
+/// A CT volume from a NIfTI file (either half of a pair); `read_volume`
+/// (data/volume.rs) is the entry point that also takes DICOM folders.
+pub(super) fn read_nifti(path: &Path) -> Result<Volume> {
     let header = header_file(path)?;
     let path = header.as_path();
     let h = &checked_header(path)?;

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use super::nifti::read_volume;
 use super::sampler::hu_window;
 use super::tiles::{tile, tile_grid};
+use super::volume::read_volume;
 use crate::error::{Error, Result};
 use crate::io::{ArrayData, TensorFile};
 use crate::model::ModelConfig;
