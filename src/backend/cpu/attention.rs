@@ -34,7 +34,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn head_dim(&self) -> usize {
+    pub(super) fn head_dim(&self) -> usize {
         self.width / self.heads
     }
 }

@@ -126,7 +126,7 @@ unsafe fn block<const R: usize, const W: usize>(ops: &Operands, i0: usize, j0: u
 /// rows, transposed into `out` (`dh × L`, row `d` holding feature d of
 /// every position).
 fn transposed(qkv: &[f32], sh: &AttnShape, s: usize, part: usize, h: usize, out: &mut [f32]) {
-    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let (first, rs) = (sh.layout.base(s) * 3 * e + part * e + h * dh, sh.layout.step * 3 * e);
     assert!(l == 0 || dh == 0 || (first + (l - 1) * rs + dh <= qkv.len() && out.len() >= dh * l));
     transpose(&qkv[first..], rs, l, dh, out);
@@ -140,12 +140,11 @@ crate::dispatched! {
             for d0 in (0..d8).step_by(8) {
                 let mut tile = [[0.0f32; 8]; 8];
                 for (r, row) in tile.iter_mut().enumerate() {
-                    *row = src[(j0 + r) * rs + d0..][..8].try_into().expect("8 values");
+                    row.copy_from_slice(&src[(j0 + r) * rs + d0..][..8]);
                 }
                 for c in 0..8 {
-                    let dst: &mut [f32; 8] = (&mut out[(d0 + c) * l + j0..][..8]).try_into().expect("8 values");
-                    for r in 0..8 {
-                        dst[r] = tile[r][c];
+                    for (r, dst) in out[(d0 + c) * l + j0..][..8].iter_mut().enumerate() {
+                        *dst = tile[r][c];
                     }
                 }
             }
@@ -159,30 +158,57 @@ crate::dispatched! {
     }
 }
 
-/// The probabilities of head `h` of sequence `s` into `p` (`L × L`), given
-/// `kt` = that head's `Kᵀ`; with dropout, also the kept factors into `keep`.
-#[allow(clippy::too_many_arguments)]
-fn probabilities(
-    qkv: &[f32],
-    sh: &AttnShape,
-    s: usize,
-    h: usize,
-    kt: &[f32],
-    dropout: Option<&AttnDropout>,
-    p: &mut [f32],
-    keep: &mut [f32],
-) {
-    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
-    let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
-    let scale = (1.0 / (dh as f64).sqrt()) as f32;
-    product(l, l, dh, scale, &qkv[base + h * dh..], rs, 1, kt, l, p, l);
-    softmax_rows(p, l);
-    if let Some(d) = dropout {
-        let mut words = vec![0u32; l * l];
-        d.rng.fill_bits(((s * sh.heads + h) * l * l) as u64, &mut words);
-        let (threshold, kept) = (keep_threshold(d.p), keep_scale(d.p));
-        for (k, &w) in keep.iter_mut().zip(&words) {
-            *k = if w >> 8 >= threshold { kept } else { 0.0 };
+/// A sequence task's buffers, reused over its heads.
+struct Scratch {
+    /// The head's `Kᵀ` (`dh × L`).
+    kt: Vec<f32>,
+    /// Its probabilities (`L × L`), before dropout.
+    p: Vec<f32>,
+    /// The dropout factor of each probability (0 or 1/(1 − p)), and the
+    /// Philox words they come from; empty without dropout.
+    keep: Vec<f32>,
+    words: Vec<u32>,
+}
+
+impl Scratch {
+    fn new(sh: &AttnShape, dropout: Option<&AttnDropout>) -> Self {
+        let (l, dh) = (sh.layout.len, sh.head_dim());
+        let drop_len = if dropout.is_some() { l * l } else { 0 };
+        Scratch {
+            kt: vec![0.0; dh * l],
+            p: vec![0.0; l * l],
+            keep: vec![0.0; drop_len],
+            words: vec![0; drop_len],
+        }
+    }
+
+    /// Head `h` of sequence `s`: `Kᵀ`, the probabilities and, with dropout,
+    /// the kept factors.
+    fn probabilities(&mut self, qkv: &[f32], sh: &AttnShape, s: usize, h: usize, dropout: Option<&AttnDropout>) {
+        let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
+        let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+        transposed(qkv, sh, s, 1, h, &mut self.kt);
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        product(
+            l,
+            l,
+            dh,
+            scale,
+            &qkv[base + h * dh..],
+            rs,
+            1,
+            &self.kt,
+            l,
+            &mut self.p,
+            l,
+        );
+        softmax_rows(&mut self.p, l);
+        if let Some(d) = dropout {
+            d.rng.fill_bits(((s * sh.heads + h) * l * l) as u64, &mut self.words);
+            let (threshold, kept) = (keep_threshold(d.p), keep_scale(d.p));
+            for (k, &w) in self.keep.iter_mut().zip(&self.words) {
+                *k = if w >> 8 >= threshold { kept } else { 0.0 };
+            }
         }
     }
 }
@@ -190,7 +216,7 @@ fn probabilities(
 /// `attention::forward_plain_into` for f32: the rows of `y` that the layout
 /// owns.
 pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) {
-    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     assert!(
         qkv.len() / (3 * e).max(1) >= y.len() / e.max(1),
         "attention: qkv shorter than the output's rows"
@@ -198,21 +224,19 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
     let y_rows = RowsPtr::new(y, e, sh);
     (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
         let mut out = vec![0.0f32; l * e];
-        let (mut kt, mut p) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
-        let mut keep = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        let mut head = Scratch::new(sh, dropout);
         let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
         for h in 0..sh.heads {
-            transposed(qkv, sh, s, 1, h, &mut kt);
-            probabilities(qkv, sh, s, h, &kt, dropout, &mut p, &mut keep);
+            head.probabilities(qkv, sh, s, h, dropout);
             if dropout.is_some() {
-                p.iter_mut().zip(&keep).for_each(|(p, &k)| *p *= k);
+                head.p.iter_mut().zip(&head.keep).for_each(|(p, &k)| *p *= k);
             }
             product(
                 l,
                 dh,
                 l,
                 1.0,
-                &p,
+                &head.p,
                 l,
                 1,
                 &qkv[base + 2 * e + h * dh..],
@@ -228,7 +252,7 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
 /// `attention::backward_plain_into` for f32: the rows of `dqkv` the layout
 /// owns.
 pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [f32]) {
-    let (l, e, dh) = (sh.layout.len, sh.width, sh.width / sh.heads);
+    let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let rows = dqkv.len() / (3 * e).max(1);
     assert!(
         qkv.len() >= rows * 3 * e && g.len() >= rows * e,
@@ -238,33 +262,32 @@ pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&At
     let d_rows = RowsPtr::new(dqkv, 3 * e, sh);
     (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
         let mut d = vec![0.0f32; l * 3 * e];
-        let (mut kt, mut vt) = (vec![0.0f32; dh * l], vec![0.0f32; dh * l]);
-        let (mut p, mut dp) = (vec![0.0f32; l * l], vec![0.0f32; l * l]);
-        let mut keep = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
-        let mut p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        let mut head = Scratch::new(sh, dropout);
+        let (mut vt, mut dp) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
+        let mut p_used = vec![0.0f32; head.keep.len()];
         let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
         let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
         for h in 0..sh.heads {
-            transposed(qkv, sh, s, 1, h, &mut kt);
+            head.probabilities(qkv, sh, s, h, dropout);
             transposed(qkv, sh, s, 2, h, &mut vt);
-            probabilities(qkv, sh, s, h, &kt, dropout, &mut p, &mut keep);
+            let (p, keep) = (&head.p, &head.keep);
             let dout = &g[go + h * dh..];
             // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
             // read with its strides swapped).
             let pt: &[f32] = if dropout.is_some() {
                 p_used
                     .iter_mut()
-                    .zip(p.iter().zip(&keep))
+                    .zip(p.iter().zip(keep))
                     .for_each(|(u, (&p, &k))| *u = p * k);
                 &p_used
             } else {
-                &p
+                p
             };
             product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
             // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
             product(l, l, dh, 1.0, dout, gs, 1, &vt, l, &mut dp, l);
             if dropout.is_some() {
-                dp.iter_mut().zip(&keep).for_each(|(d, &k)| *d *= k);
+                dp.iter_mut().zip(keep).for_each(|(d, &k)| *d *= k);
             }
             dp.chunks_mut(l)
                 .zip(p.chunks(l))
