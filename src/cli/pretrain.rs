@@ -281,7 +281,7 @@ impl Observer for Bar {
             self.progress
                 .get_or_insert_with(|| Progress::new("pretrain", total))
                 .set(step, &line);
-        } else if step % self.log_every.max(1) == 0 || step == total {
+        } else if step.is_multiple_of(self.log_every.max(1)) || step == total {
             eprintln!("step {step}/{total}: {line}");
         }
     }

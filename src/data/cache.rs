@@ -177,7 +177,7 @@ impl CachedVolume {
         let len = u32::from_le_bytes([map[12], map[13], map[14], map[15]]) as usize;
         let json = map.get(16..16 + len).ok_or_else(|| bad("header runs past the end"))?;
         let header: CacheHeader = serde_json::from_slice(json).map_err(|e| bad(&format!("header ({e})")))?;
-        if header.data_offset % ALIGN != 0 || header.data_offset < 16 + len {
+        if !header.data_offset.is_multiple_of(ALIGN) || header.data_offset < 16 + len {
             return Err(bad("misplaced voxel data"));
         }
         if map.len() != header.file_len() {

@@ -176,13 +176,13 @@ impl ModelConfig {
             }
         }
         self.sizes()?;
-        if self.num_heads == 0 || e % self.num_heads != 0 {
+        if self.num_heads == 0 || !e.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed_dim {e} is not divisible by num_heads {}",
                 self.num_heads
             ));
         }
-        if self.decoder_num_heads == 0 || e % self.decoder_num_heads != 0 {
+        if self.decoder_num_heads == 0 || !e.is_multiple_of(self.decoder_num_heads) {
             return bad(format!(
                 "embed_dim {e} is not divisible by decoder_num_heads {}",
                 self.decoder_num_heads
@@ -190,10 +190,10 @@ impl ModelConfig {
         }
         if self.use_nemesis_tokens {
             let k = self.num_nemesis_tokens;
-            if k == 0 || e % k != 0 {
+            if k == 0 || !e.is_multiple_of(k) {
                 return bad(format!("embed_dim {e} is not divisible by num_nemesis_tokens {k}"));
             }
-            if (e / k) % self.num_heads != 0 {
+            if !(e / k).is_multiple_of(self.num_heads) {
                 return bad(format!(
                     "the NEMESIS token width embed_dim/num_nemesis_tokens = {} is not divisible by num_heads {}",
                     e / k,

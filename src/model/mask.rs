@@ -105,14 +105,14 @@ impl DualMask {
     pub fn from_ids_keep(c: &ModelConfig, batch: usize, ids: Vec<usize>) -> Result<DualMask> {
         let (n, s, slices) = (c.num_tokens(), c.plane_tokens(), c.grid()[0]);
         let bad = |why: String| Err(Error::invalid("mask", why));
-        if batch == 0 || ids.len() % batch != 0 {
+        if batch == 0 || !ids.len().is_multiple_of(batch) {
             return bad(format!(
                 "{} kept tokens do not split over a batch of {batch}",
                 ids.len()
             ));
         }
         let nv = ids.len() / batch;
-        if nv == 0 || nv % slices != 0 {
+        if nv == 0 || !nv.is_multiple_of(slices) {
             return bad(format!(
                 "{nv} visible tokens per item cannot be the same number in each of the {slices} depth slices"
             ));

@@ -28,7 +28,7 @@ impl Tape {
         const OP: &str = "attention";
         let s = qkv.shape();
         let three_e = s.last();
-        if s.rank() == 0 || three_e == 0 || three_e % 3 != 0 {
+        if s.rank() == 0 || three_e == 0 || !three_e.is_multiple_of(3) {
             return Err(Error::bad_shape(
                 OP,
                 s,
@@ -36,7 +36,7 @@ impl Tape {
             ));
         }
         let e = three_e / 3;
-        if opts.heads == 0 || e % opts.heads != 0 {
+        if opts.heads == 0 || !e.is_multiple_of(opts.heads) {
             return Err(Error::bad_shape(
                 OP,
                 s,
@@ -166,7 +166,7 @@ impl Tape {
     ) -> Result<Var> {
         const OP: &str = "attention_pair";
         let s = qkv.shape();
-        if s.rank() != 2 || s.last() == 0 || s.last() % 6 != 0 {
+        if s.rank() != 2 || s.last() == 0 || !s.last().is_multiple_of(6) {
             return Err(Error::bad_shape(OP, s, "expected rows × 6E (two fused QKV blocks)"));
         }
         let (rows, e) = (s.dims()[0], s.last() / 6);

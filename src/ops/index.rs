@@ -16,7 +16,7 @@ fn per_item(op: &'static str, idx: &[usize], batch: usize, limit: usize) -> Resu
             Err(Error::invalid(op, "indices given for an empty batch"))
         };
     }
-    if idx.len() % batch != 0 {
+    if !idx.len().is_multiple_of(batch) {
         return Err(Error::invalid(
             op,
             format!("{} indices do not split evenly over a batch of {batch}", idx.len()),

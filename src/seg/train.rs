@@ -376,9 +376,10 @@ pub fn train(io: &SegTrainIo, run: &mut SegRun) -> Result<SegReport> {
             &json!({"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lr, "time": run.state.elapsed}),
         )?;
         progress.set(run.state.step, &format!("loss {loss_value:.4} lr {lr:.2e}"));
-        let end_of_epoch = run.state.step % r.steps_per_epoch == 0;
+        let end_of_epoch = run.state.step.is_multiple_of(r.steps_per_epoch);
         let last = run.state.step == r.steps;
-        let validate_now = !io.val.is_empty() && (last || (end_of_epoch && (epoch + 1) % r.eval_every.max(1) == 0));
+        let validate_now =
+            !io.val.is_empty() && (last || (end_of_epoch && (epoch + 1).is_multiple_of(r.eval_every.max(1))));
         if validate_now {
             let (mean, per) = validate(run, io.val, r.batch)?;
             last_dice = mean;

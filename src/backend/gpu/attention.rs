@@ -69,7 +69,7 @@ fn rows_fit(op: &'static str, layout: &SeqLayout, rows: usize) -> Result<()> {
 }
 
 fn check_head_dim(op: &'static str, e: usize, heads: usize) -> Result<usize> {
-    if heads == 0 || e % heads != 0 {
+    if heads == 0 || !e.is_multiple_of(heads) {
         return Err(Error::invalid(op, "E must be a multiple of the head count"));
     }
     let dh = e / heads;

@@ -48,7 +48,7 @@ pub fn superpatch_input(
     const OP: &str = "superpatch_input";
     let [d, h, w] = size;
     let [pd, ph, pw] = patch;
-    if batch == 0 || hu.len != batch * d * h * w || ids_keep.len() % batch != 0 {
+    if batch == 0 || hu.len != batch * d * h * w || !ids_keep.len().is_multiple_of(batch) {
         return Err(Error::invalid(OP, "the HU batch, sizes and token lists do not agree"));
     }
     if size.iter().zip(&patch).any(|(s, p)| *p == 0 || s % p != 0) {

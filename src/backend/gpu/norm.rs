@@ -15,7 +15,7 @@ fn row_blocks(rows: usize) -> Launch {
 
 /// `rows` of a tensor of `shape` normalised over `cols` values.
 fn rows_of(op: &'static str, shape: &Shape, cols: usize) -> Result<usize> {
-    if cols == 0 || shape.numel() % cols != 0 {
+    if cols == 0 || !shape.numel().is_multiple_of(cols) {
         return Err(Error::invalid(op, "values are not whole rows"));
     }
     Ok(shape.numel() / cols)

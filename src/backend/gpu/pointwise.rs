@@ -22,7 +22,7 @@ type Broadcast = fn(&dyn crate::device::DeviceApi, &Launch, &Buffer, &Buffer, &B
 
 fn broadcast(op: &'static str, a: &Tensor, b: &Tensor, kernel: Broadcast) -> Result<Tensor> {
     let dev = device_of(op, &[a, b])?;
-    if b.numel() == 0 || a.numel() % b.numel() != 0 {
+    if b.numel() == 0 || !a.numel().is_multiple_of(b.numel()) {
         return Err(Error::shape_mismatch(
             op,
             a.shape(),
@@ -50,7 +50,7 @@ fn broadcast(op: &'static str, a: &Tensor, b: &Tensor, kernel: Broadcast) -> Res
 pub fn column_sums(g: &Tensor, cols: usize) -> Result<Tensor> {
     const OP: &str = "column_sums";
     let dev = device_of(OP, &[g])?;
-    if cols == 0 || g.numel() % cols != 0 {
+    if cols == 0 || !g.numel().is_multiple_of(cols) {
         return Err(Error::invalid(OP, "values are not whole rows"));
     }
     let rows = g.numel() / cols;
