@@ -2,14 +2,15 @@
 //! detected instruction set, the measured f32 FMA peak of every thread,
 //! and the GEMM's rate at a preset's shapes (the attention and FFN
 //! projections at the decoder's token count, forward and the backward's
-//! transposed products) as a fraction of that peak; tools/torch_matmul.py
-//! times torch.matmul at the same shapes.
+//! transposed products) as a fraction of that peak, beside matrixmultiply
+//! (the baseline, timed in turns with it); tools/torch_matmul.py times
+//! torch.matmul at the same shapes.
 
 use std::time::Instant;
 
 use clap::Args;
 
-use crate::backend::cpu::gemm::{matmul, MatRef};
+use crate::backend::cpu::gemm::{f32_engine, matmul, matmul_matrixmultiply, MatRef};
 use crate::backend::cpu::peak::{fma_peak, instruction_set};
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
@@ -86,15 +87,14 @@ pub fn run(a: &GemmArgs) -> Result<()> {
         String::new()
     };
     println!(
-        "{:<12} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}{other}",
-        "product", "m", "k", "n", "ms", "GFLOP/s", "of peak"
+        "{:<12} {:>6} {:>6} {:>6} {:>15} {:>8} {:>8} {:>8} {:>18} {:>8}{other}",
+        "product", "m", "k", "n", "engine", "ms", "GFLOP/s", "of peak", "matrixmultiply ms", "of peak"
     );
-    #[cfg(not(feature = "gemm-crate"))]
-    let other = "";
     for s in shapes(rows, c.embed_dim, c.ffn_dim) {
         let av = values(s.m * s.k, 1);
         let bv = values(s.k * s.n, 2);
         let mut cv = vec![0f32; s.m * s.n];
+        let mut cm = vec![0f32; s.m * s.n];
         let am = if s.ta {
             MatRef::rm(&av, s.k, s.m).t()
         } else {
@@ -106,23 +106,34 @@ pub fn run(a: &GemmArgs) -> Result<()> {
             MatRef::rm(&bv, s.k, s.n)
         };
         let flops = 2.0 * (s.m * s.k * s.n) as f64;
-        let med = median_time(a.reps, || matmul(1.0, am, bm, 0.0, &mut cv));
-        std::hint::black_box(&cv);
-        let rate = flops / med;
+        // The two engines take turns, so a noisy minute weighs on both.
+        let times = median_times(
+            a.reps,
+            &mut [&mut || matmul(1.0, am, bm, 0.0, &mut cv), &mut || {
+                matmul_matrixmultiply(1.0, am, bm, 0.0, &mut cm)
+            }],
+        );
+        std::hint::black_box((&cv, &cm));
+        let (ours, mm) = (times[0], times[1]);
         #[cfg(feature = "gemm-crate")]
         let other = {
-            let t = median_time(a.reps, || gemm_crate(&s, &av, &bv, &mut cv, threads));
+            let t = median_times(a.reps, &mut [&mut || gemm_crate(&s, &av, &bv, &mut cv, threads)])[0];
             format!(" {:>14.3} {:>7.1}%", 1e3 * t, 100.0 * flops / t / peak)
         };
+        #[cfg(not(feature = "gemm-crate"))]
+        let other = "";
         println!(
-            "{:<12} {:>6} {:>6} {:>6} {:>10.3} {:>10.1} {:>7.1}%{other}",
+            "{:<12} {:>6} {:>6} {:>6} {:>15} {:>8.3} {:>8.1} {:>7.1}% {:>18.3} {:>7.1}%{other}",
             s.name,
             s.m,
             s.k,
             s.n,
-            1e3 * med,
-            rate / 1e9,
-            100.0 * rate / peak
+            f32_engine(&am, &bm),
+            1e3 * ours,
+            flops / ours / 1e9,
+            100.0 * flops / ours / peak,
+            1e3 * mm,
+            100.0 * flops / mm / peak
         );
     }
     println!(
@@ -132,18 +143,27 @@ pub fn run(a: &GemmArgs) -> Result<()> {
     Ok(())
 }
 
-/// The median wall time of `reps` calls of `f`, after one untimed call.
-fn median_time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
+/// The median wall time of `reps` calls of each of `fs`, after one untimed
+/// call of each; the calls take turns.
+fn median_times(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(reps); fs.len()];
+    for f in fs.iter_mut() {
+        f();
+    }
+    for _ in 0..reps {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
             let t0 = Instant::now();
             f();
-            t0.elapsed().as_secs_f64()
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+        .collect()
 }
 
 /// The same product through the `gemm` crate (its own rayon threading).

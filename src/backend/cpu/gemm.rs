@@ -128,11 +128,22 @@ unsafe fn gemm_ptr<T: CpuFloat>(
 /// `C ← α·A·B + β·C` into a dense row-major `C` (`m × n`), split into row
 /// blocks across the rayon pool when the product is large enough to pay.
 pub fn matmul<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mut [T]) {
-    let (m, n) = (a.rows, b.cols);
-    assert_eq!(c.len(), m * n, "matmul: output size");
+    assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
+    // SAFETY: `c` is borrowed mutably and holds the `m × n` matrix.
+    if unsafe { packed(alpha, a, b, beta, None, c.as_mut_ptr()) } {
+        return;
+    }
+    matmul_matrixmultiply(alpha, a, b, beta, c)
+}
+
+/// `matmul` through matrixmultiply alone, never the packed f32 product:
+/// the baseline `bench gemm` and the tests set our product beside.
+pub fn matmul_matrixmultiply<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, c: &mut [T]) {
+    let n = b.cols;
+    assert_eq!(c.len(), a.rows * n, "matmul: output size");
     let c_ptr = SyncPtr(c.as_mut_ptr());
     let len = c.len();
-    for_blocks(m, a.cols, n, |r0, rows, c0, cols| {
+    for_blocks(a.rows, a.cols, n, |r0, rows, c0, cols| {
         // SAFETY: `c` is borrowed mutably for the whole split and the blocks
         // are disjoint, so each task writes only its own elements, all
         // inside `c` (the view's bounds are checked in `gemm_ptr`).
@@ -188,6 +199,17 @@ pub fn matmul_new<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, init: Init<
         assert_eq!(row.len(), n, "matmul_new: the initial row must have n values");
     }
     let mut c: Vec<T> = Vec::with_capacity(m * n);
+    let row = match init {
+        Init::Zero => None,
+        Init::Row(row) => Some(row),
+    };
+    // SAFETY: the capacity holds `m·n` elements; the packed product
+    // writes each of them without reading it first (β = 0, or the row).
+    if unsafe { packed(alpha, a, b, T::zero(), row, c.as_mut_ptr()) } {
+        // SAFETY: every element was written by the product.
+        unsafe { c.set_len(m * n) };
+        return c;
+    }
     let c_ptr = SyncPtr(c.as_mut_ptr());
     let len = m * n;
     for_blocks(m, a.cols, n, |r0, rows, c0, cols| {
@@ -213,6 +235,65 @@ pub fn matmul_new<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, init: Init<
     // has been written above (a product with m or n zero has no elements).
     unsafe { c.set_len(m * n) };
     c
+}
+
+/// Products below this many multiply-adds stay with matrixmultiply.
+const PACKED_WORK: usize = 1 << 18;
+
+/// Whether an f32 product of these operands goes to `sgemm`: big enough,
+/// and A row-major. A k-major A (the weight gradients `dYᵀ·X`, k the token
+/// count) stays with matrixmultiply, which measured faster there
+/// (docs/DESIGN.md, "Our own f32 product").
+fn packed_takes<T>(a: &MatRef<T>, b: &MatRef<T>) -> bool {
+    a.cs == 1 && a.rows * a.cols * b.cols >= PACKED_WORK
+}
+
+/// Which engine `matmul` uses for f32 operands like these on this CPU, for
+/// `bench gemm` to name.
+pub fn f32_engine(a: &MatRef<f32>, b: &MatRef<f32>) -> &'static str {
+    if packed_takes(a, b) && super::sgemm::has_kernel() {
+        "ours"
+    } else {
+        "matrixmultiply"
+    }
+}
+
+/// The f32 product of our own (`sgemm`) into the dense `m × n` matrix at
+/// `c`, when `T` is f32, the product is big enough and the CPU has the
+/// kernel; false (nothing done) otherwise.
+///
+/// # Safety
+/// As `sgemm::product`.
+unsafe fn packed<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, row: Option<&[T]>, c: *mut T) -> bool {
+    assert_eq!(b.rows, a.cols, "gemm: inner dimensions differ");
+    assert!(a.fits() && b.fits(), "gemm: operand view outside its slice");
+    if !packed_takes(&a, &b) {
+        return false;
+    }
+    let (Some(ad), Some(bd)) = (T::as_f32(a.data), T::as_f32(b.data)) else {
+        return false;
+    };
+    let row = match row.map(T::as_f32) {
+        None => None,
+        Some(Some(r)) => Some(r),
+        Some(None) => return false,
+    };
+    let a32 = MatRef {
+        data: ad,
+        rows: a.rows,
+        cols: a.cols,
+        rs: a.rs,
+        cs: a.cs,
+    };
+    let b32 = MatRef {
+        data: bd,
+        rows: b.rows,
+        cols: b.cols,
+        rs: b.rs,
+        cs: b.cs,
+    };
+    let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
+    unsafe { super::sgemm::product(alpha, a32, b32, beta, row, c.cast::<f32>()) }
 }
 
 /// Runs `f(r0, rows, c0, cols)` over blocks of an `m × n` output: one block

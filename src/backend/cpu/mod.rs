@@ -14,6 +14,7 @@ pub mod layer_norm;
 pub mod loss;
 pub mod peak;
 pub mod reduce;
+mod sgemm;
 pub mod softmax;
 pub mod vecmath;
 

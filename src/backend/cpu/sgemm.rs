@@ -1,0 +1,537 @@
+//! The f32 product of our own: B packed once and shared by every task, A
+//! read in place when it is row-major, and a register-blocked kernel for
+//! AVX-512 (8 rows × 48 columns) and for AVX2+FMA (6 × 16).
+//!
+//! The model's forward products `x·Wᵀ` and input gradients `dY·W` have a
+//! row-major A of thousands of token rows and a short k (E = 192 at
+//! `small`, 768 at `paper`). matrixmultiply packs A in 64-row blocks and
+//! B again for every task; here only B (the small weight) is packed, once,
+//! and each kernel call broadcasts A's eight rows straight from the
+//! activations. `bench gemm` sets the two side by side.
+//!
+//! Every element of C is summed in the same order whatever the split, the
+//! thread count or the instruction set: over k in blocks of at most
+//! `KC_MAX`, each block one FMA chain from p = 0 upwards, its sum added to
+//! C as `α·sum + C` (the first block `α·sum + β·C`). So the AVX-512 and
+//! AVX2 kernels give the same bits, and so does any thread count.
+//! Without AVX2 the caller uses matrixmultiply instead.
+
+use rayon::prelude::*;
+
+use super::gemm::MatRef;
+
+/// The longest k block summed in registers before C is updated.
+const KC_MAX: usize = 1024;
+/// The most values of packed B swept per strip of A (1 MiB, kept in L2).
+const NC_VALUES: usize = 1 << 18;
+
+/// One register-blocked kernel: `tile ← A-strip · B-panel` over `kc`, with
+/// the strip packed as `kc × MR` and the panel as `kc × NR`.
+#[derive(Clone, Copy)]
+struct Kernel {
+    mr: usize,
+    nr: usize,
+    run: unsafe fn(usize, *const f32, isize, isize, *const f32, *mut f32),
+}
+
+#[cfg(target_arch = "x86_64")]
+const AVX512: Kernel = Kernel {
+    mr: 8,
+    nr: 48,
+    run: kernel_8x48,
+};
+#[cfg(target_arch = "x86_64")]
+const AVX2: Kernel = Kernel {
+    mr: 6,
+    nr: 16,
+    run: kernel_6x16,
+};
+
+/// The kernel for this CPU (capped by `NEMESIS_CPU_ISA`), if it has one.
+fn kernel() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::Isa;
+        match crate::simd::isa() {
+            Isa::Avx512 => Some(AVX512),
+            Isa::Avx2Fma => Some(AVX2),
+            Isa::Baseline => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// Whether this CPU (capped by `NEMESIS_CPU_ISA`) has a kernel here.
+pub(super) fn has_kernel() -> bool {
+    kernel().is_some()
+}
+
+/// The largest tile any kernel writes.
+const TILE_MAX: usize = 8 * 48;
+
+/// `C ← α·A·B + β·C` (or `C ← row + α·A·B` with `row`) into the dense
+/// row-major `m × n` matrix at `c`, in parallel. Returns false, having done
+/// nothing, when this CPU has no kernel here.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of `m·n` elements that nobody
+/// else touches during the call (with β = 0 or `row` they are written
+/// without being read); `row`, when given, has `n` values; the views must
+/// lie inside their slices.
+pub(super) unsafe fn product(
+    alpha: f32,
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    beta: f32,
+    row: Option<&[f32]>,
+    c: *mut f32,
+) -> bool {
+    let Some(kern) = kernel() else { return false };
+    // SAFETY: as this function's.
+    unsafe { product_with(kern, alpha, a, b, beta, row, c) };
+    true
+}
+
+/// `product` with a given kernel.
+///
+/// # Safety
+/// As `product`, and the CPU has the kernel's instruction set.
+unsafe fn product_with(
+    kern: Kernel,
+    alpha: f32,
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    beta: f32,
+    row: Option<&[f32]>,
+    c: *mut f32,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
+    assert!(
+        row.is_none_or(|r| r.len() == n),
+        "sgemm: the initial row must have n values"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let blocks = k_blocks(k);
+    let packed = pack_b(&b, &blocks, kern.nr);
+    let strips = m.div_ceil(kern.mr);
+    // A few tasks per thread, so a thread slowed by the machine hands work
+    // to the other.
+    let tasks = (rayon::current_num_threads() * 4).min(strips);
+    let per_task = strips.div_ceil(tasks);
+    let c = Shared(c);
+    (0..strips.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let s0 = t * per_task;
+        let s1 = (s0 + per_task).min(strips);
+        // SAFETY: the task writes rows s0·mr .. s1·mr of C (clipped to m),
+        // which no other task touches.
+        unsafe { run_strips(kern, alpha, &a, &packed, &blocks, beta, row, c, n, s0..s1) };
+    });
+}
+
+/// The k blocks `(p0, kc)`: as few as `KC_MAX` allows, of equal length
+/// (the last shorter); one empty block when k = 0, so C still gets β·C.
+fn k_blocks(k: usize) -> Vec<(usize, usize)> {
+    if k == 0 {
+        return vec![(0, 0)];
+    }
+    let len = k.div_ceil(k.div_ceil(KC_MAX));
+    (0..k).step_by(len).map(|p0| (p0, len.min(k - p0))).collect()
+}
+
+/// B packed panel by panel: for each k block, `n.div_ceil(nr)` panels of
+/// `kc × nr` values (columns past n are zero), blocks one after another.
+struct PackedB {
+    data: AlignedBuf,
+    /// Where each k block's panels start.
+    starts: Vec<usize>,
+    panels: usize,
+}
+
+fn pack_b(b: &MatRef<f32>, blocks: &[(usize, usize)], nr: usize) -> PackedB {
+    let n = b.cols;
+    let panels = n.div_ceil(nr);
+    let mut starts = Vec::with_capacity(blocks.len());
+    let mut total = 0;
+    for &(_, kc) in blocks {
+        starts.push(total);
+        total += kc * panels * nr;
+    }
+    let mut data = AlignedBuf::new(total);
+    let buf = data.as_mut_slice();
+    for (&(p0, kc), &start) in blocks.iter().zip(&starts) {
+        if kc == 0 {
+            continue;
+        }
+        buf[start..start + kc * panels * nr]
+            .par_chunks_mut(kc * nr)
+            .enumerate()
+            .for_each(|(j, dst)| pack_panel(b, p0, kc, j * nr, nr, dst));
+    }
+    PackedB { data, starts, panels }
+}
+
+/// Columns `j0 .. j0 + nr` of B's rows `p0 .. p0 + kc` into `dst` as
+/// `kc × nr`, zeros past the last column.
+fn pack_panel(b: &MatRef<f32>, p0: usize, kc: usize, j0: usize, nr: usize, dst: &mut [f32]) {
+    let cols = nr.min(b.cols - j0);
+    if cols < nr {
+        dst.fill(0.0);
+    }
+    if b.cs == 1 {
+        for p in 0..kc {
+            let at = (p0 + p) * b.rs + j0;
+            dst[p * nr..p * nr + cols].copy_from_slice(&b.data[at..at + cols]);
+        }
+    } else {
+        // Column by column, reading each (a row of the stored transpose)
+        // with its own stride.
+        for jj in 0..cols {
+            let base = (j0 + jj) * b.cs + p0 * b.rs;
+            for p in 0..kc {
+                dst[p * nr + jj] = b.data[base + p * b.rs];
+            }
+        }
+    }
+}
+
+/// Rows `i0 .. i0 + mr` of A's columns `p0 .. p0 + kc` into `dst` as
+/// `kc × mr`, zeros past the last row.
+fn pack_strip(a: &MatRef<f32>, i0: usize, mr: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+    let rows = mr.min(a.rows - i0);
+    if rows < mr {
+        dst[..kc * mr].fill(0.0);
+    }
+    if a.rs == 1 {
+        for p in 0..kc {
+            let at = (p0 + p) * a.cs + i0;
+            dst[p * mr..p * mr + rows].copy_from_slice(&a.data[at..at + rows]);
+        }
+    } else {
+        for r in 0..rows {
+            let base = (i0 + r) * a.rs + p0 * a.cs;
+            for p in 0..kc {
+                dst[p * mr + r] = a.data[base + p * a.cs];
+            }
+        }
+    }
+}
+
+/// Strips `strips` of C (mr rows each), every k block and column panel.
+///
+/// # Safety
+/// As `product`, for the strips' rows of C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_strips(
+    kern: Kernel,
+    alpha: f32,
+    a: &MatRef<f32>,
+    packed: &PackedB,
+    blocks: &[(usize, usize)],
+    beta: f32,
+    row: Option<&[f32]>,
+    c: Shared,
+    n: usize,
+    strips: std::ops::Range<usize>,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let m = a.rows;
+    let mut strip = vec![0f32; mr * blocks.iter().map(|b| b.1).max().unwrap_or(0)];
+    let mut tile = Aligned([0f32; TILE_MAX]);
+    for (bi, (&(p0, kc), &start)) in blocks.iter().zip(&packed.starts).enumerate() {
+        let first = bi == 0;
+        let nc_panels = (NC_VALUES / (kc * nr).max(1)).max(1);
+        for pj0 in (0..packed.panels).step_by(nc_panels) {
+            let pj1 = (pj0 + nc_panels).min(packed.panels);
+            for s in strips.clone() {
+                let i0 = s * mr;
+                let rows = mr.min(m - i0);
+                // A full strip of a row-major A is read in place; a strip
+                // of any other A, or the last, short one (zero rows below
+                // it), is packed.
+                let (ap, ra, ka) = if rows == mr && a.cs == 1 {
+                    (a.data.as_ptr().add(i0 * a.rs + p0), a.rs as isize, 1)
+                } else {
+                    pack_strip(a, i0, mr, p0, kc, &mut strip);
+                    (strip.as_ptr(), 1, mr as isize)
+                };
+                for pj in pj0..pj1 {
+                    let j0 = pj * nr;
+                    let cols = nr.min(n - j0);
+                    let panel = packed.data.as_ptr().add(start + pj * kc * nr);
+                    (kern.run)(kc, ap, ra, ka, panel, tile.0.as_mut_ptr());
+                    for r in 0..rows {
+                        let out = std::slice::from_raw_parts_mut(c.0.add((i0 + r) * n + j0), cols);
+                        let t = &tile.0[r * nr..r * nr + cols];
+                        update(out, t, alpha, beta, first, row.map(|v| &v[j0..j0 + cols]));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One row of a tile into C.
+#[inline]
+fn update(out: &mut [f32], t: &[f32], alpha: f32, beta: f32, first: bool, row: Option<&[f32]>) {
+    match (first, row) {
+        (true, Some(row)) => {
+            for ((o, &t), &r) in out.iter_mut().zip(t).zip(row) {
+                *o = alpha * t + r;
+            }
+        }
+        (true, None) if beta == 0.0 => {
+            for (o, &t) in out.iter_mut().zip(t) {
+                *o = alpha * t;
+            }
+        }
+        (true, None) => {
+            for (o, &t) in out.iter_mut().zip(t) {
+                *o = alpha * t + beta * *o;
+            }
+        }
+        (false, _) => {
+            for (o, &t) in out.iter_mut().zip(t) {
+                *o += alpha * t;
+            }
+        }
+    }
+}
+
+/// `tile (8 × 48) ← Σ_p a[p·8 + r] · b[p·48 + j]`.
+///
+/// # Safety
+/// AVX-512F present; `a` holds `kc·8` values, `b` `kc·48`, `tile` 384.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, tile: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 3]; 8];
+    let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
+        let b2 = _mm512_loadu_ps(b.add(32));
+        for (acc, &o) in acc.iter_mut().zip(&offs) {
+            let av = _mm512_set1_ps(*a.offset(o));
+            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            acc[2] = _mm512_fmadd_ps(av, b2, acc[2]);
+        }
+        a = a.offset(ka);
+        b = b.add(48);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &x) in acc.iter().enumerate() {
+            _mm512_storeu_ps(tile.add(r * 48 + v * 16), x);
+        }
+    }
+}
+
+/// `tile (6 × 16) ← Σ_p a[p·6 + r] · b[p·16 + j]`.
+///
+/// # Safety
+/// AVX2 and FMA present; `a` holds `kc·6` values, `b` `kc·16`, `tile` 96.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, tile: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    let offs: [isize; 6] = std::array::from_fn(|r| r as isize * ra);
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(b);
+        let b1 = _mm256_loadu_ps(b.add(8));
+        for (acc, &o) in acc.iter_mut().zip(&offs) {
+            let av = _mm256_broadcast_ss(&*a.offset(o));
+            acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+        }
+        a = a.offset(ka);
+        b = b.add(16);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &x) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tile.add(r * 16 + v * 8), x);
+        }
+    }
+}
+
+#[repr(align(64))]
+struct Aligned<const N: usize>([f32; N]);
+
+/// A zeroed f32 buffer whose first element sits on a 64-byte boundary.
+struct AlignedBuf {
+    raw: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let raw = vec![0f32; len + 16];
+        let offset = raw.as_ptr().align_offset(64).min(16);
+        AlignedBuf { raw, offset, len }
+    }
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.raw[self.offset..self.offset + self.len]
+    }
+    fn as_ptr(&self) -> *const f32 {
+        self.raw[self.offset..].as_ptr()
+    }
+}
+
+/// C's pointer, shared by the strip tasks (each writes its own rows).
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: only used to hand disjoint row ranges of C to tasks.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The kernels this CPU can run, whatever the cap.
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        use std::arch::is_x86_feature_detected as has;
+        let mut v = Vec::new();
+        if has!("avx512f") {
+            v.push(("AVX-512", AVX512));
+        }
+        if has!("avx2") && has!("fma") {
+            v.push(("AVX2", AVX2));
+        }
+        if v.is_empty() {
+            eprintln!("sgemm tests: this CPU has neither AVX2+FMA nor AVX-512; nothing to check");
+        }
+        v
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7 + seed * 13) % 23) as f32 - 11.0) / 8.0)
+            .collect()
+    }
+
+    /// `kern`'s product into a C that starts as `c0` (ignored with `row`).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        kern: Kernel,
+        alpha: f32,
+        a: MatRef<f32>,
+        b: MatRef<f32>,
+        beta: f32,
+        row: Option<&[f32]>,
+        c0: &[f32],
+    ) -> Vec<f32> {
+        let mut c = c0.to_vec();
+        assert_eq!(c.len(), a.rows * b.cols);
+        // SAFETY: `c` holds the m × n result and the views lie in their slices.
+        unsafe { product_with(kern, alpha, a, b, beta, row, c.as_mut_ptr()) };
+        c
+    }
+
+    /// Ragged shapes (m, n not multiples of the tile, k over `KC_MAX` and
+    /// k = 0), every operand layout, β = 0, β ≠ 0 and a bias row, against
+    /// a product summed in f64.
+    #[test]
+    fn matches_a_plain_product_at_ragged_shapes() {
+        for (name, kern) in kernels() {
+            for (m, k, n) in [
+                (1usize, 1usize, 1usize),
+                (7, 3, 5),
+                (9, 1030, 50),
+                (17, 64, 97),
+                (40, 2, 200),
+                (8, 0, 48),
+            ] {
+                let av = values(m * k + 3 * m, 1);
+                let bv = values(k * n, 2);
+                let row = values(n, 3);
+                let c0 = values(m * n, 4);
+                // A row-major, transposed (stored k × m) and with padded rows.
+                let a_views = [
+                    ("A", MatRef::rm(&av, m, k)),
+                    ("Aᵀ", MatRef::rm(&av, k, m).t()),
+                    ("A padded", MatRef::strided(&av, 0, m, k, k + 3)),
+                ];
+                let b_views = [("B", MatRef::rm(&bv, k, n)), ("Bᵀ", MatRef::rm(&bv, n, k).t())];
+                for &(an, a) in &a_views {
+                    for &(bn, b) in &b_views {
+                        for (init, beta, with_row) in
+                            [("β 0", 0.0f32, false), ("β 0.5", 0.5, false), ("row", 1.0, true)]
+                        {
+                            let r = with_row.then_some(&row[..]);
+                            let got = run(kern, 1.5, a, b, beta, r, &c0);
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let mut sum = 0f64;
+                                    let mut size = 0f64;
+                                    for p in 0..k {
+                                        let x = a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.rs + j * b.cs] as f64;
+                                        sum += x;
+                                        size += x.abs();
+                                    }
+                                    let start = if with_row {
+                                        row[j] as f64
+                                    } else {
+                                        beta as f64 * c0[i * n + j] as f64
+                                    };
+                                    let want = 1.5 * sum + start;
+                                    let err = (got[i * n + j] as f64 - want).abs();
+                                    assert!(
+                                        err <= 1e-6 * (1.0 + 1.5 * size + start.abs()),
+                                        "{name} {m}×{k}×{n} {an} {bn} {init} ({i}, {j}): {} against {want}",
+                                        got[i * n + j]
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The summation order is fixed: the AVX-512 and AVX2 kernels, and
+    /// one or three threads, give the same bits (k over `KC_MAX`, so C is
+    /// updated per block too).
+    #[test]
+    fn same_bits_for_every_kernel_and_thread_count() {
+        let (m, k, n) = (100usize, 1100usize, 70usize);
+        let av = values(m * k, 5);
+        let bv = values(n * k, 6);
+        let (a, b) = (MatRef::rm(&av, m, k), MatRef::rm(&bv, n, k).t());
+        let c0 = values(m * n, 7);
+        let mut results = Vec::new();
+        for (name, kern) in kernels() {
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let c = pool.install(|| run(kern, 0.75, a, b, 0.25, None, &c0));
+                results.push((format!("{name}, {threads} threads"), c));
+            }
+        }
+        for (name, c) in &results[1..] {
+            let same = c.iter().zip(&results[0].1).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name} differs from {}", results[0].0);
+        }
+    }
+
+    #[test]
+    fn k_blocks_cover_k_in_order() {
+        assert_eq!(k_blocks(0), vec![(0, 0)]);
+        assert_eq!(k_blocks(192), vec![(0, 192)]);
+        assert_eq!(
+            k_blocks(KC_MAX + 1),
+            vec![(0, KC_MAX / 2 + 1), (KC_MAX / 2 + 1, KC_MAX / 2)]
+        );
+        assert_eq!(k_blocks(3 * KC_MAX).len(), 3);
+    }
+}
