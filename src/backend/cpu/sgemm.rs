@@ -31,7 +31,30 @@ const NC_VALUES: usize = 1 << 18;
 struct Kernel {
     mr: usize,
     nr: usize,
-    run: unsafe fn(usize, *const f32, isize, isize, *const f32, *mut f32),
+    run: unsafe fn(usize, *const f32, isize, isize, *const f32, &Out),
+}
+
+/// Where a kernel writes its `mr × nr` tile of sums: `C ← α·sum + start`,
+/// row `r` at `c + r·ldc`.
+#[derive(Clone, Copy)]
+struct Out {
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    start: Start,
+}
+
+/// What the tile's part of C starts as.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Nothing (C is written without being read).
+    Zero,
+    /// `β·C`.
+    Scaled(f32),
+    /// The same `nr` values for every row (a bias, from this pointer).
+    Row(*const f32),
+    /// C itself (the later k blocks).
+    Add,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -264,7 +287,31 @@ unsafe fn run_strips(
                     let j0 = pj * nr;
                     let cols = nr.min(n - j0);
                     let panel = packed.data.as_ptr().add(start + pj * kc * nr);
-                    (kern.run)(kc, ap, ra, ka, panel, tile.0.as_mut_ptr());
+                    if rows == mr && cols == nr {
+                        // A whole tile: the kernel writes C itself.
+                        let begin = match (first, row) {
+                            (true, Some(row)) => Start::Row(row.as_ptr().add(j0)),
+                            (true, None) if beta == 0.0 => Start::Zero,
+                            (true, None) => Start::Scaled(beta),
+                            (false, _) => Start::Add,
+                        };
+                        let out = Out {
+                            c: c.0.add(i0 * n + j0),
+                            ldc: n,
+                            alpha,
+                            start: begin,
+                        };
+                        (kern.run)(kc, ap, ra, ka, panel, &out);
+                        continue;
+                    }
+                    // An edge tile: the sums into `tile`, then its valid part into C.
+                    let out = Out {
+                        c: tile.0.as_mut_ptr(),
+                        ldc: nr,
+                        alpha: 1.0,
+                        start: Start::Zero,
+                    };
+                    (kern.run)(kc, ap, ra, ka, panel, &out);
                     for r in 0..rows {
                         let out = std::slice::from_raw_parts_mut(c.0.add((i0 + r) * n + j0), cols);
                         let t = &tile.0[r * nr..r * nr + cols];
@@ -276,7 +323,8 @@ unsafe fn run_strips(
     }
 }
 
-/// One row of a tile into C.
+/// One row of an edge tile into C: the same operations, element by
+/// element, as a kernel's own write of a whole tile (`finish!`).
 #[inline]
 fn update(out: &mut [f32], t: &[f32], alpha: f32, beta: f32, first: bool, row: Option<&[f32]>) {
     match (first, row) {
@@ -303,13 +351,58 @@ fn update(out: &mut [f32], t: &[f32], alpha: f32, beta: f32, first: bool, row: O
     }
 }
 
-/// `tile (8 × 48) ← Σ_p a[p·8 + r] · b[p·48 + j]`.
+/// The end of a kernel: each accumulator `acc[r][v]` (lanes `v·W ..` of
+/// row r) into `out` as `α·acc + start`, multiplies and adds kept apart
+/// (no FMA), so the result is the scalar `update`'s.
+macro_rules! finish {
+    ($acc:expr, $out:expr, $w:expr, $set1:ident, $load:ident, $store:ident, $mul:ident, $add:ident) => {{
+        let out: &Out = $out;
+        let alpha = $set1(out.alpha);
+        match out.start {
+            Start::Zero => {
+                for (r, acc) in $acc.iter().enumerate() {
+                    for (v, &x) in acc.iter().enumerate() {
+                        $store(out.c.add(r * out.ldc + v * $w), $mul(alpha, x));
+                    }
+                }
+            }
+            Start::Scaled(beta) => {
+                let beta = $set1(beta);
+                for (r, acc) in $acc.iter().enumerate() {
+                    for (v, &x) in acc.iter().enumerate() {
+                        let p = out.c.add(r * out.ldc + v * $w);
+                        $store(p, $add($mul(alpha, x), $mul(beta, $load(p))));
+                    }
+                }
+            }
+            Start::Row(row) => {
+                for (r, acc) in $acc.iter().enumerate() {
+                    for (v, &x) in acc.iter().enumerate() {
+                        let p = out.c.add(r * out.ldc + v * $w);
+                        $store(p, $add($mul(alpha, x), $load(row.add(v * $w))));
+                    }
+                }
+            }
+            Start::Add => {
+                for (r, acc) in $acc.iter().enumerate() {
+                    for (v, &x) in acc.iter().enumerate() {
+                        let p = out.c.add(r * out.ldc + v * $w);
+                        $store(p, $add($load(p), $mul(alpha, x)));
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·48 + j] + start`, 8 rows × 48 columns.
 ///
 /// # Safety
-/// AVX-512F present; `a` holds `kc·8` values, `b` `kc·48`, `tile` 384.
+/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds `kc·48`
+/// values, `out` covers 8 rows of 48 (and its `Row` 48 values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, tile: *mut f32) {
+unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 3]; 8];
     let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
@@ -327,20 +420,26 @@ unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const 
         a = a.offset(ka);
         b = b.add(48);
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (v, &x) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(r * 48 + v * 16), x);
-        }
-    }
+    finish!(
+        acc,
+        out,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps
+    );
 }
 
-/// `tile (6 × 16) ← Σ_p a[p·6 + r] · b[p·16 + j]`.
+/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16 + j] + start`, 6 rows × 16 columns.
 ///
 /// # Safety
-/// AVX2 and FMA present; `a` holds `kc·6` values, `b` `kc·16`, `tile` 96.
+/// AVX2 and FMA present; `a` reaches `kc` k steps of 6 rows, `b` holds
+/// `kc·16` values, `out` covers 6 rows of 16 (and its `Row` 16 values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, tile: *mut f32) {
+unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
     let offs: [isize; 6] = std::array::from_fn(|r| r as isize * ra);
@@ -356,11 +455,16 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const 
         a = a.offset(ka);
         b = b.add(16);
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (v, &x) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.add(r * 16 + v * 8), x);
-        }
-    }
+    finish!(
+        acc,
+        out,
+        8,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_mul_ps,
+        _mm256_add_ps
+    );
 }
 
 #[repr(align(64))]
@@ -502,7 +606,7 @@ mod tests {
 
     /// The summation order is fixed: the AVX-512 and AVX2 kernels, and
     /// one or three threads, give the same bits (k over `KC_MAX`, so C is
-    /// updated per block too).
+    /// updated per block too; m and n not multiples of either tile).
     #[test]
     fn same_bits_for_every_kernel_and_thread_count() {
         let (m, k, n) = (100usize, 1100usize, 70usize);
@@ -510,17 +614,27 @@ mod tests {
         let bv = values(n * k, 6);
         let (a, b) = (MatRef::rm(&av, m, k), MatRef::rm(&bv, n, k).t());
         let c0 = values(m * n, 7);
-        let mut results = Vec::new();
-        for (name, kern) in kernels() {
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let c = pool.install(|| run(kern, 0.75, a, b, 0.25, None, &c0));
-                results.push((format!("{name}, {threads} threads"), c));
+        let row = values(n, 8);
+        // β = 0, β ≠ 0 and a bias row: a tile the kernel writes whole under
+        // one kernel is an edge tile (written through `update`) under the other.
+        for (beta, r) in [(0.0f32, None), (0.25, None), (1.0, Some(&row[..]))] {
+            let mut results = Vec::new();
+            for (name, kern) in kernels() {
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let c = pool.install(|| run(kern, 0.75, a, b, beta, r, &c0));
+                    results.push((format!("{name}, {threads} threads"), c));
+                }
             }
-        }
-        for (name, c) in &results[1..] {
-            let same = c.iter().zip(&results[0].1).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{name} differs from {}", results[0].0);
+            for (name, c) in results.iter().skip(1) {
+                let same = c.iter().zip(&results[0].1).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "β {beta}, row {}: {name} differs from {}",
+                    r.is_some(),
+                    results[0].0
+                );
+            }
         }
     }
 
