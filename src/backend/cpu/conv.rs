@@ -4,7 +4,10 @@
 //!
 //! The output voxels go in slabs of `SLAB` columns, in parallel: a slab's
 //! im2col (one row per input channel and kernel offset) is small enough to
-//! stay in cache while its GEMM reads it. The weight gradient sums each
+//! stay in cache while its GEMM reads it. In f32 on a CPU with our product
+//! kernel (sgemm.rs), the forward writes the im2col straight in the
+//! kernel's packed layout and reads the weights in place, so the slab is
+//! never packed a second time. The weight gradient sums each
 //! slab's `dy · colsᵀ` in slab order (so the result does not depend on the
 //! thread count); the input gradient is the forward convolution of `dy`
 //! with the kernel flipped and its channels swapped, padded `k − 1 − pad`.
@@ -12,10 +15,21 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, MatRef};
+use super::sgemm::{panel_width, product_panels};
 use super::CpuFloat;
 
 /// Output voxels per slab.
 const SLAB: usize = 1024;
+
+/// How an im2col slab is laid out.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// `patch × w`, row by row (matrixmultiply's operand).
+    Rows,
+    /// As the packed B of `sgemm::product_panels` for `W · cols`: `nr`
+    /// voxels at a time, each panel `patch × nr`, zeros past the last voxel.
+    VoxelPanels(usize),
+}
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,13 +62,33 @@ impl Conv3d {
         self.cin * self.k * self.k * self.k
     }
 
-    /// The im2col rows of output voxels `c0 .. c0 + w` of one item `x`
-    /// (`cin × D × H × W`), `patch × w`, zero where the kernel reads padding.
-    fn im2col_slab<T: CpuFloat>(&self, x: &[T], c0: usize, w: usize) -> Vec<T> {
+    /// The im2col matrix of output voxels `c0 .. c0 + w` of one item `x`
+    /// (`cin × D × H × W`): `patch × w`, zero where the kernel reads
+    /// padding, laid out as `layout` says.
+    fn im2col_slab<T: CpuFloat>(&self, x: &[T], c0: usize, w: usize, layout: Layout) -> Vec<T> {
         let [d, h, wd] = self.dims;
         let [_, oh, ow] = self.out_dims();
         let (k, pad) = (self.k, self.pad);
-        let mut cols = vec![T::zero(); self.patch() * w];
+        let patch = self.patch();
+        let len = match layout {
+            Layout::Rows => patch * w,
+            Layout::VoxelPanels(nr) => w.div_ceil(nr) * patch * nr,
+        };
+        let mut cols = vec![T::zero(); len];
+        // Values for voxels j .. j + src.len() of im2col row `row`.
+        let mut put = |row: usize, mut j: usize, mut src: &[T]| match layout {
+            Layout::Rows => cols[row * w + j..][..src.len()].copy_from_slice(src),
+            Layout::VoxelPanels(nr) => {
+                // Split where a panel of voxels ends.
+                while !src.is_empty() {
+                    let (panel, at) = (j / nr, j % nr);
+                    let take = (nr - at).min(src.len());
+                    cols[(panel * patch + row) * nr + at..][..take].copy_from_slice(&src[..take]);
+                    j += take;
+                    src = &src[take..];
+                }
+            }
+        };
         // The slab's columns as runs along an output row: (first column,
         // output z, output y, first output x, length).
         let mut runs = Vec::new();
@@ -72,7 +106,6 @@ impl Conv3d {
                 for b in 0..k {
                     for c in 0..k {
                         let row = ((ci * k + a) * k + b) * k + c;
-                        let out = &mut cols[row * w..][..w];
                         for &(j, z, y, x0, len) in &runs {
                             // Input z, y of this run; nothing to copy where they fall in the padding.
                             let (Some(zz), Some(yy)) = ((z + a).checked_sub(pad), (y + b).checked_sub(pad)) else {
@@ -86,7 +119,7 @@ impl Conv3d {
                             let hi = (wd + pad).saturating_sub(c).min(x0 + len);
                             if lo < hi {
                                 let src = &plane[(zz * h + yy) * wd + lo + c - pad..][..hi - lo];
-                                out[j + lo - x0..][..hi - lo].copy_from_slice(src);
+                                put(row, j + lo - x0, src);
                             }
                         }
                     }
@@ -113,8 +146,18 @@ impl Conv3d {
                 .slabs()
                 .par_iter()
                 .map(|&(c0, wd)| {
-                    let cols = self.im2col_slab(xi, c0, wd);
                     let mut part = vec![T::zero(); self.cout * wd];
+                    // f32 on a CPU with our kernel: im2col straight into its
+                    // packed layout, the weights read in place.
+                    if let (Some(w32), Some(nr)) = (T::as_f32(w), panel_width()) {
+                        let cols = self.im2col_slab(xi, c0, wd, Layout::VoxelPanels(nr));
+                        if let (Some(cols), Some(out)) = (T::as_f32(&cols), T::as_f32_mut(&mut part)) {
+                            if product_panels(MatRef::rm(w32, self.cout, p), cols, wd, out) {
+                                return part;
+                            }
+                        }
+                    }
+                    let cols = self.im2col_slab(xi, c0, wd, Layout::Rows);
                     gemm(
                         T::one(),
                         MatRef::rm(w, self.cout, p),
@@ -183,8 +226,8 @@ impl Conv3d {
                 .slabs()
                 .par_iter()
                 .map(|&(c0, wd)| {
-                    let cols = self.im2col_slab(xi, c0, wd);
                     let mut part = vec![T::zero(); self.cout * p];
+                    let cols = self.im2col_slab(xi, c0, wd, Layout::Rows);
                     gemm(
                         T::one(),
                         MatRef::strided(g, c0, self.cout, wd, n),
@@ -206,5 +249,59 @@ impl Conv3d {
         }
         let dx = self.transposed().forward(dy, &self.flipped(w), None);
         (dx, dw, db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| (((i * 7 + seed * 11) % 29) as f64 - 14.0) / 16.0)
+            .collect()
+    }
+
+    /// The f32 forward and input gradient (our packed kernel on CPUs that
+    /// have it, im2col written in its layout) against the f64 reference
+    /// path: several slabs, a last slab and panel cut short, output
+    /// channels not a multiple of either kernel's strip.
+    #[test]
+    fn f32_path_matches_the_f64_reference() {
+        for (cout, k, pad) in [(11usize, 3usize, 1usize), (5, 3, 0), (9, 1, 0)] {
+            let conv = Conv3d {
+                batch: 2,
+                cin: 3,
+                cout,
+                dims: [9, 11, 13],
+                k,
+                pad,
+            };
+            let x = values(conv.batch * conv.cin * conv.voxels(), 1);
+            let w = values(conv.cout * conv.patch(), 2);
+            let dy = values(conv.batch * conv.cout * conv.out_voxels(), 3);
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let close = |what: &str, got: &[f32], want: &[f64]| {
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                        "{what} {cout} {k} {pad} [{i}]: {g} against {r}"
+                    );
+                }
+            };
+            let y = conv.forward(&f32s(&x), &f32s(&w), None);
+            close("forward", &y, &conv.forward(&x, &w, None));
+            let (dx, dw, _) = conv.backward(&f32s(&x), &f32s(&w), &f32s(&dy));
+            let (dx64, dw64, _) = conv.backward(&x, &w, &dy);
+            close("dx", &dx, &dx64);
+            let scale = dw64.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (i, (&g, &r)) in dw.iter().zip(&dw64).enumerate() {
+                assert!(
+                    (g as f64 - r).abs() <= 1e-5 * scale,
+                    "dw {cout} {k} {pad} [{i}]: {g} against {r}"
+                );
+            }
+        }
     }
 }

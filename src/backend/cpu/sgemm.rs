@@ -274,53 +274,183 @@ unsafe fn run_strips(
             for s in strips.clone() {
                 let i0 = s * mr;
                 let rows = mr.min(m - i0);
-                // A full strip of a row-major A is read in place; a strip
-                // of any other A, or the last, short one (zero rows below
-                // it), is packed.
-                let (ap, ra, ka) = if rows == mr && a.cs == 1 {
-                    (a.data.as_ptr().add(i0 * a.rs + p0), a.rs as isize, 1)
-                } else {
-                    pack_strip(a, i0, mr, p0, kc, &mut strip);
-                    (strip.as_ptr(), 1, mr as isize)
-                };
+                let strip_a = strip_of(a, i0, rows, mr, p0, kc, &mut strip);
                 for pj in pj0..pj1 {
                     let j0 = pj * nr;
-                    let cols = nr.min(n - j0);
                     let panel = packed.data.as_ptr().add(start + pj * kc * nr);
-                    if rows == mr && cols == nr {
-                        // A whole tile: the kernel writes C itself.
-                        let begin = match (first, row) {
-                            (true, Some(row)) => Start::Row(row.as_ptr().add(j0)),
-                            (true, None) if beta == 0.0 => Start::Zero,
-                            (true, None) => Start::Scaled(beta),
-                            (false, _) => Start::Add,
-                        };
-                        let out = Out {
-                            c: c.0.add(i0 * n + j0),
-                            ldc: n,
-                            alpha,
-                            start: begin,
-                        };
-                        (kern.run)(kc, ap, ra, ka, panel, &out);
-                        continue;
-                    }
-                    // An edge tile: the sums into `tile`, then its valid part into C.
-                    let out = Out {
-                        c: tile.0.as_mut_ptr(),
-                        ldc: nr,
-                        alpha: 1.0,
-                        start: Start::Zero,
+                    let place = Place {
+                        c: c.0,
+                        n,
+                        i0,
+                        rows,
+                        j0,
+                        cols: nr.min(n - j0),
                     };
-                    (kern.run)(kc, ap, ra, ka, panel, &out);
-                    for r in 0..rows {
-                        let out = std::slice::from_raw_parts_mut(c.0.add((i0 + r) * n + j0), cols);
-                        let t = &tile.0[r * nr..r * nr + cols];
-                        update(out, t, alpha, beta, first, row.map(|v| &v[j0..j0 + cols]));
-                    }
+                    let begin = Begin {
+                        alpha,
+                        beta,
+                        first,
+                        row,
+                    };
+                    write_tile(kern, kc, strip_a, panel, place, begin, &mut tile);
                 }
             }
         }
     }
+}
+
+/// A strip of A as the kernel reads it, `(pointer, row stride, k stride)`:
+/// a full strip of a row-major A in place; a strip of any other A, or the
+/// last, short one (zero rows below it), packed into `buf`.
+///
+/// # Safety
+/// `a`'s view lies inside its slice; the pointer lives as long as `a` and `buf`.
+unsafe fn strip_of(
+    a: &MatRef<f32>,
+    i0: usize,
+    rows: usize,
+    mr: usize,
+    p0: usize,
+    kc: usize,
+    buf: &mut [f32],
+) -> (*const f32, isize, isize) {
+    if rows == mr && a.cs == 1 {
+        (a.data.as_ptr().add(i0 * a.rs + p0), a.rs as isize, 1)
+    } else {
+        pack_strip(a, i0, mr, p0, kc, buf);
+        (buf.as_ptr(), 1, mr as isize)
+    }
+}
+
+/// Where a tile goes in the dense row-major C (`n` columns at `c`).
+#[derive(Clone, Copy)]
+struct Place {
+    c: *mut f32,
+    n: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+}
+
+/// How a tile's sums enter C: `α·sum + β·C` (or `+ row`) in the first k
+/// block, `α·sum + C` in the later ones.
+#[derive(Clone, Copy)]
+struct Begin<'a> {
+    alpha: f32,
+    beta: f32,
+    first: bool,
+    row: Option<&'a [f32]>,
+}
+
+/// One tile: the kernel over `kc` steps of a strip and a panel, into C.
+///
+/// # Safety
+/// The CPU has the kernel's instruction set; the strip reaches `kc` steps,
+/// the panel holds `kc · nr` values, and the place lies inside C.
+unsafe fn write_tile(
+    kern: Kernel,
+    kc: usize,
+    (ap, ra, ka): (*const f32, isize, isize),
+    panel: *const f32,
+    at: Place,
+    how: Begin,
+    tile: &mut Aligned<TILE_MAX>,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    if at.rows == mr && at.cols == nr {
+        // A whole tile: the kernel writes C itself.
+        let start = match (how.first, how.row) {
+            (true, Some(row)) => Start::Row(row.as_ptr().add(at.j0)),
+            (true, None) if how.beta == 0.0 => Start::Zero,
+            (true, None) => Start::Scaled(how.beta),
+            (false, _) => Start::Add,
+        };
+        let out = Out {
+            c: at.c.add(at.i0 * at.n + at.j0),
+            ldc: at.n,
+            alpha: how.alpha,
+            start,
+        };
+        (kern.run)(kc, ap, ra, ka, panel, &out);
+        return;
+    }
+    // An edge tile: the sums into `tile`, then its valid part into C.
+    let out = Out {
+        c: tile.0.as_mut_ptr(),
+        ldc: nr,
+        alpha: 1.0,
+        start: Start::Zero,
+    };
+    (kern.run)(kc, ap, ra, ka, panel, &out);
+    for r in 0..at.rows {
+        let dst = std::slice::from_raw_parts_mut(at.c.add((at.i0 + r) * at.n + at.j0), at.cols);
+        let t = &tile.0[r * nr..r * nr + at.cols];
+        update(
+            dst,
+            t,
+            how.alpha,
+            how.beta,
+            how.first,
+            how.row.map(|v| &v[at.j0..at.j0 + at.cols]),
+        );
+    }
+}
+
+/// The panel width of this CPU's kernel, if it has one: the layout
+/// [`product_panels`] takes B in.
+pub(super) fn panel_width() -> Option<usize> {
+    kernel().map(|k| k.nr)
+}
+
+/// `C ← A·B` (m × n, row-major) on the calling thread, with B given packed:
+/// panel after panel of `panel_width()` columns, each `k × nr` row by row,
+/// columns past n zero. Returns false, having done nothing, when this CPU
+/// has no kernel. For callers that build B themselves in this layout (the
+/// convolution's im2col) and run many products in parallel.
+pub(super) fn product_panels(a: MatRef<f32>, panels: &[f32], n: usize, c: &mut [f32]) -> bool {
+    let Some(kern) = kernel() else { return false };
+    let (m, k, mr, nr) = (a.rows, a.cols, kern.mr, kern.nr);
+    assert!(a.fits(), "sgemm: operand view outside its slice");
+    assert!(panels.len() >= n.div_ceil(nr) * k * nr, "sgemm: too few packed values");
+    assert_eq!(c.len(), m * n, "sgemm: output size");
+    let blocks = k_blocks(k);
+    let mut strip = vec![0f32; mr * blocks.iter().map(|b| b.1).max().unwrap_or(0)];
+    let mut tile = Aligned([0f32; TILE_MAX]);
+    let cp = c.as_mut_ptr();
+    // Panel by panel, so one panel stays in cache while every strip of A
+    // passes over it.
+    for pj in 0..n.div_ceil(nr) {
+        let j0 = pj * nr;
+        for (bi, &(p0, kc)) in blocks.iter().enumerate() {
+            let panel = panels[(pj * k + p0) * nr..].as_ptr();
+            for i0 in (0..m).step_by(mr) {
+                let rows = mr.min(m - i0);
+                let place = Place {
+                    c: cp,
+                    n,
+                    i0,
+                    rows,
+                    j0,
+                    cols: nr.min(n - j0),
+                };
+                let begin = Begin {
+                    alpha: 1.0,
+                    beta: 0.0,
+                    first: bi == 0,
+                    row: None,
+                };
+                // SAFETY: the kernel is this CPU's; the strip and the
+                // panel hold `kc` steps (checked lengths above), and the
+                // place lies inside `c` (m × n).
+                unsafe {
+                    let strip_a = strip_of(&a, i0, rows, mr, p0, kc, &mut strip);
+                    write_tile(kern, kc, strip_a, panel, place, begin, &mut tile);
+                }
+            }
+        }
+    }
+    true
 }
 
 /// One row of an edge tile into C: the same operations, element by
