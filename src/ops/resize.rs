@@ -2,6 +2,8 @@
 //! size, as PyTorch's `interpolate(mode="trilinear", align_corners=False)`
 //! (the decoder's ×2 upsampling and the skips' resizing, SPEC §14).
 
+use rayon::prelude::*;
+
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -62,12 +64,14 @@ impl Tape {
         };
         let index = move |k: usize| [k / (size[1] * size[2]), (k / size[2]) % size[1], k % size[2]];
         let xv = x.value().to_f64_vec()?;
+        // Plane by plane in parallel: each output plane reads only its own
+        // input plane.
         let mut y = vec![0.0; planes * ov];
-        for p in 0..planes {
-            for k in 0..ov {
-                y[p * ov + k] = corners(index(k)).iter().map(|&(i, w)| w * xv[p * iv + i]).sum();
+        y.par_chunks_mut(ov).zip(xv.par_chunks(iv)).for_each(|(y, x)| {
+            for (k, y) in y.iter_mut().enumerate() {
+                *y = corners(index(k)).iter().map(|&(i, w)| w * x[i]).sum();
             }
-        }
+        });
         let dtype = x.value().dtype();
         let out_shape = vec![d[0], d[1], size[0], size[1], size[2]];
         Ok(self.record(
@@ -76,13 +80,13 @@ impl Tape {
             backward_fn(OP, move |g, _| {
                 let g = g.to_f64_vec()?;
                 let mut dx = vec![0.0; planes * iv];
-                for p in 0..planes {
-                    for k in 0..ov {
+                dx.par_chunks_mut(iv).zip(g.par_chunks(ov)).for_each(|(dx, g)| {
+                    for (k, &g) in g.iter().enumerate() {
                         for (i, w) in corners(index(k)) {
-                            dx[p * iv + i] += w * g[p * ov + k];
+                            dx[i] += w * g;
                         }
                     }
-                }
+                });
                 Ok(vec![Some(Tensor::from_f64_slice(&dx, xs.clone(), dtype)?)])
             }),
         ))
