@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, MatRef};
-use super::sgemm::{panel_width, product_panels};
+use super::sgemm::{pack_panels, panel_width, product_panels, Width};
 use super::CpuFloat;
 
 /// Output voxels per slab.
@@ -149,10 +149,10 @@ impl Conv3d {
                     let mut part = vec![T::zero(); self.cout * wd];
                     // f32 on a CPU with our kernel: im2col straight into its
                     // packed layout, the weights read in place.
-                    if let (Some(w32), Some(nr)) = (T::as_f32(w), panel_width()) {
+                    if let (Some(w32), Some(nr)) = (T::as_f32(w), panel_width(Width::Wide)) {
                         let cols = self.im2col_slab(xi, c0, wd, Layout::VoxelPanels(nr));
                         if let (Some(cols), Some(out)) = (T::as_f32(&cols), T::as_f32_mut(&mut part)) {
-                            if product_panels(MatRef::rm(w32, self.cout, p), cols, wd, out) {
+                            if product_panels(Width::Wide, MatRef::rm(w32, self.cout, p), cols, wd, out) {
                                 return part;
                             }
                         }
@@ -228,6 +228,22 @@ impl Conv3d {
                 .map(|&(c0, wd)| {
                     let mut part = vec![T::zero(); self.cout * p];
                     let cols = self.im2col_slab(xi, c0, wd, Layout::Rows);
+                    // f32 with our kernel: dWᵀ = cols · dyᵀ, the im2col rows
+                    // read in place and the few output channels packed.
+                    if let (Some(cols32), Some(g32)) = (T::as_f32(&cols), T::as_f32(g)) {
+                        let dyt = MatRef::strided(g32, c0, self.cout, wd, n).t();
+                        if let Some(panels) = pack_panels(dyt, Width::Narrow) {
+                            let mut tr = vec![0f32; p * self.cout];
+                            if product_panels(Width::Narrow, MatRef::rm(cols32, p, wd), &panels, self.cout, &mut tr) {
+                                for (q, row) in tr.chunks(self.cout).enumerate() {
+                                    for (co, &v) in row.iter().enumerate() {
+                                        part[co * p + q] = T::from_f64(v as f64);
+                                    }
+                                }
+                                return part;
+                            }
+                        }
+                    }
                     gemm(
                         T::one(),
                         MatRef::strided(g, c0, self.cout, wd, n),

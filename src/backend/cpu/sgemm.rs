@@ -70,6 +70,40 @@ const AVX2: Kernel = Kernel {
     run: kernel_6x16,
 };
 
+/// AVX-512 for a narrow B (a few columns, many rows of A): 8 × 16.
+#[cfg(target_arch = "x86_64")]
+const AVX512_NARROW: Kernel = Kernel {
+    mr: 8,
+    nr: 16,
+    run: kernel_8x16,
+};
+
+/// Which kernel a caller of [`product_panels`] wants: the wide one, or one
+/// whose panel is 16 columns (a B of few columns, such as the output
+/// channels of a convolution's weight gradient).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Width {
+    Wide,
+    Narrow,
+}
+
+/// The kernel of `width` for this CPU (capped), if it has one.
+fn kernel_of(width: Width) -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::Isa;
+        match (crate::simd::isa(), width) {
+            (Isa::Avx512, Width::Narrow) => Some(AVX512_NARROW),
+            _ => kernel(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = width;
+        None
+    }
+}
+
 /// The kernel for this CPU (capped by `NEMESIS_CPU_ISA`), if it has one.
 fn kernel() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
@@ -397,10 +431,24 @@ unsafe fn write_tile(
     }
 }
 
-/// The panel width of this CPU's kernel, if it has one: the layout
-/// [`product_panels`] takes B in.
-pub(super) fn panel_width() -> Option<usize> {
-    kernel().map(|k| k.nr)
+/// The panel width of this CPU's kernel of `width`, if it has one: the
+/// layout [`product_panels`] takes B in.
+pub(super) fn panel_width(width: Width) -> Option<usize> {
+    kernel_of(width).map(|k| k.nr)
+}
+
+/// B (`k × n`, any strides) packed as [`product_panels`] takes it, for the
+/// kernel of `width`; `None` when this CPU has none.
+pub(super) fn pack_panels(b: MatRef<f32>, width: Width) -> Option<Vec<f32>> {
+    let nr = panel_width(width)?;
+    let k = b.rows;
+    let mut out = vec![0f32; b.cols.div_ceil(nr) * k * nr];
+    if k > 0 {
+        for (j, dst) in out.chunks_mut(k * nr).enumerate() {
+            pack_panel(&b, 0, k, j * nr, nr, dst);
+        }
+    }
+    Some(out)
 }
 
 /// `C ← A·B` (m × n, row-major) on the calling thread, with B given packed:
@@ -408,8 +456,8 @@ pub(super) fn panel_width() -> Option<usize> {
 /// columns past n zero. Returns false, having done nothing, when this CPU
 /// has no kernel. For callers that build B themselves in this layout (the
 /// convolution's im2col) and run many products in parallel.
-pub(super) fn product_panels(a: MatRef<f32>, panels: &[f32], n: usize, c: &mut [f32]) -> bool {
-    let Some(kern) = kernel() else { return false };
+pub(super) fn product_panels(width: Width, a: MatRef<f32>, panels: &[f32], n: usize, c: &mut [f32]) -> bool {
+    let Some(kern) = kernel_of(width) else { return false };
     let (m, k, mr, nr) = (a.rows, a.cols, kern.mr, kern.nr);
     assert!(a.fits(), "sgemm: operand view outside its slice");
     assert!(panels.len() >= n.div_ceil(nr) * k * nr, "sgemm: too few packed values");
@@ -562,6 +610,38 @@ unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const 
     );
 }
 
+/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16 + j] + start`, 8 rows × 16 columns.
+///
+/// # Safety
+/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds `kc·16`
+/// values, `out` covers 8 rows of 16 (and its `Row` 16 values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_8x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 1]; 8];
+    let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(b);
+        for (acc, &o) in acc.iter_mut().zip(&offs) {
+            acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.offset(o)), b0, acc[0]);
+        }
+        a = a.offset(ka);
+        b = b.add(16);
+    }
+    finish!(
+        acc,
+        out,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_mul_ps,
+        _mm512_add_ps
+    );
+}
+
 /// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16 + j] + start`, 6 rows × 16 columns.
 ///
 /// # Safety
@@ -638,6 +718,7 @@ mod tests {
         let mut v = Vec::new();
         if has!("avx512f") {
             v.push(("AVX-512", AVX512));
+            v.push(("AVX-512 narrow", AVX512_NARROW));
         }
         if has!("avx2") && has!("fma") {
             v.push(("AVX2", AVX2));
