@@ -1,5 +1,6 @@
 //! The CPU reference: generic over f32 and f64, loops parallel with rayon,
-//! matrix products through `matrixmultiply`. Kernels here work on slices;
+//! matrix products through `matrixmultiply` or, for large f32 products
+//! with a row-major A, our own kernels (sgemm.rs). Kernels here work on slices;
 //! the ops module owns shape rules and the tape.
 
 pub mod attention;
