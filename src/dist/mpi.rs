@@ -182,7 +182,7 @@ impl HostReduce for Mpi {
             values.copy_from_slice(bytemuck::cast_slice(&v));
             Ok(())
         }
-        if values.len() % op.elem_bytes() != 0 {
+        if !values.len().is_multiple_of(op.elem_bytes()) {
             return Err(Error::invalid("mpi", "an all-reduce of partial elements"));
         }
         match op {

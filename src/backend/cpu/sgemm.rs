@@ -61,7 +61,7 @@ enum Start {
 const AVX512: Kernel = Kernel {
     mr: 8,
     nr: 48,
-    run: kernel_8x48,
+    run: kernel_avx512::<3>,
 };
 #[cfg(target_arch = "x86_64")]
 const AVX2: Kernel = Kernel {
@@ -75,7 +75,7 @@ const AVX2: Kernel = Kernel {
 const AVX512_NARROW: Kernel = Kernel {
     mr: 8,
     nr: 16,
-    run: kernel_8x16,
+    run: kernel_avx512::<1>,
 };
 
 /// Which kernel a caller of [`product_panels`] wants: the wide one, or one
@@ -573,62 +573,33 @@ macro_rules! finish {
     }};
 }
 
-/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·48 + j] + start`, 8 rows × 48 columns.
+/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16V + j] + start`, 8 rows × 16·V
+/// columns: V = 3 is the wide kernel (24 accumulators), V = 1 the narrow.
 ///
 /// # Safety
-/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds `kc·48`
-/// values, `out` covers 8 rows of 48 (and its `Row` 48 values).
+/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds
+/// `kc·16·V` values, `out` covers 8 rows of 16·V (and its `Row` 16·V values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_8x48(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
+unsafe fn kernel_avx512<const V: usize>(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 3]; 8];
+    let mut acc = [[_mm512_setzero_ps(); V]; 8];
     let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
     let (mut a, mut b) = (a, b);
     for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(b);
-        let b1 = _mm512_loadu_ps(b.add(16));
-        let b2 = _mm512_loadu_ps(b.add(32));
+        // A loop, not `array::from_fn`: a closure would lose the target feature.
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(b.add(16 * v));
+        }
         for (acc, &o) in acc.iter_mut().zip(&offs) {
             let av = _mm512_set1_ps(*a.offset(o));
-            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            acc[2] = _mm512_fmadd_ps(av, b2, acc[2]);
+            for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(av, bv, *acc);
+            }
         }
         a = a.offset(ka);
-        b = b.add(48);
-    }
-    finish!(
-        acc,
-        out,
-        16,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_mul_ps,
-        _mm512_add_ps
-    );
-}
-
-/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16 + j] + start`, 8 rows × 16 columns.
-///
-/// # Safety
-/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds `kc·16`
-/// values, `out` covers 8 rows of 16 (and its `Row` 16 values).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_8x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 1]; 8];
-    let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(b);
-        for (acc, &o) in acc.iter_mut().zip(&offs) {
-            acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.offset(o)), b0, acc[0]);
-        }
-        a = a.offset(ka);
-        b = b.add(16);
+        b = b.add(16 * V);
     }
     finish!(
         acc,
