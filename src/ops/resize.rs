@@ -24,6 +24,39 @@ fn taps(input: usize, output: usize) -> Vec<(usize, usize, f64)> {
         .collect()
 }
 
+/// One axis of the resize: `src` read as `outer × n × inner`, and output
+/// index `t` along the axis the two-tap mix `(1 − w)·src[i0] + w·src[i1]`
+/// of `taps[t]`; the result is `outer × taps.len() × inner`.
+fn lerp_axis(src: &[f64], outer: usize, n: usize, inner: usize, taps: &[(usize, usize, f64)]) -> Vec<f64> {
+    let m = taps.len();
+    let mut out = vec![0.0; outer * m * inner];
+    for (s, d) in src.chunks(n * inner).zip(out.chunks_mut(m * inner)).take(outer) {
+        for (d, &(i0, i1, w)) in d.chunks_mut(inner).zip(taps) {
+            let (a, b) = (&s[i0 * inner..][..inner], &s[i1 * inner..][..inner]);
+            for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                *d = (1.0 - w) * a + w * b;
+            }
+        }
+    }
+    out
+}
+
+/// `lerp_axis` transposed: `g` (`outer × taps.len() × inner`) spread back
+/// onto `outer × n × inner`, taps in order.
+fn lerp_axis_adjoint(g: &[f64], outer: usize, n: usize, inner: usize, taps: &[(usize, usize, f64)]) -> Vec<f64> {
+    let m = taps.len();
+    let mut out = vec![0.0; outer * n * inner];
+    for (g, d) in g.chunks(m * inner).zip(out.chunks_mut(n * inner)).take(outer) {
+        for (g, &(i0, i1, w)) in g.chunks(inner).zip(taps) {
+            for (k, &v) in g.iter().enumerate() {
+                d[i0 * inner + k] += (1.0 - w) * v;
+                d[i1 * inner + k] += w * v;
+            }
+        }
+    }
+    out
+}
+
 impl Tape {
     /// `x` resized trilinearly to `size` (D, H, W).
     pub fn resize3d(&self, x: &Var, size: [usize; 3]) -> Result<Var> {
@@ -50,27 +83,15 @@ impl Tape {
         let (planes, inp) = (d[0] * d[1], [d[2], d[3], d[4]]);
         let t = [0, 1, 2].map(|a| taps(inp[a], size[a]));
         let (iv, ov) = (inp.iter().product::<usize>(), size.iter().product::<usize>());
-        // Each output voxel: its eight (input voxel, weight) pairs.
-        let corners = move |o: [usize; 3]| {
-            let (z, y, x) = (t[0][o[0]], t[1][o[1]], t[2][o[2]]);
-            let mut out = [(0usize, 0.0f64); 8];
-            for (n, c) in out.iter_mut().enumerate() {
-                let (iz, wz) = if n & 4 == 0 { (z.0, 1.0 - z.2) } else { (z.1, z.2) };
-                let (iy, wy) = if n & 2 == 0 { (y.0, 1.0 - y.2) } else { (y.1, y.2) };
-                let (ix, wx) = if n & 1 == 0 { (x.0, 1.0 - x.2) } else { (x.1, x.2) };
-                *c = ((iz * inp[1] + iy) * inp[2] + ix, wz * wy * wx);
-            }
-            out
-        };
-        let index = move |k: usize| [k / (size[1] * size[2]), (k / size[2]) % size[1], k % size[2]];
         let xv = x.value().to_f64_vec()?;
-        // Plane by plane in parallel: each output plane reads only its own
-        // input plane.
+        // Plane by plane in parallel (each output plane reads only its own
+        // input plane), one axis at a time: W, then H, then D.
         let mut y = vec![0.0; planes * ov];
         y.par_chunks_mut(ov).zip(xv.par_chunks(iv)).for_each(|(y, x)| {
-            for (k, y) in y.iter_mut().enumerate() {
-                *y = corners(index(k)).iter().map(|&(i, w)| w * x[i]).sum();
-            }
+            let [d, h, w] = inp;
+            let along_w = lerp_axis(x, d * h, w, 1, &t[2]);
+            let along_h = lerp_axis(&along_w, d, h, size[2], &t[1]);
+            y.copy_from_slice(&lerp_axis(&along_h, 1, d, size[1] * size[2], &t[0]));
         });
         let dtype = x.value().dtype();
         let out_shape = vec![d[0], d[1], size[0], size[1], size[2]];
@@ -81,14 +102,70 @@ impl Tape {
                 let g = g.to_f64_vec()?;
                 let mut dx = vec![0.0; planes * iv];
                 dx.par_chunks_mut(iv).zip(g.par_chunks(ov)).for_each(|(dx, g)| {
-                    for (k, &g) in g.iter().enumerate() {
-                        for (i, w) in corners(index(k)) {
-                            dx[i] += w * g;
-                        }
-                    }
+                    // The forward's passes transposed, in reverse order.
+                    let [d, h, w] = inp;
+                    let along_h = lerp_axis_adjoint(g, 1, d, size[1] * size[2], &t[0]);
+                    let along_w = lerp_axis_adjoint(&along_h, d, h, size[2], &t[1]);
+                    dx.copy_from_slice(&lerp_axis_adjoint(&along_w, d * h, w, 1, &t[2]));
                 });
                 Ok(vec![Some(Tensor::from_f64_slice(&dx, xs.clone(), dtype)?)])
             }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One plane through the three passes against the definition: each
+    /// output voxel the weighted sum of its eight corners; and the adjoint
+    /// passes against the forward (`⟨A·x, g⟩ = ⟨x, Aᵀ·g⟩`).
+    #[test]
+    fn separable_passes_are_the_eight_corner_sum() {
+        for (inp, size) in [
+            ([3usize, 4usize, 5usize], [6usize, 8usize, 10usize]),
+            ([4, 1, 7], [2, 3, 3]),
+            ([1, 2, 2], [2, 1, 4]),
+        ] {
+            let [d, h, w] = inp;
+            let t = [0, 1, 2].map(|a| taps(inp[a], size[a]));
+            let x: Vec<f64> = (0..d * h * w).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();
+            let along_w = lerp_axis(&x, d * h, w, 1, &t[2]);
+            let along_h = lerp_axis(&along_w, d, h, size[2], &t[1]);
+            let y = lerp_axis(&along_h, 1, d, size[1] * size[2], &t[0]);
+            let mut k = 0;
+            for &(z0, z1, wz) in &t[0] {
+                for &(y0, y1, wy) in &t[1] {
+                    for &(x0, x1, wx) in &t[2] {
+                        let at = |z: usize, yy: usize, xx: usize| x[(z * h + yy) * w + xx];
+                        let mut want = 0.0;
+                        for (z, fz) in [(z0, 1.0 - wz), (z1, wz)] {
+                            for (yy, fy) in [(y0, 1.0 - wy), (y1, wy)] {
+                                for (xx, fx) in [(x0, 1.0 - wx), (x1, wx)] {
+                                    want += fz * fy * fx * at(z, yy, xx);
+                                }
+                            }
+                        }
+                        assert!(
+                            (y[k] - want).abs() < 1e-12,
+                            "{inp:?} → {size:?} [{k}]: {} against {want}",
+                            y[k]
+                        );
+                        k += 1;
+                    }
+                }
+            }
+            let g: Vec<f64> = (0..y.len()).map(|i| ((i * 11 % 17) as f64 - 8.0) / 5.0).collect();
+            let back_h = lerp_axis_adjoint(&g, 1, d, size[1] * size[2], &t[0]);
+            let back_w = lerp_axis_adjoint(&back_h, d, h, size[2], &t[1]);
+            let dx = lerp_axis_adjoint(&back_w, d * h, w, 1, &t[2]);
+            let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-10 * (1.0 + lhs.abs()),
+                "{inp:?} → {size:?}: {lhs} against {rhs}"
+            );
+        }
     }
 }
