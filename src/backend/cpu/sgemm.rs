@@ -258,25 +258,9 @@ fn pack_panel(b: &MatRef<f32>, p0: usize, kc: usize, j0: usize, nr: usize, dst: 
 }
 
 /// Rows `i0 .. i0 + mr` of A's columns `p0 .. p0 + kc` into `dst` as
-/// `kc × mr`, zeros past the last row.
+/// `kc × mr`, zeros past the last row: a panel of Aᵀ.
 fn pack_strip(a: &MatRef<f32>, i0: usize, mr: usize, p0: usize, kc: usize, dst: &mut [f32]) {
-    let rows = mr.min(a.rows - i0);
-    if rows < mr {
-        dst[..kc * mr].fill(0.0);
-    }
-    if a.rs == 1 {
-        for p in 0..kc {
-            let at = (p0 + p) * a.cs + i0;
-            dst[p * mr..p * mr + rows].copy_from_slice(&a.data[at..at + rows]);
-        }
-    } else {
-        for r in 0..rows {
-            let base = (i0 + r) * a.rs + p0 * a.cs;
-            for p in 0..kc {
-                dst[p * mr + r] = a.data[base + p * a.cs];
-            }
-        }
-    }
+    pack_panel(&a.t(), p0, kc, i0, mr, &mut dst[..kc * mr]);
 }
 
 /// Strips `strips` of C (mr rows each), every k block and column panel.
