@@ -234,7 +234,13 @@ impl Conv3d {
                         let dyt = MatRef::strided(g32, c0, self.cout, wd, n).t();
                         if let Some(panels) = pack_panels(dyt, Width::Narrow) {
                             let mut tr = vec![0f32; p * self.cout];
-                            if product_panels(Width::Narrow, MatRef::rm(cols32, p, wd), &panels, self.cout, &mut tr) {
+                            if product_panels(
+                                Width::Narrow,
+                                MatRef::rm(cols32, p, wd),
+                                panels.as_slice(),
+                                self.cout,
+                                &mut tr,
+                            ) {
                                 for (q, row) in tr.chunks(self.cout).enumerate() {
                                     for (co, &v) in row.iter().enumerate() {
                                         part[co * p + q] = T::from_f64(v as f64);

@@ -66,6 +66,18 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// The same view over other data of the same layout (the f32 slice
+    /// behind a generic one).
+    fn over<'b, U>(&self, data: &'b [U]) -> MatRef<'b, U> {
+        MatRef {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+
     pub(super) fn fits(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
@@ -265,7 +277,6 @@ pub fn f32_engine(a: &MatRef<f32>, b: &MatRef<f32>) -> &'static str {
 /// # Safety
 /// As `sgemm::product`.
 unsafe fn packed<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, row: Option<&[T]>, c: *mut T) -> bool {
-    assert_eq!(b.rows, a.cols, "gemm: inner dimensions differ");
     assert!(a.fits() && b.fits(), "gemm: operand view outside its slice");
     if !packed_takes(&a, &b) {
         return false;
@@ -278,22 +289,8 @@ unsafe fn packed<T: CpuFloat>(alpha: T, a: MatRef<T>, b: MatRef<T>, beta: T, row
         Some(Some(r)) => Some(r),
         Some(None) => return false,
     };
-    let a32 = MatRef {
-        data: ad,
-        rows: a.rows,
-        cols: a.cols,
-        rs: a.rs,
-        cs: a.cs,
-    };
-    let b32 = MatRef {
-        data: bd,
-        rows: b.rows,
-        cols: b.cols,
-        rs: b.rs,
-        cs: b.cs,
-    };
     let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
-    unsafe { super::sgemm::product(alpha, a32, b32, beta, row, c.cast::<f32>()) }
+    unsafe { super::sgemm::product(alpha, a.over(ad), b.over(bd), beta, row, c.cast::<f32>()) }
 }
 
 /// Runs `f(r0, rows, c0, cols)` over blocks of an `m × n` output: one block

@@ -87,14 +87,17 @@ pub(super) enum Width {
     Narrow,
 }
 
-/// The kernel of `width` for this CPU (capped), if it has one.
+/// The kernel of `width` for this CPU (capped by `NEMESIS_CPU_ISA`), if
+/// it has one.
 fn kernel_of(width: Width) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::simd::Isa;
         match (crate::simd::isa(), width) {
+            (Isa::Avx512, Width::Wide) => Some(AVX512),
             (Isa::Avx512, Width::Narrow) => Some(AVX512_NARROW),
-            _ => kernel(),
+            (Isa::Avx2Fma, _) => Some(AVX2),
+            (Isa::Baseline, _) => None,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -104,26 +107,9 @@ fn kernel_of(width: Width) -> Option<Kernel> {
     }
 }
 
-/// The kernel for this CPU (capped by `NEMESIS_CPU_ISA`), if it has one.
-fn kernel() -> Option<Kernel> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Isa;
-        match crate::simd::isa() {
-            Isa::Avx512 => Some(AVX512),
-            Isa::Avx2Fma => Some(AVX2),
-            Isa::Baseline => None,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
-}
-
 /// Whether this CPU (capped by `NEMESIS_CPU_ISA`) has a kernel here.
 pub(super) fn has_kernel() -> bool {
-    kernel().is_some()
+    kernel_of(Width::Wide).is_some()
 }
 
 /// The largest tile any kernel writes.
@@ -146,7 +132,9 @@ pub(super) unsafe fn product(
     row: Option<&[f32]>,
     c: *mut f32,
 ) -> bool {
-    let Some(kern) = kernel() else { return false };
+    let Some(kern) = kernel_of(Width::Wide) else {
+        return false;
+    };
     // SAFETY: as this function's.
     unsafe { product_with(kern, alpha, a, b, beta, row, c) };
     true
@@ -175,7 +163,7 @@ unsafe fn product_with(
         return;
     }
     let blocks = k_blocks(k);
-    let packed = pack_b(&b, &blocks, kern.nr);
+    let packed = pack_b(&b, kern.nr);
     let strips = m.div_ceil(kern.mr);
     // A few tasks per thread, so a thread slowed by the machine hands work
     // to the other.
@@ -201,36 +189,20 @@ fn k_blocks(k: usize) -> Vec<(usize, usize)> {
     (0..k).step_by(len).map(|p0| (p0, len.min(k - p0))).collect()
 }
 
-/// B packed panel by panel: for each k block, `n.div_ceil(nr)` panels of
-/// `kc × nr` values (columns past n are zero), blocks one after another.
-struct PackedB {
-    data: AlignedBuf,
-    /// Where each k block's panels start.
-    starts: Vec<usize>,
-    panels: usize,
-}
-
-fn pack_b(b: &MatRef<f32>, blocks: &[(usize, usize)], nr: usize) -> PackedB {
-    let n = b.cols;
-    let panels = n.div_ceil(nr);
-    let mut starts = Vec::with_capacity(blocks.len());
-    let mut total = 0;
-    for &(_, kc) in blocks {
-        starts.push(total);
-        total += kc * panels * nr;
-    }
-    let mut data = AlignedBuf::new(total);
-    let buf = data.as_mut_slice();
-    for (&(p0, kc), &start) in blocks.iter().zip(&starts) {
-        if kc == 0 {
-            continue;
-        }
-        buf[start..start + kc * panels * nr]
-            .par_chunks_mut(kc * nr)
+/// B (`k × n`, any strides) packed panel by panel, in parallel: `n.div_ceil(nr)`
+/// panels of `k × nr` values row by row (columns past n zero), so a k block
+/// of a panel is a run of its rows. Both `product` and `product_panels`
+/// read B this way.
+fn pack_b(b: &MatRef<f32>, nr: usize) -> AlignedBuf {
+    let k = b.rows;
+    let mut data = AlignedBuf::new(b.cols.div_ceil(nr) * k * nr);
+    if k > 0 {
+        data.as_mut_slice()
+            .par_chunks_mut(k * nr)
             .enumerate()
-            .for_each(|(j, dst)| pack_panel(b, p0, kc, j * nr, nr, dst));
+            .for_each(|(j, dst)| pack_panel(b, 0, k, j * nr, nr, dst));
     }
-    PackedB { data, starts, panels }
+    data
 }
 
 /// Columns `j0 .. j0 + nr` of B's rows `p0 .. p0 + kc` into `dst` as
@@ -272,7 +244,7 @@ unsafe fn run_strips(
     kern: Kernel,
     alpha: f32,
     a: &MatRef<f32>,
-    packed: &PackedB,
+    packed: &AlignedBuf,
     blocks: &[(usize, usize)],
     beta: f32,
     row: Option<&[f32]>,
@@ -281,21 +253,22 @@ unsafe fn run_strips(
     strips: std::ops::Range<usize>,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
-    let m = a.rows;
+    let (m, k) = (a.rows, a.cols);
+    let panels = n.div_ceil(nr);
     let mut strip = vec![0f32; mr * blocks.iter().map(|b| b.1).max().unwrap_or(0)];
     let mut tile = Aligned([0f32; TILE_MAX]);
-    for (bi, (&(p0, kc), &start)) in blocks.iter().zip(&packed.starts).enumerate() {
+    for (bi, &(p0, kc)) in blocks.iter().enumerate() {
         let first = bi == 0;
         let nc_panels = (NC_VALUES / (kc * nr).max(1)).max(1);
-        for pj0 in (0..packed.panels).step_by(nc_panels) {
-            let pj1 = (pj0 + nc_panels).min(packed.panels);
+        for pj0 in (0..panels).step_by(nc_panels) {
+            let pj1 = (pj0 + nc_panels).min(panels);
             for s in strips.clone() {
                 let i0 = s * mr;
                 let rows = mr.min(m - i0);
                 let strip_a = strip_of(a, i0, rows, mr, p0, kc, &mut strip);
                 for pj in pj0..pj1 {
                     let j0 = pj * nr;
-                    let panel = packed.data.as_ptr().add(start + pj * kc * nr);
+                    let panel = packed.as_ptr().add((pj * k + p0) * nr);
                     let place = Place {
                         c: c.0,
                         n,
@@ -423,16 +396,8 @@ pub(super) fn panel_width(width: Width) -> Option<usize> {
 
 /// B (`k × n`, any strides) packed as [`product_panels`] takes it, for the
 /// kernel of `width`; `None` when this CPU has none.
-pub(super) fn pack_panels(b: MatRef<f32>, width: Width) -> Option<Vec<f32>> {
-    let nr = panel_width(width)?;
-    let k = b.rows;
-    let mut out = vec![0f32; b.cols.div_ceil(nr) * k * nr];
-    if k > 0 {
-        for (j, dst) in out.chunks_mut(k * nr).enumerate() {
-            pack_panel(&b, 0, k, j * nr, nr, dst);
-        }
-    }
-    Some(out)
+pub(super) fn pack_panels(b: MatRef<f32>, width: Width) -> Option<AlignedBuf> {
+    panel_width(width).map(|nr| pack_b(&b, nr))
 }
 
 /// `C ← A·B` (m × n, row-major) on the calling thread, with B given packed:
@@ -636,7 +601,7 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const 
 struct Aligned<const N: usize>([f32; N]);
 
 /// A zeroed f32 buffer whose first element sits on a 64-byte boundary.
-struct AlignedBuf {
+pub(super) struct AlignedBuf {
     raw: Vec<f32>,
     offset: usize,
     len: usize,
@@ -650,6 +615,9 @@ impl AlignedBuf {
     }
     fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.raw[self.offset..self.offset + self.len]
+    }
+    pub(super) fn as_slice(&self) -> &[f32] {
+        &self.raw[self.offset..self.offset + self.len]
     }
     fn as_ptr(&self) -> *const f32 {
         self.raw[self.offset..].as_ptr()
