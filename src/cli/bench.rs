@@ -26,6 +26,8 @@ pub enum BenchWhat {
     Step(StepArgs),
     /// The CPU's measured FMA peak and our GEMM's rate at a preset's shapes against it.
     Gemm(super::bench_gemm::GemmArgs),
+    /// The segmentation decoder's convolutions on the CPU: the step's path against im2col, as a fraction of the FMA peak.
+    Conv(super::bench_conv::ConvArgs),
     /// Whole segmentation training steps (encoder + decoder, Dice + CE, AdamW) at a preset's shapes.
     SegStep(super::bench_seg::SegStepArgs),
 }
@@ -87,6 +89,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Step(s) => step(s),
         BenchWhat::SegStep(s) => super::bench_seg::run(s),
         BenchWhat::Gemm(g) => super::bench_gemm::run(g),
+        BenchWhat::Conv(c) => super::bench_conv::run(c),
     }
 }
 

@@ -145,7 +145,7 @@ pub fn run(a: &GemmArgs) -> Result<()> {
 
 /// The median wall time of `reps` calls of each of `fs`, after one untimed
 /// call of each; the calls take turns.
-fn median_times(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+pub(super) fn median_times(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     let mut times = vec![Vec::with_capacity(reps); fs.len()];
     for f in fs.iter_mut() {
         f();

@@ -2,6 +2,7 @@
 //! has not landed yet says which issue brings it and exits with status 2.
 
 mod bench;
+mod bench_conv;
 mod bench_gemm;
 mod bench_kernels;
 mod bench_seg;

@@ -2,33 +2,32 @@
 //! SPEC §14): stride 1, a cubic kernel of side `k`, zero padding `pad` on
 //! every side (`pad < k`), cross-correlation as PyTorch's Conv3d.
 //!
-//! The output voxels go in slabs of `SLAB` columns, in parallel: a slab's
-//! im2col (one row per input channel and kernel offset) is small enough to
-//! stay in cache while its GEMM reads it. In f32 on a CPU with our product
-//! kernel (sgemm.rs), the forward writes the im2col straight in the
-//! kernel's packed layout and reads the weights in place, so the slab is
-//! never packed a second time. The weight gradient sums each
-//! slab's `dy · colsᵀ` in slab order (so the result does not depend on the
-//! thread count); the input gradient is the forward convolution of `dy`
-//! with the kernel flipped and its channels swapped, padded `k − 1 − pad`.
+//! The plain path: the output voxels go in slabs of `SLAB` columns, in
+//! parallel; a slab's im2col (one row per input channel and kernel offset)
+//! is small enough to stay in cache while its GEMM reads it. The weight
+//! gradient sums each slab's `dy · colsᵀ` in slab order (so the result
+//! does not depend on the thread count); the input gradient is the forward
+//! convolution of `dy` with the kernel flipped and its channels swapped,
+//! padded `k − 1 − pad`. In f32 on a CPU with our product kernel the
+//! forward and the weight gradient go to conv_implicit.rs instead, which
+//! writes no im2col; this path stays for f64, for other CPUs and as the
+//! reference those are tested against.
 
 use rayon::prelude::*;
 
+use super::conv_implicit;
 use super::gemm::{gemm, MatRef};
-use super::sgemm::{pack_panels, panel_width, product_panels, Width};
 use super::CpuFloat;
 
 /// Output voxels per slab.
 const SLAB: usize = 1024;
 
-/// How an im2col slab is laid out.
-#[derive(Clone, Copy)]
-enum Layout {
-    /// `patch × w`, row by row (matrixmultiply's operand).
-    Rows,
-    /// As the packed B of `sgemm::product_panels` for `W · cols`: `nr`
-    /// voxels at a time, each panel `patch × nr`, zeros past the last voxel.
-    VoxelPanels(usize),
+/// Which code computes a convolution: the fastest this CPU and type have,
+/// or the plain im2col path (the reference; `bench conv` times both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Fastest,
+    Im2col,
 }
 
 /// The sizes of one convolution.
@@ -49,46 +48,27 @@ impl Conv3d {
         self.dims.map(|n| n + 2 * self.pad + 1 - self.k)
     }
 
-    fn voxels(&self) -> usize {
+    pub(super) fn voxels(&self) -> usize {
         self.dims.iter().product()
     }
 
-    fn out_voxels(&self) -> usize {
+    pub(super) fn out_voxels(&self) -> usize {
         self.out_dims().iter().product()
     }
 
     /// Rows of the im2col matrix: one per (input channel, kernel offset).
-    fn patch(&self) -> usize {
+    pub(super) fn patch(&self) -> usize {
         self.cin * self.k * self.k * self.k
     }
 
     /// The im2col matrix of output voxels `c0 .. c0 + w` of one item `x`
-    /// (`cin × D × H × W`): `patch × w`, zero where the kernel reads
-    /// padding, laid out as `layout` says.
-    fn im2col_slab<T: CpuFloat>(&self, x: &[T], c0: usize, w: usize, layout: Layout) -> Vec<T> {
+    /// (`cin × D × H × W`): `patch × w`, row by row, zero where the kernel
+    /// reads padding.
+    fn im2col_slab<T: CpuFloat>(&self, x: &[T], c0: usize, w: usize) -> Vec<T> {
         let [d, h, wd] = self.dims;
         let [_, oh, ow] = self.out_dims();
         let (k, pad) = (self.k, self.pad);
-        let patch = self.patch();
-        let len = match layout {
-            Layout::Rows => patch * w,
-            Layout::VoxelPanels(nr) => w.div_ceil(nr) * patch * nr,
-        };
-        let mut cols = vec![T::zero(); len];
-        // Values for voxels j .. j + src.len() of im2col row `row`.
-        let mut put = |row: usize, mut j: usize, mut src: &[T]| match layout {
-            Layout::Rows => cols[row * w + j..][..src.len()].copy_from_slice(src),
-            Layout::VoxelPanels(nr) => {
-                // Split where a panel of voxels ends.
-                while !src.is_empty() {
-                    let (panel, at) = (j / nr, j % nr);
-                    let take = (nr - at).min(src.len());
-                    cols[(panel * patch + row) * nr + at..][..take].copy_from_slice(&src[..take]);
-                    j += take;
-                    src = &src[take..];
-                }
-            }
-        };
+        let mut cols = vec![T::zero(); self.patch() * w];
         // The slab's columns as runs along an output row: (first column,
         // output z, output y, first output x, length).
         let mut runs = Vec::new();
@@ -119,7 +99,7 @@ impl Conv3d {
                             let hi = (wd + pad).saturating_sub(c).min(x0 + len);
                             if lo < hi {
                                 let src = &plane[(zz * h + yy) * wd + lo + c - pad..][..hi - lo];
-                                put(row, j + lo - x0, src);
+                                cols[row * w + j + lo - x0..][..hi - lo].copy_from_slice(src);
                             }
                         }
                     }
@@ -138,8 +118,33 @@ impl Conv3d {
     /// `y = w ⊛ x + b`: x is `B × Cin × D × H × W`, w `Cout × Cin × k³`,
     /// the result `B × Cout × D' × H' × W'`.
     pub fn forward<T: CpuFloat>(&self, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
-        let (n, p) = (self.out_voxels(), self.patch());
+        self.forward_by(Path::Fastest, x, w, bias)
+    }
+
+    /// `forward` by `path`.
+    pub fn forward_by<T: CpuFloat>(&self, path: Path, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+        let n = self.out_voxels();
         let mut y = vec![T::zero(); self.batch * self.cout * n];
+        let fast = match (path, T::as_f32(x), T::as_f32(w), T::as_f32_mut(&mut y)) {
+            (Path::Fastest, Some(x), Some(w), Some(y)) => conv_implicit::forward(self, x, w, y),
+            _ => false,
+        };
+        if !fast {
+            self.im2col_forward(x, w, &mut y);
+        }
+        if let Some(b) = bias {
+            for out in y.chunks_mut(self.cout * n) {
+                for (co, plane) in out.chunks_mut(n).enumerate() {
+                    plane.iter_mut().for_each(|v| *v += b[co]);
+                }
+            }
+        }
+        y
+    }
+
+    /// `y ← w ⊛ x` (no bias) through im2col slabs and `gemm`.
+    pub(super) fn im2col_forward<T: CpuFloat>(&self, x: &[T], w: &[T], y: &mut [T]) {
+        let (n, p) = (self.out_voxels(), self.patch());
         for (item, out) in y.chunks_mut(self.cout * n).enumerate() {
             let xi = &x[item * self.cin * self.voxels()..][..self.cin * self.voxels()];
             let parts: Vec<Vec<T>> = self
@@ -147,17 +152,7 @@ impl Conv3d {
                 .par_iter()
                 .map(|&(c0, wd)| {
                     let mut part = vec![T::zero(); self.cout * wd];
-                    // f32 on a CPU with our kernel: im2col straight into its
-                    // packed layout, the weights read in place.
-                    if let (Some(w32), Some(nr)) = (T::as_f32(w), panel_width(Width::Wide)) {
-                        let cols = self.im2col_slab(xi, c0, wd, Layout::VoxelPanels(nr));
-                        if let (Some(cols), Some(out)) = (T::as_f32(&cols), T::as_f32_mut(&mut part)) {
-                            if product_panels(Width::Wide, MatRef::rm(w32, self.cout, p), cols, wd, out) {
-                                return part;
-                            }
-                        }
-                    }
-                    let cols = self.im2col_slab(xi, c0, wd, Layout::Rows);
+                    let cols = self.im2col_slab(xi, c0, wd);
                     gemm(
                         T::one(),
                         MatRef::rm(w, self.cout, p),
@@ -175,13 +170,7 @@ impl Conv3d {
                     out[co * n + c0..][..wd].copy_from_slice(&part[co * wd..][..wd]);
                 }
             }
-            if let Some(b) = bias {
-                for (co, plane) in out.chunks_mut(n).enumerate() {
-                    plane.iter_mut().for_each(|v| *v += b[co]);
-                }
-            }
         }
-        y
     }
 
     /// The convolution whose forward pass is this one's input gradient:
@@ -215,41 +204,49 @@ impl Conv3d {
 
     /// The gradients `(dx, dw, db)` from the output's `dy`.
     pub fn backward<T: CpuFloat>(&self, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (n, p, v) = (self.out_voxels(), self.patch(), self.voxels());
-        let mut dw = vec![T::zero(); self.cout * p];
+        let n = self.out_voxels();
         let mut db = vec![T::zero(); self.cout];
+        for g in dy.chunks(self.cout * n) {
+            for (co, plane) in g.chunks(n).enumerate() {
+                db[co] += plane.iter().fold(T::zero(), |s, &x| s + x);
+            }
+        }
+        let dw = self.weight_grad_by(Path::Fastest, x, dy);
+        let dx = self.input_grad_by(Path::Fastest, w, dy);
+        (dx, dw, db)
+    }
+
+    /// The weight gradient (`Cout × Cin·k³`) from the input and `dy`, by `path`.
+    pub fn weight_grad_by<T: CpuFloat>(&self, path: Path, x: &[T], dy: &[T]) -> Vec<T> {
+        let mut dw = vec![T::zero(); self.cout * self.patch()];
+        let fast = match (path, T::as_f32(x), T::as_f32(dy), T::as_f32_mut(&mut dw)) {
+            (Path::Fastest, Some(x), Some(dy), Some(dw)) => conv_implicit::weight_grad(self, x, dy, dw),
+            _ => false,
+        };
+        if !fast {
+            self.im2col_weight_grad(x, dy, &mut dw);
+        }
+        dw
+    }
+
+    /// The input gradient from the weights and `dy`, by `path`: the
+    /// forward of the transposed convolution.
+    pub fn input_grad_by<T: CpuFloat>(&self, path: Path, w: &[T], dy: &[T]) -> Vec<T> {
+        self.transposed().forward_by(path, dy, &self.flipped(w), None)
+    }
+
+    /// `dw += Σ_items Σ_slabs dy[:, slab] · cols(slab)ᵀ`, in item and slab order.
+    pub(super) fn im2col_weight_grad<T: CpuFloat>(&self, x: &[T], dy: &[T], dw: &mut [T]) {
+        let (n, p, v) = (self.out_voxels(), self.patch(), self.voxels());
         for item in 0..self.batch {
             let g = &dy[item * self.cout * n..][..self.cout * n];
             let xi = &x[item * self.cin * v..][..self.cin * v];
-            // dW += Σ_slabs dy[:, slab] · cols(slab)ᵀ, summed in slab order.
             let parts: Vec<Vec<T>> = self
                 .slabs()
                 .par_iter()
                 .map(|&(c0, wd)| {
                     let mut part = vec![T::zero(); self.cout * p];
-                    let cols = self.im2col_slab(xi, c0, wd, Layout::Rows);
-                    // f32 with our kernel: dWᵀ = cols · dyᵀ, the im2col rows
-                    // read in place and the few output channels packed.
-                    if let (Some(cols32), Some(g32)) = (T::as_f32(&cols), T::as_f32(g)) {
-                        let dyt = MatRef::strided(g32, c0, self.cout, wd, n).t();
-                        if let Some(panels) = pack_panels(dyt, Width::Narrow) {
-                            let mut tr = vec![0f32; p * self.cout];
-                            if product_panels(
-                                Width::Narrow,
-                                MatRef::rm(cols32, p, wd),
-                                panels.as_slice(),
-                                self.cout,
-                                &mut tr,
-                            ) {
-                                for (q, row) in tr.chunks(self.cout).enumerate() {
-                                    for (co, &v) in row.iter().enumerate() {
-                                        part[co * p + q] = T::from_f64(v as f64);
-                                    }
-                                }
-                                return part;
-                            }
-                        }
-                    }
+                    let cols = self.im2col_slab(xi, c0, wd);
                     gemm(
                         T::one(),
                         MatRef::strided(g, c0, self.cout, wd, n),
@@ -265,12 +262,7 @@ impl Conv3d {
             for part in &parts {
                 dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
             }
-            for (co, plane) in g.chunks(n).enumerate() {
-                db[co] += plane.iter().fold(T::zero(), |s, &x| s + x);
-            }
         }
-        let dx = self.transposed().forward(dy, &self.flipped(w), None);
-        (dx, dw, db)
     }
 }
 

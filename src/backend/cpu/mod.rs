@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod attention_tiled;
 pub mod conv;
+mod conv_implicit;
 pub mod elementwise;
 mod float;
 pub mod fused;

@@ -25,28 +25,63 @@ const KC_MAX: usize = 1024;
 /// The most values of packed B swept per strip of A (1 MiB, kept in L2).
 const NC_VALUES: usize = 1 << 18;
 
-/// One register-blocked kernel: `tile ← A-strip · B-panel` over `kc`, with
-/// the strip packed as `kc × MR` and the panel as `kc × NR`.
+/// One register-blocked kernel: `tile ← A-strip · B` over `kc` k steps,
+/// `mr × nr`.
 #[derive(Clone, Copy)]
-struct Kernel {
-    mr: usize,
-    nr: usize,
-    run: unsafe fn(usize, *const f32, isize, isize, *const f32, &Out),
+pub(super) struct Kernel {
+    pub(super) mr: usize,
+    pub(super) nr: usize,
+    run: unsafe fn(&Operands, &Out),
+}
+
+impl Kernel {
+    /// One tile.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instruction set; `op` reaches `kc` k steps
+    /// of `mr` rows of A and `nr` values of B; `out` covers `mr` rows of
+    /// `nr` (and its `Row` `nr` values).
+    pub(super) unsafe fn call(&self, op: &Operands, out: &Out) {
+        (self.run)(op, out)
+    }
+}
+
+/// How many k steps ahead a gathering kernel prefetches B's rows.
+const GATHER_AHEAD: usize = 8;
+/// How far along B's row (in values) a gathering kernel prefetches into L2.
+const GATHER_AHEAD_L2: usize = 256;
+
+/// The most rows of A any kernel takes.
+pub(super) const MR_MAX: usize = 12;
+
+/// What one kernel call reads over `kc` k steps. Row r of the A strip is
+/// at `a + rows[r]` and moves `ka` per k step. B's k-th row of `nr`
+/// values is at `b + k·nr` (a packed panel); a gathering kernel (see
+/// [`gather_kernel_for`]) instead reads A as a packed strip (`rows[r] = r`,
+/// `ka = mr`) and B's k-th row at `b + b_rows[k]`.
+#[derive(Clone, Copy)]
+pub(super) struct Operands {
+    pub(super) kc: usize,
+    pub(super) a: *const f32,
+    pub(super) rows: [isize; MR_MAX],
+    pub(super) ka: isize,
+    pub(super) b: *const f32,
+    pub(super) b_rows: *const isize,
 }
 
 /// Where a kernel writes its `mr × nr` tile of sums: `C ← α·sum + start`,
 /// row `r` at `c + r·ldc`.
 #[derive(Clone, Copy)]
-struct Out {
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    start: Start,
+pub(super) struct Out {
+    pub(super) c: *mut f32,
+    pub(super) ldc: usize,
+    pub(super) alpha: f32,
+    pub(super) start: Start,
 }
 
 /// What the tile's part of C starts as.
 #[derive(Clone, Copy)]
-enum Start {
+pub(super) enum Start {
     /// Nothing (C is written without being read).
     Zero,
     /// `β·C`.
@@ -61,13 +96,13 @@ enum Start {
 const AVX512: Kernel = Kernel {
     mr: 8,
     nr: 48,
-    run: kernel_avx512::<3>,
+    run: kernel_avx512::<8, 3, false>,
 };
 #[cfg(target_arch = "x86_64")]
 const AVX2: Kernel = Kernel {
     mr: 6,
     nr: 16,
-    run: kernel_6x16,
+    run: kernel_avx2::<false>,
 };
 
 /// AVX-512 for a narrow B (a few columns, many rows of A): 8 × 16.
@@ -75,10 +110,30 @@ const AVX2: Kernel = Kernel {
 const AVX512_NARROW: Kernel = Kernel {
     mr: 8,
     nr: 16,
-    run: kernel_avx512::<1>,
+    run: kernel_avx512::<8, 1, false>,
 };
 
-/// Which kernel a caller of [`product_panels`] wants: the wide one, or one
+/// The gathering kernels (A packed, B's rows through a table).
+#[cfg(target_arch = "x86_64")]
+const AVX512_GATHER: Kernel = Kernel {
+    mr: 8,
+    nr: 48,
+    run: kernel_avx512::<8, 3, true>,
+};
+#[cfg(target_arch = "x86_64")]
+const AVX512_GATHER_12: Kernel = Kernel {
+    mr: 12,
+    nr: 32,
+    run: kernel_avx512::<12, 2, true>,
+};
+#[cfg(target_arch = "x86_64")]
+const AVX2_GATHER: Kernel = Kernel {
+    mr: 6,
+    nr: 16,
+    run: kernel_avx2::<true>,
+};
+
+/// Which kernel a caller wants: the wide one, or one
 /// whose panel is 16 columns (a B of few columns, such as the output
 /// channels of a convolution's weight gradient).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,11 +144,16 @@ pub(super) enum Width {
 
 /// The kernel of `width` for this CPU (capped by `NEMESIS_CPU_ISA`), if
 /// it has one.
-fn kernel_of(width: Width) -> Option<Kernel> {
+pub(super) fn kernel_of(width: Width) -> Option<Kernel> {
+    kernel_for(crate::simd::isa(), width)
+}
+
+/// The kernel of `width` for `isa`, if there is one.
+pub(super) fn kernel_for(isa: crate::simd::Isa, width: Width) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::simd::Isa;
-        match (crate::simd::isa(), width) {
+        match (isa, width) {
             (Isa::Avx512, Width::Wide) => Some(AVX512),
             (Isa::Avx512, Width::Narrow) => Some(AVX512_NARROW),
             (Isa::Avx2Fma, _) => Some(AVX2),
@@ -102,7 +162,28 @@ fn kernel_of(width: Width) -> Option<Kernel> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = width;
+        let _ = (isa, width);
+        None
+    }
+}
+
+/// The gathering kernel for an A of `m` rows on `isa`, if there is one:
+/// on AVX-512 the 8 × 48 or the 12 × 32, whichever leaves fewer rows of
+/// the last strip empty.
+pub(super) fn gather_kernel_for(isa: crate::simd::Isa, m: usize) -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::Isa;
+        match isa {
+            Isa::Avx512 if m.div_ceil(12) * 12 < m.div_ceil(8) * 8 => Some(AVX512_GATHER_12),
+            Isa::Avx512 => Some(AVX512_GATHER),
+            Isa::Avx2Fma => Some(AVX2_GATHER),
+            Isa::Baseline => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, m);
         None
     }
 }
@@ -181,7 +262,7 @@ unsafe fn product_with(
 
 /// The k blocks `(p0, kc)`: as few as `KC_MAX` allows, of equal length
 /// (the last shorter); one empty block when k = 0, so C still gets β·C.
-fn k_blocks(k: usize) -> Vec<(usize, usize)> {
+pub(super) fn k_blocks(k: usize) -> Vec<(usize, usize)> {
     if k == 0 {
         return vec![(0, 0)];
     }
@@ -191,8 +272,7 @@ fn k_blocks(k: usize) -> Vec<(usize, usize)> {
 
 /// B (`k × n`, any strides) packed panel by panel, in parallel: `n.div_ceil(nr)`
 /// panels of `k × nr` values row by row (columns past n zero), so a k block
-/// of a panel is a run of its rows. Both `product` and `product_panels`
-/// read B this way.
+/// of a panel is a run of its rows, as `product` reads it.
 fn pack_b(b: &MatRef<f32>, nr: usize) -> AlignedBuf {
     let k = b.rows;
     let mut data = AlignedBuf::new(b.cols.div_ceil(nr) * k * nr);
@@ -231,7 +311,7 @@ fn pack_panel(b: &MatRef<f32>, p0: usize, kc: usize, j0: usize, nr: usize, dst: 
 
 /// Rows `i0 .. i0 + mr` of A's columns `p0 .. p0 + kc` into `dst` as
 /// `kc × mr`, zeros past the last row: a panel of Aᵀ.
-fn pack_strip(a: &MatRef<f32>, i0: usize, mr: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+pub(super) fn pack_strip(a: &MatRef<f32>, i0: usize, mr: usize, p0: usize, kc: usize, dst: &mut [f32]) {
     pack_panel(&a.t(), p0, kc, i0, mr, &mut dst[..kc * mr]);
 }
 
@@ -268,7 +348,10 @@ unsafe fn run_strips(
                 let strip_a = strip_of(a, i0, rows, mr, p0, kc, &mut strip);
                 for pj in pj0..pj1 {
                     let j0 = pj * nr;
-                    let panel = packed.as_ptr().add((pj * k + p0) * nr);
+                    let op = Operands {
+                        b: packed.as_ptr().add((pj * k + p0) * nr),
+                        ..strip_a
+                    };
                     let place = Place {
                         c: c.0,
                         n,
@@ -283,16 +366,17 @@ unsafe fn run_strips(
                         first,
                         row,
                     };
-                    write_tile(kern, kc, strip_a, panel, place, begin, &mut tile);
+                    write_tile(kern, &op, place, begin, &mut tile);
                 }
             }
         }
     }
 }
 
-/// A strip of A as the kernel reads it, `(pointer, row stride, k stride)`:
-/// a full strip of a row-major A in place; a strip of any other A, or the
-/// last, short one (zero rows below it), packed into `buf`.
+/// A strip of A as the kernel reads it, over k steps `p0 .. p0 + kc` (B
+/// still to be set): a full strip of a row-major A in place; a strip of
+/// any other A, or the last, short one (zero rows below it), packed into
+/// `buf`.
 ///
 /// # Safety
 /// `a`'s view lies inside its slice; the pointer lives as long as `a` and `buf`.
@@ -304,12 +388,20 @@ unsafe fn strip_of(
     p0: usize,
     kc: usize,
     buf: &mut [f32],
-) -> (*const f32, isize, isize) {
-    if rows == mr && a.cs == 1 {
+) -> Operands {
+    let (ptr, ra, ka) = if rows == mr && a.cs == 1 {
         (a.data.as_ptr().add(i0 * a.rs + p0), a.rs as isize, 1)
     } else {
         pack_strip(a, i0, mr, p0, kc, buf);
         (buf.as_ptr(), 1, mr as isize)
+    };
+    Operands {
+        kc,
+        a: ptr,
+        rows: std::array::from_fn(|r| r as isize * ra),
+        ka,
+        b: std::ptr::null(),
+        b_rows: std::ptr::null(),
     }
 }
 
@@ -334,20 +426,11 @@ struct Begin<'a> {
     row: Option<&'a [f32]>,
 }
 
-/// One tile: the kernel over `kc` steps of a strip and a panel, into C.
+/// One tile: the kernel over `op` (a strip and a panel), into C.
 ///
 /// # Safety
-/// The CPU has the kernel's instruction set; the strip reaches `kc` steps,
-/// the panel holds `kc · nr` values, and the place lies inside C.
-unsafe fn write_tile(
-    kern: Kernel,
-    kc: usize,
-    (ap, ra, ka): (*const f32, isize, isize),
-    panel: *const f32,
-    at: Place,
-    how: Begin,
-    tile: &mut Aligned<TILE_MAX>,
-) {
+/// As [`Kernel::call`] for `op`, and the place lies inside C.
+unsafe fn write_tile(kern: Kernel, op: &Operands, at: Place, how: Begin, tile: &mut Aligned<TILE_MAX>) {
     let (mr, nr) = (kern.mr, kern.nr);
     if at.rows == mr && at.cols == nr {
         // A whole tile: the kernel writes C itself.
@@ -363,7 +446,7 @@ unsafe fn write_tile(
             alpha: how.alpha,
             start,
         };
-        (kern.run)(kc, ap, ra, ka, panel, &out);
+        kern.call(op, &out);
         return;
     }
     // An edge tile: the sums into `tile`, then its valid part into C.
@@ -373,7 +456,7 @@ unsafe fn write_tile(
         alpha: 1.0,
         start: Start::Zero,
     };
-    (kern.run)(kc, ap, ra, ka, panel, &out);
+    kern.call(op, &out);
     for r in 0..at.rows {
         let dst = std::slice::from_raw_parts_mut(at.c.add((at.i0 + r) * at.n + at.j0), at.cols);
         let t = &tile.0[r * nr..r * nr + at.cols];
@@ -386,68 +469,6 @@ unsafe fn write_tile(
             how.row.map(|v| &v[at.j0..at.j0 + at.cols]),
         );
     }
-}
-
-/// The panel width of this CPU's kernel of `width`, if it has one: the
-/// layout [`product_panels`] takes B in.
-pub(super) fn panel_width(width: Width) -> Option<usize> {
-    kernel_of(width).map(|k| k.nr)
-}
-
-/// B (`k × n`, any strides) packed as [`product_panels`] takes it, for the
-/// kernel of `width`; `None` when this CPU has none.
-pub(super) fn pack_panels(b: MatRef<f32>, width: Width) -> Option<AlignedBuf> {
-    panel_width(width).map(|nr| pack_b(&b, nr))
-}
-
-/// `C ← A·B` (m × n, row-major) on the calling thread, with B given packed:
-/// panel after panel of `panel_width()` columns, each `k × nr` row by row,
-/// columns past n zero. Returns false, having done nothing, when this CPU
-/// has no kernel. For callers that build B themselves in this layout (the
-/// convolution's im2col) and run many products in parallel.
-pub(super) fn product_panels(width: Width, a: MatRef<f32>, panels: &[f32], n: usize, c: &mut [f32]) -> bool {
-    let Some(kern) = kernel_of(width) else { return false };
-    let (m, k, mr, nr) = (a.rows, a.cols, kern.mr, kern.nr);
-    assert!(a.fits(), "sgemm: operand view outside its slice");
-    assert!(panels.len() >= n.div_ceil(nr) * k * nr, "sgemm: too few packed values");
-    assert_eq!(c.len(), m * n, "sgemm: output size");
-    let blocks = k_blocks(k);
-    let mut strip = vec![0f32; mr * blocks.iter().map(|b| b.1).max().unwrap_or(0)];
-    let mut tile = Aligned([0f32; TILE_MAX]);
-    let cp = c.as_mut_ptr();
-    // Panel by panel, so one panel stays in cache while every strip of A
-    // passes over it.
-    for pj in 0..n.div_ceil(nr) {
-        let j0 = pj * nr;
-        for (bi, &(p0, kc)) in blocks.iter().enumerate() {
-            let panel = panels[(pj * k + p0) * nr..].as_ptr();
-            for i0 in (0..m).step_by(mr) {
-                let rows = mr.min(m - i0);
-                let place = Place {
-                    c: cp,
-                    n,
-                    i0,
-                    rows,
-                    j0,
-                    cols: nr.min(n - j0),
-                };
-                let begin = Begin {
-                    alpha: 1.0,
-                    beta: 0.0,
-                    first: bi == 0,
-                    row: None,
-                };
-                // SAFETY: the kernel is this CPU's; the strip and the
-                // panel hold `kc` steps (checked lengths above), and the
-                // place lies inside `c` (m × n).
-                unsafe {
-                    let strip_a = strip_of(&a, i0, rows, mr, p0, kc, &mut strip);
-                    write_tile(kern, kc, strip_a, panel, place, begin, &mut tile);
-                }
-            }
-        }
-    }
-    true
 }
 
 /// One row of an edge tile into C: the same operations, element by
@@ -522,33 +543,58 @@ macro_rules! finish {
     }};
 }
 
-/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16V + j] + start`, 8 rows × 16·V
-/// columns: V = 3 is the wide kernel (24 accumulators), V = 1 the narrow.
+/// `out ← α·Σ_p A[r][p] · B[p][j] + start`, MR rows × 16·V columns, A and
+/// B read as [`Operands`] says (B gathered when `GATHER`). The wide kernel
+/// is 8 × 48 (24 accumulators), the narrow 8 × 16, the 12-row one 12 × 32.
 ///
 /// # Safety
-/// AVX-512F present; `a` reaches `kc` k steps of 8 rows, `b` holds
-/// `kc·16·V` values, `out` covers 8 rows of 16·V (and its `Row` 16·V values).
+/// AVX-512F present; as [`Kernel::call`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const V: usize>(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
+unsafe fn kernel_avx512<const MR: usize, const V: usize, const GATHER: bool>(op: &Operands, out: &Out) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); V]; 8];
-    let offs: [isize; 8] = std::array::from_fn(|r| r as isize * ra);
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
+    let mut acc = [[_mm512_setzero_ps(); V]; MR];
+    let mut rows = [0isize; MR];
+    for (r, x) in rows.iter_mut().enumerate() {
+        // A gathering kernel's strip is packed: its rows are adjacent.
+        *x = if GATHER { r as isize } else { op.rows[r] };
+    }
+    let ka = if GATHER { MR as isize } else { op.ka };
+    let (mut a, mut b) = (op.a, op.b);
+    for p in 0..op.kc {
+        if GATHER {
+            b = op.b.offset(*op.b_rows.add(p));
+            // Scattered rows are no pattern the hardware prefetcher sees:
+            // fetch the row `GATHER_AHEAD` steps on, every line of it.
+            if p + GATHER_AHEAD < op.kc {
+                let next = op.b.offset(*op.b_rows.add(p + GATHER_AHEAD));
+                for v in 0..V {
+                    _mm_prefetch::<_MM_HINT_T0>(next.add(16 * v) as *const i8);
+                }
+                _mm_prefetch::<_MM_HINT_T0>(next.add(16 * V - 1) as *const i8);
+            }
+            // And into L2 the same row `GATHER_AHEAD_L2` values on, where
+            // a later tile will read it: the rows come from memory, more
+            // of them than the hardware follows.
+            for v in 0..V {
+                _mm_prefetch::<_MM_HINT_T1>(b.add(GATHER_AHEAD_L2 + 16 * v) as *const i8);
+            }
+        }
         // A loop, not `array::from_fn`: a closure would lose the target feature.
         let mut bv = [_mm512_setzero_ps(); V];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm512_loadu_ps(b.add(16 * v));
         }
-        for (acc, &o) in acc.iter_mut().zip(&offs) {
+        for (acc, &o) in acc.iter_mut().zip(&rows) {
             let av = _mm512_set1_ps(*a.offset(o));
             for (acc, &bv) in acc.iter_mut().zip(&bv) {
                 *acc = _mm512_fmadd_ps(av, bv, *acc);
             }
         }
         a = a.offset(ka);
-        b = b.add(16 * V);
+        if !GATHER {
+            b = b.add(16 * V);
+        }
     }
     finish!(
         acc,
@@ -562,28 +608,37 @@ unsafe fn kernel_avx512<const V: usize>(kc: usize, a: *const f32, ra: isize, ka:
     );
 }
 
-/// `out ← α·Σ_p a[p·ka + r·ra] · b[p·16 + j] + start`, 6 rows × 16 columns.
+/// `out ← α·Σ_p A[r][p] · B[p][j] + start`, 6 rows × 16 columns, read as
+/// [`Operands`] says (B gathered when `GATHER`).
 ///
 /// # Safety
-/// AVX2 and FMA present; `a` reaches `kc` k steps of 6 rows, `b` holds
-/// `kc·16` values, `out` covers 6 rows of 16 (and its `Row` 16 values).
+/// AVX2 and FMA present; as [`Kernel::call`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16(kc: usize, a: *const f32, ra: isize, ka: isize, b: *const f32, out: &Out) {
+unsafe fn kernel_avx2<const GATHER: bool>(op: &Operands, out: &Out) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-    let offs: [isize; 6] = std::array::from_fn(|r| r as isize * ra);
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
+    let mut rows = [0isize; 6];
+    for (r, x) in rows.iter_mut().enumerate() {
+        *x = if GATHER { r as isize } else { op.rows[r] };
+    }
+    let ka = if GATHER { 6 } else { op.ka };
+    let (mut a, mut b) = (op.a, op.b);
+    for p in 0..op.kc {
+        if GATHER {
+            b = op.b.offset(*op.b_rows.add(p));
+        }
         let b0 = _mm256_loadu_ps(b);
         let b1 = _mm256_loadu_ps(b.add(8));
-        for (acc, &o) in acc.iter_mut().zip(&offs) {
+        for (acc, &o) in acc.iter_mut().zip(&rows) {
             let av = _mm256_broadcast_ss(&*a.offset(o));
             acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
             acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
         }
         a = a.offset(ka);
-        b = b.add(16);
+        if !GATHER {
+            b = b.add(16);
+        }
     }
     finish!(
         acc,
@@ -608,18 +663,15 @@ pub(super) struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> Self {
+    pub(super) fn new(len: usize) -> Self {
         let raw = vec![0f32; len + 16];
         let offset = raw.as_ptr().align_offset(64).min(16);
         AlignedBuf { raw, offset, len }
     }
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.raw[self.offset..self.offset + self.len]
     }
-    pub(super) fn as_slice(&self) -> &[f32] {
-        &self.raw[self.offset..self.offset + self.len]
-    }
-    fn as_ptr(&self) -> *const f32 {
+    pub(super) fn as_ptr(&self) -> *const f32 {
         self.raw[self.offset..].as_ptr()
     }
 }
