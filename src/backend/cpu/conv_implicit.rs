@@ -14,11 +14,14 @@
 //!
 //! - Forward, one task per output plane z: C (cout × q) = W (cout × K) ·
 //!   B (K × q), W packed in strips once.
-//! - Weight gradient, one task per plane: dWᵀ (K × cout) = A (K × q) ·
-//!   dYᵀ (q × cout), A's rows read in place from the grid through the
-//!   shifts, dYᵀ packed with zeros at the dropped positions; the planes'
-//!   sums added in plane order, so the result does not depend on the
-//!   thread count.
+//! - Weight gradient, one task per plane: dWᵀ[kk][co] = Σ_q dY[co][q] ·
+//!   grid[q + shift kk], both rows read along q, so every output channel
+//!   and weight column keeps 16 running sums (one per lane) over the
+//!   plane's positions in blocks whose dY stays in L1, its lanes added up
+//!   at the end; dY has zeros at the dropped positions. With few output
+//!   channels this keeps the FMA units busier than a GEMM whose narrow
+//!   side is the output channels. The planes' sums are added in plane
+//!   order, so the result does not depend on the thread count.
 //! - The input gradient is the forward of the transposed convolution
 //!   (conv.rs), so it comes here too.
 //!
@@ -29,7 +32,7 @@ use rayon::prelude::*;
 
 use super::conv::Conv3d;
 use super::gemm::MatRef;
-use super::sgemm::{gather_kernel_for, k_blocks, kernel_for, pack_strip, Kernel, Operands, Out, Start, Width, MR_MAX};
+use super::sgemm::{gather_kernel_for, k_blocks, pack_strip, Operands, Out, Start, MR_MAX};
 use crate::simd::{isa, Isa};
 
 /// Zeros after the grid, so the last tile of a plane (up to one tile past
@@ -198,9 +201,9 @@ pub(super) fn weight_grad(conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]) 
     weight_grad_on(isa(), conv, x, dy, dw)
 }
 
-/// `weight_grad` with the kernel for `isa`, which this CPU must have.
+/// `weight_grad` with the tile for `isa`, which this CPU must have.
 fn weight_grad_on(isa: Isa, conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]) -> bool {
-    let Some(kern) = kernel_for(isa, Width::Narrow) else {
+    let Some(tile) = WTile::of(isa) else {
         return false;
     };
     let (kk, n, v) = (conv.patch(), conv.out_voxels(), conv.voxels());
@@ -208,17 +211,15 @@ fn weight_grad_on(isa: Isa, conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]
     assert_eq!(dy.len(), conv.batch * conv.cout * n, "conv3d: output gradient size");
     assert_eq!(dw.len(), conv.cout * kk, "conv3d: weight gradient size");
     let grid = Grid::new(conv);
-    let (mr, nr) = (kern.mr, kern.nr);
-    let ldc = conv.cout.div_ceil(nr) * nr;
-    let rows = kk.div_ceil(mr) * mr;
-    let mut sum = vec![0f32; rows * ldc];
+    // dWᵀ (K × cout), summed item by item and plane by plane.
+    let mut sum = vec![0f32; kk * conv.cout];
     let od = conv.out_dims()[0];
     for item in 0..conv.batch {
         let g = grid.fill(&x[item * conv.cin * v..][..conv.cin * v]);
         let gi = &dy[item * conv.cout * n..][..conv.cout * n];
         let parts: Vec<Vec<f32>> = (0..od)
             .into_par_iter()
-            .map(|z| plane_weight_grad(&grid, kern, &g, gi, z, rows, ldc))
+            .map(|z| plane_weight_grad(&grid, tile, &g, gi, z))
             .collect();
         for part in &parts {
             sum.iter_mut().zip(part).for_each(|(s, &p)| *s += p);
@@ -226,66 +227,229 @@ fn weight_grad_on(isa: Isa, conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]
     }
     for (co, dst) in dw.chunks_mut(kk).enumerate() {
         for (p, d) in dst.iter_mut().enumerate() {
-            *d = sum[p * ldc + co];
+            *d = sum[p * conv.cout + co];
         }
     }
     true
 }
 
-/// Plane z's share of dWᵀ (`rows × ldc`, rows past K and columns past
-/// cout zero or unused): `A · dYᵀ` over the plane's grid positions.
-fn plane_weight_grad(grid: &Grid, kern: Kernel, g: &[f32], dy: &[f32], z: usize, rows: usize, ldc: usize) -> Vec<f32> {
+/// Lanes of the weight gradient's running sums. Both instruction sets
+/// keep 16 (AVX2 in two registers) and add them up in the same order
+/// (`lane_total`), so they give the same bits.
+const LANES: usize = 16;
+/// Grid positions per block of the weight gradient: a block of dY's rows
+/// (a few KiB per channel) stays in L1 while every tile passes over it.
+const QB: usize = 512;
+/// The most running sums a weight-gradient tile keeps.
+const WTILE_MAX: usize = 18;
+
+/// One tile of the weight gradient: for `m < mr`, `j < nk`, lanes
+/// `l < LANES`, `carry[(m·nk + j)·LANES + l] += Σ_c dy[m·ldy + c·LANES +
+/// l] · g[j][c·LANES + l]` over `chunks` chunks (from zero when `first`).
+#[derive(Clone, Copy)]
+struct WTile {
+    mr: usize,
+    nk: usize,
+    run: unsafe fn(&WOperands),
+}
+
+/// What one weight-gradient tile reads and where its running sums live
+/// (`WTILE_MAX · LANES` values at `carry`).
+struct WOperands {
+    dy: *const f32,
+    ldy: usize,
+    g: [*const f32; 6],
+    chunks: usize,
+    carry: *mut f32,
+    first: bool,
+}
+
+impl WTile {
+    /// The tile for `isa`: 3 output channels × 6 weight columns on
+    /// AVX-512 (18 accumulators), 2 × 2 on AVX2; none without AVX2.
+    fn of(isa: Isa) -> Option<WTile> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match isa {
+                Isa::Avx512 => Some(WTile {
+                    mr: 3,
+                    nk: 6,
+                    run: wtile_avx512,
+                }),
+                Isa::Avx2Fma => Some(WTile {
+                    mr: 2,
+                    nk: 2,
+                    run: wtile_avx2,
+                }),
+                Isa::Baseline => None,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            None
+        }
+    }
+}
+
+/// Plane z's share of dWᵀ (`K × cout`): for each block of its grid
+/// positions, every (output channel, weight column) tile over the block.
+fn plane_weight_grad(grid: &Grid, tile: WTile, g: &[f32], dy: &[f32], z: usize) -> Vec<f32> {
     let conv = &grid.conv;
-    let (mr, nr) = (kern.mr, kern.nr);
+    let (mr, nk, cout, kk) = (tile.mr, tile.nk, conv.cout, grid.shifts.len());
     let [_, oh, ow] = conv.out_dims();
     let (q0, nq) = grid.plane(z);
-    let panels = ldc / nr;
-    // dYᵀ of the plane in panels of nr channels, nq × nr each, zero at the
-    // dropped positions and past the last channel.
-    let mut bt = vec![0f32; panels * nq * nr];
-    for co in 0..conv.cout {
-        let (pj, j) = (co / nr, co % nr);
-        let src = &dy[co * conv.out_voxels() + z * oh * ow..][..oh * ow];
-        for (yy, row) in src.chunks(ow).enumerate() {
-            for (xx, &val) in row.iter().enumerate() {
-                bt[(pj * nq + yy * grid.wp + xx) * nr + j] = val;
+    let len = nq.div_ceil(LANES) * LANES;
+    // dY of the plane at its grid positions, zero at the dropped ones,
+    // past the last position and in the channels past cout.
+    let rows = cout.div_ceil(mr) * mr;
+    let mut dyp = vec![0f32; rows * len];
+    for co in 0..cout {
+        for yy in 0..oh {
+            dyp[co * len + yy * grid.wp..][..ow]
+                .copy_from_slice(&dy[co * conv.out_voxels() + (z * oh + yy) * ow..][..ow]);
+        }
+    }
+    // The running sums: every tile's own between blocks when there are
+    // several, else one slot that each tile uses in turn.
+    let slot = WTILE_MAX * LANES;
+    let tiles = kk.div_ceil(nk) * (rows / mr);
+    let blocks = len.div_ceil(QB);
+    let mut carry = vec![0f32; if blocks > 1 { tiles * slot } else { slot }];
+    let mut part = vec![0f32; kk * cout];
+    for b0 in (0..len).step_by(QB) {
+        let chunks = QB.min(len - b0) / LANES;
+        let last = b0 + QB >= len;
+        for (ks, k0) in (0..kk).step_by(nk).enumerate() {
+            // Columns past K repeat the last; their sums are not kept.
+            let g_rows: [*const f32; 6] =
+                std::array::from_fn(|j| g[q0 + b0 + grid.shifts[(k0 + j).min(kk - 1)] as usize..].as_ptr());
+            for (cs, c0) in (0..rows).step_by(mr).enumerate() {
+                let at = if blocks > 1 { (ks * (rows / mr) + cs) * slot } else { 0 };
+                let op = WOperands {
+                    dy: dyp[c0 * len + b0..].as_ptr(),
+                    ldy: len,
+                    g: g_rows,
+                    chunks,
+                    carry: carry[at..at + slot].as_mut_ptr(),
+                    first: b0 == 0,
+                };
+                // SAFETY: the tile is this CPU's. dY's mr rows from c0
+                // reach b0 + chunks·LANES ≤ len within dyp; grid row j
+                // reads g[q0 + shift + b0 ..][..chunks·LANES], which ends
+                // at most LANES − 1 past the plane's last voxel's read,
+                // inside the SLACK zeros; the carry slot holds
+                // WTILE_MAX · LANES values.
+                unsafe { (tile.run)(&op) };
+                if last {
+                    for m in 0..mr.min(cout - c0) {
+                        for j in 0..nk.min(kk - k0) {
+                            let lanes = &carry[at + (m * nk + j) * LANES..][..LANES];
+                            part[(k0 + j) * cout + c0 + m] += lane_total(lanes);
+                        }
+                    }
+                }
             }
         }
     }
-    let kk = grid.shifts.len();
-    let mut c = vec![0f32; rows * ldc];
-    for (p0, kc) in k_blocks(nq) {
-        for r0 in (0..kk).step_by(mr) {
-            // Rows past K repeat the last shift; their sums land in rows
-            // nobody reads.
-            let mut shift = [0isize; MR_MAX];
-            for (r, s) in shift.iter_mut().take(mr).enumerate() {
-                *s = grid.shifts[(r0 + r).min(kk - 1)];
-            }
-            for pj in 0..panels {
-                let op = Operands {
-                    kc,
-                    a: g[q0 + p0..].as_ptr(),
-                    rows: shift,
-                    ka: 1,
-                    b: bt[(pj * nq + p0) * nr..].as_ptr(),
-                    b_rows: std::ptr::null(),
-                };
-                let out = Out {
-                    c: c[r0 * ldc + pj * nr..].as_mut_ptr(),
-                    ldc,
-                    alpha: 1.0,
-                    start: if p0 == 0 { Start::Zero } else { Start::Add },
-                };
-                // SAFETY: the kernel is this CPU's. A's row r reads
-                // g[q0 + shift[r] + p0 ..][..kc], inside the plane's reach
-                // of the grid; B's panel holds kc rows of nr from p0; the
-                // tile's mr rows of nr lie inside c (rows ≥ r0 + mr).
-                unsafe { kern.call(&op, &out) };
+    part
+}
+
+/// The sum of 16 lanes in a fixed order: lane l + lane l + 8, then the
+/// same with 4, 2 and 1.
+fn lane_total(v: &[f32]) -> f32 {
+    let mut s = [0f32; 8];
+    for (l, x) in s.iter_mut().enumerate() {
+        *x = v[l] + v[l + 8];
+    }
+    for w in [4, 2, 1] {
+        for l in 0..w {
+            s[l] += s[l + w];
+        }
+    }
+    s[0]
+}
+
+/// The AVX-512 weight-gradient tile: 3 × 6, 18 accumulators of 16 lanes.
+///
+/// # Safety
+/// AVX-512F present; `op`'s rows hold `chunks · 16` values each and its
+/// carry `3 · 6 · 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wtile_avx512(op: &WOperands) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 6]; 3];
+    if !op.first {
+        for (m, acc) in acc.iter_mut().enumerate() {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(op.carry.add((m * 6 + j) * LANES));
             }
         }
     }
-    c
+    for c in 0..op.chunks {
+        let p = c * LANES;
+        let mut x = [_mm512_setzero_ps(); 6];
+        for (x, g) in x.iter_mut().zip(&op.g) {
+            *x = _mm512_loadu_ps(g.add(p));
+        }
+        for (m, acc) in acc.iter_mut().enumerate() {
+            let d = _mm512_loadu_ps(op.dy.add(m * op.ldy + p));
+            for (acc, &x) in acc.iter_mut().zip(&x) {
+                *acc = _mm512_fmadd_ps(d, x, *acc);
+            }
+        }
+    }
+    for (m, acc) in acc.iter().enumerate() {
+        for (j, &acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(op.carry.add((m * 6 + j) * LANES), acc);
+        }
+    }
+}
+
+/// The AVX2 weight-gradient tile: 2 × 2, each accumulator 16 lanes in two
+/// registers.
+///
+/// # Safety
+/// AVX2 and FMA present; `op`'s rows hold `chunks · 16` values each and
+/// its carry `2 · 2 · 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wtile_avx2(op: &WOperands) {
+    use std::arch::x86_64::*;
+    let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; 2];
+    if !op.first {
+        for (m, acc) in acc.iter_mut().enumerate() {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_loadu_ps(op.carry.add((m * 2 + j) * LANES + 8 * h));
+                }
+            }
+        }
+    }
+    for c in 0..op.chunks {
+        let p = c * LANES;
+        let mut x = [[_mm256_setzero_ps(); 2]; 2];
+        for (x, g) in x.iter_mut().zip(&op.g) {
+            x[0] = _mm256_loadu_ps(g.add(p));
+            x[1] = _mm256_loadu_ps(g.add(p + 8));
+        }
+        for (m, acc) in acc.iter_mut().enumerate() {
+            let d0 = _mm256_loadu_ps(op.dy.add(m * op.ldy + p));
+            let d1 = _mm256_loadu_ps(op.dy.add(m * op.ldy + p + 8));
+            for (acc, x) in acc.iter_mut().zip(&x) {
+                acc[0] = _mm256_fmadd_ps(d0, x[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(d1, x[1], acc[1]);
+            }
+        }
+    }
+    for (m, acc) in acc.iter().enumerate() {
+        for (j, acc) in acc.iter().enumerate() {
+            for (h, &acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.carry.add((m * 2 + j) * LANES + 8 * h), acc);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +518,39 @@ mod tests {
                     assert!((g as f64 - r).abs() <= 1e-5 * scale, "dw {what} [{i}]: {g} against {r}");
                 }
             }
+        }
+    }
+
+    /// The weight gradient's sums are in one order: AVX-512 and AVX2, and
+    /// one or three threads, give the same bits (planes of several
+    /// blocks, channels and columns that fill no tile evenly).
+    #[test]
+    fn weight_grad_bits_do_not_depend_on_isa_or_threads() {
+        let conv = Conv3d {
+            batch: 2,
+            cin: 5,
+            cout: 7,
+            dims: [4, 30, 29],
+            k: 3,
+            pad: 1,
+        };
+        let x = values(conv.batch * conv.cin * conv.voxels(), 4);
+        let dy = values(conv.batch * conv.cout * conv.out_voxels(), 5);
+        let mut results: Vec<(String, Vec<f32>)> = Vec::new();
+        for isa in [Isa::Avx512, Isa::Avx2Fma] {
+            if isa > crate::simd::detected() {
+                continue;
+            }
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut dw = vec![0f32; conv.cout * conv.patch()];
+                assert!(pool.install(|| weight_grad_on(isa, &conv, &x, &dy, &mut dw)));
+                results.push((format!("{}, {threads} threads", isa.name()), dw));
+            }
+        }
+        for (name, dw) in results.iter().skip(1) {
+            let same = dw.iter().zip(&results[0].1).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name} differs from {}", results[0].0);
         }
     }
 }

@@ -15,6 +15,13 @@
 //! C as `α·sum + C` (the first block `α·sum + β·C`). So the AVX-512 and
 //! AVX2 kernels give the same bits, and so does any thread count.
 //! Without AVX2 the caller uses matrixmultiply instead.
+//!
+//! The same kernels have a gathering form for the convolution
+//! (conv_implicit.rs): A a packed strip, and B's k-th row wherever a table
+//! of offsets says, prefetched a few steps ahead into L1 and a few tiles
+//! ahead into L2, since scattered rows are no pattern the hardware
+//! prefetcher follows. AVX-512 adds a 12 × 32 shape there, for outputs of
+//! 12 channels.
 
 use rayon::prelude::*;
 
@@ -105,14 +112,6 @@ const AVX2: Kernel = Kernel {
     run: kernel_avx2::<false>,
 };
 
-/// AVX-512 for a narrow B (a few columns, many rows of A): 8 × 16.
-#[cfg(target_arch = "x86_64")]
-const AVX512_NARROW: Kernel = Kernel {
-    mr: 8,
-    nr: 16,
-    run: kernel_avx512::<8, 1, false>,
-};
-
 /// The gathering kernels (A packed, B's rows through a table).
 #[cfg(target_arch = "x86_64")]
 const AVX512_GATHER: Kernel = Kernel {
@@ -133,36 +132,19 @@ const AVX2_GATHER: Kernel = Kernel {
     run: kernel_avx2::<true>,
 };
 
-/// Which kernel a caller wants: the wide one, or one
-/// whose panel is 16 columns (a B of few columns, such as the output
-/// channels of a convolution's weight gradient).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Width {
-    Wide,
-    Narrow,
-}
-
-/// The kernel of `width` for this CPU (capped by `NEMESIS_CPU_ISA`), if
-/// it has one.
-pub(super) fn kernel_of(width: Width) -> Option<Kernel> {
-    kernel_for(crate::simd::isa(), width)
-}
-
-/// The kernel of `width` for `isa`, if there is one.
-pub(super) fn kernel_for(isa: crate::simd::Isa, width: Width) -> Option<Kernel> {
+/// This CPU's product kernel (capped by `NEMESIS_CPU_ISA`), if it has one.
+fn kernel_of() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::simd::Isa;
-        match (isa, width) {
-            (Isa::Avx512, Width::Wide) => Some(AVX512),
-            (Isa::Avx512, Width::Narrow) => Some(AVX512_NARROW),
-            (Isa::Avx2Fma, _) => Some(AVX2),
-            (Isa::Baseline, _) => None,
+        match crate::simd::isa() {
+            Isa::Avx512 => Some(AVX512),
+            Isa::Avx2Fma => Some(AVX2),
+            Isa::Baseline => None,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, width);
         None
     }
 }
@@ -190,7 +172,7 @@ pub(super) fn gather_kernel_for(isa: crate::simd::Isa, m: usize) -> Option<Kerne
 
 /// Whether this CPU (capped by `NEMESIS_CPU_ISA`) has a kernel here.
 pub(super) fn has_kernel() -> bool {
-    kernel_of(Width::Wide).is_some()
+    kernel_of().is_some()
 }
 
 /// The largest tile any kernel writes.
@@ -213,7 +195,7 @@ pub(super) unsafe fn product(
     row: Option<&[f32]>,
     c: *mut f32,
 ) -> bool {
-    let Some(kern) = kernel_of(Width::Wide) else {
+    let Some(kern) = kernel_of() else {
         return false;
     };
     // SAFETY: as this function's.
@@ -545,7 +527,7 @@ macro_rules! finish {
 
 /// `out ← α·Σ_p A[r][p] · B[p][j] + start`, MR rows × 16·V columns, A and
 /// B read as [`Operands`] says (B gathered when `GATHER`). The wide kernel
-/// is 8 × 48 (24 accumulators), the narrow 8 × 16, the 12-row one 12 × 32.
+/// is 8 × 48 (24 accumulators); the gathering ones are 8 × 48 and 12 × 32.
 ///
 /// # Safety
 /// AVX-512F present; as [`Kernel::call`].
@@ -693,7 +675,6 @@ mod tests {
         let mut v = Vec::new();
         if has!("avx512f") {
             v.push(("AVX-512", AVX512));
-            v.push(("AVX-512 narrow", AVX512_NARROW));
         }
         if has!("avx2") && has!("fma") {
             v.push(("AVX2", AVX2));
