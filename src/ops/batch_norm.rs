@@ -6,9 +6,11 @@
 
 use super::{backward_fn, on_device, same_dtype};
 use crate::autograd::{Tape, Var};
+use crate::backend::cpu::batch_norm::{self as bn, Affine, Planes};
+use crate::backend::cpu::elementwise;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{with_dtype, Tensor};
 
 /// Which statistics normalise the batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,20 +41,18 @@ impl Tape {
                 backward_fn("relu", move |g, _| Ok(vec![Some(gpu::relu_backward(g, &xv)?)])),
             ));
         }
-        let v = x.value().to_f64_vec()?;
-        let y = Tensor::from_f64_slice(
-            &v.iter().map(|&a| a.max(0.0)).collect::<Vec<_>>(),
-            x.shape(),
-            x.value().dtype(),
-        )?;
-        let (dtype, shape) = (x.value().dtype(), x.shape().clone());
+        let dtype = x.value().dtype();
+        let y = with_dtype!(dtype, T => Tensor::from_vec(elementwise::relu(x.value().cpu_slice::<T>()?), x.shape())?);
+        let xv = x.value().clone();
         Ok(self.record(
             y,
             &[x],
             backward_fn("relu", move |g, _| {
-                let g = g.to_f64_vec()?;
-                let d: Vec<f64> = g.iter().zip(&v).map(|(&g, &a)| if a > 0.0 { g } else { 0.0 }).collect();
-                Ok(vec![Some(Tensor::from_f64_slice(&d, shape.clone(), dtype)?)])
+                let dx = with_dtype!(dtype, T => Tensor::from_vec(
+                    elementwise::relu_backward(g.cpu_slice::<T>()?, xv.cpu_slice::<T>()?),
+                    xv.shape(),
+                )?);
+                Ok(vec![Some(dx)])
             }),
         ))
     }
@@ -97,20 +97,11 @@ impl Tape {
                 "batch statistics need at least two values a channel",
             ));
         }
-        let xv = x.value().to_f64_vec()?;
+        let p = Planes { b, c, vox };
         let (g, bt) = (gamma.value().to_f64_vec()?, beta.value().to_f64_vec()?);
-        let at = move |bi: usize, ch: usize, i: usize| (bi * c + ch) * vox + i;
         let (mean, var, moments) = match stats {
             BatchStats::Batch => {
-                let mut mean = vec![0.0; c];
-                let mut var = vec![0.0; c];
-                for ch in 0..c {
-                    let vals = (0..b).flat_map(|bi| (0..vox).map(move |i| (bi, i)));
-                    let m = vals.clone().map(|(bi, i)| xv[at(bi, ch, i)]).sum::<f64>() / n as f64;
-                    let s = vals.map(|(bi, i)| (xv[at(bi, ch, i)] - m).powi(2)).sum::<f64>();
-                    mean[ch] = m;
-                    var[ch] = s / n as f64;
-                }
+                let (mean, var) = with_dtype!(dtype, T => bn::moments(x.value().cpu_slice::<T>()?, p));
                 let unbiased = var.iter().map(|v| v * n as f64 / (n - 1) as f64).collect();
                 let moments = BatchMoments {
                     mean: mean.clone(),
@@ -129,51 +120,31 @@ impl Tape {
             }
         };
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let mut xhat = vec![0.0; xv.len()];
-        let mut y = vec![0.0; xv.len()];
-        for bi in 0..b {
-            for ch in 0..c {
-                for i in 0..vox {
-                    let k = at(bi, ch, i);
-                    xhat[k] = (xv[k] - mean[ch]) * inv[ch];
-                    y[k] = xhat[k] * g[ch] + bt[ch];
-                }
-            }
-        }
+        let affine = Affine {
+            mean: &mean,
+            inv: &inv,
+            gamma: &g,
+            beta: &bt,
+        };
+        let y = with_dtype!(dtype, T => Tensor::from_vec(bn::forward(x.value().cpu_slice::<T>()?, p, &affine), xs.clone())?);
         let training = moments.is_some();
+        let xv = x.value().clone();
         let out = self.record(
-            Tensor::from_f64_slice(&y, xs.clone(), dtype)?,
+            y,
             &[x, gamma, beta],
             backward_fn(OP, move |dy, needs| {
-                let dy = dy.to_f64_vec()?;
-                let mut dx = vec![0.0; dy.len()];
-                let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-                for ch in 0..c {
-                    let (mut sum, mut dot) = (0.0, 0.0);
-                    for bi in 0..b {
-                        for i in 0..vox {
-                            let k = at(bi, ch, i);
-                            sum += dy[k];
-                            dot += dy[k] * xhat[k];
-                        }
-                    }
-                    dg[ch] = dot;
-                    db[ch] = sum;
-                    for bi in 0..b {
-                        for i in 0..vox {
-                            let k = at(bi, ch, i);
-                            dx[k] = if training {
-                                g[ch] * inv[ch] * (dy[k] - sum / n as f64 - xhat[k] * dot / n as f64)
-                            } else {
-                                g[ch] * inv[ch] * dy[k]
-                            };
-                        }
-                    }
-                }
+                let affine = Affine {
+                    mean: &mean,
+                    inv: &inv,
+                    gamma: &g,
+                    beta: &bt,
+                };
+                let (dx, dg, db) = with_dtype!(dtype, T => {
+                    let (dx, dg, db) = bn::backward(dy.cpu_slice::<T>()?, xv.cpu_slice::<T>()?, p, &affine, training);
+                    (Tensor::from_vec(dx, xs.clone())?, dg, db)
+                });
                 Ok(vec![
-                    needs[0]
-                        .then(|| Tensor::from_f64_slice(&dx, xs.clone(), dtype))
-                        .transpose()?,
+                    needs[0].then_some(dx),
                     needs[1]
                         .then(|| Tensor::from_f64_slice(&dg, vec![c], dtype))
                         .transpose()?,

@@ -6,8 +6,9 @@ use rayon::prelude::*;
 
 use super::{backward_fn, on_device};
 use crate::autograd::{Tape, Var};
+use crate::backend::cpu::CpuFloat;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{with_dtype, Element, Tensor};
 
 /// For each output index along one axis: the two input indices it reads
 /// and the weight of the second (align_corners false: source position
@@ -83,32 +84,42 @@ impl Tape {
         let (planes, inp) = (d[0] * d[1], [d[2], d[3], d[4]]);
         let t = [0, 1, 2].map(|a| taps(inp[a], size[a]));
         let (iv, ov) = (inp.iter().product::<usize>(), size.iter().product::<usize>());
-        let xv = x.value().to_f64_vec()?;
-        // Plane by plane in parallel (each output plane reads only its own
-        // input plane), one axis at a time: W, then H, then D.
-        let mut y = vec![0.0; planes * ov];
-        y.par_chunks_mut(ov).zip(xv.par_chunks(iv)).for_each(|(y, x)| {
-            let [d, h, w] = inp;
-            let along_w = lerp_axis(x, d * h, w, 1, &t[2]);
-            let along_h = lerp_axis(&along_w, d, h, size[2], &t[1]);
-            y.copy_from_slice(&lerp_axis(&along_h, 1, d, size[1] * size[2], &t[0]));
-        });
         let dtype = x.value().dtype();
         let out_shape = vec![d[0], d[1], size[0], size[1], size[2]];
+        // Plane by plane in parallel (each output plane reads only its own
+        // input plane), one axis at a time in f64: W, then H, then D.
+        let y = with_dtype!(dtype, T => {
+            let xv = x.value().cpu_slice::<T>()?;
+            let mut y = vec![T::zero(); planes * ov];
+            y.par_chunks_mut(ov).zip(xv.par_chunks(iv)).for_each(|(y, x)| {
+                let [d, h, w] = inp;
+                let x: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+                let along_w = lerp_axis(&x, d * h, w, 1, &t[2]);
+                let along_h = lerp_axis(&along_w, d, h, size[2], &t[1]);
+                let along_d = lerp_axis(&along_h, 1, d, size[1] * size[2], &t[0]);
+                y.iter_mut().zip(&along_d).for_each(|(y, &v)| *y = T::from_f64(v));
+            });
+            Tensor::from_vec(y, out_shape)?
+        });
         Ok(self.record(
-            Tensor::from_f64_slice(&y, out_shape, dtype)?,
+            y,
             &[x],
             backward_fn(OP, move |g, _| {
-                let g = g.to_f64_vec()?;
-                let mut dx = vec![0.0; planes * iv];
-                dx.par_chunks_mut(iv).zip(g.par_chunks(ov)).for_each(|(dx, g)| {
-                    // The forward's passes transposed, in reverse order.
-                    let [d, h, w] = inp;
-                    let along_h = lerp_axis_adjoint(g, 1, d, size[1] * size[2], &t[0]);
-                    let along_w = lerp_axis_adjoint(&along_h, d, h, size[2], &t[1]);
-                    dx.copy_from_slice(&lerp_axis_adjoint(&along_w, d * h, w, 1, &t[2]));
+                let dx = with_dtype!(dtype, T => {
+                    let g = g.cpu_slice::<T>()?;
+                    let mut dx = vec![T::zero(); planes * iv];
+                    dx.par_chunks_mut(iv).zip(g.par_chunks(ov)).for_each(|(dx, g)| {
+                        // The forward's passes transposed, in reverse order.
+                        let [d, h, w] = inp;
+                        let g: Vec<f64> = g.iter().map(|v| v.to_f64()).collect();
+                        let along_h = lerp_axis_adjoint(&g, 1, d, size[1] * size[2], &t[0]);
+                        let along_w = lerp_axis_adjoint(&along_h, d, h, size[2], &t[1]);
+                        let along_x = lerp_axis_adjoint(&along_w, d * h, w, 1, &t[2]);
+                        dx.iter_mut().zip(&along_x).for_each(|(dx, &v)| *dx = T::from_f64(v));
+                    });
+                    Tensor::from_vec(dx, xs.clone())?
                 });
-                Ok(vec![Some(Tensor::from_f64_slice(&dx, xs.clone(), dtype)?)])
+                Ok(vec![Some(dx)])
             }),
         ))
     }

@@ -93,6 +93,17 @@ pub fn sigmoid_backward<T: CpuFloat>(g: &[T], y: &[T]) -> Vec<T> {
     zip_map(g, y, |g, y| g * y * (T::one() - y))
 }
 
+/// `max(x, 0)`.
+pub fn relu<T: CpuFloat>(x: &[T]) -> Vec<T> {
+    map(x, |x| if x > T::zero() { x } else { T::zero() })
+}
+
+/// `g` where the saved input `x` was positive, else 0 (PyTorch's gradient
+/// at 0).
+pub fn relu_backward<T: CpuFloat>(g: &[T], x: &[T]) -> Vec<T> {
+    zip_map(g, x, |g, x| if x > T::zero() { g } else { T::zero() })
+}
+
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1/√(2π): the standard normal density at 0.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod attention_tiled;
+pub mod batch_norm;
 pub mod conv;
 mod conv_implicit;
 pub mod elementwise;
