@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use super::conv::Conv3d;
 use super::gemm::MatRef;
 use super::sgemm::{gather_kernel_for, k_blocks, pack_strip, Operands, Out, Start, MR_MAX};
+use super::Disjoint;
 use crate::simd::{isa, Isa};
 
 /// Zeros after the grid, so the last tile of a plane (up to one tile past
@@ -127,7 +128,7 @@ fn forward_on(isa: Isa, conv: &Conv3d, x: &[f32], w: &[f32], y: &mut [f32]) -> b
     let [od, oh, ow] = conv.out_dims();
     for (item, out) in y.chunks_mut(conv.cout * n).enumerate() {
         let g = grid.fill(&x[item * conv.cin * v..][..conv.cin * v]);
-        let dst = Shared(out.as_mut_ptr());
+        let dst = Disjoint::new(out);
         (0..od).into_par_iter().for_each(|z| {
             let (q0, nq) = grid.plane(z);
             let ldc = nq.div_ceil(nr) * nr;
@@ -163,35 +164,15 @@ fn forward_on(isa: Isa, conv: &Conv3d, x: &[f32], w: &[f32], y: &mut [f32]) -> b
             // Keep the voxels, drop the positions between rows.
             for co in 0..conv.cout {
                 for yy in 0..oh {
-                    let src = &c[co * ldc + yy * grid.wp..][..ow];
-                    // SAFETY: row yy of plane z of channel co, inside this
-                    // item's output; no other task writes plane z.
-                    unsafe {
-                        let at = dst.at(co * n + (z * oh + yy) * ow);
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), at, ow);
-                    }
+                    // SAFETY: row yy of plane z of channel co; no other
+                    // task writes plane z.
+                    let row = unsafe { dst.part(co * n + (z * oh + yy) * ow, ow) };
+                    row.copy_from_slice(&c[co * ldc + yy * grid.wp..][..ow]);
                 }
             }
         });
     }
     true
-}
-
-/// The output's pointer, shared by the plane tasks (each writes its own plane).
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: only used to hand disjoint planes of the output to tasks.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// Element `i`.
-    ///
-    /// # Safety
-    /// `i` lies inside the output.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 /// The weight gradient `dw` (`Cout × Cin·k³`, overwritten) from the input

@@ -71,6 +71,39 @@ impl<T> Chunks<T> {
     }
 }
 
+/// A slice that parallel tasks write in disjoint, interleaved parts (the
+/// rows of one item's channels, the planes of an output), where
+/// `par_chunks_mut` cannot hand the parts out.
+pub(crate) struct Disjoint<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: std::marker::PhantomData<&'a mut [T]>,
+}
+// SAFETY: tasks only write the parts `part` hands them, which the caller
+// keeps disjoint.
+unsafe impl<T: Send> Send for Disjoint<'_, T> {}
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+impl<'a, T> Disjoint<'a, T> {
+    pub(crate) fn new(s: &'a mut [T]) -> Self {
+        Disjoint {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// Elements `at .. at + len`.
+    ///
+    /// # Safety
+    /// No other task reads or writes them while the result lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part(&self, at: usize, len: usize) -> &mut [T] {
+        assert!(at + len <= self.len, "Disjoint: part out of range");
+        std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every element is written once, by its chunk, at lengths around the
