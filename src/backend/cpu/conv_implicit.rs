@@ -14,14 +14,15 @@
 //!
 //! - Forward, one task per output plane z: C (cout × q) = W (cout × K) ·
 //!   B (K × q), W packed in strips once.
-//! - Weight gradient, one task per plane: dWᵀ[kk][co] = Σ_q dY[co][q] ·
-//!   grid[q + shift kk], both rows read along q, so every output channel
-//!   and weight column keeps 16 running sums (one per lane) over the
-//!   plane's positions in blocks whose dY stays in L1, its lanes added up
-//!   at the end; dY has zeros at the dropped positions. With few output
-//!   channels this keeps the FMA units busier than a GEMM whose narrow
-//!   side is the output channels. The planes' sums are added in plane
-//!   order, so the result does not depend on the thread count.
+//! - Weight gradient, a task per plane (a few planes on small grids):
+//!   dWᵀ[kk][co] = Σ_q dY[co][q] · grid[q + shift kk], both rows read
+//!   along q, so every output channel and weight column keeps 16 running
+//!   sums (one per lane) over the task's positions in blocks whose dY
+//!   stays in L1, its lanes added up at the end; dY has zeros at the
+//!   dropped positions. With few output channels this keeps the FMA
+//!   units busier than a GEMM whose narrow side is the output channels.
+//!   The tasks' sums are added in task order, and the tasks depend on
+//!   the shape alone, so the result does not depend on the thread count.
 //! - The input gradient is the forward of the transposed convolution
 //!   (conv.rs), so it comes here too.
 //!
@@ -91,11 +92,12 @@ impl Grid {
         })
     }
 
-    /// The grid positions of output plane z: the first, and how many
-    /// (from its first voxel to its last).
-    fn plane(&self, z: usize) -> (usize, usize) {
+    /// The grid positions of output planes `zs`: the first, and how many
+    /// (from the first plane's first voxel to the last plane's last).
+    fn planes(&self, zs: std::ops::Range<usize>) -> (usize, usize) {
         let [_, oh, ow] = self.conv.out_dims();
-        (z * self.hp * self.wp, (oh - 1) * self.wp + ow)
+        let plane = self.hp * self.wp;
+        (zs.start * plane, (zs.len() - 1) * plane + (oh - 1) * self.wp + ow)
     }
 }
 
@@ -130,7 +132,7 @@ fn forward_on(isa: Isa, conv: &Conv3d, x: &[f32], w: &[f32], y: &mut [f32]) -> b
         let g = grid.fill(&x[item * conv.cin * v..][..conv.cin * v]);
         let dst = Disjoint::new(out);
         (0..od).into_par_iter().for_each(|z| {
-            let (q0, nq) = grid.plane(z);
+            let (q0, nq) = grid.planes(z..z + 1);
             let ldc = nq.div_ceil(nr) * nr;
             let mut c = vec![0f32; strips * mr * ldc];
             for (p0, kc) in k_blocks(kk) {
@@ -177,7 +179,8 @@ fn forward_on(isa: Isa, conv: &Conv3d, x: &[f32], w: &[f32], y: &mut [f32]) -> b
 
 /// The weight gradient `dw` (`Cout × Cin·k³`, overwritten) from the input
 /// `x` and the output's gradient `dy`, or false, having done nothing, when
-/// this CPU has no kernel.
+/// this CPU has no tile or the convolution has more than `DW_COUT_MAX`
+/// output channels (where a GEMM over them does as well or better).
 pub(super) fn weight_grad(conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]) -> bool {
     weight_grad_on(isa(), conv, x, dy, dw)
 }
@@ -187,6 +190,9 @@ fn weight_grad_on(isa: Isa, conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]
     let Some(tile) = WTile::of(isa) else {
         return false;
     };
+    if conv.cout > DW_COUT_MAX {
+        return false;
+    }
     let (kk, n, v) = (conv.patch(), conv.out_voxels(), conv.voxels());
     assert_eq!(x.len(), conv.batch * conv.cin * v, "conv3d: input size");
     assert_eq!(dy.len(), conv.batch * conv.cout * n, "conv3d: output gradient size");
@@ -194,13 +200,18 @@ fn weight_grad_on(isa: Isa, conv: &Conv3d, x: &[f32], dy: &[f32], dw: &mut [f32]
     let grid = Grid::new(conv);
     // dWᵀ (K × cout), summed item by item and plane by plane.
     let mut sum = vec![0f32; kk * conv.cout];
+    // Tasks of whole planes, at least `TASK_POSITIONS` grid positions
+    // each where the planes allow (fewer lane totals per tile on small
+    // grids); the split depends on the shape alone.
     let od = conv.out_dims()[0];
+    let per_task = TASK_POSITIONS.div_ceil(grid.hp * grid.wp).clamp(1, od);
+    let tasks: Vec<std::ops::Range<usize>> = (0..od).step_by(per_task).map(|z| z..(z + per_task).min(od)).collect();
     for item in 0..conv.batch {
         let g = grid.fill(&x[item * conv.cin * v..][..conv.cin * v]);
         let gi = &dy[item * conv.cout * n..][..conv.cout * n];
-        let parts: Vec<Vec<f32>> = (0..od)
-            .into_par_iter()
-            .map(|z| plane_weight_grad(&grid, tile, &g, gi, z))
+        let parts: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|zs| planes_weight_grad(&grid, tile, &g, gi, zs.clone()))
             .collect();
         for part in &parts {
             sum.iter_mut().zip(part).for_each(|(s, &p)| *s += p);
@@ -221,6 +232,16 @@ const LANES: usize = 16;
 /// Grid positions per block of the weight gradient: a block of dY's rows
 /// (a few KiB per channel) stays in L1 while every tile passes over it.
 const QB: usize = 512;
+/// The most output channels the weight gradient is computed with here:
+/// past it, im2col and a GEMM whose rows are the channels are as fast on
+/// AVX-512 and twice as fast on AVX2 (`bench conv`, docs/DESIGN.md).
+const DW_COUT_MAX: usize = 24;
+/// Output channels whose block of dY (`QB` positions each, 2 KiB) the
+/// weight gradient keeps in L1 at a time.
+const CO_GROUP: usize = 12;
+/// Grid positions a weight-gradient task covers at least, where the
+/// planes allow.
+const TASK_POSITIONS: usize = 1024;
 /// The most running sums a weight-gradient tile keeps.
 const WTILE_MAX: usize = 18;
 
@@ -247,7 +268,7 @@ struct WOperands {
 
 impl WTile {
     /// The tile for `isa`: 3 output channels × 6 weight columns on
-    /// AVX-512 (18 accumulators), 2 × 2 on AVX2; none without AVX2.
+    /// AVX-512 (18 accumulators), 2 × 3 on AVX2; none without AVX2.
     fn of(isa: Isa) -> Option<WTile> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -259,7 +280,7 @@ impl WTile {
                 }),
                 Isa::Avx2Fma => Some(WTile {
                     mr: 2,
-                    nk: 2,
+                    nk: 3,
                     run: wtile_avx2,
                 }),
                 Isa::Baseline => None,
@@ -273,22 +294,24 @@ impl WTile {
     }
 }
 
-/// Plane z's share of dWᵀ (`K × cout`): for each block of its grid
+/// Planes `zs`' share of dWᵀ (`K × cout`): for each block of their grid
 /// positions, every (output channel, weight column) tile over the block.
-fn plane_weight_grad(grid: &Grid, tile: WTile, g: &[f32], dy: &[f32], z: usize) -> Vec<f32> {
+fn planes_weight_grad(grid: &Grid, tile: WTile, g: &[f32], dy: &[f32], zs: std::ops::Range<usize>) -> Vec<f32> {
     let conv = &grid.conv;
     let (mr, nk, cout, kk) = (tile.mr, tile.nk, conv.cout, grid.shifts.len());
     let [_, oh, ow] = conv.out_dims();
-    let (q0, nq) = grid.plane(z);
+    let (q0, nq) = grid.planes(zs.clone());
     let len = nq.div_ceil(LANES) * LANES;
-    // dY of the plane at its grid positions, zero at the dropped ones,
+    // dY of the planes at their grid positions, zero at the dropped ones,
     // past the last position and in the channels past cout.
     let rows = cout.div_ceil(mr) * mr;
     let mut dyp = vec![0f32; rows * len];
     for co in 0..cout {
-        for yy in 0..oh {
-            dyp[co * len + yy * grid.wp..][..ow]
-                .copy_from_slice(&dy[co * conv.out_voxels() + (z * oh + yy) * ow..][..ow]);
+        for (i, z) in zs.clone().enumerate() {
+            for yy in 0..oh {
+                let at = co * len + i * grid.hp * grid.wp + yy * grid.wp;
+                dyp[at..][..ow].copy_from_slice(&dy[co * conv.out_voxels() + (z * oh + yy) * ow..][..ow]);
+            }
         }
     }
     // The running sums: every tile's own between blocks when there are
@@ -298,35 +321,44 @@ fn plane_weight_grad(grid: &Grid, tile: WTile, g: &[f32], dy: &[f32], z: usize) 
     let blocks = len.div_ceil(QB);
     let mut carry = vec![0f32; if blocks > 1 { tiles * slot } else { slot }];
     let mut part = vec![0f32; kk * cout];
+    // Output channels a group at a time, so the group's block of dY stays
+    // in L1 while the grid rows change.
+    let group = (CO_GROUP / mr).max(1) * mr;
     for b0 in (0..len).step_by(QB) {
         let chunks = QB.min(len - b0) / LANES;
         let last = b0 + QB >= len;
-        for (ks, k0) in (0..kk).step_by(nk).enumerate() {
-            // Columns past K repeat the last; their sums are not kept.
-            let g_rows: [*const f32; 6] =
-                std::array::from_fn(|j| g[q0 + b0 + grid.shifts[(k0 + j).min(kk - 1)] as usize..].as_ptr());
-            for (cs, c0) in (0..rows).step_by(mr).enumerate() {
-                let at = if blocks > 1 { (ks * (rows / mr) + cs) * slot } else { 0 };
-                let op = WOperands {
-                    dy: dyp[c0 * len + b0..].as_ptr(),
-                    ldy: len,
-                    g: g_rows,
-                    chunks,
-                    carry: carry[at..at + slot].as_mut_ptr(),
-                    first: b0 == 0,
-                };
-                // SAFETY: the tile is this CPU's. dY's mr rows from c0
-                // reach b0 + chunks·LANES ≤ len within dyp; grid row j
-                // reads g[q0 + shift + b0 ..][..chunks·LANES], which ends
-                // at most LANES − 1 past the plane's last voxel's read,
-                // inside the SLACK zeros; the carry slot holds
-                // WTILE_MAX · LANES values.
-                unsafe { (tile.run)(&op) };
-                if last {
-                    for m in 0..mr.min(cout - c0) {
-                        for j in 0..nk.min(kk - k0) {
-                            let lanes = &carry[at + (m * nk + j) * LANES..][..LANES];
-                            part[(k0 + j) * cout + c0 + m] += lane_total(lanes);
+        for g0 in (0..rows).step_by(group) {
+            for (ks, k0) in (0..kk).step_by(nk).enumerate() {
+                // Columns past K repeat the last; their sums are not kept.
+                let g_rows: [*const f32; 6] =
+                    std::array::from_fn(|j| g[q0 + b0 + grid.shifts[(k0 + j).min(kk - 1)] as usize..].as_ptr());
+                for c0 in (g0..rows.min(g0 + group)).step_by(mr) {
+                    let at = if blocks > 1 {
+                        (ks * (rows / mr) + c0 / mr) * slot
+                    } else {
+                        0
+                    };
+                    let op = WOperands {
+                        dy: dyp[c0 * len + b0..].as_ptr(),
+                        ldy: len,
+                        g: g_rows,
+                        chunks,
+                        carry: carry[at..at + slot].as_mut_ptr(),
+                        first: b0 == 0,
+                    };
+                    // SAFETY: the tile is this CPU's. dY's mr rows from c0
+                    // reach b0 + chunks·LANES ≤ len within dyp; grid row j
+                    // reads g[q0 + shift + b0 ..][..chunks·LANES], which
+                    // ends at most LANES − 1 past the last voxel's read,
+                    // inside the SLACK zeros; the carry slot holds
+                    // WTILE_MAX · LANES values.
+                    unsafe { (tile.run)(&op) };
+                    if last {
+                        for m in 0..mr.min(cout - c0) {
+                            for j in 0..nk.min(kk - k0) {
+                                let lanes = &carry[at + (m * nk + j) * LANES..][..LANES];
+                                part[(k0 + j) * cout + c0 + m] += lane_total(lanes);
+                            }
                         }
                     }
                 }
@@ -388,46 +420,47 @@ unsafe fn wtile_avx512(op: &WOperands) {
     }
 }
 
-/// The AVX2 weight-gradient tile: 2 × 2, each accumulator 16 lanes in two
-/// registers.
+/// The AVX2 weight-gradient tile: 2 × 3, each accumulator 16 lanes in two
+/// registers, the chunk's two halves one after the other (12
+/// accumulators, 3 grid rows and a dY row in the 16 registers).
 ///
 /// # Safety
 /// AVX2 and FMA present; `op`'s rows hold `chunks · 16` values each and
-/// its carry `2 · 2 · 16`.
+/// its carry `2 · 3 · 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wtile_avx2(op: &WOperands) {
     use std::arch::x86_64::*;
-    let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; 2];
+    // acc[h][m][j]: lanes 8h .. 8h + 8 of (channel m, column j).
+    let mut acc = [[[_mm256_setzero_ps(); 3]; 2]; 2];
     if !op.first {
-        for (m, acc) in acc.iter_mut().enumerate() {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                for (h, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_loadu_ps(op.carry.add((m * 2 + j) * LANES + 8 * h));
+        for (h, acc) in acc.iter_mut().enumerate() {
+            for (m, acc) in acc.iter_mut().enumerate() {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_loadu_ps(op.carry.add((m * 3 + j) * LANES + 8 * h));
                 }
             }
         }
     }
     for c in 0..op.chunks {
-        let p = c * LANES;
-        let mut x = [[_mm256_setzero_ps(); 2]; 2];
-        for (x, g) in x.iter_mut().zip(&op.g) {
-            x[0] = _mm256_loadu_ps(g.add(p));
-            x[1] = _mm256_loadu_ps(g.add(p + 8));
-        }
-        for (m, acc) in acc.iter_mut().enumerate() {
-            let d0 = _mm256_loadu_ps(op.dy.add(m * op.ldy + p));
-            let d1 = _mm256_loadu_ps(op.dy.add(m * op.ldy + p + 8));
-            for (acc, x) in acc.iter_mut().zip(&x) {
-                acc[0] = _mm256_fmadd_ps(d0, x[0], acc[0]);
-                acc[1] = _mm256_fmadd_ps(d1, x[1], acc[1]);
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let p = c * LANES + 8 * h;
+            let mut x = [_mm256_setzero_ps(); 3];
+            for (x, g) in x.iter_mut().zip(&op.g) {
+                *x = _mm256_loadu_ps(g.add(p));
+            }
+            for (m, acc) in acc.iter_mut().enumerate() {
+                let d = _mm256_loadu_ps(op.dy.add(m * op.ldy + p));
+                for (acc, &x) in acc.iter_mut().zip(&x) {
+                    *acc = _mm256_fmadd_ps(d, x, *acc);
+                }
             }
         }
     }
-    for (m, acc) in acc.iter().enumerate() {
-        for (j, acc) in acc.iter().enumerate() {
-            for (h, &acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(op.carry.add((m * 2 + j) * LANES + 8 * h), acc);
+    for (h, acc) in acc.iter().enumerate() {
+        for (m, acc) in acc.iter().enumerate() {
+            for (j, &acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.carry.add((m * 3 + j) * LANES + 8 * h), acc);
             }
         }
     }

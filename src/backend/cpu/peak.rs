@@ -1,4 +1,5 @@
-//! What this CPU can do: its widest vector instruction set, and its
+//! What this CPU can do at the instruction set the CPU code runs at (its
+//! widest, or the `NEMESIS_CPU_ISA` cap): the set's name, and the
 //! measured f32 FMA peak (independent FMA chains on every thread, as many
 //! as hide the latency), the ceiling GEMM rates are judged against.
 
@@ -6,16 +7,22 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-/// The widest vector instruction set this CPU has, for naming beside a
-/// figure: the level the dispatched loops detect (`simd::detected`).
-pub fn instruction_set() -> &'static str {
+/// The vector instruction set the CPU code runs at, for naming beside a
+/// figure: the level the dispatched loops use (`simd::isa`), and the CPU's
+/// own when `NEMESIS_CPU_ISA` caps it lower.
+pub fn instruction_set() -> String {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::simd::detected().name()
+        let (used, has) = (crate::simd::isa(), crate::simd::detected());
+        if used == has {
+            used.name().to_string()
+        } else {
+            format!("{} (NEMESIS_CPU_ISA; the CPU has {})", used.name(), has.name())
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        std::env::consts::ARCH
+        std::env::consts::ARCH.to_string()
     }
 }
 
@@ -103,7 +110,7 @@ fn fma_avx2(iters: u64) {
 fn one_thread(iters: u64) -> (f64, f32) {
     let iters = iters.max(1);
     #[cfg(target_arch = "x86_64")]
-    match crate::simd::detected() {
+    match crate::simd::isa() {
         crate::simd::Isa::Avx512 => {
             fma_avx512(iters);
             return ((iters * CHAINS as u64 * 16 * 2) as f64, 0.0);
