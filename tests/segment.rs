@@ -380,3 +380,23 @@ fn bench_seg_step_reports_its_median() {
     assert!(text.contains("median step") && text.contains("crops/s"), "{text}");
     assert!(text.contains("threads"), "names the CPU: {text}");
 }
+
+/// `bench conv` times every decoder convolution both ways against the
+/// measured peak; a zero batch is a clear error.
+#[test]
+fn bench_conv_tables_every_decoder_convolution() {
+    let o = run(&["bench", "conv", "--preset", "tiny", "--reps", "1"]);
+    let text = ok(&o);
+    assert!(text.contains("measured f32 FMA peak"), "{text}");
+    for name in ["up0.conv0", "up1.conv1", "up2.conv1", "skip0", "skip1", "head"] {
+        for pass in ["fwd", "dW", "dX"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(name) && l.split_whitespace().nth(3) == Some(pass)),
+                "no {name} {pass} row: {text}"
+            );
+        }
+    }
+    let o = run(&["bench", "conv", "--preset", "tiny", "--batch", "0"]);
+    fails_with(&o, "--batch and --reps must be at least 1");
+}

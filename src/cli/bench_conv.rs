@@ -7,12 +7,10 @@
 use clap::Args;
 
 use crate::backend::cpu::conv::{Conv3d, Path};
-use crate::backend::cpu::peak::{fma_peak, instruction_set};
 use crate::error::{Error, Result};
-use crate::rng::RngStream;
 use crate::seg::SegConfig;
 
-use super::bench_gemm::median_times;
+use super::bench_gemm::{measured_peak, median_times, values};
 
 /// One pass of a convolution by a given path.
 type Pass<'a> = dyn Fn(Path) -> Vec<f32> + 'a;
@@ -66,14 +64,7 @@ pub fn run(a: &ConvArgs) -> Result<()> {
         return Err(Error::invalid("bench conv", "--batch and --reps must be at least 1"));
     }
     let config = SegConfig::new(a.model.load()?, a.classes)?;
-    let threads = rayon::current_num_threads();
-    let isa = instruction_set();
-    eprintln!("measuring the FMA peak of {threads} threads ({isa})…");
-    let peak = fma_peak(1.5);
-    println!(
-        "CPU: {isa}, {threads} threads; measured f32 FMA peak {:.1} GFLOP/s",
-        peak / 1e9
-    );
+    let peak = measured_peak();
     println!(
         "decoder convolutions at batch {}, f32, median of {} runs: the step's path against im2col",
         a.batch, a.reps
@@ -121,10 +112,4 @@ pub fn run(a: &ConvArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn values(n: usize, stream: u64) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    RngStream::new(7, stream).fill_uniform(0, &mut v);
-    v
 }

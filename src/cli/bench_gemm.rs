@@ -70,13 +70,7 @@ pub fn run(a: &GemmArgs) -> Result<()> {
     let c = a.model.load()?;
     let rows = a.batch * c.num_tokens();
     let threads = rayon::current_num_threads();
-    let isa = instruction_set();
-    eprintln!("measuring the FMA peak of {threads} threads ({isa})…");
-    let peak = fma_peak(1.5);
-    println!(
-        "CPU: {isa}, {threads} threads; measured f32 FMA peak {:.1} GFLOP/s",
-        peak / 1e9
-    );
+    let peak = measured_peak();
     println!(
         "GEMMs of a step at batch {} ({rows} token rows, E {}, FFN {}), f32, median of {} runs:",
         a.batch, c.embed_dim, c.ffn_dim, a.reps
@@ -143,6 +137,20 @@ pub fn run(a: &GemmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The f32 FMA peak of the rayon pool's threads (FLOP/s), measured and
+/// printed with the instruction set it was measured at.
+pub(super) fn measured_peak() -> f64 {
+    let threads = rayon::current_num_threads();
+    let isa = instruction_set();
+    eprintln!("measuring the FMA peak of {threads} threads ({isa})…");
+    let peak = fma_peak(1.5);
+    println!(
+        "CPU: {isa}, {threads} threads; measured f32 FMA peak {:.1} GFLOP/s",
+        peak / 1e9
+    );
+    peak
+}
+
 /// The median wall time of `reps` calls of each of `fs`, after one untimed
 /// call of each; the calls take turns.
 pub(super) fn median_times(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
@@ -202,7 +210,8 @@ fn gemm_crate(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
     }
 }
 
-fn values(n: usize, stream: u64) -> Vec<f32> {
+/// `n` uniform values of stream `stream`, the operands of a timed call.
+pub(super) fn values(n: usize, stream: u64) -> Vec<f32> {
     let mut v = vec![0f32; n];
     RngStream::new(7, stream).fill_uniform(0, &mut v);
     v
