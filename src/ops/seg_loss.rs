@@ -59,7 +59,8 @@ impl Tape {
         let ranges: Vec<(usize, usize, usize)> = (0..b)
             .flat_map(|bi| (0..v).step_by(CHUNK).map(move |i0| (bi, i0, CHUNK.min(v - i0))))
             .collect();
-        let row = move |bi: usize, ch: usize, i0: usize| (bi * c + ch) * v + i0;
+        // Voxel i of channel ch of item bi.
+        let at = move |bi: usize, ch: usize, i: usize| (bi * c + ch) * v + i;
         // Softmax over the classes of each voxel (channel rows of a voxel
         // range at a time; per voxel the same operations in the same
         // order as one voxel at a time).
@@ -71,7 +72,7 @@ impl Tape {
                 ranges.par_iter().for_each(|&(bi, i0, n)| {
                     let mut m = vec![f64::NEG_INFINITY; n];
                     for ch in 0..c {
-                        for (m, z) in m.iter_mut().zip(&z[row(bi, ch, i0)..][..n]) {
+                        for (m, z) in m.iter_mut().zip(&z[at(bi, ch, i0)..][..n]) {
                             *m = m.max(z.to_f64());
                         }
                     }
@@ -79,22 +80,21 @@ impl Tape {
                     for ch in 0..c {
                         // SAFETY: this range's voxels of channel ch; the
                         // ranges do not overlap.
-                        let pr = unsafe { parts.part(row(bi, ch, i0), n) };
-                        for ((p, z), (&m, s)) in pr.iter_mut().zip(&z[row(bi, ch, i0)..][..n]).zip(m.iter().zip(&mut sum)) {
+                        let pr = unsafe { parts.part(at(bi, ch, i0), n) };
+                        for ((p, z), (&m, s)) in pr.iter_mut().zip(&z[at(bi, ch, i0)..][..n]).zip(m.iter().zip(&mut sum)) {
                             *p = (z.to_f64() - m).exp();
                             *s += *p;
                         }
                     }
                     for ch in 0..c {
                         // SAFETY: as above.
-                        let pr = unsafe { parts.part(row(bi, ch, i0), n) };
+                        let pr = unsafe { parts.part(at(bi, ch, i0), n) };
                         pr.iter_mut().zip(&sum).for_each(|(p, &s)| *p /= s);
                     }
                 });
             });
         }
         let label = |bi: usize, i: usize| labels[bi * v + i] as usize;
-        let at = move |bi: usize, ch: usize, i: usize| (bi * c + ch) * v + i;
         let logs: Vec<f64> = (0..b * v)
             .into_par_iter()
             .map(|k| p[at(k / v, label(k / v, k % v), k % v)].ln())
@@ -139,7 +139,7 @@ impl Tape {
                     ranges.par_iter().for_each(|&(bi, i0, n)| {
                         // SAFETY: this range's voxels of each channel; the
                         // ranges do not overlap.
-                        let mut out: Vec<&mut [T]> = (0..c).map(|ch| unsafe { parts.part(row(bi, ch, i0), n) }).collect();
+                        let mut out: Vec<&mut [T]> = (0..c).map(|ch| unsafe { parts.part(at(bi, ch, i0), n) }).collect();
                         let mut gp = vec![0.0f64; c];
                         for i in i0..i0 + n {
                             let l = labels[bi * v + i] as usize;

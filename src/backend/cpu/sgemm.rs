@@ -645,15 +645,15 @@ pub(super) struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    pub(super) fn new(len: usize) -> Self {
+    fn new(len: usize) -> Self {
         let raw = vec![0f32; len + 16];
         let offset = raw.as_ptr().align_offset(64).min(16);
         AlignedBuf { raw, offset, len }
     }
-    pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
+    fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.raw[self.offset..self.offset + self.len]
     }
-    pub(super) fn as_ptr(&self) -> *const f32 {
+    fn as_ptr(&self) -> *const f32 {
         self.raw[self.offset..].as_ptr()
     }
 }
