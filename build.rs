@@ -52,6 +52,7 @@ fn param_type(c: &str) -> (&'static str, &'static str, usize) {
         "float*" => ("*mut f32", "Ptr", 8),
         "const int*" => ("*const i32", "Ptr", 8),
         "int*" => ("*mut i32", "Ptr", 8),
+        "double*" => ("*mut f64", "Ptr", 8),
         "const int16_t*" => ("*const i16", "Ptr", 8),
         "const uint16_t*" => ("*const u16", "Ptr", 8),
         "uint16_t*" => ("*mut u16", "Ptr", 8),

@@ -74,17 +74,95 @@ __device__ __forceinline__ float rng_uniform(RngStream s, uint64_t index) {
     return (float)(w.v[index % 4] >> 8) * (1.0f / 16777216.0f);
 }
 
+// Box–Muller as src/rng.rs computes it (box_muller_pair, ln_unit,
+// sin_cos_turn): the same IEEE operations in the same order on the same
+// constants, each through an intrinsic the compiler never fuses into a
+// multiply-add, so the GPU, the emulator and the CPU give the same bits.
+#define RNG_ADD(a, b) __dadd_rn((a), (b))
+#define RNG_SUB(a, b) __dadd_rn((a), -(b))
+#define RNG_MUL(a, b) __dmul_rn((a), (b))
+
+// ln(n·2⁻²⁴) for n in 1 ..= 2²⁴: n = m·2^e with m in [1/√2, √2), then
+// (e − 24)·ln 2 + ln m, ln m by the series of 2·atanh((m − 1)/(m + 1)).
+__device__ __forceinline__ double rng_ln_unit(uint32_t n) {
+    const double LN2_HI = __longlong_as_double(0x3FE62E42FEF00000LL);
+    const double LN2_LO = __longlong_as_double(0x3DD473DE6AF278EDLL);
+    const double c[11] = {2.0 / 3.0,  2.0 / 5.0,  2.0 / 7.0,  2.0 / 9.0,  2.0 / 11.0, 2.0 / 13.0,
+                          2.0 / 15.0, 2.0 / 17.0, 2.0 / 19.0, 2.0 / 21.0, 2.0 / 23.0};
+    double x = (double)n;
+    long long bits = __double_as_longlong(x);
+    double m = __longlong_as_double((bits & 0xFFFFFFFFFFFFFLL) | (1023LL << 52));
+    bool big = m > 1.4142135623730951;
+    if (big) m = RNG_MUL(m, 0.5);
+    double e = (double)((int)(bits >> 52) - 1023 + (big ? 1 : 0) - 24);
+    double f = __ddiv_rn(RNG_SUB(m, 1.0), RNG_ADD(m, 1.0));
+    double s = RNG_MUL(f, f);
+    double p = c[10];
+#pragma unroll
+    for (int i = 9; i >= 0; --i) p = RNG_ADD(RNG_MUL(p, s), c[i]);
+    double ln_m = RNG_ADD(RNG_MUL(2.0, f), RNG_MUL(f, RNG_MUL(s, p)));
+    return RNG_ADD(RNG_MUL(e, LN2_HI), RNG_ADD(ln_m, RNG_MUL(e, LN2_LO)));
+}
+
+// (cos θ, sin θ) of θ = 2π·k·2⁻²⁴, k < 2²⁴: θ less the nearest quarter
+// turns (π/2 in three parts), the Taylor series on |x| ≤ π/4, then the
+// quadrant's swap and signs.
+__device__ __forceinline__ void rng_sin_cos_turn(uint32_t k, double* cos_out, double* sin_out) {
+    const double PIO2_HI = __longlong_as_double(0x3FF921FB54400000LL);
+    const double PIO2_MID = __longlong_as_double(0x3DD0B4611A600000LL);
+    const double PIO2_LO = __longlong_as_double(0x3BA3198A2E037073LL);
+    const double cs[9] = {-1.0 / 6.0,
+                          1.0 / 120.0,
+                          -1.0 / 5040.0,
+                          1.0 / 362880.0,
+                          -1.0 / 39916800.0,
+                          1.0 / 6227020800.0,
+                          -1.0 / 1307674368000.0,
+                          1.0 / 355687428096000.0,
+                          -1.0 / 121645100408832000.0};
+    const double cc[9] = {1.0 / 24.0,
+                          -1.0 / 720.0,
+                          1.0 / 40320.0,
+                          -1.0 / 3628800.0,
+                          1.0 / 479001600.0,
+                          -1.0 / 87178291200.0,
+                          1.0 / 20922789888000.0,
+                          -1.0 / 6402373705728000.0,
+                          1.0 / 2432902008176640000.0};
+    double theta = RNG_MUL(6.283185307179586, RNG_MUL((double)k, 1.0 / 16777216.0));
+    uint32_t q = (k + (1u << 21)) >> 22;
+    double qf = (double)q;
+    double x = RNG_SUB(RNG_SUB(RNG_SUB(theta, RNG_MUL(qf, PIO2_HI)), RNG_MUL(qf, PIO2_MID)), RNG_MUL(qf, PIO2_LO));
+    double z = RNG_MUL(x, x);
+    double ps = cs[8], pc = cc[8];
+#pragma unroll
+    for (int i = 7; i >= 0; --i) {
+        ps = RNG_ADD(RNG_MUL(ps, z), cs[i]);
+        pc = RNG_ADD(RNG_MUL(pc, z), cc[i]);
+    }
+    double sn = RNG_ADD(x, RNG_MUL(x, RNG_MUL(z, ps)));
+    double hz = RNG_MUL(0.5, z);
+    double w = RNG_SUB(1.0, hz);
+    double cs_ = RNG_ADD(w, RNG_ADD(RNG_SUB(RNG_SUB(1.0, w), hz), RNG_MUL(z, RNG_MUL(z, pc))));
+    double c = (q & 1) ? -sn : cs_, s = (q & 1) ? cs_ : sn;
+    if (q & 2) {
+        c = -c;
+        s = -s;
+    }
+    *cos_out = c;
+    *sin_out = s;
+}
+
 // Standard normal by Box–Muller on word pairs (0, 1) and (2, 3), computed in
-// double and rounded to float, as src/rng.rs does.
+// double and rounded to float: the values of src/rng.rs, bit for bit.
 __device__ __forceinline__ float rng_normal(RngStream s, uint64_t index) {
     Philox4 w = rng_block(s, index / 4);
     int lane = (int)(index % 4);
     int pair = lane & ~1;
-    double u1 = (double)((w.v[pair] >> 8) + 1) * (1.0 / 16777216.0);
-    double u2 = (double)(w.v[pair + 1] >> 8) * (1.0 / 16777216.0);
-    double r = sqrt(-2.0 * log(u1));
-    double theta = 6.283185307179586 * u2;
-    return (float)((lane & 1) ? r * sin(theta) : r * cos(theta));
+    double r = __dsqrt_rn(RNG_MUL(-2.0, rng_ln_unit((w.v[pair] >> 8) + 1)));
+    double c, sn;
+    rng_sin_cos_turn(w.v[pair + 1] >> 8, &c, &sn);
+    return (float)RNG_MUL(r, (lane & 1) ? sn : c);
 }
 
 // MODEL.md §2: HU window to [0, 1].

@@ -20,7 +20,8 @@ extern "C" __global__ void superpatch_input(const int16_t* hu, const int* ids_ke
         int z = dp * pd + kd, y = hq * ph + kh, x = wq * pw + kw;
         uint64_t voxel = (((uint64_t)b * d + z) * h + y) * w + x;
         float v = hu_window((float)hu[voxel]);
-        if (sigma != 0.0) v = (float)((double)v + sigma * (double)rng_normal(noise, voxel));
+        // v + σ·ε in double, unfused, as src/model/noise.rs adds it.
+        if (sigma != 0.0) v = (float)__dadd_rn((double)v, __dmul_rn(sigma, (double)rng_normal(noise, voxel)));
         out[i] = v;
     }
 }

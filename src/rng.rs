@@ -134,23 +134,24 @@ impl RngStream {
     /// Fills `out` with uniforms for indices `start ..` (one Philox block per
     /// four values).
     pub fn fill_uniform(&self, start: u64, out: &mut [f32]) {
-        self.fill_words(start, out, |w| w.map(|x| (x >> 8) as f32 * UNIT));
+        self.fill_words(start, out, |w, o| {
+            for (o, &x) in o.iter_mut().zip(w) {
+                *o = (x >> 8) as f32 * UNIT;
+            }
+        });
     }
 
     /// Fills `out` with normals for indices `start ..`.
     /// Each pair of values shares its radius and angle, computed once
     /// (the values are those of `normal`, bit for bit).
     pub fn fill_normal(&self, start: u64, out: &mut [f32]) {
-        self.fill_words(start, out, |w| {
-            let (c0, s0) = box_muller_pair(w[0], w[1]);
-            let (c1, s1) = box_muller_pair(w[2], w[3]);
-            [c0, s0, c1, s1]
-        });
+        self.fill_words(start, out, box_muller_words);
     }
 
     /// Value `i` of `out` depends only on index `start + i`, so chunks fill
-    /// in parallel with exactly the values of a sequential fill.
-    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32; 4]) -> [f32; 4] + Sync) {
+    /// in parallel with exactly the values of a sequential fill. `f` maps
+    /// whole blocks' words to as many values.
+    fn fill_words(&self, start: u64, out: &mut [f32], f: impl Fn(&[u32], &mut [f32]) + Sync) {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 15;
         if out.len() <= CHUNK {
@@ -165,28 +166,27 @@ impl RngStream {
     /// boundary, then whole blocks (the last one possibly cut short), their
     /// words made `GROUP` blocks at a time by [`philox_words`].
     #[inline]
-    fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32; 4]) -> [f32; 4]) {
+    fn fill_words_seq(&self, start: u64, out: &mut [f32], f: &impl Fn(&[u32], &mut [f32])) {
         const GROUP: usize = 4 * LANES;
         let lead = (((4 - start % 4) % 4) as usize).min(out.len());
         let (head, rest) = out.split_at_mut(lead);
         if !head.is_empty() {
-            let vals = f(&self.block(start / 4));
+            let mut vals = [0.0f32; 4];
+            f(&self.block(start / 4), &mut vals);
             let first = (start % 4) as usize;
             head.copy_from_slice(&vals[first..first + head.len()]);
         }
         let first_block = (start + lead as u64) / 4;
         let mut words = [0u32; 4 * GROUP];
+        let mut cut = [0.0f32; 4 * GROUP];
         for (g, vals) in rest.chunks_mut(4 * GROUP).enumerate() {
-            let blocks = vals.len().div_ceil(4);
-            philox_words(
-                self.key,
-                self.stream,
-                first_block + (g * GROUP) as u64,
-                &mut words[..4 * blocks],
-            );
-            for (quad, w) in vals.chunks_mut(4).zip(words.chunks_exact(4)) {
-                let v = f(&[w[0], w[1], w[2], w[3]]);
-                quad.copy_from_slice(&v[..quad.len()]);
+            let n = 4 * vals.len().div_ceil(4);
+            philox_words(self.key, self.stream, first_block + (g * GROUP) as u64, &mut words[..n]);
+            if vals.len() == n {
+                f(&words[..n], vals);
+            } else {
+                f(&words[..n], &mut cut[..n]);
+                vals.copy_from_slice(&cut[..vals.len()]);
             }
         }
     }
@@ -267,10 +267,11 @@ crate::dispatched! {
     }
 }
 
-/// Box–Muller in f64, rounded to f32 once at the end. The CUDA kernels
-/// (kernels/common.cuh) do the same with the device's double-precision
-/// functions; both are accurate far below f32's resolution, so the rounded
-/// values agree (the emulator, on the host's libm, agrees exactly).
+/// Box–Muller in f64, rounded to f32 once at the end, on [`ln_unit`] and
+/// [`sin_cos_turn`]: IEEE additions, multiplications, one division and one
+/// square root, no library call. Every platform and vector width gives the
+/// same bits, and so do the CUDA kernels (kernels/common.cuh does the same
+/// operations with intrinsics the compiler may not fuse) and the emulator.
 fn box_muller(a: u32, b: u32, sine: bool) -> f32 {
     let (c, s) = box_muller_pair(a, b);
     if sine {
@@ -280,14 +281,147 @@ fn box_muller(a: u32, b: u32, sine: bool) -> f32 {
     }
 }
 
-/// Both values of a Box–Muller pair: (cosine branch, sine branch).
+/// Both values of a Box–Muller pair: (cosine branch, sine branch), from
+/// `u1 = ((a >> 8) + 1)·2⁻²⁴` (on (0, 1], so the logarithm is finite) and
+/// `u2 = (b >> 8)·2⁻²⁴`: `√(−2 ln u1)·(cos 2πu2, sin 2πu2)`.
+#[inline(always)]
 fn box_muller_pair(a: u32, b: u32) -> (f32, f32) {
-    // u1 on (0, 1], so the logarithm is finite.
-    let u1 = ((a >> 8) + 1) as f64 * (1.0 / 16_777_216.0);
-    let u2 = (b >> 8) as f64 * (1.0 / 16_777_216.0);
-    let r = (-2.0 * u1.ln()).sqrt();
-    let theta = std::f64::consts::TAU * u2;
-    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+    let r = (-2.0 * ln_unit((a >> 8) + 1)).sqrt();
+    let (c, s) = sin_cos_turn(b >> 8);
+    ((r * c) as f32, (r * s) as f32)
+}
+
+crate::dispatched! {
+    /// Box–Muller over word pairs: `out[2i]`, `out[2i + 1]` are the cosine
+    /// and sine values of `(words[2i], words[2i + 1])` (the lengths equal
+    /// and even). The same bits at every vector level.
+    fn box_muller_words(words: &[u32], out: &mut [f32]) {
+        for (w, o) in words.chunks_exact(2).zip(out.chunks_exact_mut(2)) {
+            let (c, s) = box_muller_pair(w[0], w[1]);
+            o[0] = c;
+            o[1] = s;
+        }
+    }
+}
+
+/// ln 2 in two parts: `LN2_HI` keeps 32 bits of the significand, so its
+/// product with a small integer is exact; `LN2_LO` is the rest of ln 2
+/// (`LN2 − LN2_HI`, exact, plus ln 2's distance from its f64, 2.319e-17).
+const LN2_HI: f64 = f64::from_bits(std::f64::consts::LN_2.to_bits() & !0xF_FFFF);
+const LN2_LO: f64 = (std::f64::consts::LN_2 - LN2_HI) + 2.319_046_813_846_299_6e-17;
+
+/// `2/(2k + 1)` for k = 1 … 11: `ln m = 2f + f·s·Σ c_k s^(k−1)` with
+/// `f = (m − 1)/(m + 1)`, `s = f²` (the series of 2·atanh f). On
+/// `m ∈ [1/√2, √2]`, `s ≤ 0.0295`, and the first term left out is below
+/// 2⁻⁵⁶ of the sum.
+const LN_SERIES: [f64; 11] = [
+    2.0 / 3.0,
+    2.0 / 5.0,
+    2.0 / 7.0,
+    2.0 / 9.0,
+    2.0 / 11.0,
+    2.0 / 13.0,
+    2.0 / 15.0,
+    2.0 / 17.0,
+    2.0 / 19.0,
+    2.0 / 21.0,
+    2.0 / 23.0,
+];
+
+/// `ln(n·2⁻²⁴)` for `n` in 1 ..= 2²⁴, within about one unit in the last
+/// place of f64. `n = m·2^e` with `m ∈ [1/√2, √2)`, then
+/// `(e − 24)·ln 2 + ln m`, ln 2 in two parts so the sum is as accurate as
+/// `ln m`. Branch-free, so loops over it vectorise.
+#[inline(always)]
+pub fn ln_unit(n: u32) -> f64 {
+    const MANTISSA: u64 = (1 << 52) - 1;
+    const ONE: u64 = 1023 << 52;
+    // 2⁵² + the biased exponent, read as an f64, minus 2⁵²: the exponent
+    // as an f64 without an integer-to-float conversion AVX2 lacks.
+    const TWO52: f64 = 4_503_599_627_370_496.0;
+    let x = n as i32 as f64;
+    let bits = x.to_bits();
+    let biased = f64::from_bits((bits >> 52) | TWO52.to_bits()) - TWO52;
+    let m = f64::from_bits((bits & MANTISSA) | ONE);
+    let big = m > std::f64::consts::SQRT_2;
+    let m = if big { m * 0.5 } else { m };
+    let e = (biased - 1023.0) + if big { 1.0 } else { 0.0 } - 24.0;
+    let f = (m - 1.0) / (m + 1.0);
+    let s = f * f;
+    let mut p = LN_SERIES[10];
+    for &c in LN_SERIES[..10].iter().rev() {
+        p = p * s + c;
+    }
+    let ln_m = 2.0 * f + f * (s * p);
+    e * LN2_HI + (ln_m + e * LN2_LO)
+}
+
+/// π/2 in three parts: `PIO2_HI` and `PIO2_MID` with 32 bits of
+/// significand each (so their products with a quarter-turn count are
+/// exact), `PIO2_LO` the rest, to 2⁻¹²⁰ of π/2.
+const PIO2_HI: f64 = f64::from_bits(std::f64::consts::FRAC_PI_2.to_bits() & !0xF_FFFF);
+const PIO2_MID: f64 = 6.077_100_506_303_966e-11;
+const PIO2_LO: f64 = 2.022_266_248_795_950_6e-21;
+
+/// `(−1)^k / (2k + 1)!` for k = 1 … 9, and `(−1)^k / (2k)!` for k = 2 … 10:
+/// the Taylor series of sin and cos; on `|x| ≤ π/4` the first terms left
+/// out are below 2⁻⁵⁸ of the value.
+const SIN_SERIES: [f64; 9] = [
+    -1.0 / 6.0,
+    1.0 / 120.0,
+    -1.0 / 5_040.0,
+    1.0 / 362_880.0,
+    -1.0 / 39_916_800.0,
+    1.0 / 6_227_020_800.0,
+    -1.0 / 1_307_674_368_000.0,
+    1.0 / 355_687_428_096_000.0,
+    -1.0 / 121_645_100_408_832_000.0,
+];
+const COS_SERIES: [f64; 9] = [
+    1.0 / 24.0,
+    -1.0 / 720.0,
+    1.0 / 40_320.0,
+    -1.0 / 3_628_800.0,
+    1.0 / 479_001_600.0,
+    -1.0 / 87_178_291_200.0,
+    1.0 / 20_922_789_888_000.0,
+    -1.0 / 6_402_373_705_728_000.0,
+    1.0 / 2_432_902_008_176_640_000.0,
+];
+
+/// `(cos θ, sin θ)` of `θ = 2π·k·2⁻²⁴` (θ rounded to f64 first, as the
+/// plain formula would), for `k < 2²⁴`, within about one unit in the last
+/// place. `x = θ − q·π/2` with `q` the nearest quarter turn (the first two
+/// subtractions exact by Sterbenz's lemma, so x keeps its relative
+/// accuracy even at θ ≈ q·π/2), then the series on `|x| ≤ π/4`, the
+/// rounding of cos's `1 − x²/2` carried into its small terms, and the
+/// quadrant's swap and signs.
+#[inline(always)]
+pub fn sin_cos_turn(k: u32) -> (f64, f64) {
+    let theta = std::f64::consts::TAU * (k as i32 as f64 * (1.0 / 16_777_216.0));
+    let q = (k + (1 << 21)) >> 22;
+    let qf = q as i32 as f64;
+    let x = ((theta - qf * PIO2_HI) - qf * PIO2_MID) - qf * PIO2_LO;
+    let z = x * x;
+    let mut ps = SIN_SERIES[8];
+    for &c in SIN_SERIES[..8].iter().rev() {
+        ps = ps * z + c;
+    }
+    let sin = x + x * (z * ps);
+    let mut pc = COS_SERIES[8];
+    for &c in COS_SERIES[..8].iter().rev() {
+        pc = pc * z + c;
+    }
+    let hz = 0.5 * z;
+    let w = 1.0 - hz;
+    let cos = w + (((1.0 - w) - hz) + z * (z * pc));
+    // Quarter turn q: (cos, sin) of x rotated q times by 90°.
+    let (c, s) = if q & 1 == 1 { (-sin, cos) } else { (cos, sin) };
+    if q & 2 == 2 {
+        (-c, -s)
+    } else {
+        (c, s)
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +458,84 @@ mod tests {
         assert_eq!(s.block(0x85a308d3_243f6a88), KAT[2].2);
         let b = s.block(12345);
         assert_eq!((0..4).map(|lane| s.bits(4 * 12345 + lane)).collect::<Vec<_>>(), b);
+    }
+
+    /// The distance of `a` from `b` in units of `b`'s last place.
+    fn ulps(a: f64, b: f64) -> f64 {
+        let unit = f64::from_bits(b.abs().to_bits() + 1) - b.abs();
+        (a - b).abs() / unit
+    }
+
+    #[test]
+    fn logarithm_and_quarter_turns_are_within_an_ulp_of_libm() {
+        // Every n up to 2¹⁶, then every 97th up to 2²⁴ and its end.
+        let ns = (1..=1u32 << 16)
+            .chain(((1 << 16)..=(1 << 24)).step_by(97))
+            .chain([1 << 24, (1 << 24) - 1]);
+        let mut worst = 0.0f64;
+        for n in ns {
+            let want = (n as f64 * (1.0 / 16_777_216.0)).ln();
+            let got = ln_unit(n);
+            if want == 0.0 {
+                assert_eq!(got.to_bits(), 0, "ln at n = {n}");
+            } else {
+                worst = worst.max(ulps(got, want));
+            }
+        }
+        assert!(worst <= 1.0, "ln_unit is {worst} ulp from libm");
+        // Every 61st angle, and both sides of every octant boundary.
+        let boundaries = (0..=8u32).flat_map(|j| [j << 21, (j << 21).wrapping_sub(1), (j << 21) + 1]);
+        let ks = (0..1u32 << 24).step_by(61).chain(boundaries.filter(|&k| k < 1 << 24));
+        let (mut worst_c, mut worst_s) = (0.0f64, 0.0f64);
+        for k in ks {
+            let theta = std::f64::consts::TAU * (k as f64 * (1.0 / 16_777_216.0));
+            let (c, s) = sin_cos_turn(k);
+            worst_c = worst_c.max(ulps(c, theta.cos()));
+            worst_s = worst_s.max(ulps(s, theta.sin()));
+        }
+        assert!(
+            worst_c <= 1.0 && worst_s <= 1.0,
+            "cos {worst_c} ulp, sin {worst_s} ulp from libm"
+        );
+    }
+
+    #[test]
+    fn normals_agree_with_the_libm_formula() {
+        // The plain formula on the platform's ln, sin and cos: the f32
+        // values agree unless the exact one lies within an ulp of f64 of a
+        // halfway point between floats (about one value in 10⁸), and then
+        // by one unit of f32.
+        let libm = |a: u32, b: u32| {
+            let u1 = ((a >> 8) + 1) as f64 * (1.0 / 16_777_216.0);
+            let u2 = (b >> 8) as f64 * (1.0 / 16_777_216.0);
+            let r = (-2.0 * u1.ln()).sqrt();
+            let theta = std::f64::consts::TAU * u2;
+            ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+        };
+        let s = RngStream::new(2026, 12);
+        let mut words = vec![0u32; 1 << 21];
+        s.fill_bits(0, &mut words);
+        // The ends: u1 = 1 (radius 0) and u1 = 2⁻²⁴, and the quarter turns.
+        words.extend([u32::MAX, 0, 0, 0x0020_0000 << 8, 0xFF, 0x0040_0000 << 8]);
+        let mut got = vec![0.0f32; words.len()];
+        box_muller_words(&words, &mut got);
+        let mut differ = 0;
+        for (w, g) in words.chunks_exact(2).zip(got.chunks_exact(2)) {
+            let (c, sn) = libm(w[0], w[1]);
+            for (x, y) in [(g[0], c), (g[1], sn)] {
+                if x.to_bits() != y.to_bits() {
+                    differ += 1;
+                    assert!(x.to_bits().abs_diff(y.to_bits()) == 1, "{x} against {y} at words {w:?}");
+                }
+            }
+        }
+        assert!(differ <= 2, "{differ} of {} values differ from libm's", got.len());
+        // One pair by index equals the fill.
+        assert_eq!(s.normal(12_345).to_bits(), {
+            let mut v = [0.0f32; 1];
+            s.fill_normal(12_345, &mut v);
+            v[0].to_bits()
+        });
     }
 
     #[test]

@@ -67,6 +67,67 @@ fn the_gate_mix_is_the_cpu_mix_exactly() {
 }
 
 #[test]
+fn kernel_normals_are_the_cpu_normals_exactly() {
+    // HU −1000 windows to 0 and σ = 1, so with 1³ patches the fused input
+    // writes the stream's normals themselves: 2¹⁸ of them, Box–Muller's
+    // logarithm, cosine and sine in the kernels' arithmetic against
+    // src/rng.rs's.
+    let d = dev();
+    let size = [16, 128, 128];
+    let n = size.iter().product::<usize>();
+    let batch = gpu::upload_hu(&d, &vec![-1000i16; n]).unwrap();
+    let ids: Vec<usize> = (0..n).collect();
+    let noise = RngStream::new(0x5eed, 0xabc);
+    let got = host(&gpu::superpatch_input(&batch, 1, size, [1, 1, 1], &ids, 1.0, noise).unwrap());
+    let mut want = vec![0.0f32; n];
+    noise.fill_normal(0, &mut want);
+    let differ = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{differ} of {n} normals differ");
+}
+
+#[test]
+fn kernel_box_muller_parts_are_the_cpu_parts_bit_for_bit() {
+    // In f64, before the rounding to f32 hides most differences: every
+    // 24-bit value's logarithm, cosine and sine, strided, with the ends
+    // and the quarter turns.
+    use nemesis::device::{Arg, DeviceApi, DeviceVec, Launch};
+    let emu = EmuDevice::new();
+    let mut k: Vec<u32> = (1..1u32 << 24).step_by(163).collect();
+    k.extend([
+        1,
+        2,
+        (1 << 24) - 1,
+        1 << 21,
+        1 << 22,
+        1 << 23,
+        3 << 22,
+        (1 << 22) - 1,
+        (1 << 22) + 1,
+    ]);
+    let n = k.len();
+    let dk = DeviceVec::from_slice(&emu, &k).unwrap();
+    let out = DeviceVec::from_slice(&emu, &vec![0.0f64; 3 * n]).unwrap();
+    emu.launch(
+        "selftest_box_muller_parts",
+        &Launch::linear(n.div_ceil(256) as u32, 256, 0),
+        &[dk.arg(), out.arg(), Arg::U64(n as u64)],
+    )
+    .unwrap();
+    let got = out.to_vec::<f64>().unwrap();
+    for (i, &k) in k.iter().enumerate() {
+        let (c, s) = nemesis::rng::sin_cos_turn(k & 0xFF_FFFF);
+        let want = [nemesis::rng::ln_unit(k), c, s];
+        for (j, w) in want.iter().enumerate() {
+            assert_eq!(got[3 * i + j].to_bits(), w.to_bits(), "k {k}, part {j}");
+        }
+    }
+}
+
+#[test]
 fn fused_superpatch_input_equals_window_noise_patchify_gather() {
     let d = dev();
     // Tiny preset (32³, 8³ patches) and an odd-shaped config, batch 2.

@@ -110,6 +110,27 @@ inline unsigned int __float_as_uint(float v) {
     return u;
 }
 
+inline long long __double_as_longlong(double v) {
+    long long u;
+    std::memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+inline double __longlong_as_double(long long u) {
+    double v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+// Double-precision operations rounded to nearest and never fused into a
+// multiply-add. build.rs compiles the emulator as ISO C++20 (where GCC
+// and Clang contract nothing) for baseline x86-64 (which has no FMA), so
+// the plain operators are these.
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+
 // The threads of a launch run on one host thread, but launches on several
 // host threads may share memory, so the add stays atomic.
 inline float atomicAdd(float* addr, float v) {

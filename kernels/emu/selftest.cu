@@ -45,3 +45,15 @@ extern "C" __global__ void selftest_reverse_block(float* out) {
     __syncthreads();
     out[blockIdx.x * blockDim.x + threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
 }
+
+// Not a broken rule: Box–Muller's parts as common.cuh computes them, in
+// double before the rounding to float hides them, for k[i] (a 24-bit value
+// each): ln(k[i]·2⁻²⁴) (k[i] ≥ 1), then cos and sin of 2π·k[i]·2⁻²⁴.
+// tests/emu_kernels.rs compares them bit for bit with src/rng.rs.
+extern "C" __global__ void selftest_box_muller_parts(const uint32_t* k, double* out, uint64_t n) {
+    uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[3 * i] = rng_ln_unit(k[i] < 1 ? 1 : k[i]);
+        rng_sin_cos_turn(k[i] & 0xFFFFFF, &out[3 * i + 1], &out[3 * i + 2]);
+    }
+}
