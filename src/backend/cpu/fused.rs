@@ -86,21 +86,40 @@ crate::dispatched! {
 crate::dispatched! {
     /// The softmax of each row of `cols` values, in place: the
     /// exponentials from vecmath (a vector loop), the sum in eight lanes.
-    /// `softmax::softmax_row` is its reference.
+    /// Rows shorter than a vector (the depth stream's 4 to 8 positions)
+    /// have their maxima taken off row by row and the exponentials in one
+    /// loop over the whole slice, which vectorises where a row alone would
+    /// not; the values are the same. `softmax::softmax_row` is its
+    /// reference.
     pub fn softmax_rows(p: &mut [f32], cols: usize) {
-        for row in p.chunks_mut(cols) {
-            // The maximum lane by lane (a vector max), then across lanes.
-            let mut top = [f32::NEG_INFINITY; 16];
-            let chunks = row.chunks_exact(16);
-            let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            for c in chunks {
-                for t in 0..16 {
-                    top[t] = top[t].max(c[t]);
-                }
+        if cols == 0 {
+            return;
+        }
+        let short = cols < 16;
+        if short {
+            for row in p.chunks_mut(cols) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                row.iter_mut().for_each(|x| *x -= m);
             }
-            let m = top.iter().fold(rest, |m, &x| m.max(x));
-            for x in row.iter_mut() {
-                *x = vecmath::exp(*x - m);
+            for x in p.iter_mut() {
+                *x = vecmath::exp(*x);
+            }
+        }
+        for row in p.chunks_mut(cols) {
+            if !short {
+                // The maximum lane by lane (a vector max), then across lanes.
+                let mut top = [f32::NEG_INFINITY; 16];
+                let chunks = row.chunks_exact(16);
+                let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                for c in chunks {
+                    for t in 0..16 {
+                        top[t] = top[t].max(c[t]);
+                    }
+                }
+                let m = top.iter().fold(rest, |m, &x| m.max(x));
+                for x in row.iter_mut() {
+                    *x = vecmath::exp(*x - m);
+                }
             }
             let mut lanes = [0.0f32; 8];
             let chunks = row.chunks_exact(8);
