@@ -195,8 +195,8 @@ fn bench_attention_step(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("tiled", name), |bch| {
             bch.iter(|| {
-                attention_tiled::forward_into(&qkv, &sh, Some(&drop), &mut y);
-                attention_tiled::backward_into(&grad, &qkv, &sh, Some(&drop), &mut d);
+                let saved = attention_tiled::forward_into(&qkv, &sh, Some(&drop), &mut y);
+                attention_tiled::backward_into(&grad, &qkv, &sh, Some(&drop), &saved, &mut d);
                 black_box((&y, &d));
             })
         });

@@ -82,11 +82,11 @@ impl Tape {
             ));
         }
         let dtype = qkv.value().dtype();
-        let y = with_dtype!(dtype, T => {
+        let (y, saved) = with_dtype!(dtype, T => {
             let qv = qkv.value().cpu_slice::<T>()?;
             let mut y = vec![T::zero(); qv.len() / (3 * sh.width).max(1) * sh.width];
-            cpu_forward_into(qv, &sh, dropout.as_ref(), &mut y);
-            Tensor::from_vec(y, ys)?
+            let saved = cpu_forward_into(qv, &sh, dropout.as_ref(), &mut y);
+            (Tensor::from_vec(y, ys)?, saved)
         });
         let qv = qkv.value().clone();
         Ok(self.record(
@@ -96,7 +96,7 @@ impl Tape {
                 with_dtype!(dtype, T => {
                     let qs = qv.cpu_slice::<T>()?;
                     let mut d = vec![T::zero(); qs.len()];
-                    cpu_backward_into(g.cpu_slice::<T>()?, qs, &sh, dropout.as_ref(), &mut d);
+                    cpu_backward_into(g.cpu_slice::<T>()?, qs, &sh, dropout.as_ref(), saved.as_ref(), &mut d);
                     Ok(vec![Some(Tensor::from_vec(d, qv.shape())?)])
                 })
             }),
@@ -105,26 +105,37 @@ impl Tape {
 }
 
 /// The CPU attention into the rows of `y` the layout owns: the tiled f32
-/// pass for sequences of up to `attention_tiled::MAX_LEN` rows, else (and
-/// for f64, the gradient checks' type) the plain GEMM reference that the
-/// tiled pass is checked against.
-fn cpu_forward_into<T: CpuFloat>(qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [T]) {
-    if sh.layout.len > attention_tiled::MAX_LEN {
-        return attention::forward_plain_into(qkv, sh, dropout, y);
+/// pass for sequences of up to `attention_tiled::MAX_LEN` rows (returning
+/// the probabilities its backward reads), else (and for f64, the gradient
+/// checks' type) the plain GEMM reference that the tiled pass is checked
+/// against.
+fn cpu_forward_into<T: CpuFloat>(
+    qkv: &[T],
+    sh: &AttnShape,
+    dropout: Option<&AttnDropout>,
+    y: &mut [T],
+) -> Option<attention_tiled::Saved> {
+    if sh.layout.len <= attention_tiled::MAX_LEN {
+        if let (Some(qkv), Some(y)) = (T::as_f32(qkv), T::as_f32_mut(y)) {
+            return Some(attention_tiled::forward_into(qkv, sh, dropout, y));
+        }
     }
-    if let (Some(qkv), Some(y)) = (T::as_f32(qkv), T::as_f32_mut(y)) {
-        return attention_tiled::forward_into(qkv, sh, dropout, y);
-    }
-    attention::forward_plain_into(qkv, sh, dropout, y)
+    attention::forward_plain_into(qkv, sh, dropout, y);
+    None
 }
 
-/// The gradient counterpart of `cpu_forward_into`, into `dqkv`'s rows.
-fn cpu_backward_into<T: CpuFloat>(g: &[T], qkv: &[T], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [T]) {
-    if sh.layout.len > attention_tiled::MAX_LEN {
-        return attention::backward_plain_into(g, qkv, sh, dropout, dqkv);
-    }
-    if let (Some(g), Some(qkv), Some(dqkv)) = (T::as_f32(g), T::as_f32(qkv), T::as_f32_mut(dqkv)) {
-        return attention_tiled::backward_into(g, qkv, sh, dropout, dqkv);
+/// The gradient counterpart of `cpu_forward_into`, into `dqkv`'s rows:
+/// the tiled pass where the forward saved its probabilities.
+fn cpu_backward_into<T: CpuFloat>(
+    g: &[T],
+    qkv: &[T],
+    sh: &AttnShape,
+    dropout: Option<&AttnDropout>,
+    saved: Option<&attention_tiled::Saved>,
+    dqkv: &mut [T],
+) {
+    if let (Some(saved), Some(g), Some(qkv), Some(dqkv)) = (saved, T::as_f32(g), T::as_f32(qkv), T::as_f32_mut(dqkv)) {
+        return attention_tiled::backward_into(g, qkv, sh, dropout, saved, dqkv);
     }
     attention::backward_plain_into(g, qkv, sh, dropout, dqkv)
 }
@@ -227,13 +238,13 @@ impl Tape {
             ));
         }
         let dtype = qkv.value().dtype();
-        let y = with_dtype!(dtype, T => {
+        let (y, saved_a, saved_b) = with_dtype!(dtype, T => {
             let qv = qkv.value().cpu_slice::<T>()?;
             // Each stream fills its own rows of the 2·rows × E view.
             let mut y = vec![T::zero(); rows * 2 * e];
-            cpu_forward_into(qv, &sa, da.as_ref(), &mut y);
-            cpu_forward_into(qv, &sb, db.as_ref(), &mut y);
-            Tensor::from_vec(y, [rows, 2 * e])?
+            let saved_a = cpu_forward_into(qv, &sa, da.as_ref(), &mut y);
+            let saved_b = cpu_forward_into(qv, &sb, db.as_ref(), &mut y);
+            (Tensor::from_vec(y, [rows, 2 * e])?, saved_a, saved_b)
         });
         let qv = qkv.value().clone();
         Ok(self.record(
@@ -243,8 +254,8 @@ impl Tape {
                 with_dtype!(dtype, T => {
                     let (gs, qs) = (g.cpu_slice::<T>()?, qv.cpu_slice::<T>()?);
                     let mut d = vec![T::zero(); qs.len()];
-                    cpu_backward_into(gs, qs, &sa, da.as_ref(), &mut d);
-                    cpu_backward_into(gs, qs, &sb, db.as_ref(), &mut d);
+                    cpu_backward_into(gs, qs, &sa, da.as_ref(), saved_a.as_ref(), &mut d);
+                    cpu_backward_into(gs, qs, &sb, db.as_ref(), saved_b.as_ref(), &mut d);
                     Ok(vec![Some(Tensor::from_vec(d, qv.shape())?)])
                 })
             }),

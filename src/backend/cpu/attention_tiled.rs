@@ -32,6 +32,9 @@ pub const MAX_LEN: usize = 64;
 /// Rows and columns of one register block.
 const ROWS: usize = 4;
 const COLS: usize = 16;
+/// The block where the CPU has AVX-512.
+const WIDE_ROWS: usize = 8;
+const WIDE_COLS: usize = 32;
 
 crate::dispatched! {
     /// `C ← α·A·B` (overwriting C): `m × n` with `C(i, j) = c[i·ldc + j]`,
@@ -49,20 +52,29 @@ crate::dispatched! {
         let mut j0 = 0;
         // SAFETY (each call below): every block lies inside the extents
         // checked above, since i < m, j0 + W ≤ n and p < k.
+        if m >= WIDE_ROWS && crate::simd::isa() == crate::simd::Isa::Avx512 {
+            // 8 × 32: sixteen zmm sums, enough independent FMA chains to
+            // keep both FMA ports busy (AVX2's sixteen registers hold
+            // 4 × 16 at most beside the operands).
+            while j0 + WIDE_COLS <= n {
+                unsafe { columns::<WIDE_ROWS, WIDE_COLS>(&ops, m, j0, c, ldc) };
+                j0 += WIDE_COLS;
+            }
+        }
         while j0 + COLS <= n {
-            unsafe { columns::<COLS>(&ops, m, j0, c, ldc) };
+            unsafe { columns::<ROWS, COLS>(&ops, m, j0, c, ldc) };
             j0 += COLS;
         }
         if j0 + 8 <= n {
-            unsafe { columns::<8>(&ops, m, j0, c, ldc) };
+            unsafe { columns::<ROWS, 8>(&ops, m, j0, c, ldc) };
             j0 += 8;
         }
         if j0 + 4 <= n {
-            unsafe { columns::<4>(&ops, m, j0, c, ldc) };
+            unsafe { columns::<ROWS, 4>(&ops, m, j0, c, ldc) };
             j0 += 4;
         }
         while j0 < n {
-            unsafe { columns::<1>(&ops, m, j0, c, ldc) };
+            unsafe { columns::<ROWS, 1>(&ops, m, j0, c, ldc) };
             j0 += 1;
         }
     }
@@ -85,8 +97,12 @@ struct Operands {
 /// Rows `0..m` and columns `j0 .. j0 + W` must lie inside the operands'
 /// checked extents.
 #[inline(always)]
-unsafe fn columns<const W: usize>(ops: &Operands, m: usize, j0: usize, c: *mut f32, ldc: usize) {
+unsafe fn columns<const R: usize, const W: usize>(ops: &Operands, m: usize, j0: usize, c: *mut f32, ldc: usize) {
     let mut i = 0;
+    while i + R <= m {
+        block::<R, W>(ops, i, j0, c, ldc);
+        i += R;
+    }
     while i + ROWS <= m {
         block::<ROWS, W>(ops, i, j0, c, ldc);
         i += ROWS;
@@ -110,7 +126,7 @@ unsafe fn block<const R: usize, const W: usize>(ops: &Operands, i0: usize, j0: u
         for r in 0..R {
             let av = *rows[r].add(p * ops.csa);
             for t in 0..W {
-                acc[r][t] += av * brow[t];
+                acc[r][t] = av.mul_add(brow[t], acc[r][t]);
             }
         }
     }
@@ -158,15 +174,23 @@ crate::dispatched! {
     }
 }
 
+/// What the forward keeps for the backward: every (sequence, head)'s
+/// probabilities before dropout and, with dropout, their factors (0 or
+/// 1/(1 − p)), `L × L` each in (sequence, head) order. The backward reads
+/// them instead of computing `Kᵀ`, `Q·Kᵀ`, the softmax and the dropout
+/// words again: `heads · L` values a token row, 1.5 MB a block at the
+/// small preset's longest stream.
+pub struct Saved {
+    p: Vec<f32>,
+    keep: Vec<f32>,
+}
+
 /// A sequence task's buffers, reused over its heads.
 struct Scratch {
     /// The head's `Kᵀ` (`dh × L`).
     kt: Vec<f32>,
-    /// Its probabilities (`L × L`), before dropout.
-    p: Vec<f32>,
-    /// The dropout factor of each probability (0 or 1/(1 − p)), and the
-    /// Philox words they come from; empty without dropout.
-    keep: Vec<f32>,
+    /// The Philox words of the head's dropout factors; empty without
+    /// dropout.
     words: Vec<u32>,
 }
 
@@ -176,37 +200,33 @@ impl Scratch {
         let drop_len = if dropout.is_some() { l * l } else { 0 };
         Scratch {
             kt: vec![0.0; dh * l],
-            p: vec![0.0; l * l],
-            keep: vec![0.0; drop_len],
             words: vec![0; drop_len],
         }
     }
 
-    /// Head `h` of sequence `s`: `Kᵀ`, the probabilities and, with dropout,
-    /// the kept factors.
-    fn probabilities(&mut self, qkv: &[f32], sh: &AttnShape, s: usize, h: usize, dropout: Option<&AttnDropout>) {
+    /// Head `h` of sequence `s`: the probabilities into `p` and, with
+    /// dropout, the kept factors into `keep` (`L × L` each).
+    #[allow(clippy::too_many_arguments)]
+    fn probabilities(
+        &mut self,
+        qkv: &[f32],
+        sh: &AttnShape,
+        s: usize,
+        h: usize,
+        dropout: Option<&AttnDropout>,
+        p: &mut [f32],
+        keep: &mut [f32],
+    ) {
         let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
         let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
         transposed(qkv, sh, s, 1, h, &mut self.kt);
         let scale = (1.0 / (dh as f64).sqrt()) as f32;
-        product(
-            l,
-            l,
-            dh,
-            scale,
-            &qkv[base + h * dh..],
-            rs,
-            1,
-            &self.kt,
-            l,
-            &mut self.p,
-            l,
-        );
-        softmax_rows(&mut self.p, l);
+        product(l, l, dh, scale, &qkv[base + h * dh..], rs, 1, &self.kt, l, p, l);
+        softmax_rows(p, l);
         if let Some(d) = dropout {
             d.rng.fill_bits(((s * sh.heads + h) * l * l) as u64, &mut self.words);
             let (threshold, kept) = (keep_threshold(d.p), keep_scale(d.p));
-            for (k, &w) in self.keep.iter_mut().zip(&self.words) {
+            for (k, &w) in keep.iter_mut().zip(&self.words) {
                 *k = if w >> 8 >= threshold { kept } else { 0.0 };
             }
         }
@@ -214,63 +234,113 @@ impl Scratch {
 }
 
 /// `attention::forward_plain_into` for f32: the rows of `y` that the layout
-/// owns.
-pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) {
+/// owns. Returns what the backward reads.
+pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) -> Saved {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     assert!(
         qkv.len() / (3 * e).max(1) >= y.len() / e.max(1),
         "attention: qkv shorter than the output's rows"
     );
+    let per_seq = sh.heads * l * l;
+    let seqs = sh.layout.num_seqs();
+    let mut saved = Saved {
+        p: vec![0.0; seqs * per_seq],
+        keep: vec![0.0; if dropout.is_some() { seqs * per_seq } else { 0 }],
+    };
+    if per_seq == 0 {
+        return saved;
+    }
     let y_rows = RowsPtr::new(y, e, sh);
-    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
-        let mut out = vec![0.0f32; l * e];
-        let mut head = Scratch::new(sh, dropout);
-        let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
-        for h in 0..sh.heads {
-            head.probabilities(qkv, sh, s, h, dropout);
-            if dropout.is_some() {
-                head.p.iter_mut().zip(&head.keep).for_each(|(p, &k)| *p *= k);
+    let keeps: Vec<&mut [f32]> = if dropout.is_some() {
+        saved.keep.chunks_mut(per_seq).collect()
+    } else {
+        (0..seqs).map(|_| &mut [][..]).collect()
+    };
+    saved
+        .p
+        .par_chunks_mut(per_seq)
+        .zip(keeps)
+        .enumerate()
+        .for_each(|(s, (p_seq, keep_seq))| {
+            let mut out = vec![0.0f32; l * e];
+            let mut head = Scratch::new(sh, dropout);
+            let mut dropped = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+            let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+            for h in 0..sh.heads {
+                let p = &mut p_seq[h * l * l..][..l * l];
+                let keep: &mut [f32] = if dropout.is_some() {
+                    &mut keep_seq[h * l * l..][..l * l]
+                } else {
+                    &mut []
+                };
+                head.probabilities(qkv, sh, s, h, dropout, p, keep);
+                let pt: &[f32] = if dropout.is_some() {
+                    dropped
+                        .iter_mut()
+                        .zip(p.iter().zip(keep.iter()))
+                        .for_each(|(u, (&p, &k))| *u = p * k);
+                    &dropped
+                } else {
+                    p
+                };
+                product(
+                    l,
+                    dh,
+                    l,
+                    1.0,
+                    pt,
+                    l,
+                    1,
+                    &qkv[base + 2 * e + h * dh..],
+                    rs,
+                    &mut out[h * dh..],
+                    e,
+                );
             }
-            product(
-                l,
-                dh,
-                l,
-                1.0,
-                &head.p,
-                l,
-                1,
-                &qkv[base + 2 * e + h * dh..],
-                rs,
-                &mut out[h * dh..],
-                e,
-            );
-        }
-        y_rows.put_sequence(sh, s, &out);
-    });
+            y_rows.put_sequence(sh, s, &out);
+        });
+    saved
 }
 
 /// `attention::backward_plain_into` for f32: the rows of `dqkv` the layout
-/// owns.
-pub fn backward_into(g: &[f32], qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, dqkv: &mut [f32]) {
+/// owns, from the probabilities the forward saved.
+pub fn backward_into(
+    g: &[f32],
+    qkv: &[f32],
+    sh: &AttnShape,
+    dropout: Option<&AttnDropout>,
+    saved: &Saved,
+    dqkv: &mut [f32],
+) {
     let (l, e, dh) = (sh.layout.len, sh.width, sh.head_dim());
     let rows = dqkv.len() / (3 * e).max(1);
     assert!(
         qkv.len() >= rows * 3 * e && g.len() >= rows * e,
         "attention: inputs shorter than the gradient's rows"
     );
+    let per_seq = sh.heads * l * l;
+    assert!(
+        saved.p.len() == sh.layout.num_seqs() * per_seq
+            && saved.keep.len() == if dropout.is_some() { saved.p.len() } else { 0 },
+        "attention: the saved probabilities are of another shape"
+    );
     let scale = (1.0 / (dh as f64).sqrt()) as f32;
     let d_rows = RowsPtr::new(dqkv, 3 * e, sh);
     (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
         let mut d = vec![0.0f32; l * 3 * e];
-        let mut head = Scratch::new(sh, dropout);
         let (mut vt, mut dp) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
-        let mut p_used = vec![0.0f32; head.keep.len()];
+        let mut p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
         let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
         let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
         for h in 0..sh.heads {
-            head.probabilities(qkv, sh, s, h, dropout);
+            let at = s * per_seq + h * l * l;
+            let p = &saved.p[at..][..l * l];
+            let keep: &[f32] = if dropout.is_some() {
+                &saved.keep[at..][..l * l]
+            } else {
+                &[]
+            };
             transposed(qkv, sh, s, 2, h, &mut vt);
-            let (p, keep) = (&head.p, &head.keep);
             let dout = &g[go + h * dh..];
             // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
             // read with its strides swapped).
@@ -338,8 +408,9 @@ mod tests {
         v
     }
 
-    /// The product against a plain triple loop, at widths that take every
-    /// block size (16, 8 and single columns) and odd row counts.
+    /// The product against a plain triple loop of fused multiply-adds, at
+    /// widths that take every block size (32 with AVX-512, 16, 8, 4 and
+    /// single columns) and row counts off every block height.
     #[test]
     fn product_is_the_plain_sum() {
         for (m, n, k) in [
@@ -348,6 +419,8 @@ mod tests {
             (9, 27, 33),
             (4, 8, 7),
             (13, 41, 2),
+            (17, 64, 33),
+            (11, 77, 6),
         ] {
             for (rsa, csa) in [(k, 1), (1, m)] {
                 let a = data(m * k, 1);
@@ -360,7 +433,7 @@ mod tests {
                     for j in 0..n {
                         let mut sum = 0.0f32;
                         for p in 0..k {
-                            sum += a[i * rsa + p * csa] * b[p * ldb + j];
+                            sum = a[i * rsa + p * csa].mul_add(b[p * ldb + j], sum);
                         }
                         assert_eq!(c[i * ldc + j], 0.5 * sum, "{m}×{n}×{k} ({i}, {j})");
                     }
@@ -393,11 +466,11 @@ mod tests {
                 };
                 let drop = (p > 0.0).then_some(&drop);
                 let (mut y, mut want) = (vec![7.0f32; 2 * rows * e], vec![7.0f32; 2 * rows * e]);
-                forward_into(&qkv, &sh, drop, &mut y);
+                let saved = forward_into(&qkv, &sh, drop, &mut y);
                 attention::forward_plain_into(&qkv, &sh, drop, &mut want);
                 close(&y, &want, "forward");
                 let (mut d, mut want) = (vec![5.0f32; qkv.len()], vec![5.0f32; qkv.len()]);
-                backward_into(&g, &qkv, &sh, drop, &mut d);
+                backward_into(&g, &qkv, &sh, drop, &saved, &mut d);
                 attention::backward_plain_into(&g, &qkv, &sh, drop, &mut want);
                 close(&d, &want, "backward");
             }
