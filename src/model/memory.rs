@@ -139,6 +139,12 @@ pub fn estimate(c: &ModelConfig, batch: usize, pass: Pass, place: Place) -> Resu
             blocks.checked_add(mul(&[m.patch, n, p])?).ok_or_else(overflow)?
         }
     };
+    let act_item = match (pass, place) {
+        (Pass::Train, Place::Cpu) => act_item
+            .checked_add(saved_attention(c, nv, n).ok_or_else(overflow)?)
+            .ok_or_else(overflow)?,
+        _ => act_item,
+    };
     let voxels = sizes.voxels as u64;
     Ok(MemoryEstimate {
         weights: mul(&[params, f32b])?,
@@ -150,6 +156,26 @@ pub fn estimate(c: &ModelConfig, batch: usize, pass: Pass, place: Place) -> Resu
         inputs: mul(&[2, b, voxels, f32b])?,
         activations: mul(&[b, act_item, f32b])?,
     })
+}
+
+/// Values a training step's CPU attention saves for its backward, per
+/// superpatch: for each stream of at most `attention_tiled::MAX_LEN`
+/// positions, every token's probabilities over its sequence (`heads · L`),
+/// and as many dropout factors when there is dropout.
+fn saved_attention(c: &ModelConfig, visible: u64, tokens: u64) -> Option<u64> {
+    use crate::backend::cpu::attention_tiled::MAX_LEN;
+    let slices = c.grid()[0];
+    let tiled = |lens: [usize; 2]| lens.iter().filter(|&&l| l <= MAX_LEN).map(|&l| l as u64).sum::<u64>();
+    let factors = if c.dropout > 0.0 { 2 } else { 1 };
+    let enc = visible
+        .checked_mul(c.depth as u64)?
+        .checked_mul(c.num_heads as u64)?
+        .checked_mul(tiled([c.axis_visible(), slices]))?;
+    let dec = tokens
+        .checked_mul(c.decoder_depth as u64)?
+        .checked_mul(c.decoder_num_heads as u64)?
+        .checked_mul(tiled([c.plane_tokens(), slices]))?;
+    enc.checked_add(dec)?.checked_mul(factors)
 }
 
 /// Refuses work whose estimate exceeds the memory `available` (bytes; `None`
