@@ -6,11 +6,13 @@
 //! its operands and dispatching than multiplying: seven calls per (sequence,
 //! head) in a training step, tens of thousands a step. Here every product is
 //! `C = α·A·B` with `A` read element by element through any strides and `B`
-//! read by contiguous rows, accumulated in registers four rows and sixteen
-//! (or 8, 4, 1) columns at a time, compiled for AVX-512, AVX2 and baseline x86-64 (the
-//! same operations in the same order on each element, so the same bits on
-//! every level). Only `Kᵀ` and `Vᵀ` are copied (a head's `dh × L`), so that
-//! every `B` has contiguous rows.
+//! read by contiguous rows, accumulated in registers by fused multiply-adds
+//! eight rows and 32 columns at a time with AVX-512, else four rows and
+//! sixteen (or 8, 4, 1) columns, compiled for AVX-512, AVX2 and baseline
+//! x86-64 (the same operations in the same order on each element, so the
+//! same bits on every level). Only `Kᵀ` and `Vᵀ` are copied (a head's
+//! `dh × L`), so that every `B` has contiguous rows. The forward keeps the
+//! probabilities and dropout factors ([`Saved`]) for the backward.
 //!
 //! The plain GEMM version in attention.rs stays the reference; the tests
 //! below check this one against it, forward and backward, with and without
