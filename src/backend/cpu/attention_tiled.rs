@@ -235,6 +235,18 @@ impl Scratch {
     }
 }
 
+/// The probabilities after dropout: `p ⊙ keep` in `buf`, or `p` itself
+/// without dropout (`keep` empty).
+fn after_dropout<'a>(p: &'a [f32], keep: &[f32], buf: &'a mut [f32]) -> &'a [f32] {
+    if keep.is_empty() {
+        return p;
+    }
+    buf.iter_mut()
+        .zip(p.iter().zip(keep))
+        .for_each(|(u, (&p, &k))| *u = p * k);
+    buf
+}
+
 /// `attention::forward_plain_into` for f32: the rows of `y` that the layout
 /// owns. Returns what the backward reads.
 pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, y: &mut [f32]) -> Saved {
@@ -269,22 +281,11 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
             let mut dropped = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
             for h in 0..sh.heads {
-                let p = &mut p_seq[h * l * l..][..l * l];
-                let keep: &mut [f32] = if dropout.is_some() {
-                    &mut keep_seq[h * l * l..][..l * l]
-                } else {
-                    &mut []
-                };
+                let head_range = h * l * l..(h + 1) * l * l;
+                let p = &mut p_seq[head_range.clone()];
+                let keep = keep_seq.get_mut(head_range).unwrap_or_default();
                 head.probabilities(qkv, sh, s, h, dropout, p, keep);
-                let pt: &[f32] = if dropout.is_some() {
-                    dropped
-                        .iter_mut()
-                        .zip(p.iter().zip(keep.iter()))
-                        .for_each(|(u, (&p, &k))| *u = p * k);
-                    &dropped
-                } else {
-                    p
-                };
+                let pt = after_dropout(p, keep, &mut dropped);
                 product(
                     l,
                     dh,
@@ -335,26 +336,14 @@ pub fn backward_into(
         let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
         let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
         for h in 0..sh.heads {
-            let at = s * per_seq + h * l * l;
-            let p = &saved.p[at..][..l * l];
-            let keep: &[f32] = if dropout.is_some() {
-                &saved.keep[at..][..l * l]
-            } else {
-                &[]
-            };
+            let head_range = s * per_seq + h * l * l..s * per_seq + (h + 1) * l * l;
+            let p = &saved.p[head_range.clone()];
+            let keep = saved.keep.get(head_range).unwrap_or_default();
             transposed(qkv, sh, s, 2, h, &mut vt);
             let dout = &g[go + h * dh..];
             // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
             // read with its strides swapped).
-            let pt: &[f32] = if dropout.is_some() {
-                p_used
-                    .iter_mut()
-                    .zip(p.iter().zip(keep))
-                    .for_each(|(u, (&p, &k))| *u = p * k);
-                &p_used
-            } else {
-                p
-            };
+            let pt = after_dropout(p, keep, &mut p_used);
             product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
             // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
             product(l, l, dh, 1.0, dout, gs, 1, &vt, l, &mut dp, l);
