@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use crate::backend::cpu::elementwise;
 use crate::error::{Error, Result};
 use crate::tensor::with_dtype;
-use crate::tensor::Tensor;
+use crate::tensor::{Element, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub(crate) usize);
@@ -92,6 +92,14 @@ impl ParamStore {
             params,
             by_name: self.by_name.clone(),
         })
+    }
+
+    /// A parameter's value as a mutable host slice, when the store alone
+    /// holds it (`Tensor::cpu_slice_mut_unique`), beside its gradient: for
+    /// an update in place. The shape cannot change through it.
+    pub fn value_mut_and_grad<T: Element>(&mut self, id: ParamId) -> (Option<&mut [T]>, Option<&Tensor>) {
+        let p = &mut self.params[id.0];
+        (p.value.cpu_slice_mut_unique::<T>(), p.grad.as_ref())
     }
 
     /// Replaces a value; the new one must have the same shape and dtype.

@@ -12,6 +12,7 @@ pub enum DType {
 pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
     const DTYPE: DType;
     fn cpu_slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn cpu_slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
     fn into_cpu_storage(v: Vec<Self>) -> CpuStorage;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -20,6 +21,12 @@ pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
     fn cpu_slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn cpu_slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
             CpuStorage::F32(v) => Some(v),
             _ => None,
@@ -39,6 +46,12 @@ impl Element for f32 {
 impl Element for f64 {
     const DTYPE: DType = DType::F64;
     fn cpu_slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn cpu_slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
             CpuStorage::F64(v) => Some(v),
             _ => None,

@@ -122,6 +122,16 @@ impl Tensor {
         T::cpu_slice(cpu).ok_or(Error::dtype_mismatch("Tensor::cpu_slice", self.dtype(), T::DTYPE))
     }
 
+    /// The elements as a mutable host slice when this tensor alone holds
+    /// its storage (no clone shares it, so no one else can see the change);
+    /// `None` when it is shared, on a device or of another dtype.
+    pub fn cpu_slice_mut_unique<T: Element>(&mut self) -> Option<&mut [T]> {
+        match Arc::get_mut(&mut self.storage)? {
+            Storage::Cpu(cpu) => T::cpu_slice_mut(cpu),
+            Storage::Device(_) => None,
+        }
+    }
+
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         Ok(self.cpu_slice::<T>()?.to_vec())
     }

@@ -144,33 +144,50 @@ impl AdamW {
         let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let (b1f, b2f, eps) = (b1 as f32, b2 as f32, self.config.eps as f32);
-        let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
-        for (k, id) in ids.into_iter().enumerate() {
-            let p = store.get(id);
-            let Some(g) = &p.grad else { continue };
-            // The gradient read in place, the clip applied as it is read.
-            let g = g.cpu_slice::<f32>()?;
-            let mut w = p.value.to_vec::<f32>()?;
-            let (m, v) = (&mut self.m[k], &mut self.v[k]);
-            // Each element on its own, so chunks run in parallel with the
-            // same result as a sequential loop.
+        let h = Hyper {
+            clip,
+            decay,
+            step_size,
+            bc2_sqrt,
+            b1: b1f,
+            b2: b2f,
+            eps,
+        };
+        // Each element on its own, so chunks run in parallel with the same
+        // result as a sequential loop.
+        let run = |w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
             use rayon::prelude::*;
             const CHUNK: usize = 1 << 14;
-            let h = Hyper {
-                clip,
-                decay,
-                step_size,
-                bc2_sqrt,
-                b1: b1f,
-                b2: b2f,
-                eps,
-            };
             w.par_chunks_mut(CHUNK)
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
                 .for_each(|((w, m), (v, g))| update_chunk(w, m, v, g, &h));
-            let shape = p.value.shape().clone();
-            store.set_value(id, Tensor::from_vec(w, shape)?)?;
+        };
+        let ids: Vec<_> = store.iter().map(|(id, _)| id).collect();
+        for (k, id) in ids.into_iter().enumerate() {
+            let (m, v) = (&mut self.m[k], &mut self.v[k]);
+            // The gradient is read in place, the clip applied as it is read.
+            match store.value_mut_and_grad::<f32>(id) {
+                (_, None) => continue,
+                // The store alone holds the weights: updated where they are,
+                // with no copy and no new allocation to fault in and free.
+                (Some(w), Some(g)) => run(w, m, v, g.cpu_slice::<f32>()?),
+                // Shared (a clone of the store holds them): new weights, so
+                // the holder never sees them change.
+                (None, Some(_)) => {
+                    let p = store.get(id);
+                    let g = p
+                        .grad
+                        .as_ref()
+                        .map(|g| g.cpu_slice::<f32>())
+                        .transpose()?
+                        .unwrap_or(&[]);
+                    let mut w = p.value.to_vec::<f32>()?;
+                    run(&mut w, m, v, g);
+                    let shape = p.value.shape().clone();
+                    store.set_value(id, Tensor::from_vec(w, shape)?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -352,6 +369,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Weights the store alone holds are updated in place; weights a clone
+    /// shares are replaced, the clone keeps its values, and both ways give
+    /// the same bits.
+    #[test]
+    fn shared_weights_are_copied_and_unshared_updated_in_place() {
+        let cfg = AdamWConfig {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.05,
+        };
+        let values: Vec<f64> = (0..50_000).map(|i| ((i * 13 % 97) as f64 - 48.0) / 50.0).collect();
+        let grad: Vec<f64> = (0..50_000).map(|i| ((i * 29 % 89) as f64 - 44.0) / 30.0).collect();
+        let (mut alone, mut shared) = (store(&values, &grad), store(&values, &grad));
+        let id = alone.id("w").unwrap();
+        let holder = shared.get(id).value.clone();
+        let before = alone.get(id).value.cpu_slice::<f32>().unwrap().as_ptr();
+        let (mut opt_a, mut opt_s) = (AdamW::new(cfg, &alone), AdamW::new(cfg, &shared));
+        opt_a.update(&mut alone, 0.01).unwrap();
+        opt_s.update(&mut shared, 0.01).unwrap();
+        assert_eq!(alone.get(id).value.cpu_slice::<f32>().unwrap().as_ptr(), before, "updated in place");
+        assert_eq!(holder.to_f64_vec().unwrap(), values.iter().map(|&v| v as f32 as f64).collect::<Vec<_>>());
+        let (a, s) = (alone.get(id).value.to_vec::<f32>().unwrap(), shared.get(id).value.to_vec::<f32>().unwrap());
+        assert!(a.iter().zip(&s).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(a.iter().zip(&values).any(|(x, &v)| *x != v as f32), "the update moved the weights");
     }
 
     #[test]
