@@ -5,6 +5,10 @@
 //! - attention_step: a training step's attention (forward + backward, with
 //!   dropout) through the tiled f32 pass against the GEMM reference, at
 //!   the sequence lengths of the presets' streams;
+//! - layer_norm: the layer norm forward and backward and the residual add
+//!   with its norm (`add_layer_norm`) over the small preset's token rows
+//!   (2048 × 192); their baseline is the same command at an earlier commit
+//!   (criterion's `--save-baseline` / `--baseline`);
 //! - random: Philox words, dropout and GELU + dropout over an FFN
 //!   activation of the small preset (2048 × 768).
 //!
@@ -17,7 +21,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use nemesis::autograd::Tape;
 use nemesis::backend::cpu::attention::{self, AttnDropout, AttnShape};
 use nemesis::backend::cpu::gemm::{gemm, matmul, MatRef};
-use nemesis::backend::cpu::{attention_tiled, fused};
+use nemesis::backend::cpu::{attention_tiled, fused, layer_norm};
 use nemesis::ops::AttentionOptions;
 use nemesis::rng::RngStream;
 use nemesis::tensor::SeqLayout;
@@ -204,6 +208,29 @@ fn bench_attention_step(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_layer_norm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("layer_norm");
+    let (rows, cols) = (2048, 192);
+    let (x, a, gy) = (
+        values(rows * cols, 11),
+        values(rows * cols, 12),
+        values(rows * cols, 13),
+    );
+    let (w, b) = (values(cols, 14), values(cols, 15));
+    g.throughput(Throughput::Elements((rows * cols) as u64));
+    g.bench_function("forward", |bch| {
+        bch.iter(|| black_box(layer_norm::forward(&x, &w, &b, cols, 1e-6)))
+    });
+    let (_, stats) = layer_norm::forward(&x, &w, &b, cols, 1e-6);
+    g.bench_function("backward", |bch| {
+        bch.iter(|| black_box(layer_norm::backward(&gy, &x, &w, &stats, cols)))
+    });
+    g.bench_function("add_layer_norm", |bch| {
+        bch.iter(|| black_box(fused::add_layer_norm(&x, &a, 0.5, &w, &b, cols, 1e-6)))
+    });
+    g.finish();
+}
+
 fn bench_random(c: &mut Criterion) {
     let mut g = c.benchmark_group("random");
     let n = 2048 * 768;
@@ -227,6 +254,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_gemm, bench_attention, bench_attention_step, bench_random
+    targets = bench_gemm, bench_attention, bench_attention_step, bench_layer_norm, bench_random
 }
 criterion_main!(benches);

@@ -191,15 +191,63 @@ pub fn add_layer_norm<T: CpuFloat>(
                 .zip(x.chunks(cols).zip(a.chunks(cols)))
                 .enumerate()
             {
-                for c in 0..cols {
-                    s[c] = x[c] + if one { a[c] } else { k * a[c] };
-                }
-                let (m, rs) = super::layer_norm::row(s, w, b, eps, y);
+                let (m, rs) = add_row(x, a, k, one, (w, b, eps), s, y);
                 mean[r] = m;
                 rstd[r] = rs;
             }
         });
     (s, y, LayerNormStats { mean, rstd })
+}
+
+/// One row of `add_layer_norm`: `s = x + k·a` (`x + a` when `one`), then
+/// `layer_norm::row` of it.
+#[inline]
+fn add_row<T: CpuFloat>(
+    x: &[T],
+    a: &[T],
+    k: T,
+    one: bool,
+    norm: (&[T], &[T], f64),
+    s: &mut [T],
+    y: &mut [T],
+) -> (T, T) {
+    let (w, b, eps) = norm;
+    let ins = (
+        T::as_f32(x),
+        T::as_f32(a),
+        T::as_f32(w),
+        T::as_f32(b),
+        T::as_f32(&[k]).map(|k| k[0]),
+    );
+    if let (Some(x), Some(a), Some(w), Some(b), Some(k)) = ins {
+        if let (Some(s), Some(y)) = (T::as_f32_mut(s), T::as_f32_mut(y)) {
+            let (m, rs) = add_row_f32(x, a, k, one, w, b, eps, s, y);
+            return (T::from_f64(m as f64), T::from_f64(rs as f64));
+        }
+    }
+    add_scaled(x, a, k, one, s);
+    super::layer_norm::row(s, w, b, eps, y)
+}
+
+crate::dispatched! {
+    /// `add_row` in f32, compiled for each instruction set.
+    #[allow(clippy::too_many_arguments)]
+    fn add_row_f32(x: &[f32], a: &[f32], k: f32, one: bool, w: &[f32], b: &[f32], eps: f64, s: &mut [f32], y: &mut [f32]) -> (f32, f32) {
+        add_scaled(x, a, k, one, s);
+        super::layer_norm::row_in_lanes(s, w, b, eps, y)
+    }
+}
+
+/// `s = x + k·a`, or `x + a` when `one`: `scale` then `add`, per element.
+#[inline(always)]
+fn add_scaled<T: CpuFloat>(x: &[T], a: &[T], k: T, one: bool, s: &mut [T]) {
+    if one {
+        s.iter_mut().zip(x.iter().zip(a)).for_each(|(s, (&x, &a))| *s = x + a);
+    } else {
+        s.iter_mut()
+            .zip(x.iter().zip(a))
+            .for_each(|(s, (&x, &a))| *s = x + k * a);
+    }
 }
 
 #[cfg(test)]
