@@ -54,7 +54,22 @@ impl Tape {
         }
         if let Ok(xs) = x.value().cpu_slice::<f32>() {
             // f32 on the host: one fused pass each way (the plain ops below
-            // are its reference, tests/ in backend::cpu::fused).
+            // are its reference, tests/ in backend::cpu::fused). When a
+            // gradient will flow back, the forward keeps the derivative
+            // (dropout factor included) in place of x, and the backward is
+            // one product.
+            if self.is_recording() && x.tracked() {
+                let (y, d) = fused::gelu_dropout_with_derivative(xs, p, rng);
+                let d = Tensor::from_vec(d, x.value().shape())?;
+                return Ok(self.record(
+                    Tensor::from_vec(y, x.value().shape())?,
+                    &[x],
+                    backward_fn(OP, move |g, _| {
+                        let dx = fused::times_derivative(g.cpu_slice::<f32>()?, d.cpu_slice::<f32>()?);
+                        Ok(vec![Some(Tensor::from_vec(dx, d.shape())?)])
+                    }),
+                ));
+            }
             let xv = x.value().clone();
             return Ok(self.record(
                 Tensor::from_vec(fused::gelu_dropout(xs, p, rng), xv.shape())?,

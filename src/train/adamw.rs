@@ -390,11 +390,24 @@ mod tests {
         let (mut opt_a, mut opt_s) = (AdamW::new(cfg, &alone), AdamW::new(cfg, &shared));
         opt_a.update(&mut alone, 0.01).unwrap();
         opt_s.update(&mut shared, 0.01).unwrap();
-        assert_eq!(alone.get(id).value.cpu_slice::<f32>().unwrap().as_ptr(), before, "updated in place");
-        assert_eq!(holder.to_f64_vec().unwrap(), values.iter().map(|&v| v as f32 as f64).collect::<Vec<_>>());
-        let (a, s) = (alone.get(id).value.to_vec::<f32>().unwrap(), shared.get(id).value.to_vec::<f32>().unwrap());
+        assert_eq!(
+            alone.get(id).value.cpu_slice::<f32>().unwrap().as_ptr(),
+            before,
+            "updated in place"
+        );
+        assert_eq!(
+            holder.to_f64_vec().unwrap(),
+            values.iter().map(|&v| v as f32 as f64).collect::<Vec<_>>()
+        );
+        let (a, s) = (
+            alone.get(id).value.to_vec::<f32>().unwrap(),
+            shared.get(id).value.to_vec::<f32>().unwrap(),
+        );
         assert!(a.iter().zip(&s).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(a.iter().zip(&values).any(|(x, &v)| *x != v as f32), "the update moved the weights");
+        assert!(
+            a.iter().zip(&values).any(|(x, &v)| *x != v as f32),
+            "the update moved the weights"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::layer_norm::LayerNormStats;
-use super::{par_chunks_new, rows_per_task, vecmath, CpuFloat};
+use super::{par_chunks_new, par_chunks_new_pair, rows_per_task, vecmath, CpuFloat};
 use crate::rng::RngStream;
 
 /// Elements a task handles (a multiple of 4, so each chunk starts on a
@@ -69,6 +69,27 @@ crate::dispatched! {
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(words) {
             let (cdf, _) = vecmath::normal_cdf_pdf(x);
             *y = x * cdf * if w >> 8 >= threshold { scale } else { 0.0 };
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `y = x·Φ(x)·m` and the derivative `d = m·(Φ(x) + x·φ(x))`.
+    fn gelu_mask_derivative_chunk(x: &[f32], words: &[u32], threshold: u32, scale: f32, y: &mut [f32], d: &mut [f32]) {
+        for (((y, d), &x), &w) in y.iter_mut().zip(d.iter_mut()).zip(x).zip(words) {
+            let (cdf, pdf) = vecmath::normal_cdf_pdf(x);
+            let m = if w >> 8 >= threshold { scale } else { 0.0 };
+            *y = x * cdf * m;
+            *d = m * (cdf + x * pdf);
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `dx = g·d`.
+    fn product_chunk(g: &[f32], d: &[f32], dx: &mut [f32]) {
+        for ((dx, &g), &d) in dx.iter_mut().zip(g).zip(d) {
+            *dx = g * d;
         }
     }
 }
@@ -147,6 +168,32 @@ pub fn gelu_dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
     let (threshold, scale) = (keep_threshold(p), keep_scale(p));
     new_with_bits(x, p, rng, |_, words, x, y| {
         gelu_mask_chunk(x, words, threshold, scale, y)
+    })
+}
+
+/// `gelu_dropout(x)` and its derivative at `x`, dropout factor included,
+/// for a training step's backward (`times_derivative`): the normal CDF and
+/// density are computed once and no Philox word is drawn twice. The output
+/// is `gelu_dropout`'s, bit for bit.
+pub fn gelu_dropout_with_derivative(x: &[f32], p: f64, rng: RngStream) -> (Vec<f32>, Vec<f32>) {
+    let (threshold, scale) = (keep_threshold(p), keep_scale(p));
+    par_chunks_new_pair(x.len(), CHUNK, |c, y, d| {
+        let x = &x[c * CHUNK..c * CHUNK + y.len()];
+        let mut words = [0u32; CHUNK];
+        let words = &mut words[..x.len()];
+        if p > 0.0 {
+            rng.fill_bits((c * CHUNK) as u64, words);
+        }
+        gelu_mask_derivative_chunk(x, words, threshold, scale, y, d)
+    })
+}
+
+/// The gradient `g·d` of `gelu_dropout` from the derivative `d` that
+/// `gelu_dropout_with_derivative` made.
+pub fn times_derivative(g: &[f32], d: &[f32]) -> Vec<f32> {
+    par_chunks_new(g.len(), CHUNK, |c, dx| {
+        let at = c * CHUNK..c * CHUNK + dx.len();
+        product_chunk(&g[at.clone()], &d[at], dx)
     })
 }
 
@@ -295,6 +342,22 @@ mod tests {
                 let want = elementwise::apply_mask(&elementwise::gelu(&x), &mask);
                 let want_dx = elementwise::gelu_backward(&elementwise::apply_mask(&g, &mask), &x);
                 let (y, dx) = (gelu_dropout(&x, p, rng), gelu_dropout_backward(&g, &x, p, rng));
+                // The training step's form: the same output, the gradient
+                // from the saved derivative.
+                let (y2, d) = gelu_dropout_with_derivative(&x, p, rng);
+                let dx2 = times_derivative(&g, &d);
+                assert!(
+                    y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "n {n} p {p}"
+                );
+                for i in 0..n {
+                    let s = (1.0 / (1.0 - p)) as f32;
+                    let tol = 4e-7 * s * g[i].abs() * (1.0 + x[i].abs()) + 1e-6 * want_dx[i].abs();
+                    assert!((dx2[i] - want_dx[i]).abs() <= tol, "dx from d: n {n} p {p} at {i}");
+                    if mask[i] == 0.0 {
+                        assert_eq!(dx2[i], 0.0, "dropped n {n} p {p} at {i}");
+                    }
+                }
                 for i in 0..n {
                     // |ΔΦ| ≤ 3e-7 scaled by |x|, plus f32 rounding.
                     let tol = |v: f32, s: f32| 4e-7 * s * (1.0 + x[i].abs()) + 1e-6 * v.abs();

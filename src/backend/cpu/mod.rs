@@ -56,6 +56,39 @@ pub(crate) fn par_chunks_new<T: CpuFloat>(len: usize, chunk: usize, fill: impl F
     v
 }
 
+/// Two new vectors of `len` values made as `par_chunks_new` makes one:
+/// `fill(chunk index, chunk of the first, chunk of the second)`.
+pub(crate) fn par_chunks_new_pair<T: CpuFloat>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) -> (Vec<T>, Vec<T>) {
+    use rayon::prelude::*;
+    let chunk = chunk.max(1);
+    let (mut a, mut b): (Vec<T>, Vec<T>) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let (pa, pb) = (Chunks(a.as_mut_ptr()), Chunks(b.as_mut_ptr()));
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let n = chunk.min(len - c * chunk);
+        // SAFETY: as in `par_chunks_new`, for each of the two vectors.
+        let (ca, cb) = unsafe {
+            let (p, q) = (pa.at(c * chunk), pb.at(c * chunk));
+            std::ptr::write_bytes(p, 0, n);
+            std::ptr::write_bytes(q, 0, n);
+            (
+                std::slice::from_raw_parts_mut(p, n),
+                std::slice::from_raw_parts_mut(q, n),
+            )
+        };
+        fill(c, ca, cb);
+    });
+    // SAFETY: every element of both was zeroed by its chunk's task above.
+    unsafe {
+        a.set_len(len);
+        b.set_len(len);
+    }
+    (a, b)
+}
+
 /// The start of a vector's capacity, shared by the tasks that fill it.
 #[derive(Clone, Copy)]
 struct Chunks<T>(*mut T);
