@@ -637,16 +637,30 @@ unsafe fn kernel_avx2<const GATHER: bool>(op: &Operands, out: &Out) {
 #[repr(align(64))]
 struct Aligned<const N: usize>([f32; N]);
 
-/// A zeroed f32 buffer whose first element sits on a 64-byte boundary.
+/// An f32 buffer whose first element sits on a 64-byte boundary, for a
+/// packed B. Its values start as whatever an earlier product on this
+/// thread left there (zeros when new): `pack_b` writes every one before
+/// any is read. The storage goes back to the thread's spare when dropped,
+/// so a step's hundreds of products do not each allocate, zero and fault
+/// in a new buffer.
 pub(super) struct AlignedBuf {
     raw: Vec<f32>,
     offset: usize,
     len: usize,
 }
 
+thread_local! {
+    /// The largest packed-B storage this thread has freed, kept for the next.
+    static SPARE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The most values a spare keeps (32 MiB); larger buffers are freed.
+const SPARE_MAX: usize = 1 << 23;
+
 impl AlignedBuf {
     fn new(len: usize) -> Self {
-        let raw = vec![0f32; len + 16];
+        let mut raw = SPARE.try_with(|s| s.take()).unwrap_or_default();
+        raw.resize(len + 16, 0.0);
         let offset = raw.as_ptr().align_offset(64).min(16);
         AlignedBuf { raw, offset, len }
     }
@@ -655,6 +669,19 @@ impl AlignedBuf {
     }
     fn as_ptr(&self) -> *const f32 {
         self.raw[self.offset..].as_ptr()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let raw = std::mem::take(&mut self.raw);
+        if raw.capacity() <= SPARE_MAX {
+            // A thread being torn down has no spare to keep it in.
+            let _ = SPARE.try_with(|s| {
+                let old = s.take();
+                s.set(if raw.capacity() >= old.capacity() { raw } else { old });
+            });
+        }
     }
 }
 
@@ -712,6 +739,8 @@ mod tests {
     /// Ragged shapes (m, n not multiples of the tile, k over `KC_MAX` and
     /// k = 0), every operand layout, β = 0, β ≠ 0 and a bias row, against
     /// a product summed in f64.
+    /// Every shape against the product in f64, each time with this
+    /// thread's spare packing buffer full of NaNs.
     #[test]
     fn matches_a_plain_product_at_ragged_shapes() {
         for (name, kern) in kernels() {
@@ -740,6 +769,9 @@ mod tests {
                             [("β 0", 0.0f32, false), ("β 0.5", 0.5, false), ("row", 1.0, true)]
                         {
                             let r = with_row.then_some(&row[..]);
+                            // The packed B reuses this thread's spare: NaNs
+                            // there would show any value not written first.
+                            SPARE.with(|s| s.set(vec![f32::NAN; 1 << 16]));
                             let got = run(kern, 1.5, a, b, beta, r, &c0);
                             for i in 0..m {
                                 for j in 0..n {
