@@ -21,8 +21,7 @@
 use rayon::prelude::*;
 
 use super::attention::{AttnDropout, AttnShape, RowsPtr};
-use super::fused::{keep_scale, keep_threshold, softmax_rows};
-use super::softmax::softmax_row_backward;
+use super::fused::{keep_scale, keep_threshold, product_into, softmax_rows, softmax_rows_backward};
 
 /// The longest sequence this pass is used for. Against the GEMM reference
 /// (`cargo bench --bench cpu_ops -- attention_step`, forward + backward, two
@@ -241,9 +240,7 @@ fn after_dropout<'a>(p: &'a [f32], keep: &[f32], buf: &'a mut [f32]) -> &'a [f32
     if keep.is_empty() {
         return p;
     }
-    buf.iter_mut()
-        .zip(p.iter().zip(keep))
-        .for_each(|(u, (&p, &k))| *u = p * k);
+    product_into(p, keep, buf);
     buf
 }
 
@@ -257,9 +254,11 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
     );
     let per_seq = sh.heads * l * l;
     let seqs = sh.layout.num_seqs();
+    // Zeroed by the pool's threads, not by this one alone.
+    let zeros = |n: usize| super::par_chunks_new::<f32>(n, 1 << 16, |_, _| {});
     let mut saved = Saved {
-        p: vec![0.0; seqs * per_seq],
-        keep: vec![0.0; if dropout.is_some() { seqs * per_seq } else { 0 }],
+        p: zeros(seqs * per_seq),
+        keep: zeros(if dropout.is_some() { seqs * per_seq } else { 0 }),
     };
     if per_seq == 0 {
         return saved;
@@ -348,11 +347,10 @@ pub fn backward_into(
             // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
             product(l, l, dh, 1.0, dout, gs, 1, &vt, l, &mut dp, l);
             if dropout.is_some() {
-                dp.iter_mut().zip(keep).for_each(|(d, &k)| *d *= k);
+                product_into(&dp, keep, &mut p_used);
+                std::mem::swap(&mut dp, &mut p_used);
             }
-            dp.chunks_mut(l)
-                .zip(p.chunks(l))
-                .for_each(|(d, p)| softmax_row_backward(d, p));
+            softmax_rows_backward(&mut dp, p, l);
             // dQ = s·dS·K and dK = s·dSᵀ·Q.
             product(
                 l,

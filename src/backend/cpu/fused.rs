@@ -156,6 +156,44 @@ crate::dispatched! {
     }
 }
 
+crate::dispatched! {
+    /// The softmax adjoint of each row of `cols` values, in place:
+    /// `g ← y ⊙ (g − Σ g⊙y)` with `y` the row's probabilities. The dot
+    /// product runs in sixteen lanes (value `c` in lane `c % 16`, the lanes
+    /// added in order), so the loop vectorises with the same bits at every
+    /// level. `softmax::softmax_row_backward` is its reference.
+    pub fn softmax_rows_backward(g: &mut [f32], y: &[f32], cols: usize) {
+        const L: usize = 16;
+        if cols == 0 {
+            return;
+        }
+        let whole = cols / L * L;
+        for (g, y) in g.chunks_mut(cols).zip(y.chunks(cols)) {
+            let mut lanes = [0.0f32; L];
+            for (gc, yc) in g[..whole].chunks_exact(L).zip(y[..whole].chunks_exact(L)) {
+                for j in 0..L {
+                    lanes[j] += gc[j] * yc[j];
+                }
+            }
+            for (l, (&g, &y)) in lanes.iter_mut().zip(g[whole..].iter().zip(&y[whole..])) {
+                *l += g * y;
+            }
+            // Lanes past a short row hold 0 and add nothing.
+            let dot = lanes[..cols.min(L)].iter().fold(0.0f32, |s, &l| s + l);
+            g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
+        }
+    }
+}
+
+crate::dispatched! {
+    /// `out = a ⊙ b`.
+    pub fn product_into(a: &[f32], b: &[f32], out: &mut [f32]) {
+        for (o, (&a, &b)) in out.iter_mut().zip(a.iter().zip(b)) {
+            *o = a * b;
+        }
+    }
+}
+
 /// Inverted dropout of `x` (value `i` kept when value `i` of `rng` is ≥ p);
 /// also its own backward, applied to the upstream gradient.
 pub fn dropout(x: &[f32], p: f64, rng: RngStream) -> Vec<f32> {
@@ -385,6 +423,48 @@ mod tests {
             want.chunks_mut(cols).for_each(super::super::softmax::softmax_row);
             for (i, (a, b)) in fast.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "cols {cols} at {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The softmax adjoint rows against the plain row adjoint (f64 sums
+    /// there would differ only by rounding), and against the documented
+    /// lanes written out, bit for bit.
+    #[test]
+    fn softmax_rows_backward_match_the_plain_rows_and_the_lanes() {
+        for cols in [1usize, 7, 8, 16, 17, 64, 67] {
+            let mut y = data(5 * cols, cols as u64 + 100);
+            softmax_rows(&mut y, cols);
+            let g = data(5 * cols, cols as u64 + 200);
+            let mut fast = g.clone();
+            softmax_rows_backward(&mut fast, &y, cols);
+            let mut want = g.clone();
+            want.chunks_mut(cols)
+                .zip(y.chunks(cols))
+                .for_each(|(g, y)| super::super::softmax::softmax_row_backward(g, y));
+            for (r, ((f, w), (g, y))) in fast
+                .chunks(cols)
+                .zip(want.chunks(cols))
+                .zip(g.chunks(cols).zip(y.chunks(cols)))
+                .enumerate()
+            {
+                let mut lanes = [0.0f32; 16];
+                for c in 0..cols {
+                    lanes[c % 16] += g[c] * y[c];
+                }
+                let dot = lanes.iter().fold(0.0f32, |s, &l| s + l);
+                let size: f32 = g.iter().zip(y).map(|(g, y)| (g * y).abs()).sum();
+                for c in 0..cols {
+                    assert_eq!(
+                        f[c].to_bits(),
+                        (y[c] * (g[c] - dot)).to_bits(),
+                        "cols {cols} row {r} at {c}"
+                    );
+                    assert!(
+                        (f[c] - w[c]).abs() <= 1e-6 * y[c] * (1.0 + size),
+                        "cols {cols} row {r} at {c}"
+                    );
+                }
             }
         }
     }
