@@ -176,12 +176,8 @@ impl AdamW {
                 // the holder never sees them change.
                 (None, Some(_)) => {
                     let p = store.get(id);
-                    let g = p
-                        .grad
-                        .as_ref()
-                        .map(|g| g.cpu_slice::<f32>())
-                        .transpose()?
-                        .unwrap_or(&[]);
+                    let Some(g) = &p.grad else { continue };
+                    let g = g.cpu_slice::<f32>()?;
                     let mut w = p.value.to_vec::<f32>()?;
                     run(&mut w, m, v, g);
                     let shape = p.value.shape().clone();

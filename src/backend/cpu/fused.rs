@@ -86,15 +86,6 @@ crate::dispatched! {
 }
 
 crate::dispatched! {
-    /// `dx = g·d`.
-    fn product_chunk(g: &[f32], d: &[f32], dx: &mut [f32]) {
-        for ((dx, &g), &d) in dx.iter_mut().zip(g).zip(d) {
-            *dx = g * d;
-        }
-    }
-}
-
-crate::dispatched! {
     /// `dx = g·m·(Φ(x) + x·φ(x))`.
     fn gelu_mask_backward_chunk(g: &[f32], x: &[f32], words: &[u32], threshold: u32, scale: f32, dx: &mut [f32]) {
         for (((dx, &g), &x), &w) in dx.iter_mut().zip(g).zip(x).zip(words) {
@@ -231,7 +222,7 @@ pub fn gelu_dropout_with_derivative(x: &[f32], p: f64, rng: RngStream) -> (Vec<f
 pub fn times_derivative(g: &[f32], d: &[f32]) -> Vec<f32> {
     par_chunks_new(g.len(), CHUNK, |c, dx| {
         let at = c * CHUNK..c * CHUNK + dx.len();
-        product_chunk(&g[at.clone()], &d[at], dx)
+        product_into(&g[at.clone()], &d[at], dx)
     })
 }
 
@@ -302,7 +293,7 @@ fn add_row<T: CpuFloat>(
         T::as_f32(a),
         T::as_f32(w),
         T::as_f32(b),
-        T::as_f32(&[k]).map(|k| k[0]),
+        super::layer_norm::as_f32_value(k),
     );
     if let (Some(x), Some(a), Some(w), Some(b), Some(k)) = ins {
         if let (Some(s), Some(y)) = (T::as_f32_mut(s), T::as_f32_mut(y)) {

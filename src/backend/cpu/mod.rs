@@ -42,14 +42,8 @@ pub(crate) fn par_chunks_new<T: CpuFloat>(len: usize, chunk: usize, fill: impl F
     (0..len.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let n = chunk.min(len - c * chunk);
         // SAFETY: chunk c is elements c·chunk .. c·chunk + n of the
-        // capacity, which no other task touches; it is zeroed (a valid f32
-        // or f64 0.0) before a slice of it is made.
-        let part = unsafe {
-            let p = base.at(c * chunk);
-            std::ptr::write_bytes(p, 0, n);
-            std::slice::from_raw_parts_mut(p, n)
-        };
-        fill(c, part);
+        // capacity, which no other task touches.
+        fill(c, unsafe { base.zeroed(c * chunk, n) });
     });
     // SAFETY: every element was zeroed by its chunk's task above.
     unsafe { v.set_len(len) };
@@ -70,16 +64,9 @@ pub(crate) fn par_chunks_new_pair<T: CpuFloat>(
     (0..len.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let n = chunk.min(len - c * chunk);
         // SAFETY: as in `par_chunks_new`, for each of the two vectors.
-        let (ca, cb) = unsafe {
-            let (p, q) = (pa.at(c * chunk), pb.at(c * chunk));
-            std::ptr::write_bytes(p, 0, n);
-            std::ptr::write_bytes(q, 0, n);
-            (
-                std::slice::from_raw_parts_mut(p, n),
-                std::slice::from_raw_parts_mut(q, n),
-            )
-        };
-        fill(c, ca, cb);
+        fill(c, unsafe { pa.zeroed(c * chunk, n) }, unsafe {
+            pb.zeroed(c * chunk, n)
+        });
     });
     // SAFETY: every element of both was zeroed by its chunk's task above.
     unsafe {
@@ -97,10 +84,16 @@ unsafe impl<T> Send for Chunks<T> {}
 unsafe impl<T> Sync for Chunks<T> {}
 
 impl<T> Chunks<T> {
+    /// Elements `at .. at + n`, zeroed (a valid f32 or f64 0.0) before a
+    /// slice of them is made.
+    ///
     /// # Safety
-    /// `i` must lie inside the allocation.
-    unsafe fn at(self, i: usize) -> *mut T {
-        self.0.add(i)
+    /// They lie inside the allocation, and no other task touches them
+    /// while the slice lives.
+    unsafe fn zeroed<'a>(self, at: usize, n: usize) -> &'a mut [T] {
+        let p = self.0.add(at);
+        std::ptr::write_bytes(p, 0, n);
+        std::slice::from_raw_parts_mut(p, n)
     }
 }
 
