@@ -141,6 +141,21 @@ impl RngStream {
         });
     }
 
+    /// The normals of whole blocks: values `4b … 4b + 3` (as `normal`
+    /// gives them, bit for bit) of each block `b` in `blocks`, into `out`
+    /// four a block in the list's order. For values scattered over a stream
+    /// (the voxels of the visible tokens), computed side by side as
+    /// `fill_normal` computes a run.
+    pub fn fill_normal_blocks(&self, blocks: &[u64], out: &mut [f32]) {
+        assert_eq!(out.len(), 4 * blocks.len(), "fill_normal_blocks: four values a block");
+        let mut words = [0u32; 4 * LANES];
+        for (list, vals) in blocks.chunks(LANES).zip(out.chunks_mut(4 * LANES)) {
+            let words = &mut words[..4 * list.len()];
+            philox_words_at(self.key, self.stream, list, words);
+            box_muller_words(words, vals);
+        }
+    }
+
     /// Fills `out` with normals for indices `start ..`.
     /// Each pair of values shares its radius and angle, computed once
     /// (the values are those of `normal`, bit for bit).
@@ -197,7 +212,8 @@ const LANES: usize = 64;
 const PAIRS: usize = LANES / 2;
 const LOW: u64 = 0xFFFF_FFFF;
 
-/// Blocks `first … first + LANES − 1` of a stream: the arithmetic of
+/// Blocks `first … first + LANES − 1` of a stream (block `j` of the
+/// group at counter `ctr(j)`, which [`philox_words`] makes consecutive): the arithmetic of
 /// [`philox4x32_10`] with each counter word of blocks `2j` and `2j + 1`
 /// packed into one u64 (low and high half). The 32 × 32 → 64-bit products of
 /// both halves are then two `vpmuludq` on whole lanes (the high half shifted
@@ -205,10 +221,10 @@ const LOW: u64 = 0xFFFF_FFFF;
 /// lane-local: no shuffles across lanes, which the one-block-per-lane form
 /// spent most of its time on. Returns the four packed words of each pair.
 #[inline(always)]
-fn philox_pairs(key: [u32; 2], stream: u64, first: u64) -> [[u64; PAIRS]; 4] {
+fn philox_pairs(key: [u32; 2], stream: u64, ctr: impl Fn(usize) -> u64) -> [[u64; PAIRS]; 4] {
     let (mut c0, mut c1) = ([0u64; PAIRS], [0u64; PAIRS]);
     for j in 0..PAIRS {
-        let (a, b) = (first.wrapping_add(2 * j as u64), first.wrapping_add(2 * j as u64 + 1));
+        let (a, b) = (ctr(2 * j), ctr(2 * j + 1));
         c0[j] = (a & LOW) | (b << 32);
         c1[j] = (a >> 32) | (b & !LOW);
     }
@@ -249,21 +265,42 @@ crate::dispatched! {
     /// time: the same words as `RngStream::block`, bit for bit.
     fn philox_words(key: [u32; 2], stream: u64, first: u64, out: &mut [u32]) {
         for (g, chunk) in out.chunks_mut(4 * LANES).enumerate() {
-            let w = philox_pairs(key, stream, first.wrapping_add((g * LANES) as u64));
-            // Block 2j's words go to 8j … 8j + 3, block 2j + 1's after them:
-            // on a whole group a fixed-size interleave, done in registers.
-            let mut words = [0u32; 4 * LANES];
-            for j in 0..PAIRS {
-                for k in 0..4 {
-                    words[8 * j + k] = w[k][j] as u32;
-                    words[8 * j + 4 + k] = (w[k][j] >> 32) as u32;
-                }
-            }
-            match <&mut [u32; 4 * LANES]>::try_from(&mut *chunk) {
-                Ok(whole) => *whole = words,
-                Err(_) => chunk.copy_from_slice(&words[..chunk.len()]),
-            }
+            let at = first.wrapping_add((g * LANES) as u64);
+            let w = philox_pairs(key, stream, |j| at.wrapping_add(j as u64));
+            interleave(&w, chunk);
         }
+    }
+}
+
+crate::dispatched! {
+    /// The words of the blocks `blocks` lists into `out` (four a block, in
+    /// the list's order; `out.len() == 4·blocks.len()`): the same words as
+    /// `RngStream::block`, bit for bit.
+    fn philox_words_at(key: [u32; 2], stream: u64, blocks: &[u64], out: &mut [u32]) {
+        assert_eq!(out.len(), 4 * blocks.len(), "philox_words_at: four words a block");
+        for (list, chunk) in blocks.chunks(LANES).zip(out.chunks_mut(4 * LANES)) {
+            let w = philox_pairs(key, stream, |j| list.get(j).copied().unwrap_or(0));
+            interleave(&w, chunk);
+        }
+    }
+}
+
+/// A group's words from [`philox_pairs`] into `chunk` in block order (its
+/// first `chunk.len()` words).
+#[inline(always)]
+fn interleave(w: &[[u64; PAIRS]; 4], chunk: &mut [u32]) {
+    // Block 2j's words go to 8j … 8j + 3, block 2j + 1's after them: on a
+    // whole group a fixed-size interleave, done in registers.
+    let mut words = [0u32; 4 * LANES];
+    for j in 0..PAIRS {
+        for k in 0..4 {
+            words[8 * j + k] = w[k][j] as u32;
+            words[8 * j + 4 + k] = (w[k][j] >> 32) as u32;
+        }
+    }
+    match <&mut [u32; 4 * LANES]>::try_from(&mut *chunk) {
+        Ok(whole) => *whole = words,
+        Err(_) => chunk.copy_from_slice(&words[..chunk.len()]),
     }
 }
 
@@ -427,6 +464,28 @@ pub fn sin_cos_turn(k: u32) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listed blocks, in any order and past 2³² (a counter's high word),
+    /// more than one group of them and a short last group: the values
+    /// `normal` gives at the same indices, bit for bit.
+    #[test]
+    fn normals_of_listed_blocks_are_the_streams() {
+        let r = RngStream::new(11, 5);
+        let blocks: Vec<u64> = (0..70u64)
+            .map(|i| (i * 7919) % 1000 + if i % 3 == 0 { 1 << 33 } else { 0 })
+            .collect();
+        let mut out = vec![0f32; 4 * blocks.len()];
+        r.fill_normal_blocks(&blocks, &mut out);
+        for (i, &b) in blocks.iter().enumerate() {
+            for v in 0..4 {
+                assert_eq!(
+                    out[4 * i + v].to_bits(),
+                    r.normal(4 * b + v as u64).to_bits(),
+                    "block {b}, value {v}"
+                );
+            }
+        }
+    }
 
     // The Philox4x32-10 known-answer vectors of the Random123 distribution
     // (its kat_vectors file): counter, key, expected output.

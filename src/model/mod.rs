@@ -23,5 +23,5 @@ pub use memory::{check_fits, ensure_fits, estimate, MemoryEstimate, Pass, Place}
 pub use nemesis::{Dropout, MaeOutput, Nemesis};
 pub use noise::add_noise;
 pub use params::{init_params, param_count, param_specs, Init, ParamSpec};
-pub use patch::{patchify, unpatchify};
+pub use patch::{noisy_visible_tokens, patchify, unpatchify};
 pub use pos_embed::positional_table;

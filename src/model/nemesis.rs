@@ -552,6 +552,26 @@ impl Nemesis {
         self.forward_tokens(tape, store, &visible, target, mask, dropout)
     }
 
+    /// `forward_train` from the visible rows already cut out of the noisy
+    /// input (`B × Nv × P` on the host, `noisy_visible_tokens`), as the
+    /// CPU step makes them; `clean` is the whole clean volume.
+    pub fn forward_train_visible(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        visible: Tensor,
+        clean: &Tensor,
+        mask: &DualMask,
+        dropout: Option<&Dropout>,
+    ) -> Result<MaeOutput> {
+        self.check_input(store, &visible, "forward")?;
+        self.check_input(store, clean, "forward")?;
+        let target = self.place(store, patchify(&self.config, &clean.to_cpu()?)?)?;
+        let visible = tape.constant(self.place(store, visible)?);
+        crate::autograd::profile::charge("input (noise, patchify)");
+        self.forward_tokens(tape, store, &visible, target, mask, dropout)
+    }
+
     /// The training forward pass from token rows already made: `visible`
     /// (`B × Nv × P`, the noisy patches at `mask.ids_keep()`, e.g. from the
     /// GPU's fused superpatch-input kernel) and the clean `target`

@@ -12,7 +12,7 @@ use crate::device::GraphCounts;
 use crate::device::SharedDevice;
 use crate::dist::{Collective, Shard};
 use crate::error::{Error, Result};
-use crate::model::{add_noise, Dropout, DualMask, Nemesis};
+use crate::model::{noisy_visible_tokens, Dropout, DualMask, Nemesis};
 use crate::rng::{stream_id, Purpose, RngStream};
 use crate::tensor::{Readback, Tensor};
 
@@ -166,9 +166,11 @@ pub fn queue_step(
             }
             (BatchData::F32(values), _) => {
                 let clean = Tensor::from_vec(values, batch.shape.to_vec())?;
-                let noisy = add_noise(&clean, pending.sigma, noise)?;
+                // As on a device: noise only where the encoder looks (the
+                // same values as `add_noise`, `patchify` and the gather).
+                let visible = noisy_visible_tokens(c, &clean, mask.ids_keep(), pending.sigma, noise)?;
                 spec.model
-                    .forward_train(&tape, store, &noisy, &clean, &mask, Some(&dropout))?
+                    .forward_train_visible(&tape, store, visible, &clean, &mask, Some(&dropout))?
             }
             _ => {
                 return Err(Error::invalid(
