@@ -186,13 +186,19 @@ pub struct Saved {
     keep: Vec<f32>,
 }
 
-/// A sequence task's buffers, reused over its heads.
+/// A forward task's buffers, made once per task of the pool and reused
+/// over its sequences and their heads (every value is written before it
+/// is read, so nothing is cleared between them).
 struct Scratch {
     /// The head's `Kᵀ` (`dh × L`).
     kt: Vec<f32>,
     /// The Philox words of the head's dropout factors; empty without
     /// dropout.
     words: Vec<u32>,
+    /// The sequence's output rows (`L × E`), each head's columns in turn.
+    out: Vec<f32>,
+    /// The head's probabilities after dropout; empty without dropout.
+    dropped: Vec<f32>,
 }
 
 impl Scratch {
@@ -202,6 +208,8 @@ impl Scratch {
         Scratch {
             kt: vec![0.0; dh * l],
             words: vec![0; drop_len],
+            out: vec![0.0; l * sh.width],
+            dropped: vec![0.0; drop_len],
         }
     }
 
@@ -269,22 +277,16 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
     } else {
         (0..seqs).map(|_| &mut [][..]).collect()
     };
-    saved
-        .p
-        .par_chunks_mut(per_seq)
-        .zip(keeps)
-        .enumerate()
-        .for_each(|(s, (p_seq, keep_seq))| {
-            let mut out = vec![0.0f32; l * e];
-            let mut head = Scratch::new(sh, dropout);
-            let mut dropped = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+    saved.p.par_chunks_mut(per_seq).zip(keeps).enumerate().for_each_init(
+        || Scratch::new(sh, dropout),
+        |head, (s, (p_seq, keep_seq))| {
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
             for h in 0..sh.heads {
                 let head_range = h * l * l..(h + 1) * l * l;
                 let p = &mut p_seq[head_range.clone()];
                 let keep = keep_seq.get_mut(head_range).unwrap_or_default();
                 head.probabilities(qkv, sh, s, h, dropout, p, keep);
-                let pt = after_dropout(p, keep, &mut dropped);
+                let pt = after_dropout(p, keep, &mut head.dropped);
                 product(
                     l,
                     dh,
@@ -295,12 +297,13 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
                     1,
                     &qkv[base + 2 * e + h * dh..],
                     rs,
-                    &mut out[h * dh..],
+                    &mut head.out[h * dh..],
                     e,
                 );
             }
-            y_rows.put_sequence(sh, s, &out);
-        });
+            y_rows.put_sequence(sh, s, &head.out);
+        },
+    );
     saved
 }
 
@@ -328,59 +331,66 @@ pub fn backward_into(
     );
     let scale = (1.0 / (dh as f64).sqrt()) as f32;
     let d_rows = RowsPtr::new(dqkv, 3 * e, sh);
-    (0..sh.layout.num_seqs()).into_par_iter().for_each(|s| {
-        let mut d = vec![0.0f32; l * 3 * e];
-        let (mut vt, mut dp) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
-        let mut p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
-        let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
-        let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
-        for h in 0..sh.heads {
-            let head_range = s * per_seq + h * l * l..s * per_seq + (h + 1) * l * l;
-            let p = &saved.p[head_range.clone()];
-            let keep = saved.keep.get(head_range).unwrap_or_default();
-            transposed(qkv, sh, s, 2, h, &mut vt);
-            let dout = &g[go + h * dh..];
-            // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
-            // read with its strides swapped).
-            let pt = after_dropout(p, keep, &mut p_used);
-            product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
-            // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
-            product(l, l, dh, 1.0, dout, gs, 1, &vt, l, &mut dp, l);
-            if dropout.is_some() {
-                product_into(&dp, keep, &mut p_used);
-                std::mem::swap(&mut dp, &mut p_used);
+    // A task's buffers, made once and reused over its sequences: each
+    // value is written before it is read.
+    let scratch = || {
+        let d = vec![0.0f32; l * 3 * e];
+        let (vt, dp) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
+        let p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
+        (d, vt, dp, p_used)
+    };
+    (0..sh.layout.num_seqs())
+        .into_par_iter()
+        .for_each_init(scratch, |(d, vt, dp, p_used), s| {
+            let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+            let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
+            for h in 0..sh.heads {
+                let head_range = s * per_seq + h * l * l..s * per_seq + (h + 1) * l * l;
+                let p = &saved.p[head_range.clone()];
+                let keep = saved.keep.get(head_range).unwrap_or_default();
+                transposed(qkv, sh, s, 2, h, vt);
+                let dout = &g[go + h * dh..];
+                // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
+                // read with its strides swapped).
+                let pt = after_dropout(p, keep, p_used);
+                product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
+                // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
+                product(l, l, dh, 1.0, dout, gs, 1, vt, l, dp, l);
+                if dropout.is_some() {
+                    product_into(dp, keep, p_used);
+                    std::mem::swap(dp, p_used);
+                }
+                softmax_rows_backward(dp, p, l);
+                // dQ = s·dS·K and dK = s·dSᵀ·Q.
+                product(
+                    l,
+                    dh,
+                    l,
+                    scale,
+                    dp,
+                    l,
+                    1,
+                    &qkv[base + e + h * dh..],
+                    rs,
+                    &mut d[h * dh..],
+                    3 * e,
+                );
+                product(
+                    l,
+                    dh,
+                    l,
+                    scale,
+                    dp,
+                    1,
+                    l,
+                    &qkv[base + h * dh..],
+                    rs,
+                    &mut d[e + h * dh..],
+                    3 * e,
+                );
             }
-            softmax_rows_backward(&mut dp, p, l);
-            // dQ = s·dS·K and dK = s·dSᵀ·Q.
-            product(
-                l,
-                dh,
-                l,
-                scale,
-                &dp,
-                l,
-                1,
-                &qkv[base + e + h * dh..],
-                rs,
-                &mut d[h * dh..],
-                3 * e,
-            );
-            product(
-                l,
-                dh,
-                l,
-                scale,
-                &dp,
-                1,
-                l,
-                &qkv[base + h * dh..],
-                rs,
-                &mut d[e + h * dh..],
-                3 * e,
-            );
-        }
-        d_rows.put_sequence(sh, s, &d);
-    });
+            d_rows.put_sequence(sh, s, d);
+        });
 }
 
 #[cfg(test)]
