@@ -149,30 +149,119 @@ fn transposed(qkv: &[f32], sh: &AttnShape, s: usize, part: usize, h: usize, out:
     transpose(&qkv[first..], rs, l, dh, out);
 }
 
-crate::dispatched! {
-    /// `out[d·l + j] = src[j·rs + d]` for `j < l`, `d < dh`, in 8 × 8 tiles.
-    fn transpose(src: &[f32], rs: usize, l: usize, dh: usize, out: &mut [f32]) {
-        let (l8, d8) = (l / 8 * 8, dh / 8 * 8);
+/// `out[d·l + j] = src[j·rs + d]` for `j < l`, `d < dh`: whole 8 × 8
+/// tiles by eight-lane shuffles where the CPU has AVX (any level with a
+/// kernel here), the edges and a CPU without AVX value by value.
+fn transpose(src: &[f32], rs: usize, l: usize, dh: usize, out: &mut [f32]) {
+    if l == 0 || dh == 0 {
+        return;
+    }
+    assert!(
+        (l - 1) * rs + dh <= src.len() && dh * l <= out.len(),
+        "transpose: a view is longer than its slice"
+    );
+    let (l8, d8) = (l / 8 * 8, dh / 8 * 8);
+    let (mut d_done, mut j_done) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() != crate::simd::Isa::Baseline {
         for j0 in (0..l8).step_by(8) {
             for d0 in (0..d8).step_by(8) {
-                let mut tile = [[0.0f32; 8]; 8];
-                for (r, row) in tile.iter_mut().enumerate() {
-                    row.copy_from_slice(&src[(j0 + r) * rs + d0..][..8]);
-                }
-                for c in 0..8 {
-                    for (r, dst) in out[(d0 + c) * l + j0..][..8].iter_mut().enumerate() {
-                        *dst = tile[r][c];
-                    }
-                }
+                // SAFETY: the CPU has AVX; rows j0 .. j0 + 8 of src hold
+                // columns d0 .. d0 + 8 and rows d0 .. d0 + 8 of out hold
+                // columns j0 .. j0 + 8, inside the extents checked above.
+                unsafe { tile8_avx(src.as_ptr().add(j0 * rs + d0), rs, out.as_mut_ptr().add(d0 * l + j0), l) };
             }
         }
-        for j in 0..l {
-            let d_from = if j < l8 { d8 } else { 0 };
-            for d in d_from..dh {
-                out[d * l + j] = src[j * rs + d];
+        // Four rows left over (the encoder's depth streams have four).
+        let l4 = l / 4 * 4;
+        if l4 > l8 {
+            for d0 in (0..d8).step_by(8) {
+                // SAFETY: as above, for rows l8 .. l8 + 4 of src and columns
+                // l8 .. l8 + 4 of out.
+                unsafe { tile4x8_avx(src.as_ptr().add(l8 * rs + d0), rs, out.as_mut_ptr().add(d0 * l + l8), l) };
             }
+        }
+        (d_done, j_done) = (d8, l4);
+    }
+    for j in 0..l {
+        let d_from = if j < j_done { d_done } else { 0 };
+        for d in d_from..dh {
+            out[d * l + j] = src[j * rs + d];
         }
     }
+}
+
+/// One 8 × 8 tile: rows `r` of `src` (8 values at `src + r·rs`) into
+/// columns `r` of `out` (row `c` at `out + c·ld`).
+///
+/// # Safety
+/// AVX present; both views lie inside their allocations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn tile8_avx(src: *const f32, rs: usize, out: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    // Straight-line code, no closures: a closure would lose the target feature.
+    let r0 = _mm256_loadu_ps(src);
+    let r1 = _mm256_loadu_ps(src.add(rs));
+    let r2 = _mm256_loadu_ps(src.add(2 * rs));
+    let r3 = _mm256_loadu_ps(src.add(3 * rs));
+    let r4 = _mm256_loadu_ps(src.add(4 * rs));
+    let r5 = _mm256_loadu_ps(src.add(5 * rs));
+    let r6 = _mm256_loadu_ps(src.add(6 * rs));
+    let r7 = _mm256_loadu_ps(src.add(7 * rs));
+    // Pairs of rows interleaved: (a0 b0 a1 b1 | a4 b4 a5 b5) and
+    // (a2 b2 a3 b3 | a6 b6 a7 b7).
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+    // Four rows' column c in the low half and column c + 4 in the high.
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let v0 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let v1 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let v2 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let v3 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    // Rows 0–3 and rows 4–7 of each column joined.
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x20>(u0, v0));
+    _mm256_storeu_ps(out.add(ld), _mm256_permute2f128_ps::<0x20>(u1, v1));
+    _mm256_storeu_ps(out.add(2 * ld), _mm256_permute2f128_ps::<0x20>(u2, v2));
+    _mm256_storeu_ps(out.add(3 * ld), _mm256_permute2f128_ps::<0x20>(u3, v3));
+    _mm256_storeu_ps(out.add(4 * ld), _mm256_permute2f128_ps::<0x31>(u0, v0));
+    _mm256_storeu_ps(out.add(5 * ld), _mm256_permute2f128_ps::<0x31>(u1, v1));
+    _mm256_storeu_ps(out.add(6 * ld), _mm256_permute2f128_ps::<0x31>(u2, v2));
+    _mm256_storeu_ps(out.add(7 * ld), _mm256_permute2f128_ps::<0x31>(u3, v3));
+}
+
+/// Four rows `r` of `src` (8 values at `src + r·rs`) into columns `r` of
+/// `out` (row `c`, four values, at `out + c·ld`): [`tile8_avx`]'s first half.
+///
+/// # Safety
+/// As for [`tile8_avx`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn tile4x8_avx(src: *const f32, rs: usize, out: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    let r0 = _mm256_loadu_ps(src);
+    let r1 = _mm256_loadu_ps(src.add(rs));
+    let r2 = _mm256_loadu_ps(src.add(2 * rs));
+    let r3 = _mm256_loadu_ps(src.add(3 * rs));
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    _mm_storeu_ps(out, _mm256_castps256_ps128(u0));
+    _mm_storeu_ps(out.add(ld), _mm256_castps256_ps128(u1));
+    _mm_storeu_ps(out.add(2 * ld), _mm256_castps256_ps128(u2));
+    _mm_storeu_ps(out.add(3 * ld), _mm256_castps256_ps128(u3));
+    _mm_storeu_ps(out.add(4 * ld), _mm256_extractf128_ps::<1>(u0));
+    _mm_storeu_ps(out.add(5 * ld), _mm256_extractf128_ps::<1>(u1));
+    _mm_storeu_ps(out.add(6 * ld), _mm256_extractf128_ps::<1>(u2));
+    _mm_storeu_ps(out.add(7 * ld), _mm256_extractf128_ps::<1>(u3));
 }
 
 /// What the forward keeps for the backward: every (sequence, head)'s
@@ -405,6 +494,37 @@ mod tests {
         let mut v = vec![0.0f32; n];
         rng.fill_normal(0, &mut v);
         v
+    }
+
+    /// The transpose against its definition, at sizes with and without
+    /// whole 8 × 8 tiles and edges on either side, rows wider than read.
+    #[test]
+    fn transpose_is_the_definition() {
+        for (l, dh) in [
+            (1usize, 1usize),
+            (4, 32),
+            (8, 8),
+            (64, 32),
+            (13, 19),
+            (16, 96),
+            (9, 7),
+            (12, 24),
+            (7, 16),
+        ] {
+            let rs = dh + 5;
+            let src = data((l - 1) * rs + dh, 3);
+            let mut out = vec![f32::NAN; dh * l];
+            transpose(&src, rs, l, dh, &mut out);
+            for j in 0..l {
+                for d in 0..dh {
+                    assert_eq!(
+                        out[d * l + j].to_bits(),
+                        src[j * rs + d].to_bits(),
+                        "{l} × {dh} at ({j}, {d})"
+                    );
+                }
+            }
+        }
     }
 
     /// The product against a plain triple loop of fused multiply-adds, at
