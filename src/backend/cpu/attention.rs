@@ -183,6 +183,27 @@ impl<T: Copy> RowsPtr<T> {
         }
     }
 
+    /// Sequence `s`'s rows as one slice (`L × width`) when they are
+    /// consecutive (`step == 1`, the spatial streams), for its task to
+    /// write in place instead of through `put_sequence`; `None` otherwise.
+    ///
+    /// # Safety
+    /// Only sequence `s`'s task may hold the slice, and no other view of
+    /// the matrix may be used while it lives (the layout covers each row
+    /// once, so the tasks' slices are disjoint).
+    pub unsafe fn sequence_mut<'a>(&self, sh: &AttnShape, s: usize) -> Option<&'a mut [T]> {
+        let l = sh.layout.len;
+        if sh.layout.step != 1 || l == 0 {
+            return None;
+        }
+        // `new` checked that row(s, l − 1) = row(s, 0) + l − 1 lies inside.
+        let first = sh.layout.row(s, 0);
+        Some(std::slice::from_raw_parts_mut(
+            self.ptr.add(first * self.width),
+            l * self.width,
+        ))
+    }
+
     /// The `L` rows of sequence `s` (`block`, `L × width`) to their places.
     pub fn put_sequence(&self, sh: &AttnShape, s: usize, block: &[T]) {
         for (i, row) in block.chunks_exact(self.width).take(sh.layout.len).enumerate() {

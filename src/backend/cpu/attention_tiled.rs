@@ -370,6 +370,14 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
         || Scratch::new(sh, dropout),
         |head, (s, (p_seq, keep_seq))| {
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
+            // The output rows themselves when they are consecutive, else
+            // the task's buffer, copied to them at the end.
+            let mut own = std::mem::take(&mut head.out);
+            // SAFETY: this task alone holds sequence s's rows, and `y` is
+            // reached through nothing else during the loop.
+            let direct = unsafe { y_rows.sequence_mut(sh, s) };
+            let in_place = direct.is_some();
+            let out = direct.unwrap_or(&mut own[..]);
             for h in 0..sh.heads {
                 let head_range = h * l * l..(h + 1) * l * l;
                 let p = &mut p_seq[head_range.clone()];
@@ -386,11 +394,14 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
                     1,
                     &qkv[base + 2 * e + h * dh..],
                     rs,
-                    &mut head.out[h * dh..],
+                    &mut out[h * dh..],
                     e,
                 );
             }
-            y_rows.put_sequence(sh, s, &head.out);
+            if !in_place {
+                y_rows.put_sequence(sh, s, &own);
+            }
+            head.out = own;
         },
     );
     saved
@@ -430,7 +441,11 @@ pub fn backward_into(
     };
     (0..sh.layout.num_seqs())
         .into_par_iter()
-        .for_each_init(scratch, |(d, vt, dp, p_used), s| {
+        .for_each_init(scratch, |(own, vt, dp, p_used), s| {
+            // SAFETY: as in the forward, for sequence s's rows of `dqkv`.
+            let direct = unsafe { d_rows.sequence_mut(sh, s) };
+            let in_place = direct.is_some();
+            let d = direct.unwrap_or(&mut own[..]);
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
             let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
             for h in 0..sh.heads {
@@ -478,7 +493,9 @@ pub fn backward_into(
                     3 * e,
                 );
             }
-            d_rows.put_sequence(sh, s, d);
+            if !in_place {
+                d_rows.put_sequence(sh, s, own);
+            }
         });
 }
 
