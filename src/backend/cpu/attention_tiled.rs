@@ -191,6 +191,33 @@ fn transpose(src: &[f32], rs: usize, l: usize, dh: usize, out: &mut [f32]) {
     }
 }
 
+/// Four rows of eight values (at `src + r·rs`) rearranged so that
+/// register `c` holds column `c` of the four rows in its low half and
+/// column `c + 4` in its high half: the rows interleaved in pairs, then
+/// the pairs' halves joined.
+///
+/// # Safety
+/// AVX present (inlined into the AVX functions below); the rows lie
+/// inside their allocation.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn four_rows(src: *const f32, rs: usize) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    let r0 = _mm256_loadu_ps(src);
+    let r1 = _mm256_loadu_ps(src.add(rs));
+    let r2 = _mm256_loadu_ps(src.add(2 * rs));
+    let r3 = _mm256_loadu_ps(src.add(3 * rs));
+    // (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7).
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ]
+}
+
 /// One 8 × 8 tile: rows `r` of `src` (8 values at `src + r·rs`) into
 /// columns `r` of `out` (row `c` at `out + c·ld`).
 ///
@@ -200,43 +227,17 @@ fn transpose(src: &[f32], rs: usize, l: usize, dh: usize, out: &mut [f32]) {
 #[target_feature(enable = "avx")]
 unsafe fn tile8_avx(src: *const f32, rs: usize, out: *mut f32, ld: usize) {
     use std::arch::x86_64::*;
-    // Straight-line code, no closures: a closure would lose the target feature.
-    let r0 = _mm256_loadu_ps(src);
-    let r1 = _mm256_loadu_ps(src.add(rs));
-    let r2 = _mm256_loadu_ps(src.add(2 * rs));
-    let r3 = _mm256_loadu_ps(src.add(3 * rs));
-    let r4 = _mm256_loadu_ps(src.add(4 * rs));
-    let r5 = _mm256_loadu_ps(src.add(5 * rs));
-    let r6 = _mm256_loadu_ps(src.add(6 * rs));
-    let r7 = _mm256_loadu_ps(src.add(7 * rs));
-    // Pairs of rows interleaved: (a0 b0 a1 b1 | a4 b4 a5 b5) and
-    // (a2 b2 a3 b3 | a6 b6 a7 b7).
-    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
-    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
-    // Four rows' column c in the low half and column c + 4 in the high.
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let v0 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let v1 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let v2 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let v3 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    // Rows 0–3 and rows 4–7 of each column joined.
-    _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x20>(u0, v0));
-    _mm256_storeu_ps(out.add(ld), _mm256_permute2f128_ps::<0x20>(u1, v1));
-    _mm256_storeu_ps(out.add(2 * ld), _mm256_permute2f128_ps::<0x20>(u2, v2));
-    _mm256_storeu_ps(out.add(3 * ld), _mm256_permute2f128_ps::<0x20>(u3, v3));
-    _mm256_storeu_ps(out.add(4 * ld), _mm256_permute2f128_ps::<0x31>(u0, v0));
-    _mm256_storeu_ps(out.add(5 * ld), _mm256_permute2f128_ps::<0x31>(u1, v1));
-    _mm256_storeu_ps(out.add(6 * ld), _mm256_permute2f128_ps::<0x31>(u2, v2));
-    _mm256_storeu_ps(out.add(7 * ld), _mm256_permute2f128_ps::<0x31>(u3, v3));
+    let (top, bottom) = (four_rows(src, rs), four_rows(src.add(4 * rs), rs));
+    // A loop, not closures: a closure would lose the target feature.
+    for c in 0..4 {
+        // Column c: the low halves of rows 0–3 and 4–7; column c + 4: the high.
+        _mm256_storeu_ps(out.add(c * ld), _mm256_permute2f128_ps::<0x20>(top[c], bottom[c]));
+        _mm256_storeu_ps(out.add((c + 4) * ld), _mm256_permute2f128_ps::<0x31>(top[c], bottom[c]));
+    }
 }
 
 /// Four rows `r` of `src` (8 values at `src + r·rs`) into columns `r` of
-/// `out` (row `c`, four values, at `out + c·ld`): [`tile8_avx`]'s first half.
+/// `out` (row `c`, four values, at `out + c·ld`).
 ///
 /// # Safety
 /// As for [`tile8_avx`].
@@ -244,24 +245,10 @@ unsafe fn tile8_avx(src: *const f32, rs: usize, out: *mut f32, ld: usize) {
 #[target_feature(enable = "avx")]
 unsafe fn tile4x8_avx(src: *const f32, rs: usize, out: *mut f32, ld: usize) {
     use std::arch::x86_64::*;
-    let r0 = _mm256_loadu_ps(src);
-    let r1 = _mm256_loadu_ps(src.add(rs));
-    let r2 = _mm256_loadu_ps(src.add(2 * rs));
-    let r3 = _mm256_loadu_ps(src.add(3 * rs));
-    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    _mm_storeu_ps(out, _mm256_castps256_ps128(u0));
-    _mm_storeu_ps(out.add(ld), _mm256_castps256_ps128(u1));
-    _mm_storeu_ps(out.add(2 * ld), _mm256_castps256_ps128(u2));
-    _mm_storeu_ps(out.add(3 * ld), _mm256_castps256_ps128(u3));
-    _mm_storeu_ps(out.add(4 * ld), _mm256_extractf128_ps::<1>(u0));
-    _mm_storeu_ps(out.add(5 * ld), _mm256_extractf128_ps::<1>(u1));
-    _mm_storeu_ps(out.add(6 * ld), _mm256_extractf128_ps::<1>(u2));
-    _mm_storeu_ps(out.add(7 * ld), _mm256_extractf128_ps::<1>(u3));
+    for (c, &u) in four_rows(src, rs).iter().enumerate() {
+        _mm_storeu_ps(out.add(c * ld), _mm256_castps256_ps128(u));
+        _mm_storeu_ps(out.add((c + 4) * ld), _mm256_extractf128_ps::<1>(u));
+    }
 }
 
 /// What the forward keeps for the backward: every (sequence, head)'s
