@@ -65,7 +65,8 @@ pub fn noisy_visible_tokens(
             format!("token {bad} out of range for {tokens}"),
         ));
     }
-    let n = ids_keep.len() / b;
+    // An empty batch has no rows (and `ids_keep` is then empty too).
+    let n = ids_keep.len().checked_div(b).unwrap_or(0);
     let [d, h, w] = c.superpatch_size;
     let [pd, ph, pw] = c.patch_size;
     let [_, hp, wp] = c.grid();
@@ -294,6 +295,13 @@ mod tests {
                 assert!(err.unwrap_err().to_string().contains("out of range"));
             }
         }
+        // An empty batch gives no rows, and a list that does not split
+        // over the batch is an error.
+        let c = ModelConfig::tiny();
+        let empty = Tensor::zeros([0, 1, 32, 32, 32], DType::F32);
+        assert_eq!(noisy_visible_tokens(&c, &empty, &[], 0.1, rng).unwrap().numel(), 0);
+        let one = Tensor::zeros([2, 1, 32, 32, 32], DType::F32);
+        assert!(noisy_visible_tokens(&c, &one, &[0, 1, 2], 0.1, rng).is_err());
     }
 
     #[test]
