@@ -212,8 +212,8 @@ const LANES: usize = 64;
 const PAIRS: usize = LANES / 2;
 const LOW: u64 = 0xFFFF_FFFF;
 
-/// Blocks `first … first + LANES − 1` of a stream (block `j` of the
-/// group at counter `ctr(j)`, which [`philox_words`] makes consecutive): the arithmetic of
+/// `LANES` blocks of a stream, block `j` at counter `ctr(j)`
+/// ([`philox_words`] makes them consecutive): the arithmetic of
 /// [`philox4x32_10`] with each counter word of blocks `2j` and `2j + 1`
 /// packed into one u64 (low and high half). The 32 × 32 → 64-bit products of
 /// both halves are then two `vpmuludq` on whole lanes (the high half shifted

@@ -183,25 +183,27 @@ impl<T: Copy> RowsPtr<T> {
         }
     }
 
-    /// Sequence `s`'s rows as one slice (`L × width`) when they are
-    /// consecutive (`step == 1`, the spatial streams), for its task to
-    /// write in place instead of through `put_sequence`; `None` otherwise.
-    ///
-    /// # Safety
-    /// Only sequence `s`'s task may hold the slice, and no other view of
-    /// the matrix may be used while it lives (the layout covers each row
-    /// once, so the tasks' slices are disjoint).
-    pub unsafe fn sequence_mut<'a>(&self, sh: &AttnShape, s: usize) -> Option<&'a mut [T]> {
+    /// Runs `fill` on sequence `s`'s rows (`L × width`, every value of
+    /// which it must write) and leaves them in the matrix: on the rows
+    /// themselves when they are consecutive (`step == 1`, the spatial
+    /// streams), else on the first `L × width` values of `buf`, copied to
+    /// their places afterwards.
+    pub fn fill_sequence(&self, sh: &AttnShape, s: usize, buf: &mut [T], fill: impl FnOnce(&mut [T])) {
         let l = sh.layout.len;
-        if sh.layout.step != 1 || l == 0 {
-            return None;
+        if sh.layout.step == 1 && l > 0 {
+            // SAFETY: `new` checked that row(s, l − 1) = row(s, 0) + l − 1
+            // lies inside the matrix, and the layout covers each row once,
+            // so these rows are this sequence's task's alone (as in
+            // `put_sequence`).
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(self.ptr.add(sh.layout.row(s, 0) * self.width), l * self.width)
+            };
+            fill(rows);
+        } else {
+            let block = &mut buf[..l * self.width];
+            fill(block);
+            self.put_sequence(sh, s, block);
         }
-        // `new` checked that row(s, l − 1) = row(s, 0) + l − 1 lies inside.
-        let first = sh.layout.row(s, 0);
-        Some(std::slice::from_raw_parts_mut(
-            self.ptr.add(first * self.width),
-            l * self.width,
-        ))
     }
 
     /// The `L` rows of sequence `s` (`block`, `L × width`) to their places.

@@ -271,8 +271,6 @@ struct Scratch {
     /// The Philox words of the head's dropout factors; empty without
     /// dropout.
     words: Vec<u32>,
-    /// The sequence's output rows (`L × E`), each head's columns in turn.
-    out: Vec<f32>,
     /// The head's probabilities after dropout; empty without dropout.
     dropped: Vec<f32>,
 }
@@ -284,7 +282,6 @@ impl Scratch {
         Scratch {
             kt: vec![0.0; dh * l],
             words: vec![0; drop_len],
-            out: vec![0.0; l * sh.width],
             dropped: vec![0.0; drop_len],
         }
     }
@@ -354,41 +351,32 @@ pub fn forward_into(qkv: &[f32], sh: &AttnShape, dropout: Option<&AttnDropout>, 
         (0..seqs).map(|_| &mut [][..]).collect()
     };
     saved.p.par_chunks_mut(per_seq).zip(keeps).enumerate().for_each_init(
-        || Scratch::new(sh, dropout),
-        |head, (s, (p_seq, keep_seq))| {
+        || (Scratch::new(sh, dropout), vec![0.0f32; l * e]),
+        |(head, buf), (s, (p_seq, keep_seq))| {
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
-            // The output rows themselves when they are consecutive, else
-            // the task's buffer, copied to them at the end.
-            let mut own = std::mem::take(&mut head.out);
-            // SAFETY: this task alone holds sequence s's rows, and `y` is
-            // reached through nothing else during the loop.
-            let direct = unsafe { y_rows.sequence_mut(sh, s) };
-            let in_place = direct.is_some();
-            let out = direct.unwrap_or(&mut own[..]);
-            for h in 0..sh.heads {
-                let head_range = h * l * l..(h + 1) * l * l;
-                let p = &mut p_seq[head_range.clone()];
-                let keep = keep_seq.get_mut(head_range).unwrap_or_default();
-                head.probabilities(qkv, sh, s, h, dropout, p, keep);
-                let pt = after_dropout(p, keep, &mut head.dropped);
-                product(
-                    l,
-                    dh,
-                    l,
-                    1.0,
-                    pt,
-                    l,
-                    1,
-                    &qkv[base + 2 * e + h * dh..],
-                    rs,
-                    &mut out[h * dh..],
-                    e,
-                );
-            }
-            if !in_place {
-                y_rows.put_sequence(sh, s, &own);
-            }
-            head.out = own;
+            // Each head's columns of the sequence's output rows.
+            y_rows.fill_sequence(sh, s, buf, |out| {
+                for h in 0..sh.heads {
+                    let head_range = h * l * l..(h + 1) * l * l;
+                    let p = &mut p_seq[head_range.clone()];
+                    let keep = keep_seq.get_mut(head_range).unwrap_or_default();
+                    head.probabilities(qkv, sh, s, h, dropout, p, keep);
+                    let pt = after_dropout(p, keep, &mut head.dropped);
+                    product(
+                        l,
+                        dh,
+                        l,
+                        1.0,
+                        pt,
+                        l,
+                        1,
+                        &qkv[base + 2 * e + h * dh..],
+                        rs,
+                        &mut out[h * dh..],
+                        e,
+                    );
+                }
+            });
         },
     );
     saved
@@ -421,68 +409,64 @@ pub fn backward_into(
     // A task's buffers, made once and reused over its sequences: each
     // value is written before it is read.
     let scratch = || {
-        let d = vec![0.0f32; l * 3 * e];
+        let buf = vec![0.0f32; l * 3 * e];
         let (vt, dp) = (vec![0.0f32; dh * l], vec![0.0f32; l * l]);
         let p_used = vec![0.0f32; if dropout.is_some() { l * l } else { 0 }];
-        (d, vt, dp, p_used)
+        (buf, vt, dp, p_used)
     };
     (0..sh.layout.num_seqs())
         .into_par_iter()
-        .for_each_init(scratch, |(own, vt, dp, p_used), s| {
-            // SAFETY: as in the forward, for sequence s's rows of `dqkv`.
-            let direct = unsafe { d_rows.sequence_mut(sh, s) };
-            let in_place = direct.is_some();
-            let d = direct.unwrap_or(&mut own[..]);
+        .for_each_init(scratch, |(buf, vt, dp, p_used), s| {
             let (base, rs) = (sh.layout.base(s) * 3 * e, sh.layout.step * 3 * e);
             let (go, gs) = (sh.layout.base(s) * e, sh.layout.step * e);
-            for h in 0..sh.heads {
-                let head_range = s * per_seq + h * l * l..s * per_seq + (h + 1) * l * l;
-                let p = &saved.p[head_range.clone()];
-                let keep = saved.keep.get(head_range).unwrap_or_default();
-                transposed(qkv, sh, s, 2, h, vt);
-                let dout = &g[go + h * dh..];
-                // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
-                // read with its strides swapped).
-                let pt = after_dropout(p, keep, p_used);
-                product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
-                // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
-                product(l, l, dh, 1.0, dout, gs, 1, vt, l, dp, l);
-                if dropout.is_some() {
-                    product_into(dp, keep, p_used);
-                    std::mem::swap(dp, p_used);
+            // Each head's dq, dk and dv columns of the sequence's rows.
+            d_rows.fill_sequence(sh, s, buf, |d| {
+                for h in 0..sh.heads {
+                    let head_range = s * per_seq + h * l * l..s * per_seq + (h + 1) * l * l;
+                    let p = &saved.p[head_range.clone()];
+                    let keep = saved.keep.get(head_range).unwrap_or_default();
+                    transposed(qkv, sh, s, 2, h, vt);
+                    let dout = &g[go + h * dh..];
+                    // dV = P̃ᵀ·dO with P̃ the probabilities after dropout (Aᵀ is A
+                    // read with its strides swapped).
+                    let pt = after_dropout(p, keep, p_used);
+                    product(l, dh, l, 1.0, pt, 1, l, dout, gs, &mut d[2 * e + h * dh..], 3 * e);
+                    // dP = (dO·Vᵀ) ⊙ keep, then the softmax adjoint row by row.
+                    product(l, l, dh, 1.0, dout, gs, 1, vt, l, dp, l);
+                    if dropout.is_some() {
+                        product_into(dp, keep, p_used);
+                        std::mem::swap(dp, p_used);
+                    }
+                    softmax_rows_backward(dp, p, l);
+                    // dQ = s·dS·K and dK = s·dSᵀ·Q.
+                    product(
+                        l,
+                        dh,
+                        l,
+                        scale,
+                        dp,
+                        l,
+                        1,
+                        &qkv[base + e + h * dh..],
+                        rs,
+                        &mut d[h * dh..],
+                        3 * e,
+                    );
+                    product(
+                        l,
+                        dh,
+                        l,
+                        scale,
+                        dp,
+                        1,
+                        l,
+                        &qkv[base + h * dh..],
+                        rs,
+                        &mut d[e + h * dh..],
+                        3 * e,
+                    );
                 }
-                softmax_rows_backward(dp, p, l);
-                // dQ = s·dS·K and dK = s·dSᵀ·Q.
-                product(
-                    l,
-                    dh,
-                    l,
-                    scale,
-                    dp,
-                    l,
-                    1,
-                    &qkv[base + e + h * dh..],
-                    rs,
-                    &mut d[h * dh..],
-                    3 * e,
-                );
-                product(
-                    l,
-                    dh,
-                    l,
-                    scale,
-                    dp,
-                    1,
-                    l,
-                    &qkv[base + h * dh..],
-                    rs,
-                    &mut d[e + h * dh..],
-                    3 * e,
-                );
-            }
-            if !in_place {
-                d_rows.put_sequence(sh, s, own);
-            }
+            });
         });
 }
 

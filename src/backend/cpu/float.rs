@@ -39,6 +39,10 @@ pub trait CpuFloat:
     /// paths), else `None`.
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+    /// One value as an f32 when `Self` is f32.
+    fn as_f32_value(self) -> Option<f32> {
+        Self::as_f32(&[self]).map(|v| v[0])
+    }
 
     /// `C ← α·A·B + β·C` on raw strided operands (see `gemm::gemm`).
     ///

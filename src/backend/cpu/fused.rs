@@ -288,13 +288,7 @@ fn add_row<T: CpuFloat>(
     y: &mut [T],
 ) -> (T, T) {
     let (w, b, eps) = norm;
-    let ins = (
-        T::as_f32(x),
-        T::as_f32(a),
-        T::as_f32(w),
-        T::as_f32(b),
-        super::layer_norm::as_f32_value(k),
-    );
+    let ins = (T::as_f32(x), T::as_f32(a), T::as_f32(w), T::as_f32(b), k.as_f32_value());
     if let (Some(x), Some(a), Some(w), Some(b), Some(k)) = ins {
         if let (Some(s), Some(y)) = (T::as_f32_mut(s), T::as_f32_mut(y)) {
             let (m, rs) = add_row_f32(x, a, k, one, w, b, eps, s, y);

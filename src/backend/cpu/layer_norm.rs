@@ -121,18 +121,13 @@ pub fn backward<T: CpuFloat>(
 /// added to the task's sums.
 #[inline]
 fn backward_row<T: CpuFloat>(g: &[T], x: &[T], w: &[T], stats: (T, T), dx: &mut [T], dw: &mut [T], db: &mut [T]) {
-    let (mu, rs) = (as_f32_value(stats.0), as_f32_value(stats.1));
+    let (mu, rs) = (stats.0.as_f32_value(), stats.1.as_f32_value());
     if let (Some(g), Some(x), Some(w), Some(mu), Some(rs)) = (T::as_f32(g), T::as_f32(x), T::as_f32(w), mu, rs) {
         if let (Some(dx), Some(dw), Some(db)) = (T::as_f32_mut(dx), T::as_f32_mut(dw), T::as_f32_mut(db)) {
             return backward_row_f32(g, x, w, mu, rs, dx, dw, db);
         }
     }
     backward_row_in_lanes(g, x, w, stats, dx, dw, db)
-}
-
-/// `v` as an f32 when `T` is f32.
-pub(super) fn as_f32_value<T: CpuFloat>(v: T) -> Option<f32> {
-    T::as_f32(&[v]).map(|v| v[0])
 }
 
 crate::dispatched! {

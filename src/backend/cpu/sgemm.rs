@@ -738,9 +738,8 @@ mod tests {
 
     /// Ragged shapes (m, n not multiples of the tile, k over `KC_MAX` and
     /// k = 0), every operand layout, β = 0, β ≠ 0 and a bias row, against
-    /// a product summed in f64.
-    /// Every shape against the product in f64, each time with this
-    /// thread's spare packing buffer full of NaNs.
+    /// a product summed in f64, each time with this thread's spare packing
+    /// buffer full of NaNs.
     #[test]
     fn matches_a_plain_product_at_ragged_shapes() {
         for (name, kern) in kernels() {
